@@ -1,0 +1,40 @@
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast lint format bench models clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: ## Install Debian packages, the venv and Python dependencies (idempotent)
+	@VENV=$(VENV) scripts/bootstrap.sh
+
+run: setup ## Start the local edge stack (gateway on http://127.0.0.1:30101); Ctrl-C stops it
+	$(PY) -m launcher run
+
+test: setup ## Run every test, slow end-to-end ones included
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup ## Run the tests that do not start the whole stack
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff check, ruff format --check, mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy common edge training launcher
+
+format: setup ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+models: setup ## Build the demo detector bundles into .intellioptics/data/models
+	$(PY) -m training.demo_bundles --model-root .intellioptics/data/models
+
+bench: setup ## Edge throughput benchmark (writes bench/results/edge_throughput.json)
+	$(PY) -m bench.edge_throughput
+
+clean: ## Remove local state (models, databases), keep the venv
+	rm -rf .intellioptics

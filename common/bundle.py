@@ -1,0 +1,297 @@
+"""Model bundle: one version of one detector on disk, written by training and verified by everyone.
+
+    <model_root>/<detector_id>/<version>/{primary.onnx, oodd.onnx, pipeline_config.yaml,
+                                           predictor_metadata.json, model_id.txt, manifest.json}
+    <model_root>/<detector_id>/current -> <version>
+
+A bundle is trusted only after `verify_bundle` has checked every file against the sha256 in its
+manifest; installs are atomic renames so a reader never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.ids import is_detector_id
+
+MANIFEST_SCHEMA_VERSION = 1
+PRIMARY_FILE = "primary.onnx"
+OODD_FILE = "oodd.onnx"
+PIPELINE_FILE = "pipeline_config.yaml"
+METADATA_FILE = "predictor_metadata.json"
+MODEL_ID_FILE = "model_id.txt"
+MANIFEST_FILE = "manifest.json"
+BUNDLE_FILES = (PRIMARY_FILE, OODD_FILE, PIPELINE_FILE, METADATA_FILE, MODEL_ID_FILE)
+CURRENT_LINK = "current"
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class BundleError(Exception):
+    """A bundle is missing, malformed or fails verification; the old version keeps serving."""
+
+
+class DetectorMode(StrEnum):
+    BINARY = "BINARY"
+    MULTI_CLASS = "MULTI_CLASS"
+    COUNT = "COUNT"
+
+
+class PipelineConfig(BaseModel):
+    """How raw pixels become the primary model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_height: int = Field(gt=0, le=4096)
+    input_width: int = Field(gt=0, le=4096)
+    channels: Literal["L", "RGB"] = "RGB"
+    mean: list[float]
+    std: list[float]
+    layout: Literal["NCHW"] = "NCHW"
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+    input_name: str = "input"
+    logits_output: str = "logits"
+    features_output: str = "features"
+
+    @model_validator(mode="after")
+    def _norm_matches_channels(self) -> PipelineConfig:
+        n = len(self.channels)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(f"mean and std need {n} values for channels={self.channels}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class OoddCalibration(BaseModel):
+    """Maps the Mahalanobis distance to an in-domain probability: q = sigmoid((threshold - d) / scale)."""
+
+    threshold: float
+    scale: float = Field(gt=0)
+    input_name: str = "features"
+    output_name: str = "in_domain"
+
+
+class PredictorMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = 1
+    detector_id: str
+    version: str
+    detector_name: str = ""
+    query: str = ""
+    mode: DetectorMode
+    labels: list[str] = Field(min_length=2)
+    temperature: float = Field(default=1.0, gt=0)
+    default_confidence_threshold: float = Field(default=0.9, ge=0, le=1)
+    oodd: OoddCalibration
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = ""
+
+    @model_validator(mode="after")
+    def _labels_fit_mode(self) -> PredictorMetadata:
+        if not is_detector_id(self.detector_id):
+            raise ValueError(f"detector_id {self.detector_id!r} is not det_ + 27 base62 characters")
+        if not VERSION_RE.match(self.version):
+            raise ValueError(f"version {self.version!r} is not a safe version id")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if self.mode is DetectorMode.BINARY and sorted(self.labels) != ["NO", "YES"]:
+            raise ValueError("a BINARY detector's labels are NO and YES")
+        if self.mode is DetectorMode.COUNT and self.labels != [str(i) for i in range(len(self.labels))]:
+            raise ValueError("a COUNT detector's labels are 0..max_count in order")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+class ManifestEntry(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    schema_version: int
+    detector_id: str
+    version: str
+    files: dict[str, ManifestEntry]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_bundle(
+    out_dir: Path,
+    primary_onnx: bytes,
+    oodd_onnx: bytes,
+    pipeline: PipelineConfig,
+    metadata: PredictorMetadata,
+) -> Manifest:
+    """Write all files and a manifest of their hashes into `out_dir` (created, must be empty)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise BundleError(f"{out_dir} is not empty")
+    (out_dir / PRIMARY_FILE).write_bytes(primary_onnx)
+    (out_dir / OODD_FILE).write_bytes(oodd_onnx)
+    (out_dir / PIPELINE_FILE).write_text(yaml.safe_dump(pipeline.model_dump(mode="json"), sort_keys=False))
+    (out_dir / METADATA_FILE).write_text(metadata.model_dump_json(indent=2))
+    (out_dir / MODEL_ID_FILE).write_text(metadata.version + "\n")
+    manifest = Manifest(
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        detector_id=metadata.detector_id,
+        version=metadata.version,
+        files={
+            name: ManifestEntry(sha256=sha256_file(out_dir / name), bytes=(out_dir / name).stat().st_size)
+            for name in BUNDLE_FILES
+        },
+    )
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return manifest
+
+
+def verify_bundle(bundle_dir: Path) -> Manifest:
+    """Check presence, sizes and sha256 of every file; raise BundleError naming the first problem."""
+    try:
+        manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: {MANIFEST_FILE} is missing") from None
+    except ValidationError as exc:
+        raise BundleError(f"{bundle_dir}: {MANIFEST_FILE} is malformed: {exc.errors()[0]['msg']}") from None
+    if manifest.schema_version != MANIFEST_SCHEMA_VERSION:
+        raise BundleError(f"{bundle_dir}: manifest schema {manifest.schema_version} is not supported")
+    missing = [name for name in BUNDLE_FILES if name not in manifest.files]
+    if missing:
+        raise BundleError(f"{bundle_dir}: manifest does not list {', '.join(missing)}")
+    for name, entry in manifest.files.items():
+        if "/" in name or name.startswith("."):
+            raise BundleError(f"{bundle_dir}: manifest names an unsafe path {name!r}")
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir}: {name} is missing")
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            raise BundleError(f"{bundle_dir}: {name} does not match its sha256 in the manifest")
+    model_id = (bundle_dir / MODEL_ID_FILE).read_text().strip()
+    if model_id != manifest.version:
+        raise BundleError(f"{bundle_dir}: model_id.txt says {model_id!r}, manifest says {manifest.version!r}")
+    return manifest
+
+
+def read_pipeline(bundle_dir: Path) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(yaml.safe_load((bundle_dir / PIPELINE_FILE).read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise BundleError(f"{bundle_dir}: {PIPELINE_FILE} is invalid: {exc}") from None
+
+
+def read_metadata(bundle_dir: Path) -> PredictorMetadata:
+    try:
+        return PredictorMetadata.model_validate_json((bundle_dir / METADATA_FILE).read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise BundleError(f"{bundle_dir}: {METADATA_FILE} is invalid: {exc}") from None
+
+
+def current_bundle_dir(model_root: Path, detector_id: str) -> Path | None:
+    """The directory `current` points at, or None. Detector ids are validated before touching disk."""
+    if not is_detector_id(detector_id):
+        return None
+    link = model_root / detector_id / CURRENT_LINK
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    if not VERSION_RE.match(target):
+        return None
+    resolved = model_root / detector_id / target
+    return resolved if resolved.is_dir() else None
+
+
+def list_detectors(model_root: Path) -> list[str]:
+    if not model_root.is_dir():
+        return []
+    return sorted(
+        p.name for p in model_root.iterdir() if is_detector_id(p.name) and (p / CURRENT_LINK).exists()
+    )
+
+
+def install_bundle(src_dir: Path, model_root: Path, keep: int = 2) -> Path:
+    """Copy a verified bundle into place and repoint `current` atomically; keep the `keep` newest."""
+    manifest = verify_bundle(src_dir)
+    metadata = read_metadata(src_dir)
+    if metadata.detector_id != manifest.detector_id or metadata.version != manifest.version:
+        raise BundleError(f"{src_dir}: metadata and manifest disagree on detector or version")
+    det_dir = model_root / manifest.detector_id
+    det_dir.mkdir(parents=True, exist_ok=True)
+    final = det_dir / manifest.version
+    if not final.exists():
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=det_dir))
+        try:
+            for name in (*BUNDLE_FILES, MANIFEST_FILE):
+                shutil.copy2(src_dir / name, staging / name)
+            verify_bundle(staging)
+            _fsync_dir(staging)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    _point_current(det_dir, manifest.version)
+    _prune_versions(det_dir, keep)
+    return final
+
+
+def _point_current(det_dir: Path, version: str) -> None:
+    tmp_link = det_dir / f".{CURRENT_LINK}.tmp"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(version, tmp_link)
+    os.replace(tmp_link, det_dir / CURRENT_LINK)
+    _fsync_dir(det_dir)
+
+
+def _prune_versions(det_dir: Path, keep: int) -> None:
+    current = os.readlink(det_dir / CURRENT_LINK)
+    versions = sorted(
+        (p for p in det_dir.iterdir() if p.is_dir() and not p.is_symlink() and VERSION_RE.match(p.name)),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    kept = 0
+    for path in versions:
+        if path.name == current or kept < keep - 1:
+            kept += path.name != current
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def bundle_bytes(bundle_dir: Path) -> int:
+    return sum((bundle_dir / name).stat().st_size for name in (PRIMARY_FILE, OODD_FILE))
+
+
+def manifest_dict(bundle_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    return data

@@ -1,0 +1,47 @@
+"""The edge inference service's HTTP contract (edge-api is its only client)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class InferenceResult(BaseModel):
+    detector_id: str
+    model_version: str
+    mode: str
+    labels: list[str]
+    probabilities: list[float]
+    label: str
+    raw_confidence: float
+    in_domain: float
+    confidence: float
+    timings_ms: dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    """A detector the inference service can serve, whether or not it is loaded right now."""
+
+    detector_id: str
+    version: str
+    detector_name: str
+    query: str
+    mode: str
+    labels: list[str]
+    default_confidence_threshold: float
+    loaded: bool
+    provider: str | None = None
+    bytes: int | None = None
+
+
+class CacheStats(BaseModel):
+    entries: int
+    max_entries: int
+    bytes: int
+    max_bytes: int
+    in_use: int
+
+
+class ModelList(BaseModel):
+    provider: str
+    cache: CacheStats
+    models: list[ModelInfo]

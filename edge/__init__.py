@@ -1,0 +1,1 @@
+"""The edge box: gateway-facing API, inference, model updater and stream ingest."""

@@ -1,0 +1,1 @@
+"""Edge API: the Groundlight device API on the edge, the decision tree and the escalation outbox."""

@@ -1,0 +1,106 @@
+"""Composition root of edge-api: settings → store, clients, services → routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from common.http import RequestLogMiddleware, install_error_handlers
+from edge.api.core.config_store import ConfigStore
+from edge.api.core.detectors import DetectorDirectory
+from edge.api.core.image_queries import ImageQueryService
+from edge.api.core.inference_client import InferenceClient
+from edge.api.core.store import EdgeStore
+from edge.api.deps import EdgeState
+from edge.api.errors import ERROR_RESPONSES
+from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.sender import CloudProbe, OutboxSender
+from edge.api.metrics import EdgeMetrics
+from edge.api.routes import account, detectors, edge_config, health, image_queries
+from edge.api.settings import EdgeSettings
+
+DB_FILE = "edge.sqlite3"
+
+
+def create_app(
+    settings: EdgeSettings | None = None,
+    inference_transport: httpx.AsyncBaseTransport | None = None,
+    cloud_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Transports are injectable so tests can point either client anywhere without patching."""
+    settings = settings or EdgeSettings()
+    metrics = EdgeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = EdgeStore(settings.data_dir / DB_FILE)
+        await store.open()
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=60)
+        inference_http = httpx.AsyncClient(
+            base_url=settings.inference_url,
+            timeout=httpx.Timeout(settings.inference_timeout_s, connect=2.0),
+            limits=limits,
+            transport=inference_transport,
+        )
+        cloud_http = httpx.AsyncClient(
+            base_url=settings.cloud_url,
+            timeout=httpx.Timeout(settings.cloud_timeout_s, connect=3.0),
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+            transport=cloud_transport,
+        )
+        link = CloudLink(settings.cloud_url)
+        sender = OutboxSender(
+            store,
+            cloud_http,
+            link,
+            metrics,
+            api_token=settings.api_token,
+            retry_base_s=settings.outbox_retry_base_s,
+            retry_max_s=settings.outbox_retry_max_s,
+            concurrency=settings.outbox_concurrency,
+        )
+        probe = CloudProbe(cloud_http, link, metrics, settings.cloud_probe_interval_s)
+        inference = InferenceClient(inference_http)
+        config = ConfigStore(settings.config_path)
+        directory = DetectorDirectory(inference, settings.detector_info_ttl_s)
+        app.state.edge = EdgeState(
+            settings=settings,
+            store=store,
+            config=config,
+            inference=inference,
+            directory=directory,
+            image_queries=ImageQueryService(
+                store,
+                config,
+                directory,
+                inference,
+                on_escalation=sender.wake,
+                metrics=metrics,
+                limits=settings.image_limits,
+                edge_id=settings.edge_id,
+            ),
+            metrics=metrics,
+            cloud=link,
+            started_at=time.time(),
+        )
+        sender.start()
+        probe.start()
+        try:
+            yield
+        finally:
+            await sender.stop()
+            await probe.stop()
+            await inference_http.aclose()
+            await cloud_http.aclose()
+            await store.close()
+
+    app = FastAPI(title="IntelliOptics edge API", version="0.1.0", lifespan=lifespan)
+    for module in (image_queries, detectors, account, edge_config, health):
+        app.include_router(module.router)
+    install_error_handlers(app, ERROR_RESPONSES)
+    app.add_middleware(RequestLogMiddleware, service="edge-api")
+    return app

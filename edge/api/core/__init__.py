@@ -1,0 +1,1 @@
+"""Edge logic free of HTTP: parameters, decision tree, records, config, clients."""

@@ -1,0 +1,49 @@
+"""The edge decision tree after inference (DESIGN §3 steps 5–6), as a pure function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.edge_config import InferenceConfig
+from common.wire.device_api import HumanReview
+from common.wire.escalation import EscalationReason
+
+OUT_OF_DOMAIN_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class Decision:
+    escalate: EscalationReason | None
+    done_processing: bool
+    audit: bool = False
+    not_escalated_because: str | None = None
+
+
+def decide(
+    confidence: float,
+    in_domain: float,
+    threshold: float,
+    config: InferenceConfig,
+    human_review: HumanReview,
+    audit_draw: float,
+    audit_rate: float,
+    seconds_since_last_escalation: float | None,
+) -> Decision:
+    """`audit_draw` is a uniform [0, 1) sample, passed in so the function stays deterministic."""
+    cloud_allowed = not config.disable_cloud_escalation and human_review is not HumanReview.NEVER
+    if confidence >= threshold:
+        audit = cloud_allowed and audit_draw < audit_rate
+        return Decision(EscalationReason.AUDIT if audit else None, done_processing=True, audit=audit)
+    if config.disable_cloud_escalation:
+        return Decision(None, done_processing=True, not_escalated_because="cloud_escalation_disabled")
+    if human_review is HumanReview.NEVER:
+        return Decision(None, done_processing=True, not_escalated_because="human_review_never")
+    if (
+        seconds_since_last_escalation is not None
+        and seconds_since_last_escalation < config.min_time_between_escalations
+    ):
+        return Decision(None, done_processing=True, not_escalated_because="rate_limited")
+    reason = (
+        EscalationReason.OUT_OF_DOMAIN if in_domain < OUT_OF_DOMAIN_BELOW else EscalationReason.LOW_CONFIDENCE
+    )
+    return Decision(reason, done_processing=config.always_return_edge_prediction)

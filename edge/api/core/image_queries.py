@@ -1,0 +1,255 @@
+"""Answering `POST /device-api/v1/image-queries` on the edge: DESIGN §3 from validation to outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.bundle import DetectorMode
+from common.ids import new_image_query_id
+from common.imaging import ImageLimits, decode_image, inspect_image
+from common.wire.device_api import (
+    RESULT_TYPE_BY_MODE,
+    EdgeDiagnostics,
+    HumanReview,
+    ImageQuery,
+    Result,
+    ResultSource,
+    utc_now_iso,
+)
+from common.wire.escalation import EscalationCreate, EscalationReason
+from common.wire.inference import InferenceResult, ModelInfo
+from edge.api.core.config_store import ConfigStore
+from edge.api.core.decision import decide
+from edge.api.core.detectors import DetectorDirectory, EdgeDetector
+from edge.api.core.inference_client import InferenceClient, InferenceUnavailableError, NoModelError
+from edge.api.core.locks import KeyedLocks
+from edge.api.core.params import SubmitParams
+from edge.api.core.store import EdgeStore, OutboxItem
+from edge.api.errors import BadRequestError, EdgeCannotAnswerError, NotServedHereError, OfflineOnlyError
+from edge.api.metrics import EdgeMetrics
+
+log = logging.getLogger("edge.image_queries")
+DEFAULT_PATIENCE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: str
+    server_timing: str = ""
+    replayed: bool = False
+
+
+class ImageQueryService:
+    def __init__(
+        self,
+        store: EdgeStore,
+        config: ConfigStore,
+        directory: DetectorDirectory,
+        inference: InferenceClient,
+        on_escalation: Callable[[], None],
+        metrics: EdgeMetrics,
+        limits: ImageLimits,
+        edge_id: str,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._directory = directory
+        self._inference = inference
+        self._on_escalation = on_escalation
+        self._metrics = metrics
+        self._limits = limits
+        self._edge_id = edge_id
+        self._rng = rng
+        self._locks = KeyedLocks()
+        self._last_escalation: dict[str, float] = {}
+
+    async def get(self, image_query_id: str) -> str:
+        body = await self._store.run(lambda: self._store.find_query(image_query_id, None))
+        if body is None:
+            raise NotServedHereError(f"image query {image_query_id} is not known to this edge")
+        return body
+
+    async def submit(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
+        """Idempotent on `image_query_id` and on the request id: a retry returns the first answer."""
+        key = params.image_query_id or request_id
+        if key is None:
+            return await self._answer(params, image, None)
+        async with self._locks.hold(key):
+            existing = await self._store.run(
+                lambda: self._store.find_query(params.image_query_id, request_id)
+            )
+            if existing is not None:
+                return Answer(existing, replayed=True)
+            return await self._answer(params, image, request_id)
+
+    async def _answer(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
+        start = time.perf_counter()
+        info = inspect_image(image, self._limits)
+        config = self._config.config
+        try:
+            detector = await self._directory.lookup(config, params.detector_id)
+        except InferenceUnavailableError as exc:
+            raise self._cannot_answer(None, str(exc)) from None
+        if detector is None or not detector.inference_config.enabled:
+            self._metrics.image_queries.labels(params.detector_id, "not_served").inc()
+            raise EdgeCannotAnswerError(f"detector {params.detector_id} is not served by this edge")
+        if detector.model is None:
+            raise self._cannot_answer(detector, f"no model is installed for {params.detector_id} yet")
+        no_cloud = detector.inference_config.disable_cloud_escalation
+        threshold = (
+            params.confidence_threshold
+            if params.confidence_threshold is not None
+            else detector.confidence_threshold
+        )
+        iq_id = params.image_query_id or new_image_query_id()
+
+        if params.want_async or params.human_review is HumanReview.ALWAYS:
+            if no_cloud:
+                raise BadRequestError(
+                    f"detector {params.detector_id} is edge-only (cloud escalation disabled); "
+                    "want_async and human_review=ALWAYS need the cloud"
+                )
+            # Bytes that leave the edge must be a decodable image: check fully before queueing.
+            await asyncio.to_thread(decode_image, image, self._limits)
+            reason = (
+                EscalationReason.WANT_ASYNC if params.want_async else EscalationReason.HUMAN_REVIEW_ALWAYS
+            )
+            iq = self._image_query(iq_id, params, detector.model, threshold, None, done=False)
+            iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
+            await self._record(iq, request_id, image, info.content_type, reason)
+            self._metrics.image_queries.labels(params.detector_id, reason.value).inc()
+            return Answer(iq.model_dump_json())
+
+        t_infer = time.perf_counter()
+        try:
+            inf = await self._inference.infer(params.detector_id, image)
+        except (NoModelError, InferenceUnavailableError) as exc:
+            raise self._cannot_answer(detector, str(exc)) from None
+        infer_ms = (time.perf_counter() - t_infer) * 1e3
+
+        now = time.monotonic()
+        last = self._last_escalation.get(params.detector_id)
+        decision = decide(
+            confidence=inf.confidence,
+            in_domain=inf.in_domain,
+            threshold=threshold,
+            config=detector.inference_config,
+            human_review=params.human_review,
+            audit_draw=self._rng(),
+            audit_rate=config.global_config.confident_audit_rate,
+            seconds_since_last_escalation=None if last is None else now - last,
+        )
+        if decision.escalate is not None and not decision.audit:
+            self._last_escalation[params.detector_id] = now
+        iq = self._image_query(iq_id, params, detector.model, threshold, inf, done=decision.done_processing)
+        total_ms = (time.perf_counter() - start) * 1e3
+        iq.intellioptics = EdgeDiagnostics(
+            raw_confidence=inf.raw_confidence,
+            in_domain_score=inf.in_domain,
+            out_of_domain=inf.in_domain < 0.5,
+            model_version=inf.model_version,
+            escalated=decision.escalate is not None,
+            escalation_reason=decision.escalate.value
+            if decision.escalate
+            else decision.not_escalated_because,
+            audit=decision.audit,
+            timings_ms={
+                **inf.timings_ms,
+                "inference_call": round(infer_ms, 3),
+                "edge_total": round(total_ms, 3),
+            },
+        )
+        await self._record(iq, request_id, image, info.content_type, decision.escalate)
+        if decision.escalate is not None:
+            outcome = decision.escalate.value
+        elif inf.confidence >= threshold:
+            outcome = "confident"
+        else:
+            outcome = decision.not_escalated_because or "not_escalated"
+        self._metrics.image_queries.labels(params.detector_id, outcome).inc()
+        timing = ", ".join(
+            f"{name};dur={value:.3f}"
+            for name, value in (("edge", total_ms), ("inference", infer_ms), *inf.timings_ms.items())
+        )
+        return Answer(iq.model_dump_json(), server_timing=timing)
+
+    def _cannot_answer(self, detector: EdgeDetector | None, why: str) -> EdgeCannotAnswerError:
+        if detector is not None and detector.inference_config.disable_cloud_escalation:
+            self._metrics.image_queries.labels(detector.detector_id, "unavailable_offline").inc()
+            return OfflineOnlyError(f"{why}; the detector is edge-only, so the cloud will not answer it")
+        return EdgeCannotAnswerError(why)
+
+    def _image_query(
+        self,
+        iq_id: str,
+        params: SubmitParams,
+        model: ModelInfo,
+        threshold: float,
+        inf: InferenceResult | None,
+        done: bool,
+    ) -> ImageQuery:
+        mode = DetectorMode(model.mode)
+        result_type = RESULT_TYPE_BY_MODE[mode]
+        result = None
+        if inf is not None:
+            result = Result(
+                result_type=result_type,
+                confidence=round(inf.confidence, 6),
+                source=ResultSource.ALGORITHM,
+                from_edge=True,
+                label=inf.label,
+                count=int(inf.label) if mode is DetectorMode.COUNT else None,
+            )
+        return ImageQuery(
+            id=iq_id,
+            created_at=utc_now_iso(),
+            query=model.query,
+            detector_id=params.detector_id,
+            result_type=result_type,
+            result=result,
+            patience_time=params.patience_time if params.patience_time is not None else DEFAULT_PATIENCE_S,
+            confidence_threshold=threshold,
+            metadata=params.metadata,
+            done_processing=done,
+        )
+
+    async def _record(
+        self,
+        iq: ImageQuery,
+        request_id: str | None,
+        image: bytes,
+        content_type: str,
+        reason: EscalationReason | None,
+    ) -> None:
+        body = iq.model_dump_json()
+        item = None
+        if reason is not None:
+            payload = EscalationCreate(
+                image_query_id=iq.id,
+                detector_id=iq.detector_id,
+                reason=reason,
+                image_query=iq,
+                image_content_type=content_type,
+                edge_id=self._edge_id,
+                created_at=iq.created_at,
+            )
+            item = OutboxItem(
+                image_query_id=iq.id,
+                detector_id=iq.detector_id,
+                reason=reason.value,
+                payload=payload.model_dump_json(),
+                image=image,
+                content_type=content_type,
+                created_at=time.time(),
+                attempts=0,
+            )
+        await self._store.run(lambda: self._store.record_query(iq.id, request_id, iq.detector_id, body, item))
+        if item is not None:
+            self._metrics.escalations_queued.labels(item.reason).inc()
+            self._on_escalation()

@@ -1,0 +1,210 @@
+"""The edge's SQLite database: a local record of answered image queries and the escalation outbox.
+
+Both live in one file so that recording a query and queueing its escalation is one transaction:
+a crash can never leave an escalated query without its outbox entry or the reverse. Plain records
+commit with synchronous=NORMAL (no fsync, WAL keeps them consistent); anything that queues an
+escalation commits on a second connection with synchronous=FULL, which fsyncs before we answer.
+All access goes through one thread, so the two connections never contend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_queries (
+    id TEXT PRIMARY KEY,
+    request_id TEXT UNIQUE,
+    detector_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    image_query_id TEXT PRIMARY KEY,
+    detector_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    image BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_state_created ON outbox (state, created_at);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    image_query_id: str
+    detector_id: str
+    reason: str
+    payload: str
+    image: bytes
+    content_type: str
+    created_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    pending: int
+    dead: int
+    oldest_pending_age_s: float | None
+
+
+class EdgeStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-db")
+        self._fast: sqlite3.Connection | None = None
+        self._durable: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def open(self) -> None:
+        await self.run(self._open)
+
+    def _open(self) -> None:
+        self._fast = self._connect("NORMAL")
+        self._fast.executescript(SCHEMA)
+        self._durable = self._connect("FULL")
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def close(self) -> None:
+        def _close() -> None:
+            for conn in (self._fast, self._durable):
+                if conn is not None:
+                    conn.close()
+
+        await self.run(_close)
+        self._pool.shutdown(wait=True)
+
+    @property
+    def fast(self) -> sqlite3.Connection:
+        assert self._fast is not None, "store is not open"
+        return self._fast
+
+    @property
+    def durable(self) -> sqlite3.Connection:
+        assert self._durable is not None, "store is not open"
+        return self._durable
+
+    # -- image query records ---------------------------------------------------------------------
+    def find_query(self, image_query_id: str | None, request_id: str | None) -> str | None:
+        """The stored JSON body of a query, by its id or by the request id that created it."""
+        if image_query_id:
+            row = self.fast.execute(
+                "SELECT body FROM image_queries WHERE id = ?", (image_query_id,)
+            ).fetchone()
+            if row:
+                return str(row[0])
+        if request_id:
+            row = self.fast.execute(
+                "SELECT body FROM image_queries WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row:
+                return str(row[0])
+        return None
+
+    def record_query(
+        self,
+        image_query_id: str,
+        request_id: str | None,
+        detector_id: str,
+        body: str,
+        escalation: OutboxItem | None,
+    ) -> None:
+        """Store the answered query, and its escalation in the same durable transaction if any."""
+        conn = self.durable if escalation is not None else self.fast
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO image_queries (id, request_id, detector_id, created_at, body) VALUES (?, ?, ?, ?, ?)",
+                (image_query_id, request_id, detector_id, time.time(), body),
+            )
+            if escalation is not None:
+                self._insert_outbox(conn, escalation)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def update_query(self, image_query_id: str, body: str) -> None:
+        self.fast.execute("UPDATE image_queries SET body = ? WHERE id = ?", (body, image_query_id))
+
+    def count_queries(self) -> int:
+        return int(self.fast.execute("SELECT COUNT(*) FROM image_queries").fetchone()[0])
+
+    # -- outbox ------------------------------------------------------------------------------------
+    @staticmethod
+    def _insert_outbox(conn: sqlite3.Connection, item: OutboxItem) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO outbox (image_query_id, detector_id, reason, payload, image, content_type,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.image_query_id,
+                item.detector_id,
+                item.reason,
+                item.payload,
+                item.image,
+                item.content_type,
+                item.created_at,
+            ),
+        )
+
+    def enqueue(self, item: OutboxItem) -> None:
+        """Queue an escalation for an already-recorded query (audits), durably."""
+        conn = self.durable
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_outbox(conn, item)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def pending(self, limit: int, exclude: frozenset[str] = frozenset()) -> list[OutboxItem]:
+        rows = self.fast.execute(
+            "SELECT image_query_id, detector_id, reason, payload, image, content_type, created_at, attempts"
+            " FROM outbox WHERE state = 'pending' ORDER BY created_at LIMIT ?",
+            (limit + len(exclude),),
+        ).fetchall()
+        items = [OutboxItem(*row) for row in rows if row[0] not in exclude]
+        return items[:limit]
+
+    def ack(self, image_query_id: str) -> None:
+        """The cloud has the escalation: only now may it leave the outbox."""
+        self.durable.execute("DELETE FROM outbox WHERE image_query_id = ?", (image_query_id,))
+
+    def note_failure(self, image_query_id: str, error: str, dead: bool) -> None:
+        self.durable.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = ? WHERE image_query_id = ?",
+            (error[:500], "dead" if dead else "pending", image_query_id),
+        )
+
+    def depth(self) -> OutboxDepth:
+        pending, dead, oldest = self.fast.execute(
+            "SELECT SUM(state = 'pending'), SUM(state = 'dead'), MIN(CASE WHEN state = 'pending'"
+            " THEN created_at END) FROM outbox"
+        ).fetchone()
+        age = None if oldest is None else max(0.0, time.time() - float(oldest))
+        return OutboxDepth(int(pending or 0), int(dead or 0), age)

@@ -1,0 +1,52 @@
+"""The SDK's edge helpers (`ExperimentalApi.edge`): config, readiness, upstream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from common.edge_config import EdgeConfigError
+from common.wire.device_api import DetectorReadiness, EdgeInfo
+from edge.api.core.inference_client import InferenceUnavailableError
+from edge.api.deps import StateDep
+from edge.api.errors import BadRequestError
+
+router = APIRouter(tags=["edge"])
+
+
+@router.get("/edge-config", operation_id="get_edge_config")
+async def get_edge_config(state: StateDep) -> dict[str, Any]:
+    return state.config.config.model_dump(mode="json")
+
+
+@router.put("/edge-config", operation_id="put_edge_config")
+async def put_edge_config(request: Request, state: StateDep) -> dict[str, Any]:
+    """Validated in full, then applied without restart; 400 lists every bad field by its path."""
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise BadRequestError("body must be a JSON edge config") from None
+    try:
+        config = state.config.apply(data)
+    except EdgeConfigError as exc:
+        raise BadRequestError("invalid edge config: " + "; ".join(exc.errors)) from None
+    return config.model_dump(mode="json")
+
+
+@router.get("/edge-detector-readiness", operation_id="edge_detector_readiness")
+async def readiness(state: StateDep) -> dict[str, DetectorReadiness]:
+    out = {}
+    for det in state.config.config.detectors:
+        try:
+            model = await state.directory.model(det.detector_id)
+        except InferenceUnavailableError:
+            model = None
+        out[det.detector_id] = DetectorReadiness(ready=model is not None)
+    return out
+
+
+@router.get("/edge-info", response_model=EdgeInfo, operation_id="edge_info")
+async def edge_info(state: StateDep) -> EdgeInfo:
+    return EdgeInfo(upstream_endpoint=state.settings.cloud_url)

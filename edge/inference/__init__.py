@@ -1,0 +1,1 @@
+"""Multi-detector inference service: image bytes in, calibrated primary + OODD scores out."""

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the inference service; a registry per app so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class InferenceMetrics:
+    """Implements the cache's observer interface and records per-request inference time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cache_hits = Counter("inference_cache_hits", "Model cache hits", ["detector_id"], registry=r)
+        self.cache_misses = Counter(
+            "inference_cache_misses", "Model cache misses", ["detector_id"], registry=r
+        )
+        self.loads = Counter("inference_model_loads", "Model loads", ["detector_id", "outcome"], registry=r)
+        self.evictions = Counter(
+            "inference_cache_evictions", "Model cache evictions", ["detector_id", "reason"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "inference_model_load_seconds", "Time to load a model", ["detector_id"], registry=r
+        )
+        self.inference_seconds = Histogram(
+            "inference_seconds",
+            "Decode + primary + OODD time per request",
+            ["detector_id"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_entries = Gauge("inference_cache_entries", "Models held in the cache", registry=r)
+        self.cache_bytes = Gauge("inference_cache_bytes", "Bytes of models held in the cache", registry=r)
+
+    def hit(self, key: str) -> None:
+        self.cache_hits.labels(key).inc()
+
+    def miss(self, key: str) -> None:
+        self.cache_misses.labels(key).inc()
+
+    def loaded(self, key: str, seconds: float, ok: bool) -> None:
+        self.loads.labels(key, "ok" if ok else "error").inc()
+        if ok:
+            self.load_seconds.labels(key).observe(seconds)
+
+    def evicted(self, key: str, reason: str) -> None:
+        self.evictions.labels(key, reason).inc()

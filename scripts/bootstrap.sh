@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up everything the project needs on a fresh machine: Debian packages, the venv, Python deps.
+# Idempotent: re-running only installs what is missing or what pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+STAMP="$VENV/.installed"
+APT_PACKAGES=(nginx)
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  echo "installing Python dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  # torch==2.13.0 (pinned in pyproject) is a CPU build the machine's pip configuration provides locally.
+  "$VENV/bin/python" -m pip install -q -e '.[training,dev]' 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -c "import torch, onnxruntime, fastapi, groundlight" >/dev/null
+  touch "$STAMP"
+fi
