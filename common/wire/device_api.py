@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from common.bundle import DetectorMode
 
@@ -56,6 +56,17 @@ class Result(BaseModel):
     label: str | None = None
     count: int | None = None
     greater_than_max: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_foreign_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Keep `confidence` even when null (the SDK reads it); drop unset kind-specific keys."""
+        data: dict[str, Any] = handler(self)
+        for key in ("label", "greater_than_max"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        if self.result_type is not ResultType.COUNTING:
+            data.pop("count", None)
+        return data
 
 
 class EdgeDiagnostics(BaseModel):

@@ -61,8 +61,14 @@ def test_disable_cloud_escalation_never_escalates_not_even_audits() -> None:
 def test_min_time_between_escalations_rate_limits_per_detector() -> None:
     cfg = InferenceConfig(min_time_between_escalations=10)
     limited = run(0.6, config=cfg, seconds_since_last_escalation=3.0)
-    assert limited.escalate is None and limited.not_escalated_because == "rate_limited" and limited.done_processing
-    assert run(0.6, config=cfg, seconds_since_last_escalation=11.0).escalate is EscalationReason.LOW_CONFIDENCE
+    assert (
+        limited.escalate is None
+        and limited.not_escalated_because == "rate_limited"
+        and limited.done_processing
+    )
+    assert (
+        run(0.6, config=cfg, seconds_since_last_escalation=11.0).escalate is EscalationReason.LOW_CONFIDENCE
+    )
 
 
 def test_human_review_never_keeps_low_confidence_on_the_edge() -> None:

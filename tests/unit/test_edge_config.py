@@ -9,7 +9,12 @@ DET = "det_" + "B" * 27
 
 def test_empty_config_is_valid_and_has_presets() -> None:
     cfg = parse_edge_config({})
-    assert set(cfg.edge_inference_configs) >= {"default", "edge_answers_with_escalation", "no_cloud", "disabled"}
+    assert set(cfg.edge_inference_configs) >= {
+        "default",
+        "edge_answers_with_escalation",
+        "no_cloud",
+        "disabled",
+    }
     assert cfg.global_config.refresh_rate == 60
 
 
@@ -38,7 +43,10 @@ def test_sdk_put_body_is_accepted() -> None:
         ({"global_config": {"refresh_rate": 0}}, "global_config.refresh_rate"),
         ({"global_config": {"confident_audit_rate": 2}}, "global_config.confident_audit_rate"),
         ({"edge_inference_configs": {"x": {"disable_cloud_escalation": True}}}, "edge_inference_configs.x"),
-        ({"detectors": [{"detector_id": DET, "confidence_threshold": 1.2}]}, "detectors.0.confidence_threshold"),
+        (
+            {"detectors": [{"detector_id": DET, "confidence_threshold": 1.2}]},
+            "detectors.0.confidence_threshold",
+        ),
     ],
 )
 def test_invalid_fields_are_reported_by_path(data: dict[str, object], path: str) -> None:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.processes import free_port
+from tests.support.fake_cloud import FakeCloud
+from tests.support.stack import EdgeStack
+
+DIGIT = "det_DemoWhichDigit0000000000000"
+SEVEN = "det_DemoIsThisASeven00000000000"
+NO_MODEL = "det_NoModelInstalledYet00000000"
+UNKNOWN = "det_NotConfiguredOnThisEdge0000"
+
+FAST = {"min_time_between_escalations": 0.001}
+EDGE_ONLY = {"always_return_edge_prediction": True, "disable_cloud_escalation": True, **FAST}
+
+
+def edge_config(audit_rate: float = 0.0, **presets: str) -> dict[str, Any]:
+    """Every demo detector on a fast-escalating config unless a preset is named for it."""
+    chosen = {DIGIT: "fast", SEVEN: "fast", **presets}
+    return {
+        "global_config": {"confident_audit_rate": audit_rate},
+        "edge_inference_configs": {"fast": FAST, "fast_edge_only": EDGE_ONLY},
+        "detectors": [{"detector_id": d, "edge_inference_config": c} for d, c in chosen.items()],
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:
+    cloud = FakeCloud(free_port()).start()
+    s = EdgeStack(tmp_path_factory.mktemp("edge"), demo_models, cloud)
+    try:
+        s.start(edge_config())
+        yield s
+    finally:
+        s.stop()
+        cloud.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def digits() -> list[tuple[bytes, int]]:
+    from training.sample_images import demo_digit_images
+
+    return list(demo_digit_images(40))
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[bytes]:
+    from training.sample_images import out_of_domain_images
+
+    return list(out_of_domain_images(12))

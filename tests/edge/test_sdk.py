@@ -1,0 +1,120 @@
+"""The unmodified Groundlight SDK (PyPI, 1.3.x) against the edge, through the nginx gateway."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from groundlight import ExperimentalApi, Groundlight
+from groundlight.images import parse_supported_image_types
+from PIL import Image
+
+from tests.edge.conftest import DIGIT, SEVEN, edge_config
+from tests.support.stack import EdgeStack
+
+TOKEN = "io_sdktest_" + "a" * 30
+
+
+@pytest.fixture(autouse=True)
+def _token_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROUNDLIGHT_TOKEN_DIR", str(tmp_path / "tokens"))
+
+
+@pytest.fixture
+def gl(stack: EdgeStack) -> Groundlight:
+    stack.put_config(edge_config())
+    return Groundlight(endpoint=stack.gateway_url, api_token=TOKEN)
+
+
+def expected(stack: EdgeStack, image: object, detector: str = DIGIT) -> tuple[str, float]:
+    """Label and confidence the inference service computes for the bytes the SDK actually sends."""
+    data = parse_supported_image_types(image).read()
+    resp = httpx.post(
+        f"{stack.inference_url}/infer", params={"detector_id": detector}, content=data, timeout=15
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    return body["label"], round(body["confidence"], 6)
+
+
+def label_of(iq: object) -> str:
+    """The SDK parses binary labels into an enum and class names into plain strings."""
+    label = iq.result.label  # type: ignore[attr-defined]
+    return str(label.value if hasattr(label, "value") else label)
+
+
+def check(stack: EdgeStack, gl: Groundlight, iq: object, image: object, detector: str = DIGIT) -> None:
+    label, confidence = expected(stack, image, detector)
+    assert label_of(iq) == label
+    fetched = gl.get_image_query(iq.id)  # type: ignore[attr-defined]
+    assert label_of(fetched) == label
+    assert fetched.result.confidence == pytest.approx(confidence, abs=1e-6)
+    assert fetched.result.from_edge is True
+
+
+def test_constructor_handshake_and_whoami_work_on_the_edge(stack: EdgeStack, gl: Groundlight) -> None:
+    assert gl.whoami() == "edge@intellioptics.local"
+
+
+def test_submit_jpeg_file_png_bytes_numpy_and_pil(
+    stack: EdgeStack, gl: Groundlight, digits, tmp_path
+) -> None:
+    jpeg, _ = digits[0]
+    path = tmp_path / "digit.jpg"
+    path.write_bytes(jpeg)
+    pil = Image.open(io.BytesIO(digits[1][0])).convert("RGB")
+    png = io.BytesIO()
+    Image.open(io.BytesIO(digits[2][0])).save(png, "PNG")
+    bgr = np.asarray(Image.open(io.BytesIO(digits[3][0])).convert("RGB"))[:, :, ::-1].copy()
+    for image in (str(path), png.getvalue(), bgr, pil):
+        iq = gl.submit_image_query(detector=DIGIT, image=image, wait=5)
+        check(stack, gl, iq, image)
+
+
+def test_ask_ml_threshold_metadata_and_client_chosen_id(stack: EdgeStack, gl: Groundlight, digits) -> None:
+    image = digits[4][0]
+    iq = gl.ask_ml(detector=DIGIT, image=image)
+    check(stack, gl, iq, image)
+
+    iq_id = "iq_sdk" + secrets.token_hex(8)
+    iq = gl.submit_image_query(
+        detector=DIGIT,
+        image=image,
+        wait=5,
+        confidence_threshold=0.8,
+        metadata={"camera": "line-3", "n": 7},
+        image_query_id=iq_id,
+    )
+    assert iq.id == iq_id and iq.confidence_threshold == 0.8
+    assert iq.metadata == {"camera": "line-3", "n": 7}
+    fetched = gl.get_image_query(iq_id)
+    assert fetched.metadata == {"camera": "line-3", "n": 7} and fetched.id == iq_id
+
+
+def test_binary_detector_and_get_detector(stack: EdgeStack, gl: Groundlight, digits) -> None:
+    det = gl.get_detector(SEVEN)
+    assert det.id == SEVEN and det.query == "Is this digit a 7?"
+    image = digits[5][0]
+    iq = gl.submit_image_query(detector=det, image=image, wait=5)
+    label, _ = expected(stack, image, SEVEN)
+    assert label_of(iq) == label and label in ("YES", "NO")
+
+
+def test_edge_helpers_read_and_apply_config(stack: EdgeStack, digits) -> None:
+    from groundlight.edge import EdgeEndpointConfig
+
+    api = ExperimentalApi(endpoint=stack.gateway_url, api_token=TOKEN)
+    assert api.edge.get_upstream_endpoint() == stack.cloud.url
+    config = api.edge.get_config()
+    assert {d.detector_id for d in config.detectors} >= {DIGIT, SEVEN}
+    readiness = api.edge.get_detector_readiness()
+    assert readiness[DIGIT] is True and readiness[SEVEN] is True
+    new = EdgeEndpointConfig.model_validate(edge_config(audit_rate=0.25))
+    api.edge.set_config(new, timeout_sec=30)
+    got = httpx.get(f"{stack.gateway_url}/edge-config", timeout=10).json()
+    assert got["global_config"]["confident_audit_rate"] == 0.25
+    stack.put_config(edge_config())

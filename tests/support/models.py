@@ -1,0 +1,42 @@
+"""Demo bundles for tests, built once and reused while the training code is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = ROOT / "build" / "test-models"
+
+
+def _code_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.joinpath("training").glob("*.py"), ROOT / "common" / "bundle.py"]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def demo_model_root() -> Path:
+    """A model root holding the demo detectors; rebuilt only when training code changes."""
+    from training.demo_bundles import DEMO_DIGIT_ID, DEMO_SEVEN_ID, build_demo_bundles
+
+    target = CACHE_DIR / _code_hash()
+    if all((target / d / "current").exists() for d in (DEMO_DIGIT_ID, DEMO_SEVEN_ID)):
+        return target
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=CACHE_DIR))
+    build_demo_bundles(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(staging, target)
+    return target
+
+
+def copy_model_root(src: Path, dst: Path) -> Path:
+    """A private copy (symlinks kept) for tests that install, tamper with or remove bundles."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
