@@ -34,3 +34,17 @@ def fake_cloud() -> Iterator[FakeCloud]:
     cloud = FakeCloud(free_port()).start()
     yield cloud
     cloud.stop()
+
+
+@pytest.fixture(scope="session")
+def digits() -> list[tuple[bytes, int]]:
+    from training.sample_images import demo_digit_images
+
+    return list(demo_digit_images(40))
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[bytes]:
+    from training.sample_images import out_of_domain_images
+
+    return list(out_of_domain_images(12))

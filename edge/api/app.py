@@ -65,7 +65,7 @@ def create_app(
         )
         probe = CloudProbe(cloud_http, link, metrics, settings.cloud_probe_interval_s)
         inference = InferenceClient(inference_http)
-        config = ConfigStore(settings.config_path)
+        config = ConfigStore(settings.config_path, settings.data_dir)
         directory = DetectorDirectory(inference, settings.detector_info_ttl_s)
         app.state.edge = EdgeState(
             settings=settings,

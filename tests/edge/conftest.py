@@ -48,17 +48,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="session")
-def digits() -> list[tuple[bytes, int]]:
-    from training.sample_images import demo_digit_images
-
-    return list(demo_digit_images(40))
-
-
-@pytest.fixture(scope="session")
-def photos() -> list[bytes]:
-    from training.sample_images import out_of_domain_images
-
-    return list(out_of_domain_images(12))

@@ -40,3 +40,29 @@ def copy_model_root(src: Path, dst: Path) -> Path:
     """A private copy (symlinks kept) for tests that install, tamper with or remove bundles."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def clone_bundle(src_bundle: Path, detector_id: str, model_root: Path, version: str | None = None) -> Path:
+    """Install a copy of a bundle under another detector id (same weights), as a new verified bundle."""
+    from common.bundle import (
+        OODD_FILE,
+        PRIMARY_FILE,
+        install_bundle,
+        read_metadata,
+        read_pipeline,
+        write_bundle,
+    )
+
+    meta = read_metadata(src_bundle).model_copy(update={"detector_id": detector_id})
+    if version is not None:
+        meta = meta.model_copy(update={"version": version})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bundle"
+        write_bundle(
+            out,
+            (src_bundle / PRIMARY_FILE).read_bytes(),
+            (src_bundle / OODD_FILE).read_bytes(),
+            read_pipeline(src_bundle),
+            meta,
+        )
+        return install_bundle(out, model_root)

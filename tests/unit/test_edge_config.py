@@ -60,3 +60,21 @@ def test_duplicate_detectors_and_undefined_presets_are_rejected() -> None:
         parse_edge_config({"detectors": [{"detector_id": DET}, {"detector_id": DET}]})
     with pytest.raises(EdgeConfigError, match="undefined"):
         parse_edge_config({"detectors": [{"detector_id": DET, "edge_inference_config": "nope"}]})
+
+
+def test_applied_config_is_kept_apart_from_the_operator_file_and_the_newer_wins(tmp_path) -> None:
+    import os
+
+    from edge.api.core.config_store import ConfigStore
+
+    path = tmp_path / "edge-config.yaml"
+    path.write_text("# operator's comments\nglobal_config:\n  refresh_rate: 30\n")
+    store = ConfigStore(path, tmp_path / "data")
+    assert store.config.global_config.refresh_rate == 30
+    store.apply({"global_config": {"refresh_rate": 45}})
+    assert path.read_text().startswith("# operator's comments")
+    assert ConfigStore(path, tmp_path / "data").config.global_config.refresh_rate == 45
+    later = store.applied_path.stat().st_mtime + 10
+    path.write_text("global_config:\n  refresh_rate: 20\n")
+    os.utime(path, (later, later))
+    assert ConfigStore(path, tmp_path / "data").config.global_config.refresh_rate == 20

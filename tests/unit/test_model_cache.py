@@ -126,17 +126,18 @@ async def test_entry_in_use_is_not_freed_until_its_request_finishes(pool) -> Non
     rec = Recorder()
     cache, _ = make_cache(pool, rec, max_entries=1)
     release = asyncio.Event()
+    started = asyncio.Event()
     held: list[FakeModel] = []
 
     async def slow_request() -> None:
         async with cache.use("a") as model:
             held.append(model)
+            started.set()
             await release.wait()
             assert not model.closed, "model was freed under a running request"
 
     task = asyncio.create_task(slow_request())
-    while not held:
-        await asyncio.sleep(0.01)
+    await started.wait()
     async with cache.use("b") as other:
         assert not other.closed
     # "a" left the cache (LRU) but its request still holds it: not freed yet.

@@ -41,6 +41,7 @@ async def status(state: StateDep) -> dict[str, Any]:
     return {
         "edge_id": state.settings.edge_id,
         "uptime_s": round(time.time() - state.started_at, 1),
+        "config_source": str(state.config.source) if state.config.source else None,
         "inference": inference,
         "detectors": [
             {

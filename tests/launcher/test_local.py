@@ -1,0 +1,182 @@
+"""The compose view of the services, mapped onto one machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.__main__ import options_from_args, parser
+from launcher.local import LocalLayout, interpolate, local_services
+from launcher.services import ALL_SERVICES, DEMO_MODELS, EDGE_API, GATEWAY, INFERENCE, SERVICES, Service
+
+REPO = Path(__file__).resolve().parents[2]
+LAYOUT = LocalLayout(repo_root=REPO)
+DATA = REPO / ".intellioptics" / "data"
+
+
+def mapped(environ: dict[str, str] | None = None, layout: LocalLayout = LAYOUT):
+    return local_services(layout, environ or {}, ALL_SERVICES)
+
+
+def test_by_default_services_talk_over_loopback_on_their_compose_ports():
+    services = mapped()
+
+    assert services[INFERENCE].env == {
+        "INFERENCE_HOST": "127.0.0.1",
+        "INFERENCE_PORT": "8001",
+        "INFERENCE_MODEL_ROOT": str(DATA / "models"),
+    }
+    assert services[EDGE_API].env == {
+        "EDGE_HOST": "127.0.0.1",
+        "EDGE_PORT": "8718",
+        "EDGE_INFERENCE_URL": "http://127.0.0.1:8001",
+        "EDGE_CLOUD_URL": "http://127.0.0.1:8000",
+        "EDGE_API_TOKEN": "",
+        "EDGE_CONFIG_PATH": str(REPO / "config" / "edge-config.yaml"),
+        "EDGE_DATA_DIR": str(DATA / "edge"),
+    }
+    assert services[GATEWAY].env == {
+        "GATEWAY_PORT": "30101",
+        "EDGE_API_UPSTREAM": "127.0.0.1:8718",
+        "CLOUD_URL": "http://127.0.0.1:8000",
+    }
+    assert [services[name].health_url for name in (INFERENCE, EDGE_API, GATEWAY)] == [
+        "http://127.0.0.1:8001/health/live",
+        "http://127.0.0.1:8718/health/live",
+        "http://127.0.0.1:30101/health/live",
+    ]
+
+
+def test_the_services_run_on_the_launcher_s_own_interpreter():
+    services = mapped()
+
+    assert services[INFERENCE].argv == [sys.executable, "-m", "edge.inference"]
+    assert services[EDGE_API].argv == [sys.executable, "-m", "edge.api"]
+    assert services[DEMO_MODELS].argv == [
+        sys.executable,
+        "-m",
+        "training.demo_bundles",
+        "--model-root",
+        str(DATA / "models"),
+    ]
+
+
+def test_port_variables_move_a_service_and_everything_that_calls_it():
+    services = mapped({"INFERENCE_PORT": "19001", "EDGE_PORT": "19002", "GATEWAY_PORT": "19003"})
+
+    assert services[INFERENCE].port == 19001
+    assert services[INFERENCE].env["INFERENCE_PORT"] == "19001"
+    assert services[EDGE_API].env["EDGE_INFERENCE_URL"] == "http://127.0.0.1:19001"
+    assert services[EDGE_API].health_url == "http://127.0.0.1:19002/health/live"
+    assert services[GATEWAY].env["EDGE_API_UPSTREAM"] == "127.0.0.1:19002"
+    assert services[GATEWAY].port == 19003
+
+
+def test_the_cloud_variables_reach_the_edge_and_the_gateway_alike():
+    services = mapped(
+        {"INTELLIOPTICS_CLOUD_URL": "https://cloud.example.com", "INTELLIOPTICS_API_TOKEN": "t" * 24}
+    )
+
+    assert services[EDGE_API].env["EDGE_CLOUD_URL"] == "https://cloud.example.com"
+    assert services[EDGE_API].env["EDGE_API_TOKEN"] == "t" * 24
+    assert services[GATEWAY].env["CLOUD_URL"] == "https://cloud.example.com"
+
+
+def test_a_service_variable_set_in_the_environment_replaces_the_table_value():
+    services = mapped({"EDGE_CLOUD_URL": "http://10.0.0.5:9000", "INFERENCE_MODEL_ROOT": "/models"})
+
+    assert services[EDGE_API].env["EDGE_CLOUD_URL"] == "http://10.0.0.5:9000"
+    assert services[GATEWAY].env["CLOUD_URL"] == "http://127.0.0.1:8000"
+    assert services[INFERENCE].env["INFERENCE_MODEL_ROOT"] == "/models"
+
+
+def test_data_and_config_directories_can_move(tmp_path):
+    layout = LocalLayout(repo_root=REPO, data_dir=tmp_path / "d", config_dir=tmp_path / "c")
+    services = mapped(layout=layout)
+
+    assert services[INFERENCE].directories == [tmp_path / "d" / "models"]
+    assert services[EDGE_API].env["EDGE_DATA_DIR"] == str(tmp_path / "d" / "edge")
+    assert services[EDGE_API].env["EDGE_CONFIG_PATH"] == str(tmp_path / "c" / "edge-config.yaml")
+
+
+def test_only_whole_hostnames_and_container_paths_are_rewritten():
+    service = Service(
+        name="probe",
+        argv=("python",),
+        environment={
+            "A": "/database/inference",
+            "B": "my-inference:8001",
+            "C": "http://inference.example.com:8001/x",
+            "D": "http://inference:9999/x",
+            "E": "/data",
+            "F": "/config/x.yaml",
+            "G": "inference",
+        },
+    )
+
+    env = local_services(LAYOUT, {}, [*SERVICES, service])["probe"].env
+
+    assert env == {
+        "A": "/database/inference",
+        "B": "my-inference:8001",
+        "C": "http://inference.example.com:8001/x",
+        "D": "http://127.0.0.1:9999/x",
+        "E": str(DATA),
+        "F": str(REPO / "config" / "x.yaml"),
+        "G": "inference",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "expected"),
+    [
+        ("${X:-d}", {}, "d"),
+        ("${X:-d}", {"X": ""}, "d"),
+        ("${X:-d}", {"X": "v"}, "v"),
+        ("${X}", {}, ""),
+        ("a-${X}-b", {"X": "v"}, "a-v-b"),
+        ("$request_id", {"request_id": "v"}, "$request_id"),
+    ],
+)
+def test_compose_interpolation(value, environ, expected):
+    assert interpolate(value, environ) == expected
+
+
+def run_args(*argv: str) -> argparse.Namespace:
+    return parser().parse_args(["run", *argv])
+
+
+def test_command_line_ports_and_cloud_url_become_the_variables_the_services_read():
+    options = options_from_args(
+        run_args(
+            "--gateway-port",
+            "1",
+            "--edge-api-port",
+            "2",
+            "--inference-port",
+            "3",
+            "--cloud-url",
+            "http://c:1",
+        ),
+        {"PATH": "/bin", "EDGE_CLOUD_URL": "http://stale", "CLOUD_URL": "http://stale"},
+    )
+
+    assert options.environ == {
+        "PATH": "/bin",
+        "GATEWAY_PORT": "1",
+        "EDGE_PORT": "2",
+        "INFERENCE_PORT": "3",
+        "INTELLIOPTICS_CLOUD_URL": "http://c:1",
+    }
+    assert options.demo_models
+
+
+def test_command_line_defaults_keep_the_environment():
+    options = options_from_args(run_args("--no-demo-models"), {"GATEWAY_PORT": "5"})
+
+    assert options.environ == {"GATEWAY_PORT": "5"}
+    assert not options.demo_models
+    assert options.layout == LocalLayout()
