@@ -240,7 +240,9 @@ def install_bundle(src_dir: Path, model_root: Path, keep: int = 2) -> Path:
     det_dir = model_root / manifest.detector_id
     det_dir.mkdir(parents=True, exist_ok=True)
     final = det_dir / manifest.version
-    if not final.exists():
+    if final.exists():
+        verify_bundle(final)  # an existing copy goes live only if it is still intact
+    else:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=det_dir))
         try:
             for name in (*BUNDLE_FILES, MANIFEST_FILE):

@@ -103,7 +103,7 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         raise UnsupportedImageFormatError(f"{sniffed} images are not supported; send JPEG, PNG, BMP or WebP")
     fmt = ImageFormat(sniffed)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=[fmt.value]) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"{fmt} header could not be read: {exc}") from None
@@ -117,18 +117,24 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
 
 
 def decode_image(
-    data: bytes, limits: ImageLimits, mode: str = "RGB", draft_size: tuple[int, int] | None = None
+    data: bytes,
+    limits: ImageLimits,
+    mode: str = "RGB",
+    draft_size: tuple[int, int] | None = None,
+    info: ImageInfo | None = None,
 ) -> Image.Image:
     """Fully decode (truncated data is an error), apply EXIF orientation, convert to `mode`.
 
+    `info` is the result of an earlier `inspect_image` of the same bytes, to skip a second header parse.
     `draft_size` lets JPEG decoding scale down by a power of two in the DCT, which is much cheaper
     than decoding a camera frame at full size and resizing it afterwards.
     """
-    info = inspect_image(data, limits)
+    if info is None:
+        info = inspect_image(data, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=[info.format.value])
             if draft_size is not None and info.format is ImageFormat.JPEG and isinstance(img, ImageFile):
                 img.draft("RGB" if mode != "L" else "L", draft_size)
             img.load()

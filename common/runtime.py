@@ -20,6 +20,7 @@ from PIL import Image
 from common.bundle import (
     OODD_FILE,
     PRIMARY_FILE,
+    BundleError,
     PipelineConfig,
     PredictorMetadata,
     bundle_bytes,
@@ -28,7 +29,7 @@ from common.bundle import (
     verify_bundle,
 )
 from common.confidence import final_confidence, softmax
-from common.imaging import ImageLimits, decode_image
+from common.imaging import ImageInfo, ImageLimits, decode_image
 
 ProviderPreference = Literal["auto", "cpu", "cuda"]
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
@@ -121,8 +122,8 @@ class ModelRuntime:
         out: NDArray[np.float32] = ((arr * (1.0 / 255.0) - self._mean) * self._inv_std)[None]
         return out
 
-    def decode(self, data: bytes, limits: ImageLimits) -> Image.Image:
-        return decode_image(data, limits, mode=self.pipeline.channels, draft_size=self._size)
+    def decode(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Image.Image:
+        return decode_image(data, limits, mode=self.pipeline.channels, draft_size=self._size, info=info)
 
     def run_tensor(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Batched forward pass: (probabilities after temperature, in-domain probabilities)."""
@@ -133,9 +134,9 @@ class ModelRuntime:
         probs = softmax(logits, self.metadata.temperature)
         return probs, np.asarray(q, dtype=np.float64).reshape(-1)
 
-    def predict(self, data: bytes, limits: ImageLimits) -> Prediction:
+    def predict(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Prediction:
         t0 = time.perf_counter()
-        tensor = self.image_to_tensor(self.decode(data, limits))
+        tensor = self.image_to_tensor(self.decode(data, limits, info))
         t1 = time.perf_counter()
         probs, q = self.run_tensor(tensor)
         t2 = time.perf_counter()
@@ -162,7 +163,12 @@ class ModelRuntime:
     def warmup(self) -> None:
         """One dummy inference, so the first real request does not pay for kernel setup."""
         zeros = np.zeros((1, len(self.pipeline.channels), self._size[1], self._size[0]), dtype=np.float32)
-        self.run_tensor(zeros)
+        probs, q = self.run_tensor(zeros)
+        if probs.shape != (1, self.metadata.num_classes) or q.shape != (1,):
+            raise BundleError(
+                f"{self.bundle_dir}: model outputs {probs.shape[1:]} classes and {q.shape} in-domain scores, "
+                f"metadata lists {self.metadata.num_classes} labels"
+            )
 
     def close(self) -> None:
         """Drop the sessions; the cache calls this only once no request holds the model."""

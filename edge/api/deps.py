@@ -30,7 +30,7 @@ class EdgeState:
     started_at: float
 
 
-def get_state(request: Request) -> EdgeState:
+async def get_state(request: Request) -> EdgeState:
     state: EdgeState = request.app.state.edge
     return state
 

@@ -12,7 +12,7 @@ from common.wire.inference import InferenceResult, ModelInfo, ModelList
 from edge.inference.service import InferenceService
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
     service: InferenceService = request.app.state.service
     return service
 

@@ -78,11 +78,13 @@ class InferenceService:
 
     async def infer(self, detector_id: str, image: bytes) -> Prediction:
         self._bundle_dir(detector_id)  # 400/404 before any load or decode
-        inspect_image(image, self.limits)  # cheap header check: reject before touching the model
+        info = inspect_image(image, self.limits)  # cheap header check: reject before touching the model
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         async with self.cache.use(detector_id) as runtime:
-            prediction = await loop.run_in_executor(self._predict_pool, runtime.predict, image, self.limits)
+            prediction = await loop.run_in_executor(
+                self._predict_pool, runtime.predict, image, self.limits, info
+            )
         self.metrics.inference_seconds.labels(detector_id).observe(time.perf_counter() - start)
         self._update_gauges()
         return prediction

@@ -29,7 +29,7 @@ def demo_model_root() -> Path:
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=CACHE_DIR))
-    build_demo_bundles(staging)
+    build_demo_bundles(staging, threads=1)  # deterministic weights, and fast on a busy machine
     if target.exists():
         shutil.rmtree(target)
     os.rename(staging, target)

@@ -70,7 +70,7 @@ class ImageQueryService:
         self._last_escalation: dict[str, float] = {}
 
     async def get(self, image_query_id: str) -> str:
-        body = await self._store.run(lambda: self._store.find_query(image_query_id, None))
+        body = self._store.lookup_query(image_query_id, None)
         if body is None:
             raise NotServedHereError(f"image query {image_query_id} is not known to this edge")
         return body
@@ -122,9 +122,9 @@ class ImageQueryService:
             )
             iq = self._image_query(iq_id, params, detector.model, threshold, None, done=False)
             iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
-            await self._record(iq, request_id, image, info.content_type, reason)
+            body = await self._record(iq, request_id, image, info.content_type, reason)
             self._metrics.image_queries.labels(params.detector_id, reason.value).inc()
-            return Answer(iq.model_dump_json())
+            return Answer(body)
 
         t_infer = time.perf_counter()
         try:
@@ -165,7 +165,7 @@ class ImageQueryService:
                 "edge_total": round(total_ms, 3),
             },
         )
-        await self._record(iq, request_id, image, info.content_type, decision.escalate)
+        body = await self._record(iq, request_id, image, info.content_type, decision.escalate)
         if decision.escalate is not None:
             outcome = decision.escalate.value
         elif inf.confidence >= threshold:
@@ -177,7 +177,7 @@ class ImageQueryService:
             f"{name};dur={value:.3f}"
             for name, value in (("edge", total_ms), ("inference", infer_ms), *inf.timings_ms.items())
         )
-        return Answer(iq.model_dump_json(), server_timing=timing)
+        return Answer(body, server_timing=timing)
 
     def _cannot_answer(self, detector: EdgeDetector | None, why: str) -> EdgeCannotAnswerError:
         if detector is not None and detector.inference_config.disable_cloud_escalation:
@@ -226,7 +226,8 @@ class ImageQueryService:
         image: bytes,
         content_type: str,
         reason: EscalationReason | None,
-    ) -> None:
+    ) -> str:
+        """Store the query (and its escalation, durably); return the JSON body that was stored."""
         body = iq.model_dump_json()
         item = None
         if reason is not None:
@@ -253,3 +254,4 @@ class ImageQueryService:
         if item is not None:
             self._metrics.escalations_queued.labels(item.reason).inc()
             self._on_escalation()
+        return body

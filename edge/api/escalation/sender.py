@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 import httpx
 
@@ -41,7 +42,10 @@ class OutboxSender:
         retry_base_s: float,
         retry_max_s: float,
         concurrency: int,
+        alarm_depth: int = 10_000,
     ) -> None:
+        self._alarm_depth = alarm_depth
+        self._last_alarm = 0.0
         self._store = store
         self._http = http
         self._link = link
@@ -73,17 +77,18 @@ class OutboxSender:
             except asyncio.CancelledError:
                 raise
             except _Backoff:
-                await self._sleep(self._delay())
+                # Not woken early: new escalations must not hammer a cloud that is down.
+                await asyncio.sleep(self._delay())
                 continue
             except Exception:
                 log.exception("outbox sender error")
-                await self._sleep(self._delay())
+                await asyncio.sleep(self._delay())
                 continue
             if not sent_any:
                 await self._sleep(5.0)
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
+        """Returns early on wake(); a wake during the last drain is kept, so nothing waits needlessly."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
@@ -93,6 +98,7 @@ class OutboxSender:
 
     async def drain_once(self) -> bool:
         """Send one batch; True if anything was pending. Raises _Backoff when the cloud is unhappy."""
+        self._wake.clear()
         batch = await self._store.run(lambda: self._store.pending(self._concurrency * 4))
         await self._refresh_depth()
         if not batch:
@@ -149,6 +155,13 @@ class OutboxSender:
         depth = await self._store.run(self._store.depth)
         self._metrics.outbox_pending.set(depth.pending)
         self._metrics.outbox_dead.set(depth.dead)
+        now = time.monotonic()
+        if depth.pending >= self._alarm_depth and now - self._last_alarm > 60:
+            self._last_alarm = now
+            log.warning(
+                "outbox depth over alarm threshold",
+                extra={"fields": {"pending": depth.pending, "oldest_age_s": depth.oldest_pending_age_s}},
+            )
 
 
 class CloudProbe:
