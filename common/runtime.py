@@ -142,6 +142,29 @@ class ModelRuntime:
         t2 = time.perf_counter()
         return self._prediction(probs[0], float(q[0]), {"decode": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
 
+    def predict_batch(
+        self, items: list[tuple[bytes, ImageInfo | None]], limits: ImageLimits
+    ) -> list[Prediction | Exception]:
+        """One forward pass for several images; an image that fails to decode fails alone."""
+        t0 = time.perf_counter()
+        tensors: list[NDArray[np.float32]] = []
+        slots: list[int | Exception] = []
+        for data, info in items:
+            try:
+                tensors.append(self.image_to_tensor(self.decode(data, limits, info)))
+                slots.append(len(tensors) - 1)
+            except Exception as exc:  # per-image: a corrupt image must not fail its batch-mates
+                slots.append(exc)
+        t1 = time.perf_counter()
+        if not tensors:
+            return [s for s in slots if isinstance(s, Exception)]
+        probs, q = self.run_tensor(np.concatenate(tensors))
+        t2 = time.perf_counter()
+        timings = {"decode": (t1 - t0) * 1e3 / len(items), "model": (t2 - t1) * 1e3}
+        return [
+            s if isinstance(s, Exception) else self._prediction(probs[s], float(q[s]), timings) for s in slots
+        ]
+
     def _prediction(self, probs: NDArray[np.float64], q: float, timings: dict[str, float]) -> Prediction:
         meta = self.metadata
         idx = int(np.argmax(probs))

@@ -13,7 +13,7 @@ from common.http import RequestLogMiddleware, install_error_handlers
 from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
-from edge.api.core.inference_client import InferenceClient
+from edge.api.core.inference_client import InferenceClient, new_session
 from edge.api.core.store import EdgeStore
 from edge.api.deps import EdgeState
 from edge.api.errors import ERROR_RESPONSES
@@ -28,10 +28,9 @@ DB_FILE = "edge.sqlite3"
 
 def create_app(
     settings: EdgeSettings | None = None,
-    inference_transport: httpx.AsyncBaseTransport | None = None,
     cloud_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """Transports are injectable so tests can point either client anywhere without patching."""
+    """The cloud transport is injectable so tests can point the cloud link anywhere without patching."""
     settings = settings or EdgeSettings()
     metrics = EdgeMetrics()
 
@@ -39,13 +38,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = EdgeStore(settings.data_dir / DB_FILE)
         await store.open()
-        limits = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=60)
-        inference_http = httpx.AsyncClient(
-            base_url=settings.inference_url,
-            timeout=httpx.Timeout(settings.inference_timeout_s, connect=2.0),
-            limits=limits,
-            transport=inference_transport,
-        )
+        inference_http = new_session(settings.inference_url, settings.inference_timeout_s)
         cloud_http = httpx.AsyncClient(
             base_url=settings.cloud_url,
             timeout=httpx.Timeout(settings.cloud_timeout_s, connect=3.0),
@@ -95,7 +88,7 @@ def create_app(
         finally:
             await sender.stop()
             await probe.stop()
-            await inference_http.aclose()
+            await inference_http.close()
             await cloud_http.aclose()
             await store.close()
 

@@ -46,6 +46,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         worker_threads=settings.worker_threads,
         intra_op_threads=settings.intra_op_threads,
         verify_on_load=settings.verify_on_load,
+        max_batch=settings.max_batch,
     )
 
     @asynccontextmanager

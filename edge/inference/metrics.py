@@ -31,6 +31,12 @@ class InferenceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Images per forward pass (requests already waiting share one)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
         self.cache_entries = Gauge("inference_cache_entries", "Models held in the cache", registry=r)
         self.cache_bytes = Gauge("inference_cache_bytes", "Bytes of models held in the cache", registry=r)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ from common.ids import is_detector_id
 from common.imaging import ImageLimits, inspect_image
 from common.runtime import ModelRuntime, Prediction, choose_providers
 from common.wire.inference import CacheStats, ModelInfo, ModelList
+from edge.inference.batching import Batcher
 from edge.inference.cache import ModelCache
 from edge.inference.metrics import InferenceMetrics
 
@@ -40,6 +40,7 @@ class InferenceService:
         worker_threads: int = 2,
         intra_op_threads: int = 1,
         verify_on_load: bool = True,
+        max_batch: int = 8,
     ) -> None:
         self.model_root = model_root
         self.limits = limits
@@ -48,6 +49,7 @@ class InferenceService:
         self._intra_op_threads = intra_op_threads
         self._verify = verify_on_load
         self._predict_pool = ThreadPoolExecutor(worker_threads, thread_name_prefix="predict")
+        self._batcher = Batcher(self._predict_pool, worker_threads, max_batch, limits, metrics)
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.cache: ModelCache[ModelRuntime] = ModelCache(
             self._load, self._load_pool, max_entries=max_entries, max_bytes=max_bytes, observer=metrics
@@ -79,12 +81,9 @@ class InferenceService:
     async def infer(self, detector_id: str, image: bytes) -> Prediction:
         self._bundle_dir(detector_id)  # 400/404 before any load or decode
         info = inspect_image(image, self.limits)  # cheap header check: reject before touching the model
-        loop = asyncio.get_running_loop()
         start = time.perf_counter()
         async with self.cache.use(detector_id) as runtime:
-            prediction = await loop.run_in_executor(
-                self._predict_pool, runtime.predict, image, self.limits, info
-            )
+            prediction = await self._batcher.submit(runtime, image, info)
         self.metrics.inference_seconds.labels(detector_id).observe(time.perf_counter() - start)
         self._update_gauges()
         return prediction

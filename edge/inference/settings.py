@@ -25,6 +25,7 @@ class InferenceSettings(BaseSettings):
     worker_threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
     max_image_bytes: int = Field(default=ImageLimits.max_bytes, ge=1)
     max_image_pixels: int = Field(default=ImageLimits.max_pixels, ge=1)
+    max_batch: int = Field(default=8, ge=1, le=256)
     verify_on_load: bool = True
     log_level: str = "info"
 
