@@ -36,7 +36,12 @@ async def test_queued_requests_share_a_batch_and_a_bad_image_fails_alone() -> No
         runtime.gate.set()
         results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert runtime.batches == [[b"a"], [b"b", b"bad", b"c"], [b"d"]]
-    assert results[0] == "pred:a" and results[1] == "pred:b" and results[3] == "pred:c" and results[4] == "pred:d"
+    assert (
+        results[0] == "pred:a"
+        and results[1] == "pred:b"
+        and results[3] == "pred:c"
+        and results[4] == "pred:d"
+    )
     assert isinstance(results[2], ValueError)
 
 
