@@ -24,7 +24,7 @@ test-fast: setup ## Run the tests that do not start the whole stack
 lint: setup ## ruff check, ruff format --check, mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common edge training launcher
+	$(VENV)/bin/mypy common edge training launcher bench
 
 format: setup ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

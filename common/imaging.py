@@ -90,8 +90,8 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
-    """Validate size, format and pixel count from the header alone (no pixel decode)."""
+def check_image_bytes(data: bytes, limits: ImageLimits) -> ImageFormat:
+    """Size and format from the magic bytes alone: the cheap gate before bytes are passed on."""
     if not data:
         raise EmptyImageError("request body is empty; send the image bytes (JPEG, PNG, BMP or WebP)")
     if len(data) > limits.max_bytes:
@@ -101,7 +101,16 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         raise UnsupportedImageFormatError("body is not a recognised image; send JPEG, PNG, BMP or WebP bytes")
     if sniffed not in ALLOWED_FORMATS:
         raise UnsupportedImageFormatError(f"{sniffed} images are not supported; send JPEG, PNG, BMP or WebP")
-    fmt = ImageFormat(sniffed)
+    return ImageFormat(sniffed)
+
+
+def content_type_of(fmt: ImageFormat) -> str:
+    return _CONTENT_TYPES[fmt]
+
+
+def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
+    """Validate size, format and pixel count from the header alone (no pixel decode)."""
+    fmt = check_image_bytes(data, limits)
     try:
         with Image.open(io.BytesIO(data), formats=[fmt.value]) as img:
             width, height = img.size

@@ -15,6 +15,8 @@ from edge.inference.batching import Batcher
 from edge.inference.cache import ModelCache
 from edge.inference.metrics import InferenceMetrics
 
+BUNDLE_RESOLVE_TTL_S = 1.0
+
 
 class InvalidDetectorIdError(ValueError):
     """The detector id is not det_ + 27 base62 characters (and so never touches the filesystem)."""
@@ -49,6 +51,7 @@ class InferenceService:
         self._intra_op_threads = intra_op_threads
         self._verify = verify_on_load
         self._predict_pool = ThreadPoolExecutor(worker_threads, thread_name_prefix="predict")
+        self._resolved: dict[str, tuple[float, Path | None]] = {}
         self._batcher = Batcher(self._predict_pool, worker_threads, max_batch, limits, metrics)
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.cache: ModelCache[ModelRuntime] = ModelCache(
@@ -60,9 +63,16 @@ class InferenceService:
         return self.providers[0]
 
     def _bundle_dir(self, detector_id: str) -> Path:
+        """The detector's current bundle; resolved from disk at most once a second per detector."""
         if not is_detector_id(detector_id):
             raise InvalidDetectorIdError(f"detector_id {detector_id!r} is not det_ + 27 base62 characters")
-        bundle = current_bundle_dir(self.model_root, detector_id)
+        now = time.monotonic()
+        cached = self._resolved.get(detector_id)
+        if cached is not None and now - cached[0] < BUNDLE_RESOLVE_TTL_S:
+            bundle = cached[1]
+        else:
+            bundle = current_bundle_dir(self.model_root, detector_id)
+            self._resolved[detector_id] = (now, bundle)
         if bundle is None:
             raise ModelNotFoundError(f"no model is installed for {detector_id}")
         return bundle

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.edge.conftest import DIGIT, edge_config
+from tests.edge.conftest import DIGIT, UNKNOWN, edge_config
 from tests.support.stack import EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
@@ -48,6 +48,12 @@ def cases(jpeg: bytes) -> list[tuple[str, bytes, dict[str, str], int]]:
         ("truncated jpeg", jpeg[: len(jpeg) // 2], GOOD_PARAMS, 400),
         ("gif", gif(), GOOD_PARAMS, 415),
         ("100 megapixel png", png_header_only(10_000, 10_000), GOOD_PARAMS, 413),
+        (
+            "100 megapixel png, unserved detector",
+            png_header_only(10_000, 10_000),
+            {"detector_id": UNKNOWN},
+            413,
+        ),
         ("json text", b'{"image": "not really"}', GOOD_PARAMS, 415),
         ("malformed detector id", jpeg, {"detector_id": "det_123"}, 400),
         ("detector id with ../", jpeg, {"detector_id": "det_../../../etc/passwd0000000"}, 400),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from common.bundle import DetectorMode
 from common.ids import new_image_query_id
-from common.imaging import ImageLimits, decode_image, inspect_image
+from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
 from common.wire.device_api import (
     RESULT_TYPE_BY_MODE,
     EdgeDiagnostics,
@@ -90,17 +90,21 @@ class ImageQueryService:
 
     async def _answer(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
         start = time.perf_counter()
-        info = inspect_image(image, self._limits)
+        # Bytes and format only: the inference service parses the header once and enforces pixel
+        # limits (its 4xx comes back as ours); paths that skip inference decode fully below.
+        content_type = content_type_of(check_image_bytes(image, self._limits))
         config = self._config.config
         try:
             detector = await self._directory.lookup(config, params.detector_id)
         except InferenceUnavailableError as exc:
-            raise self._cannot_answer(None, str(exc)) from None
+            raise self._cannot_answer(None, str(exc), image) from None
         if detector is None or not detector.inference_config.enabled:
             self._metrics.image_queries.labels(params.detector_id, "not_served").inc()
-            raise EdgeCannotAnswerError(f"detector {params.detector_id} is not served by this edge")
+            raise self._cannot_answer(
+                None, f"detector {params.detector_id} is not served by this edge", image
+            )
         if detector.model is None:
-            raise self._cannot_answer(detector, f"no model is installed for {params.detector_id} yet")
+            raise self._cannot_answer(detector, f"no model is installed for {params.detector_id} yet", image)
         no_cloud = detector.inference_config.disable_cloud_escalation
         threshold = (
             params.confidence_threshold
@@ -122,7 +126,7 @@ class ImageQueryService:
             )
             iq = self._image_query(iq_id, params, detector.model, threshold, None, done=False)
             iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
-            body = await self._record(iq, request_id, image, info.content_type, reason)
+            body = await self._record(iq, request_id, image, content_type, reason)
             self._metrics.image_queries.labels(params.detector_id, reason.value).inc()
             return Answer(body)
 
@@ -130,7 +134,7 @@ class ImageQueryService:
         try:
             inf = await self._inference.infer(params.detector_id, image)
         except (NoModelError, InferenceUnavailableError) as exc:
-            raise self._cannot_answer(detector, str(exc)) from None
+            raise self._cannot_answer(detector, str(exc), image) from None
         infer_ms = (time.perf_counter() - t_infer) * 1e3
 
         now = time.monotonic()
@@ -165,7 +169,7 @@ class ImageQueryService:
                 "edge_total": round(total_ms, 3),
             },
         )
-        body = await self._record(iq, request_id, image, info.content_type, decision.escalate)
+        body = await self._record(iq, request_id, image, content_type, decision.escalate)
         if decision.escalate is not None:
             outcome = decision.escalate.value
         elif inf.confidence >= threshold:
@@ -179,7 +183,9 @@ class ImageQueryService:
         )
         return Answer(body, server_timing=timing)
 
-    def _cannot_answer(self, detector: EdgeDetector | None, why: str) -> EdgeCannotAnswerError:
+    def _cannot_answer(self, detector: EdgeDetector | None, why: str, image: bytes) -> EdgeCannotAnswerError:
+        """The 503 that sends a request on to the cloud; bytes that are no usable image never go."""
+        inspect_image(image, self._limits)
         if detector is not None and detector.inference_config.disable_cloud_escalation:
             self._metrics.image_queries.labels(detector.detector_id, "unavailable_offline").inc()
             return OfflineOnlyError(f"{why}; the detector is edge-only, so the cloud will not answer it")
@@ -250,6 +256,8 @@ class ImageQueryService:
                 created_at=time.time(),
                 attempts=0,
             )
+        if item is None and self._store.try_record_inline(iq.id, request_id, iq.detector_id, body):
+            return body
         await self._store.run(lambda: self._store.record_query(iq.id, request_id, iq.detector_id, body, item))
         if item is not None:
             self._metrics.escalations_queued.labels(item.reason).inc()

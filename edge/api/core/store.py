@@ -73,6 +73,7 @@ class EdgeStore:
         self._fast: sqlite3.Connection | None = None
         self._durable: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -88,6 +89,9 @@ class EdgeStore:
             f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
         )
         self._reader.execute("PRAGMA busy_timeout=1000")
+        # Event-loop writes must never wait: no busy timeout, fall back to the thread when locked.
+        self._inline = self._connect("NORMAL")
+        self._inline.execute("PRAGMA busy_timeout=0")
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -98,7 +102,7 @@ class EdgeStore:
 
     async def close(self) -> None:
         def _close() -> None:
-            for conn in (self._fast, self._durable, self._reader):
+            for conn in (self._fast, self._durable, self._reader, self._inline):
                 if conn is not None:
                     conn.close()
 
@@ -160,6 +164,26 @@ class EdgeStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def try_record_inline(
+        self, image_query_id: str, request_id: str | None, detector_id: str, body: str
+    ) -> bool:
+        """Record a query that escalates nothing from the event loop (no fsync, microseconds).
+
+        False when another writer holds the lock (an fsync in progress): the caller then takes the
+        thread path instead of blocking the loop.
+        """
+        assert self._inline is not None, "store is not open"
+        try:
+            self._inline.execute(
+                "INSERT INTO image_queries (id, request_id, detector_id, created_at, body) VALUES (?, ?, ?, ?, ?)",
+                (image_query_id, request_id, detector_id, time.time(), body),
+            )
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        return True
 
     def update_query(self, image_query_id: str, body: str) -> None:
         self.fast.execute("UPDATE image_queries SET body = ? WHERE id = ?", (body, image_query_id))

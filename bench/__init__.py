@@ -1,0 +1,1 @@
+"""Benchmarks of the edge stack (`python -m bench.edge_throughput`)."""
