@@ -7,7 +7,7 @@ import secrets
 
 import httpx
 
-from tests.edge.conftest import DIGIT, edge_config, wait_until
+from tests.edge.conftest import DIGIT, assert_delivered_once, edge_config
 from tests.support.stack import EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
@@ -35,9 +35,7 @@ def test_same_request_id_returns_the_same_query_and_escalates_once(stack: EdgeSt
     ids = {a.json()["id"] for a in answers}
     assert len(ids) == 1
     (iq_id,) = ids
-    wait_until(lambda: iq_id in stack.cloud.state.escalations, what="the escalation")
-    wait_until(lambda: not stack.outbox_rows(), what="outbox to drain")
-    assert stack.cloud.state.posts_per_id[iq_id] == 1
+    assert_delivered_once(stack, iq_id)
 
 
 def test_concurrent_retries_with_one_request_id_make_one_query(stack: EdgeStack, digits) -> None:
@@ -55,9 +53,7 @@ def test_concurrent_retries_with_one_request_id_make_one_query(stack: EdgeStack,
     ids = {a.json()["id"] for a in answers}
     assert len(ids) == 1
     (iq_id,) = ids
-    wait_until(lambda: iq_id in stack.cloud.state.escalations, what="the escalation")
-    wait_until(lambda: not stack.outbox_rows(), what="outbox to drain")
-    assert stack.cloud.state.posts_per_id[iq_id] == 1
+    assert_delivered_once(stack, iq_id)
 
 
 def test_repeated_image_query_id_is_honoured_and_idempotent(stack: EdgeStack, digits) -> None:
@@ -67,6 +63,4 @@ def test_repeated_image_query_id_is_honoured_and_idempotent(stack: EdgeStack, di
     again = post(stack, digits[23][0], image_query_id=iq_id, want_async="true")
     assert first.json()["id"] == again.json()["id"] == iq_id
     assert first.json() == again.json()
-    wait_until(lambda: iq_id in stack.cloud.state.escalations, what="the escalation")
-    wait_until(lambda: not stack.outbox_rows(), what="outbox to drain")
-    assert stack.cloud.state.posts_per_id[iq_id] == 1
+    assert_delivered_once(stack, iq_id)

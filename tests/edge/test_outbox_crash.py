@@ -23,6 +23,18 @@ def offline_stack(demo_models: Path, tmp_path: Path):
     cloud.stop()
 
 
+def submit_async(s: EdgeStack, image: bytes) -> str:
+    """A want_async query: always escalated, so it always goes through the outbox."""
+    resp = httpx.post(
+        f"{s.edge_url}/device-api/v1/image-queries",
+        params={"detector_id": DIGIT, "want_async": "true"},
+        content=image,
+        timeout=15,
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
 def test_outbox_survives_sigkill_and_drains_exactly_once(offline_stack: EdgeStack, digits, photos) -> None:
     s = offline_stack
     images = [img for img, _ in digits[:20]] + photos[:10]
@@ -59,13 +71,7 @@ def test_cloud_rejecting_an_escalation_keeps_it_as_dead_not_deleted(offline_stac
     s = offline_stack
     s.cloud.state.fail_escalations_with = 400
     s.cloud.start()
-    resp = httpx.post(
-        f"{s.edge_url}/device-api/v1/image-queries",
-        params={"detector_id": DIGIT, "want_async": "true"},
-        content=digits[0][0],
-        timeout=15,
-    )
-    iq_id = resp.json()["id"]
+    iq_id = submit_async(s, digits[0][0])
     wait_until(lambda: (iq_id, "want_async", "dead") in s.outbox_rows(), what="dead-lettered entry")
     assert httpx.get(f"{s.edge_url}/status", timeout=10).json()["outbox"]["dead"] == 1
 
@@ -74,13 +80,7 @@ def test_cloud_5xx_is_retried_until_accepted(offline_stack: EdgeStack, digits) -
     s = offline_stack
     s.cloud.state.fail_escalations_with = 503
     s.cloud.start()
-    resp = httpx.post(
-        f"{s.edge_url}/device-api/v1/image-queries",
-        params={"detector_id": DIGIT, "want_async": "true"},
-        content=digits[1][0],
-        timeout=15,
-    )
-    iq_id = resp.json()["id"]
+    iq_id = submit_async(s, digits[1][0])
     wait_until(lambda: s.cloud.state.posts_per_id.get(iq_id, 0) >= 2, what="retries")
     s.cloud.state.fail_escalations_with = None
     wait_until(lambda: iq_id in s.cloud.state.escalations, what="delivery after recovery")
