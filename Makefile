@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format bench models clean
+.PHONY: help setup run test test-fast lint format bench models clean cloud-schema
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ test-fast: setup ## Run the tests that do not start the whole stack
 lint: setup ## ruff check, ruff format --check, mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common edge training launcher bench
+	$(VENV)/bin/mypy common edge cloud training launcher bench
 
 format: setup ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
@@ -38,3 +38,9 @@ bench: setup ## Edge throughput benchmark (writes bench/results/edge_throughput.
 
 clean: ## Remove local state (models, databases), keep the venv
 	rm -rf .intellioptics
+
+cloud-schema: setup ## Regenerate the initial cloud migration from cloud/app/db/models.py (before the first release only)
+	rm -f cloud/app/db/migrations/versions/0001_initial_schema.py /tmp/io-schema.db
+	$(PY) -c "from alembic import command; from cloud.app.db.migrate import alembic_config; command.revision(alembic_config('sqlite+aiosqlite:////tmp/io-schema.db'), message='initial schema', autogenerate=True, rev_id='0001')"
+	$(VENV)/bin/ruff format cloud/app/db/migrations
+	$(VENV)/bin/ruff check --fix -q cloud/app/db/migrations

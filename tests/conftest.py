@@ -10,7 +10,7 @@ from launcher.processes import free_port
 from tests.support.fake_cloud import FakeCloud
 
 # Variables a developer's shell may carry that would change what the services do under test.
-_SCRUB = ("EDGE_", "INFERENCE_", "GATEWAY_", "GROUNDLIGHT_", "INTELLIOPTICS_")
+_SCRUB = ("EDGE_", "INFERENCE_", "GATEWAY_", "GROUNDLIGHT_", "INTELLIOPTICS_", "CLOUD_", "DATABASE_URL")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,32 @@
+"""`python -m cloud.app`: migrate and seed (prestart), then serve on CLOUD_HOST:CLOUD_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from cloud.app.app import create_app
+from cloud.app.prestart import prestart
+from cloud.app.settings import CloudSettings
+from common.http import configure_logging
+
+
+def main() -> None:
+    settings = CloudSettings()
+    configure_logging(settings.log_level)
+    asyncio.run(prestart(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

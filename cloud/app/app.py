@@ -1,0 +1,77 @@
+"""Composition root of the cloud API: settings → engine, blob store → routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from cloud.app.blobstore import make_blob_store
+from cloud.app.db.engine import make_engine, make_sessionmaker
+from cloud.app.deps import CloudState
+from cloud.app.errors import ERROR_RESPONSES
+from cloud.app.routes import (
+    admin,
+    device_account,
+    device_detectors,
+    device_image_queries,
+    device_labels,
+    escalations,
+    exports,
+    health,
+    hubs,
+    models,
+    review,
+    training_jobs,
+    web,
+)
+from cloud.app.settings import CloudSettings
+from common.http import RequestLogMiddleware, install_error_handlers
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+
+ROUTERS = (
+    device_account,
+    device_detectors,
+    device_image_queries,
+    device_labels,
+    escalations,
+    review,
+    models,
+    exports,
+    hubs,
+    admin,
+    training_jobs,
+    health,
+    web,
+)
+
+
+def create_app(settings: CloudSettings | None = None) -> FastAPI:
+    """The schema must already be migrated (`cloud.app.prestart` does it before serving)."""
+    settings = settings or CloudSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.async_database_url)
+        blobs = make_blob_store(settings)
+        app.state.cloud = CloudState(
+            settings=settings, engine=engine, sessions=make_sessionmaker(engine), blobs=blobs
+        )
+        try:
+            yield
+        finally:
+            await blobs.close()
+            await engine.dispose()
+
+    app = FastAPI(title="IntelliOptics cloud API", version="0.1.0", lifespan=lifespan)
+    for module in ROUTERS:
+        app.include_router(module.router)
+    STATIC_DIR.mkdir(parents=True, exist_ok=True)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_error_handlers(app, ERROR_RESPONSES)
+    app.add_middleware(RequestLogMiddleware, service="cloud-api")
+    return app

@@ -1,0 +1,103 @@
+"""First start: when there are no users, create an admin, a reviewer and a device API token, print
+them once, and write the token where scripts look for it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.db.models import ApiToken, Role, User
+from cloud.app.security import (
+    hash_password,
+    new_api_token,
+    new_password,
+    new_token_id,
+    new_user_id,
+    token_digest,
+)
+from cloud.app.settings import CloudSettings
+
+log = logging.getLogger("cloud.bootstrap")
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    admin_username: str
+    admin_password: str
+    reviewer_username: str
+    reviewer_password: str
+    api_token: str
+
+
+async def create_user(
+    session: AsyncSession, username: str, role: Role, password: str | None = None, email: str = ""
+) -> User:
+    user = User(
+        id=new_user_id(),
+        username=username,
+        email=email or f"{username}@intellioptics.local",
+        role=role,
+        password_hash=hash_password(password) if password else None,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def create_token(session: AsyncSession, user: User, name: str, token: str | None = None) -> str:
+    raw = token or new_api_token()
+    session.add(
+        ApiToken(
+            id=new_token_id(), name=name, user_id=user.id, token_hash=token_digest(raw), snippet=raw[:20]
+        )
+    )
+    await session.flush()
+    return raw
+
+
+async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Credentials | None:
+    if (await session.execute(select(func.count()).select_from(User))).scalar_one():
+        return None
+    creds = Credentials(
+        admin_username="admin",
+        admin_password=settings.bootstrap_admin_password or new_password(),
+        reviewer_username="reviewer",
+        reviewer_password=settings.bootstrap_reviewer_password or new_password(),
+        api_token=settings.bootstrap_api_token or new_api_token(),
+    )
+    await create_user(session, creds.admin_username, Role.ADMIN, creds.admin_password)
+    await create_user(session, creds.reviewer_username, Role.REVIEWER, creds.reviewer_password)
+    device = await create_user(session, "device", Role.DEVICE)
+    await create_token(session, device, "device (first start)", creds.api_token)
+    await session.commit()
+    return creds
+
+
+def publish(creds: Credentials, settings: CloudSettings) -> None:
+    """Print once; keep a private copy beside the database and the token where scripts read it."""
+    _write_private(settings.data_dir / CREDENTIALS_FILE, json.dumps(asdict(creds), indent=2) + "\n")
+    if settings.api_token_file:
+        _write_private(Path(settings.api_token_file), creds.api_token + "\n")
+    print(
+        "IntelliOptics cloud: first start, accounts created\n"
+        f"  admin     {creds.admin_username} / {creds.admin_password}\n"
+        f"  reviewer  {creds.reviewer_username} / {creds.reviewer_password}\n"
+        f"  API token {creds.api_token}"
+        + (f"  (written to {settings.api_token_file})" if settings.api_token_file else ""),
+        flush=True,
+    )
+
+
+def _write_private(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)

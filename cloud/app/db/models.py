@@ -1,0 +1,316 @@
+"""Tables of the cloud (DESIGN §7). One module so that Alembic sees the whole schema in one place.
+
+Ids are the wire ids (`det_…`, `iq_…`) or our own prefixed ids; times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    REVIEWER = "reviewer"
+    DEVICE = "device"  # cameras, edges, scripts: device API, edge API, escalations
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    email: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(20))
+    password_hash: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """Only the sha256 of a token is stored; the snippet (first 20 chars) is kept for display."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    snippet: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebSession(Base):
+    """A reviewer's browser session; the cookie holds the token, the table its sha256."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class Detector(Base):
+    __tablename__ = "detectors"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    query: Mapped[str] = mapped_column(Text)
+    group_name: Mapped[str] = mapped_column(String(200), default="")
+    mode: Mapped[str] = mapped_column(String(20))  # common.bundle.DetectorMode
+    mode_configuration: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # The answers a reviewer can give besides UNCLEAR and skip, in key order (YES/NO, class names, counts).
+    labels: Mapped[list[Any]] = mapped_column()
+    confidence_threshold: Mapped[float] = mapped_column(Float, default=0.9)
+    patience_time: Mapped[float] = mapped_column(Float, default=30.0)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", nullable=True)
+    status: Mapped[str] = mapped_column(String(10), default="ON")
+    # The registry alias edges follow; NULL = no model yet (every query goes to review).
+    production_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model_versions.id", use_alter=True, name="fk_detector_production"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageQuery(Base):
+    __tablename__ = "image_queries"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    query: Mapped[str] = mapped_column(Text)
+    result_type: Mapped[str] = mapped_column(String(40))
+    # common.wire.device_api.Result as JSON, or NULL while nothing has answered it.
+    result: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    patience_time: Mapped[float] = mapped_column(Float)
+    confidence_threshold: Mapped[float] = mapped_column(Float)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", nullable=True)
+    done_processing: Mapped[bool] = mapped_column(Boolean, default=False)
+    human_review: Mapped[str] = mapped_column(String(10), default="DEFAULT")
+    # common.wire.device_api.EdgeDiagnostics of whoever answered first (edge or cloud model).
+    diagnostics: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    image_key: Mapped[str] = mapped_column(String(300))
+    image_content_type: Mapped[str] = mapped_column(String(40))
+    # "cloud" (posted here) or "edge" (arrived as an escalation); edge_id names the hub.
+    origin: Mapped[str] = mapped_column(String(10), default="cloud")
+    edge_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # X-Request-Id of the POST that made it: a retried POST returns the same query.
+    request_id: Mapped[str | None] = mapped_column(String(140), unique=True, nullable=True)
+
+    __table_args__ = (Index("ix_image_queries_detector_created", "detector_id", "created_at"),)
+
+
+class Escalation(Base):
+    """One per image query: the unique key is what makes edge retries harmless."""
+
+    __tablename__ = "escalations"
+
+    image_query_id: Mapped[str] = mapped_column(
+        ForeignKey("image_queries.id", ondelete="CASCADE"), primary_key=True
+    )
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    edge_id: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(40))
+    edge_created_at: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewStatus(StrEnum):
+    PENDING = "pending"
+    ANSWERED = "answered"
+
+
+class ReviewItem(Base):
+    """A query waiting for a person. Claimed with a lease: `lease_owner` + `lease_expires_at`."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_query_id: Mapped[str] = mapped_column(
+        ForeignKey("image_queries.id", ondelete="CASCADE"), unique=True
+    )
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), default=ReviewStatus.PENDING)
+    # Queue order: patience deadline, then uncertainty (higher first), then age.
+    deadline: Mapped[datetime] = mapped_column()
+    uncertainty: Mapped[float] = mapped_column(Float, default=1.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(String(40), default="")
+    lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    answered_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    answer: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    __table_args__ = (
+        Index("ix_review_items_queue", "status", "detector_id", "deadline", "uncertainty", "created_at"),
+    )
+
+
+class ReviewSkip(Base):
+    """A reviewer skipped an item: it goes back to the queue, but not to them."""
+
+    __tablename__ = "review_skips"
+
+    review_item_id: Mapped[int] = mapped_column(
+        ForeignKey("review_items.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelSource(StrEnum):
+    HUMAN = "HUMAN"  # a reviewer in the queue
+    CUSTOMER = "CUSTOMER"  # add_label from the device API
+
+
+class Label(Base):
+    """Ground truth for training. An undone label stays, marked, so history is never rewritten."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_query_id: Mapped[str] = mapped_column(
+        ForeignKey("image_queries.id", ondelete="CASCADE"), index=True
+    )
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(20))
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    review_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("review_items.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Hub(Base):
+    """An edge box: registered by its first heartbeat."""
+
+    __tablename__ = "hubs"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # {detector_id: version} as the edge reports it.
+    deployed_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ModelStatus(StrEnum):
+    CANDIDATE = "candidate"
+    PRODUCTION = "production"
+    RETIRED = "retired"
+
+
+class ModelVersion(Base):
+    """A registered bundle: the tar.gz is a blob; its manifest and metrics are kept here."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    version: Mapped[str] = mapped_column(String(100))  # model_id.txt of the bundle
+    status: Mapped[str] = mapped_column(String(20), default=ModelStatus.CANDIDATE)
+    blob_key: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the tar.gz
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (UniqueConstraint("detector_id", "version", name="uq_model_versions_detector_version"),)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class TrainingJob(Base):
+    """At most one queued or running job per detector (partial unique index)."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
+    trigger: Mapped[str] = mapped_column(String(20), default="manual")  # labels | timer | manual
+    labels_at_creation: Mapped[int] = mapped_column(Integer, default=0)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # {epoch, epochs, history: [...], eta_s, ...} as the trainer reports it.
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    logs: Mapped[str] = mapped_column(Text, default="")
+    result_version_id: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (
+        Index(
+            "uq_training_jobs_one_active",
+            "detector_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+
+class ExportJob(Base):
+    """A dataset export (labels + images, tar.gz with a JSON manifest), built by the worker."""
+
+    __tablename__ = "export_jobs"
+
+    id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
+    requested_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    blob_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,85 @@
+"""Annotated dependencies: the database session, the caller and its role, the shared services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cloud.app.auth import (
+    SESSION_COOKIE,
+    AuthError,
+    Principal,
+    principal_from_session,
+    principal_from_token,
+    require_role,
+)
+from cloud.app.blobstore import BlobStore
+from cloud.app.db.models import Role
+from cloud.app.settings import CloudSettings
+
+
+@dataclass
+class CloudState:
+    settings: CloudSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    blobs: BlobStore
+    # Services that parts of the app add in the lifespan (model cache for cloud answers, ...).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def get_state(request: Request) -> CloudState:
+    state: CloudState = request.app.state.cloud
+    return state
+
+
+StateDep = Annotated[CloudState, Depends(get_state)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_principal(request: Request, session: SessionDep) -> Principal:
+    """`x-api-token` first (the SDK's header), then the browser session cookie."""
+    token = request.headers.get("x-api-token")
+    if token:
+        principal = await principal_from_token(session, token)
+        if principal is None:
+            raise AuthError("invalid API token")
+        return principal
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        principal = await principal_from_session(session, cookie)
+        if principal is not None:
+            return principal
+    raise AuthError("missing credentials: send the x-api-token header or log in")
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_device(principal: PrincipalDep) -> Principal:
+    return require_role(principal, Role.DEVICE)
+
+
+async def get_reviewer(principal: PrincipalDep) -> Principal:
+    return require_role(principal, Role.REVIEWER)
+
+
+async def get_admin(principal: PrincipalDep) -> Principal:
+    return require_role(principal, Role.ADMIN)
+
+
+# Devices, edges and scripts (admins pass every check).
+DeviceDep = Annotated[Principal, Depends(get_device)]
+ReviewerDep = Annotated[Principal, Depends(get_reviewer)]
+AdminDep = Annotated[Principal, Depends(get_admin)]

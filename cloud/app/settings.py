@@ -1,0 +1,63 @@
+"""Cloud settings from the environment (CLOUD_*; DATABASE_URL is accepted as well)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOUD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Empty: an embedded SQLite file in data_dir (one-machine demo). Production: postgresql://...
+    database_url: str = Field(default="", validation_alias=AliasChoices("CLOUD_DATABASE_URL", "DATABASE_URL"))
+    data_dir: Path = Path(".intellioptics/cloud")
+    # The address edges and browsers use to reach this service (download URLs, pagination links).
+    public_url: str = "http://127.0.0.1:8000"
+
+    blob_backend: Literal["local", "azure"] = "local"
+    blob_dir: Path | None = None  # default: data_dir/blobs
+    azure_connection_string: str = ""
+    azure_container: str = "intellioptics"
+
+    review_lease_s: float = Field(default=60.0, gt=0)
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
+    max_image_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    model_cache_size: int = Field(default=5, ge=1)
+
+    # First start: accounts created when the user table is empty. Empty values are generated and printed.
+    bootstrap_admin_password: str = ""
+    bootstrap_reviewer_password: str = ""
+    bootstrap_api_token: str = ""
+    # Where the first start writes the device API token for scripts ("" = do not write).
+    api_token_file: str = ".intellioptics/api-token"
+
+    # Worker: retrain after this many new labels, or this long after the last job when labels are waiting.
+    retrain_min_labels: int = Field(default=50, ge=1)
+    retrain_interval_s: float = Field(default=600.0, gt=0)
+    worker_poll_s: float = Field(default=2.0, gt=0)
+
+    log_level: str = "info"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def async_database_url(self) -> str:
+        return to_async_url(self.database_url or f"sqlite:///{self.data_dir / 'cloud.db'}")
+
+
+def to_async_url(url: str) -> str:
+    """postgresql:// and sqlite:// URLs as the async drivers (asyncpg, aiosqlite) want them."""
+    for prefix in ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url

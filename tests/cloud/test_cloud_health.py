@@ -1,0 +1,16 @@
+"""The cloud starts on a fresh database, migrates it, and refuses callers without credentials."""
+
+from __future__ import annotations
+
+from tests.support.cloud import DEVICE_TOKEN, CloudServer
+
+
+def test_fresh_database_is_migrated_and_ready(cloud: CloudServer) -> None:
+    with cloud.client(token=None) as http:
+        assert http.get("/health/live").json() == {"status": "ok"}
+        assert http.get("/health/ready").json()["database"] is True
+
+
+def test_first_start_writes_the_device_token_for_scripts(cloud: CloudServer) -> None:
+    assert (cloud.workdir / "api-token").read_text().strip() == DEVICE_TOKEN
+    assert (cloud.workdir / "api-token").stat().st_mode & 0o077 == 0

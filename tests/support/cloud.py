@@ -1,0 +1,113 @@
+"""The cloud API as a real process: a fresh PostgreSQL database (or SQLite) and `python -m cloud.app`
+on a free port, with known first-start accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from launcher.processes import ManagedProcess, free_port, wait_for_http
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+REVIEWER_PASSWORD = "reviewer-password-for-tests"
+DEVICE_TOKEN = "io_devicetokenfortests_" + "x" * 24
+
+
+def use_sqlite() -> bool:
+    """CLOUD_TEST_DB=sqlite runs the cloud tests on the embedded database instead of PostgreSQL."""
+    return os.environ.get("CLOUD_TEST_DB", "postgres") == "sqlite"
+
+
+@dataclass
+class TestDatabase:
+    """A database that exists for one test session and is dropped after."""
+
+    workdir: Path
+    name: str = field(default_factory=lambda: "io_test_" + secrets.token_hex(6))
+
+    @property
+    def url(self) -> str:
+        if use_sqlite():
+            return f"sqlite:///{self.workdir / 'cloud.db'}"
+        base = PG_ADMIN_URL.rsplit("/", 1)[0]
+        return f"{base}/{self.name}"
+
+    def create(self) -> TestDatabase:
+        if not use_sqlite():
+            asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        return self
+
+    def drop(self) -> None:
+        if not use_sqlite():
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+
+@dataclass
+class CloudServer:
+    database_url: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "cloud-data"
+
+    def start(self) -> CloudServer:
+        self.process = ManagedProcess(
+            "cloud-api",
+            [sys.executable, "-m", "cloud.app"],
+            env={
+                "DATABASE_URL": self.database_url,
+                "CLOUD_PORT": str(self.port),
+                "CLOUD_PUBLIC_URL": self.url,
+                "CLOUD_DATA_DIR": str(self.data_dir),
+                "CLOUD_API_TOKEN_FILE": str(self.workdir / "api-token"),
+                "CLOUD_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD": REVIEWER_PASSWORD,
+                "CLOUD_BOOTSTRAP_API_TOKEN": DEVICE_TOKEN,
+                "CLOUD_LOG_LEVEL": "warning",
+                **self.env,
+            },
+            cwd=ROOT,
+        ).start()
+        wait_for_http(f"{self.url}/health/ready", process=self.process, timeout=60)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def client(self, token: str | None = DEVICE_TOKEN, **kwargs: object) -> httpx.Client:
+        headers = {"x-api-token": token} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def login(self, username: str = "reviewer", password: str = REVIEWER_PASSWORD) -> httpx.Client:
+        """A client holding a reviewer's (or admin's) session cookie, as a browser would."""
+        client = httpx.Client(base_url=self.url, timeout=30)
+        resp = client.post("/login", data={"username": username, "password": password})
+        assert resp.status_code in (200, 303), resp.text
+        return client
