@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format bench models clean cloud-schema
+.PHONY: help setup run test test-tools test-fast lint format bench models clean cloud-schema
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,8 +15,11 @@ setup: ## Install Debian packages, the venv and Python dependencies (idempotent)
 run: setup ## Start the local edge stack (gateway on http://127.0.0.1:30101); Ctrl-C stops it
 	$(PY) -m launcher run
 
-test: setup ## Run every test, slow end-to-end ones included
+test: setup test-tools ## Run every test, slow end-to-end ones included
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-tools: ## Install what the tests need besides the venv (Debian chromium, Azurite)
+	@VENV=$(VENV) scripts/bootstrap.sh --test
 
 test-fast: setup ## Run the tests that do not start the whole stack
 	$(PY) -m pytest -q -m "not slow"

@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.installed"
 APT_PACKAGES=(nginx)
+# `--test`: what the tests need besides: Debian's chromium (browser tests; no browser is ever
+# downloaded) and Azurite from npm (Azure Blob emulator) under build/azurite.
+WITH_TEST_TOOLS=0
+if [ "${1:-}" = "--test" ]; then
+  WITH_TEST_TOOLS=1
+  APT_PACKAGES+=(chromium)
+  command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+fi
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -33,4 +41,11 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[training,dev]' 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c "import torch, onnxruntime, fastapi, groundlight" >/dev/null
   touch "$STAMP"
+fi
+
+if [ "$WITH_TEST_TOOLS" = 1 ] && [ ! -x build/azurite/node_modules/.bin/azurite-blob ]; then
+  echo "installing Azurite into build/azurite"
+  mkdir -p build/azurite
+  cp tests/support/azurite-package.json build/azurite/package.json
+  (cd build/azurite && npm install --no-audit --no-fund --silent >/dev/null)
 fi
