@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cloud.app.blobstore import make_blob_store
+from cloud.app.core.cloud_answers import close_model_cache, install_model_cache
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.deps import CloudState
 from cloud.app.errors import ERROR_RESPONSES
@@ -61,9 +62,11 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         app.state.cloud = CloudState(
             settings=settings, engine=engine, sessions=make_sessionmaker(engine), blobs=blobs
         )
+        install_model_cache(app.state.cloud)
         try:
             yield
         finally:
+            close_model_cache(app.state.cloud)
             await blobs.close()
             await engine.dispose()
 

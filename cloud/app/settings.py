@@ -14,6 +14,8 @@ class CloudSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # uvicorn worker processes; the API keeps no state in-process that others need, so replicas are safe.
+    workers: int = Field(default=1, ge=1)
     # Empty: an embedded SQLite file in data_dir (one-machine demo). Production: postgresql://...
     database_url: str = Field(default="", validation_alias=AliasChoices("CLOUD_DATABASE_URL", "DATABASE_URL"))
     data_dir: Path = Path(".intellioptics/cloud")

@@ -165,13 +165,39 @@ class ReviewItem(Base):
     reason: Mapped[str] = mapped_column(String(40), default="")
     lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     answered_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
     answer: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The image query's result and done_processing before the answer, restored by an undo.
+    prior_result: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    prior_done_processing: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
-    __table_args__ = (
-        Index("ix_review_items_queue", "status", "detector_id", "deadline", "uncertainty", "created_at"),
-    )
+    __table_args__ = (Index("ix_review_items_answered_at", "answered_at"),)
+
+
+# The claim scans pending items in queue order, across detectors or within one; partial indexes on
+# pending rows keep that scan short however many answered items pile up.
+_PENDING = text("status = 'pending'")
+Index(
+    "ix_review_items_claim",
+    ReviewItem.deadline,
+    ReviewItem.uncertainty.desc(),
+    ReviewItem.created_at,
+    ReviewItem.id,
+    postgresql_where=_PENDING,
+    sqlite_where=_PENDING,
+)
+Index(
+    "ix_review_items_claim_detector",
+    ReviewItem.detector_id,
+    ReviewItem.deadline,
+    ReviewItem.uncertainty.desc(),
+    ReviewItem.created_at,
+    ReviewItem.id,
+    postgresql_where=_PENDING,
+    sqlite_where=_PENDING,
+)
 
 
 class ReviewSkip(Base):
@@ -245,6 +271,8 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))  # of the tar.gz
     size_bytes: Mapped[int] = mapped_column(Integer)
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # From predictor_metadata.json and pipeline_config.yaml: mode, labels, temperature, pipeline, ...
+    predictor: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

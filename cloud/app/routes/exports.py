@@ -1,7 +1,53 @@
-"""(to be written)"""
+"""Dataset export routes (admins): queue an export, follow it, download the archive. The worker
+builds it (cloud.app.core.exports.run_export)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
 
-router = APIRouter(prefix="", tags=["exports"])
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from cloud.app.core import exports
+from cloud.app.deps import AdminDep, SessionDep, StateDep
+from cloud.app.routes.models import new_temp_file, temp_file_response
+from cloud.app.schemas.exports import ExportJobOut
+
+router = APIRouter(tags=["exports"])
+
+
+@router.post(
+    "/api/v1/detectors/{detector_id}/exports",
+    response_model=ExportJobOut,
+    status_code=202,
+    operation_id="create_export",
+)
+async def create_export(
+    detector_id: str, admin: AdminDep, state: StateDep, session: SessionDep
+) -> ExportJobOut:
+    """Queued for the worker; poll `GET /api/v1/exports/{id}` until it has succeeded."""
+    job = await exports.create_export(session, detector_id, admin.user_id)
+    return exports.export_out(job, state.settings.public_url)
+
+
+@router.get("/api/v1/exports/{export_id}", response_model=ExportJobOut, operation_id="get_export")
+async def get_export(export_id: str, admin: AdminDep, state: StateDep, session: SessionDep) -> ExportJobOut:
+    return exports.export_out(await exports.get_export(session, export_id), state.settings.public_url)
+
+
+@router.get(
+    "/api/v1/exports/{export_id}/download",
+    operation_id="download_export",
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "the export tar.gz"},
+        409: {"description": "the export has not succeeded (yet)"},
+    },
+)
+async def download_export(export_id: str, admin: AdminDep, state: StateDep, session: SessionDep) -> Response:
+    tmp = await new_temp_file(state)
+    try:
+        job = await exports.download_export_to(session, state.blobs, export_id, tmp)
+    except BaseException:
+        await asyncio.to_thread(tmp.unlink, True)
+        raise
+    return temp_file_response(tmp, f"{job.detector_id}-{job.id}.tar.gz")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:59:57.092426
+Create Date: 2026-11-23 17:04:16.719528
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
         sa.Column("manifest", sa.JSON(), nullable=False),
+        sa.Column("predictor", sa.JSON(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("lineage", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -217,19 +218,32 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=40), nullable=False),
         sa.Column("lease_owner", sa.String(length=40), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("answered_by", sa.String(length=40), nullable=True),
         sa.Column("answered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("answer", sa.String(length=100), nullable=True),
+        sa.Column("prior_result", sa.JSON(), nullable=True),
+        sa.Column("prior_done_processing", sa.Boolean(), nullable=True),
         sa.ForeignKeyConstraint(["detector_id"], ["detectors.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["image_query_id"], ["image_queries.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("image_query_id"),
     )
     with op.batch_alter_table("review_items", schema=None) as batch_op:
+        batch_op.create_index("ix_review_items_answered_at", ["answered_at"], unique=False)
         batch_op.create_index(
-            "ix_review_items_queue",
-            ["status", "detector_id", "deadline", "uncertainty", "created_at"],
+            "ix_review_items_claim",
+            ["deadline", sa.literal_column("uncertainty DESC"), "created_at", "id"],
             unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+        batch_op.create_index(
+            "ix_review_items_claim_detector",
+            ["detector_id", "deadline", sa.literal_column("uncertainty DESC"), "created_at", "id"],
+            unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
         )
 
     op.create_table(
@@ -274,7 +288,17 @@ def downgrade() -> None:
 
     op.drop_table("labels")
     with op.batch_alter_table("review_items", schema=None) as batch_op:
-        batch_op.drop_index("ix_review_items_queue")
+        batch_op.drop_index(
+            "ix_review_items_claim_detector",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+        batch_op.drop_index(
+            "ix_review_items_claim",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+        batch_op.drop_index("ix_review_items_answered_at")
 
     op.drop_table("review_items")
     with op.batch_alter_table("escalations", schema=None) as batch_op:

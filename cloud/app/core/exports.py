@@ -1,0 +1,383 @@
+"""Dataset exports: a detector's labelled images as one tar.gz, built by the worker, read by training.
+
+Format (version 1; models in common.wire.dataset_export):
+
+    exports/<detector_id>/<job_id>.tar.gz
+      manifest.json                first member
+        {"format_version": 1,
+         "export_id": "exp_…",
+         "detector": {"id", "name", "query", "mode", "labels", "mode_configuration"},
+         "created_at": "2026-01-01T00:00:00Z",
+         "items": [{"image_query_id", "label", "source", "labeled_at",
+                    "image": "images/<iq_id>.<ext>", "content_type"}, ...],
+         "excluded": {"UNCLEAR": 3, "missing_image": 1}}
+      images/<iq_id>.<ext>         the image bytes as received (ext: jpg, png, bmp, webp, bin)
+
+One item per image query of the detector: its latest label (by time) among those not undone and
+coming from a reviewer (HUMAN) or the device API (CUSTOMER). When that label is not one of the
+detector's labels (UNCLEAR, a class removed since) or the image blob is gone, the query is left out
+and counted under `excluded`, so every item is usable for training as it is.
+
+Jobs: `create_export` queues one (API); the worker leases the oldest with `claim_next_export`
+(SKIP LOCKED on PostgreSQL, a conditional update everywhere; an expired lease returns the job) and
+calls `run_export`, which marks the job succeeded with its blob key and item count, or failed with
+the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cloud.app.blobstore import BlobNotFoundError, BlobStore
+from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Label, LabelSource
+from cloud.app.errors import ConflictError, NotFoundError
+from cloud.app.schemas.exports import ExportJobOut
+from common.bundle import DetectorMode
+from common.ids import new_id
+from common.wire.dataset_export import (
+    EXPORT_FORMAT_VERSION,
+    IMAGES_DIR,
+    MANIFEST_NAME,
+    ExportDetector,
+    ExportItem,
+    ExportManifest,
+)
+
+log = logging.getLogger("cloud.exports")
+
+EXPORT_CONTENT_TYPE = "application/gzip"
+EXPORTED_SOURCES = (LabelSource.HUMAN, LabelSource.CUSTOMER)
+MISSING_IMAGE = "missing_image"
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/bmp": "bmp", "image/webp": "webp"}
+_FETCH_CONCURRENCY = 8
+_MAX_ERROR_CHARS = 2000
+_FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def new_export_id() -> str:
+    return new_id("exp")
+
+
+def export_blob_key(detector_id: str, job_id: str) -> str:
+    return f"exports/{detector_id}/{job_id}.tar.gz"
+
+
+def image_extension(content_type: str) -> str:
+    return _EXTENSIONS.get(content_type.split(";")[0].strip().lower(), "bin")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- API side -------------------------------------------------------------------------------------
+
+
+async def create_export(session: AsyncSession, detector_id: str, requested_by: str | None) -> ExportJob:
+    if await session.get(Detector, detector_id) is None:
+        raise NotFoundError(f"detector {detector_id} not found")
+    job = ExportJob(
+        id=new_export_id(), detector_id=detector_id, status=JobStatus.QUEUED, requested_by=requested_by
+    )
+    session.add(job)
+    await session.commit()
+    log.info("export queued", extra={"fields": {"export_id": job.id, "detector_id": detector_id}})
+    return job
+
+
+async def get_export(session: AsyncSession, export_id: str) -> ExportJob:
+    job = await session.get(ExportJob, export_id)
+    if job is None:
+        raise NotFoundError(f"export {export_id} not found")
+    return job
+
+
+def export_out(job: ExportJob, public_url: str) -> ExportJobOut:
+    done = job.status == JobStatus.SUCCEEDED and job.blob_key is not None
+    return ExportJobOut(
+        id=job.id,
+        detector_id=job.detector_id,
+        status=JobStatus(job.status),
+        item_count=job.item_count,
+        error=job.error,
+        requested_by=job.requested_by,
+        created_at=_aware(job.created_at),
+        finished_at=_aware(job.finished_at) if job.finished_at else None,
+        download_url=f"{public_url.rstrip('/')}/api/v1/exports/{job.id}/download" if done else None,
+    )
+
+
+async def download_export_to(
+    session: AsyncSession, blobs: BlobStore, export_id: str, dest: Path
+) -> ExportJob:
+    """Copy the finished archive to `dest`; 409 while the job is not done, 404 if its blob is gone."""
+    job = await get_export(session, export_id)
+    if job.status != JobStatus.SUCCEEDED or job.blob_key is None:
+        raise ConflictError(f"export {export_id} is {job.status}; its archive exists once it has succeeded")
+    await blobs.get_to_file(job.blob_key, dest)
+    return job
+
+
+# --- worker side ----------------------------------------------------------------------------------
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        ExportJob.status == JobStatus.QUEUED,
+        and_(ExportJob.status == JobStatus.RUNNING, ExportJob.lease_expires_at < now),
+    )
+
+
+async def claim_next_export(session: AsyncSession, owner: str, lease_s: float) -> str | None:
+    """Lease the oldest queued export (or one whose lease expired) to `owner`; its id, or None.
+
+    One statement: UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id. On
+    PostgreSQL concurrent workers skip each other's rows; on SQLite the statement takes the write lock
+    up front, so two workers never hold the same job there either.
+    """
+    now = _utcnow()
+    oldest = (
+        select(ExportJob.id)
+        .where(_claimable(now))
+        .order_by(ExportJob.created_at, ExportJob.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    job_id = (
+        await session.execute(
+            update(ExportJob)
+            .where(ExportJob.id == oldest, _claimable(now))
+            .values(
+                status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_s)
+            )
+            .returning(ExportJob.id)
+            .execution_options(synchronize_session=False)
+        )
+    ).scalar_one_or_none()
+    await session.commit()
+    if job_id is not None:
+        log.info("export claimed", extra={"fields": {"export_id": job_id, "owner": owner}})
+    return job_id
+
+
+async def renew_export_lease(session: AsyncSession, job_id: str, owner: str, lease_s: float) -> bool:
+    """Heartbeat for long exports; False when the lease is no longer `owner`'s."""
+    result = await session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == job_id, ExportJob.lease_owner == owner, ExportJob.status == JobStatus.RUNNING)
+        .values(lease_expires_at=_utcnow() + timedelta(seconds=lease_s))
+    )
+    await session.commit()
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    image_query_id: str
+    label: str
+    source: str
+    labeled_at: datetime
+    image_key: str
+    content_type: str
+
+
+async def latest_labels(session: AsyncSession, detector_id: str) -> list[_Labelled]:
+    """The latest non-undone HUMAN or CUSTOMER label of each image query of the detector."""
+    ranked = (
+        select(
+            Label.image_query_id,
+            Label.label,
+            Label.source,
+            Label.created_at,
+            func.row_number()
+            .over(partition_by=Label.image_query_id, order_by=(Label.created_at.desc(), Label.id.desc()))
+            .label("rank"),
+        )
+        .where(
+            Label.detector_id == detector_id,
+            Label.undone_at.is_(None),
+            Label.source.in_([s.value for s in EXPORTED_SOURCES]),
+        )
+        .subquery()
+    )
+    rows = await session.execute(
+        select(
+            ranked.c.image_query_id,
+            ranked.c.label,
+            ranked.c.source,
+            ranked.c.created_at,
+            ImageQuery.image_key,
+            ImageQuery.image_content_type,
+        )
+        .join(ImageQuery, ImageQuery.id == ranked.c.image_query_id)
+        .where(ranked.c.rank == 1, ImageQuery.detector_id == detector_id)
+        .order_by(ranked.c.image_query_id)
+    )
+    return [_Labelled(*row) for row in rows]
+
+
+async def _start(sessions: async_sessionmaker[AsyncSession], job_id: str) -> ExportDetector | None:
+    """Mark a queued job running (direct calls skip the claim); None when there is nothing to do."""
+    async with sessions() as session:
+        job = await session.get(ExportJob, job_id)
+        if job is None:
+            log.warning("export job not found", extra={"fields": {"export_id": job_id}})
+            return None
+        if job.status in _FINISHED:
+            return None
+        detector = await session.get(Detector, job.detector_id)
+        if detector is None:
+            raise NotFoundError(f"detector {job.detector_id} no longer exists")
+        if job.status == JobStatus.QUEUED:
+            job.status = JobStatus.RUNNING
+            await session.commit()
+        return ExportDetector(
+            id=detector.id,
+            name=detector.name,
+            query=detector.query,
+            mode=DetectorMode(detector.mode),
+            labels=[str(x) for x in detector.labels],
+            mode_configuration=detector.mode_configuration,
+        )
+
+
+async def _finish(sessions: async_sessionmaker[AsyncSession], job_id: str, **values: Any) -> None:
+    async with sessions() as session:
+        await session.execute(
+            update(ExportJob)
+            .where(ExportJob.id == job_id)
+            .values(finished_at=_utcnow(), lease_owner=None, lease_expires_at=None, **values)
+        )
+        await session.commit()
+
+
+async def _fetch_images(
+    blobs: BlobStore, labelled: list[_Labelled], images_dir: Path
+) -> dict[str, Path | None]:
+    """iq id -> local file, or None when the blob is gone; at most a few transfers at a time."""
+    gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
+
+    async def one(item: _Labelled) -> tuple[str, Path | None]:
+        target = images_dir / f"{item.image_query_id}.{image_extension(item.content_type)}"
+        async with gate:
+            try:
+                await blobs.get_to_file(item.image_key, target)
+            except (BlobNotFoundError, ValueError):
+                log.warning(
+                    "export: image missing",
+                    extra={"fields": {"image_query_id": item.image_query_id, "key": item.image_key}},
+                )
+                return item.image_query_id, None
+        return item.image_query_id, target
+
+    return dict(await asyncio.gather(*(one(item) for item in labelled)))
+
+
+def _write_archive(out: Path, manifest: ExportManifest, files: dict[str, Path]) -> None:
+    """Blocking: manifest.json first, then the images in manifest order."""
+    body = json.dumps(manifest.model_dump(mode="json"), indent=1).encode()
+    now = int(time.time())
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(MANIFEST_NAME)
+        info.size = len(body)
+        info.mtime = now
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(body))
+        for item in manifest.items:
+            src = files[item.image_query_id]
+            info = tarfile.TarInfo(item.image)
+            info.size = src.stat().st_size
+            info.mtime = now
+            info.mode = 0o644
+            with src.open("rb") as fh:
+                tar.addfile(info, fh)
+
+
+async def run_export(
+    sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, job_id: str, workdir: Path
+) -> None:
+    """Build, store and record one export. Errors mark the job failed; they are not raised."""
+    job_dir = workdir / f"export-{job_id}"
+    try:
+        detector = await _start(sessions, job_id)
+        if detector is None:
+            return
+        async with sessions() as session:
+            labelled = await latest_labels(session, detector.id)
+        excluded: dict[str, int] = {}
+        usable = []
+        for item in labelled:
+            if item.label in detector.labels:
+                usable.append(item)
+            else:
+                excluded[item.label] = excluded.get(item.label, 0) + 1
+        images_dir = job_dir / IMAGES_DIR
+        await asyncio.to_thread(images_dir.mkdir, parents=True, exist_ok=True)
+        fetched = await _fetch_images(blobs, usable, images_dir)
+        items: list[ExportItem] = []
+        files: dict[str, Path] = {}
+        for item in usable:
+            path = fetched.get(item.image_query_id)
+            if path is None:
+                excluded[MISSING_IMAGE] = excluded.get(MISSING_IMAGE, 0) + 1
+                continue
+            files[item.image_query_id] = path
+            items.append(
+                ExportItem(
+                    image_query_id=item.image_query_id,
+                    label=item.label,
+                    source=item.source,
+                    labeled_at=_iso(item.labeled_at),
+                    image=f"{IMAGES_DIR}/{path.name}",
+                    content_type=item.content_type,
+                )
+            )
+        manifest = ExportManifest(
+            format_version=EXPORT_FORMAT_VERSION,
+            export_id=job_id,
+            detector=detector,
+            created_at=_iso(_utcnow()),
+            items=items,
+            excluded=excluded,
+        )
+        archive = job_dir / "export.tar.gz"
+        await asyncio.to_thread(_write_archive, archive, manifest, files)
+        key = export_blob_key(detector.id, job_id)
+        await blobs.put_file(key, archive, EXPORT_CONTENT_TYPE)
+        await _finish(
+            sessions, job_id, status=JobStatus.SUCCEEDED, blob_key=key, item_count=len(items), error=None
+        )
+        log.info(
+            "export succeeded",
+            extra={"fields": {"export_id": job_id, "items": len(items), "excluded": excluded}},
+        )
+    except Exception as exc:
+        log.exception("export failed", extra={"fields": {"export_id": job_id}})
+        await _finish(
+            sessions, job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+        )
+    finally:
+        await asyncio.to_thread(shutil.rmtree, job_dir, True)

@@ -1,0 +1,527 @@
+"""Model registry: bundles as blobs, versions as rows, one production alias per detector (DESIGN §5, §7).
+
+A version is immutable. An upload is unpacked and verified, checked against its detector (id, mode,
+labels), re-packed canonically (common.bundle_archive: same bundle, same bytes) and stored as
+`models/<detector_id>/<version>.tar.gz`. Uploading a version again is idempotent when the canonical
+archive has the same sha256 (200, the existing row) and a 409 when the content differs.
+
+Statuses: candidate (registered), production (the detector's alias; exactly one or none), retired
+(was production). Promote moves the alias and stamps `promoted_at`; rollback moves it back to the
+version promoted most recently before the current one and leaves the stamps alone, so repeated
+rollbacks walk back through the promotion history. The production version cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.blobstore import BlobStore
+from cloud.app.db.models import Detector, ModelStatus, ModelVersion
+from cloud.app.deps import CloudState
+from cloud.app.errors import CloudError, ConflictError, NotFoundError, UnprocessableError
+from cloud.app.schemas.models import ModelVersionDetail, ModelVersionOut
+from common.bundle import (
+    BundleError,
+    Manifest,
+    PipelineConfig,
+    PredictorMetadata,
+    install_bundle,
+    read_metadata,
+    read_pipeline,
+    verify_bundle,
+)
+from common.bundle_archive import (
+    ARCHIVE_CONTENT_TYPE,
+    ArchiveTooLargeError,
+    pack_bundle,
+    sha256_of,
+    unpack_bundle,
+)
+from common.ids import new_id
+from common.wire.model_registry import ModelFetchInfo
+
+log = logging.getLogger("cloud.registry")
+
+NO_MODEL_YET = "no model for this detector yet"
+# Installed production bundles the cloud answers with: the active one and the one before it.
+KEEP_INSTALLED = 2
+
+
+class PayloadTooLargeError(CloudError):
+    status = 413
+
+
+def new_model_id() -> str:
+    return new_id("mdl")
+
+
+def model_blob_key(detector_id: str, version: str) -> str:
+    return f"models/{detector_id}/{version}.tar.gz"
+
+
+def download_url(public_url: str, model_id: str) -> str:
+    return f"{public_url.rstrip('/')}/api/v1/models/{model_id}/download"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they are UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- upload -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedBundle:
+    """An uploaded archive after unpacking, verification and canonical re-packing."""
+
+    manifest: Manifest
+    metadata: PredictorMetadata
+    pipeline: PipelineConfig
+    archive: Path
+    sha256: str
+    size_bytes: int
+
+
+def prepare_bundle(upload: Path, work_dir: Path) -> PreparedBundle:
+    """Blocking: unpack `upload` into `work_dir`, verify, re-pack. Raises CloudError 413/422."""
+    bundle_dir = work_dir / "bundle"
+    try:
+        manifest = unpack_bundle(upload, bundle_dir)
+        metadata = read_metadata(bundle_dir)
+        pipeline = read_pipeline(bundle_dir)
+        if metadata.detector_id != manifest.detector_id or metadata.version != manifest.version:
+            raise BundleError("predictor_metadata.json and manifest.json disagree on detector or version")
+        canonical = work_dir / "canonical.tar.gz"
+        pack_bundle(bundle_dir, canonical)
+    except ArchiveTooLargeError as exc:
+        raise PayloadTooLargeError(f"bundle archive rejected: {exc}") from None
+    except BundleError as exc:
+        # Messages name our temp directory; the client only needs what is wrong.
+        detail = str(exc).replace(f"{bundle_dir}: ", "").replace(str(bundle_dir), "bundle")
+        raise UnprocessableError(f"bundle rejected: {detail}") from None
+    return PreparedBundle(
+        manifest, metadata, pipeline, canonical, sha256_of(canonical), canonical.stat().st_size
+    )
+
+
+def _check_fits_detector(prepared: PreparedBundle, detector: Detector) -> None:
+    meta = prepared.metadata
+    if meta.detector_id != detector.id:
+        raise UnprocessableError(f"bundle is for detector {meta.detector_id}, not {detector.id}")
+    if meta.mode.value != detector.mode:
+        raise UnprocessableError(
+            f"bundle mode is {meta.mode.value}; detector {detector.id} is {detector.mode}"
+        )
+    expected = sorted(str(label) for label in detector.labels)
+    if sorted(meta.labels) != expected:
+        raise UnprocessableError(
+            f"bundle labels {meta.labels} do not match the detector's labels {[str(x) for x in detector.labels]}"
+        )
+
+
+def _predictor_summary(prepared: PreparedBundle) -> dict[str, Any]:
+    meta = prepared.metadata
+    return {
+        "detector_name": meta.detector_name,
+        "query": meta.query,
+        "mode": meta.mode.value,
+        "labels": list(meta.labels),
+        "temperature": meta.temperature,
+        "default_confidence_threshold": meta.default_confidence_threshold,
+        "oodd": meta.oodd.model_dump(mode="json"),
+        "created_at": meta.created_at,
+        "pipeline": prepared.pipeline.model_dump(mode="json"),
+    }
+
+
+async def get_detector(session: AsyncSession, detector_id: str, *, lock: bool = False) -> Detector:
+    stmt = select(Detector).where(Detector.id == detector_id)
+    if lock:  # serialises alias changes per detector on PostgreSQL; SQLite has one writer anyway
+        stmt = stmt.with_for_update()
+    detector = (await session.execute(stmt)).scalar_one_or_none()
+    if detector is None:
+        raise NotFoundError(f"detector {detector_id} not found")
+    return detector
+
+
+async def _find_version(session: AsyncSession, detector_id: str, version: str) -> ModelVersion | None:
+    return (
+        await session.execute(
+            select(ModelVersion).where(
+                ModelVersion.detector_id == detector_id, ModelVersion.version == version
+            )
+        )
+    ).scalar_one_or_none()
+
+
+def _same_or_conflict(existing: ModelVersion, prepared: PreparedBundle) -> ModelVersion:
+    if existing.sha256 != prepared.sha256:
+        raise ConflictError(
+            f"version {existing.version} of detector {existing.detector_id} is already registered with "
+            "different content; a version is immutable, upload the new bundle under a new version"
+        )
+    return existing
+
+
+async def register_bundle(
+    session: AsyncSession,
+    blobs: BlobStore,
+    detector_id: str,
+    upload: Path,
+    work_dir: Path,
+    *,
+    promote: bool = False,
+    lineage: dict[str, Any] | None = None,
+) -> tuple[ModelVersion, bool]:
+    """Verify and store an uploaded bundle archive. Returns (row, created)."""
+    detector = await get_detector(session, detector_id)
+    prepared = await asyncio.to_thread(prepare_bundle, upload, work_dir)
+    _check_fits_detector(prepared, detector)
+    version = prepared.manifest.version
+
+    existing = await _find_version(session, detector_id, version)
+    if existing is not None:
+        row = _same_or_conflict(existing, prepared)
+        if promote:
+            await promote_model(session, row.id)
+        return row, False
+
+    row = ModelVersion(
+        id=new_model_id(),
+        detector_id=detector_id,
+        version=version,
+        status=ModelStatus.CANDIDATE,
+        blob_key=model_blob_key(detector_id, version),
+        sha256=prepared.sha256,
+        size_bytes=prepared.size_bytes,
+        manifest=prepared.manifest.model_dump(mode="json"),
+        predictor=_predictor_summary(prepared),
+        metrics=dict(prepared.metadata.metrics),
+        lineage={**prepared.metadata.lineage, **(lineage or {})},
+    )
+    session.add(row)
+    try:
+        # The row claims (detector, version) before the blob is written, so two uploads racing for
+        # one version never overwrite each other's blob: the loser fails here and compares hashes.
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        existing = await _find_version(session, detector_id, version)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, prepared), False
+    await blobs.put_file(row.blob_key, prepared.archive, ARCHIVE_CONTENT_TYPE)
+    if promote:
+        locked = await get_detector(session, detector_id, lock=True)
+        await _set_production(session, locked, row, stamp=True)
+    await session.commit()
+    log.info(
+        "model registered",
+        extra={
+            "fields": {
+                "detector_id": detector_id,
+                "version": version,
+                "model_id": row.id,
+                "promoted": promote,
+            }
+        },
+    )
+    return row, True
+
+
+# --- alias: promote, rollback, delete ---------------------------------------------------------------
+
+
+async def get_model(session: AsyncSession, model_id: str) -> ModelVersion:
+    row = await session.get(ModelVersion, model_id)
+    if row is None:
+        raise NotFoundError(f"model version {model_id} not found")
+    return row
+
+
+async def _set_production(
+    session: AsyncSession, detector: Detector, target: ModelVersion, *, stamp: bool
+) -> None:
+    """Point the alias at `target`; whatever was production before is retired."""
+    await session.execute(
+        update(ModelVersion)
+        .where(
+            ModelVersion.detector_id == detector.id,
+            ModelVersion.status == ModelStatus.PRODUCTION,
+            ModelVersion.id != target.id,
+        )
+        .values(status=ModelStatus.RETIRED)
+        .execution_options(synchronize_session="fetch")
+    )
+    target.status = ModelStatus.PRODUCTION
+    if stamp:
+        target.promoted_at = _utcnow()
+    detector.production_version_id = target.id
+
+
+async def promote_model(session: AsyncSession, model_id: str) -> ModelVersion:
+    row = await get_model(session, model_id)
+    detector = await get_detector(session, row.detector_id, lock=True)
+    if detector.production_version_id == row.id and row.status == ModelStatus.PRODUCTION:
+        return row  # already the alias: promoting again changes nothing
+    await _set_production(session, detector, row, stamp=True)
+    await session.commit()
+    log.info("model promoted", extra={"fields": {"detector_id": row.detector_id, "model_id": row.id}})
+    return row
+
+
+async def rollback_model(session: AsyncSession, detector_id: str) -> ModelVersion:
+    """Back to the version promoted most recently before the current production one."""
+    detector = await get_detector(session, detector_id, lock=True)
+    if detector.production_version_id is None:
+        raise ConflictError(f"detector {detector_id} has no production version to roll back from")
+    current = await get_model(session, detector.production_version_id)
+    stmt = select(ModelVersion).where(
+        ModelVersion.detector_id == detector_id,
+        ModelVersion.id != current.id,
+        ModelVersion.promoted_at.is_not(None),
+    )
+    if current.promoted_at is not None:
+        stmt = stmt.where(ModelVersion.promoted_at < current.promoted_at)
+    target = (
+        await session.execute(stmt.order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc()).limit(1))
+    ).scalar_one_or_none()
+    if target is None:
+        raise ConflictError(f"detector {detector_id} has no earlier promoted version to roll back to")
+    await _set_production(session, detector, target, stamp=False)
+    await session.commit()
+    log.info(
+        "model rolled back",
+        extra={"fields": {"detector_id": detector_id, "from": current.id, "to": target.id}},
+    )
+    return target
+
+
+async def delete_model(session: AsyncSession, blobs: BlobStore, model_id: str) -> None:
+    row = await get_model(session, model_id)
+    detector = await get_detector(session, row.detector_id, lock=True)
+    if detector.production_version_id == row.id or row.status == ModelStatus.PRODUCTION:
+        raise ConflictError(
+            f"model version {model_id} is the production version of {row.detector_id}; "
+            "promote another version or roll back first"
+        )
+    blob_key = row.blob_key
+    await session.delete(row)
+    await session.commit()
+    # After the commit: a failed blob delete leaves an orphan blob, never a row without its blob.
+    try:
+        await blobs.delete(blob_key)
+    except Exception:
+        log.warning("could not delete model blob", extra={"fields": {"key": blob_key}}, exc_info=True)
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+async def list_models(session: AsyncSession, detector_id: str) -> tuple[Detector, list[ModelVersion]]:
+    detector = await get_detector(session, detector_id)
+    rows = (
+        await session.execute(
+            select(ModelVersion)
+            .where(ModelVersion.detector_id == detector_id)
+            .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+        )
+    ).scalars()
+    return detector, list(rows)
+
+
+def model_out(row: ModelVersion) -> ModelVersionOut:
+    return ModelVersionOut(
+        id=row.id,
+        detector_id=row.detector_id,
+        version=row.version,
+        status=ModelStatus(row.status),
+        is_production=row.status == ModelStatus.PRODUCTION,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        created_at=_aware(row.created_at) or _utcnow(),
+        promoted_at=_aware(row.promoted_at),
+    )
+
+
+def model_detail(row: ModelVersion, public_url: str) -> ModelVersionDetail:
+    return ModelVersionDetail(
+        **model_out(row).model_dump(),
+        download_url=download_url(public_url, row.id),
+        manifest=row.manifest,
+        predictor=row.predictor,
+        metrics=row.metrics,
+        lineage=row.lineage,
+    )
+
+
+async def production_model(session: AsyncSession, detector_id: str) -> ModelVersion | None:
+    return (
+        await session.execute(
+            select(ModelVersion)
+            .join(Detector, Detector.production_version_id == ModelVersion.id)
+            .where(Detector.id == detector_id)
+        )
+    ).scalar_one_or_none()
+
+
+async def fetch_info(session: AsyncSession, detector_id: str, public_url: str) -> ModelFetchInfo:
+    """What an edge needs to download the production bundle; 404 when there is none."""
+    row = await production_model(session, detector_id)
+    if row is None:
+        await get_detector(session, detector_id)  # an unknown detector says so
+        raise NotFoundError(NO_MODEL_YET)
+    predictor = row.predictor
+    return ModelFetchInfo(
+        detector_id=detector_id,
+        model_version_id=row.id,
+        version=row.version,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        download_url=download_url(public_url, row.id),
+        mode=predictor["mode"],
+        labels=[str(x) for x in predictor.get("labels", [])],
+        pipeline=predictor.get("pipeline", {}),
+    )
+
+
+def fetch_etag(model_id: str, sha256: str) -> str:
+    """Strong: the same version with the same bytes, and nothing else, has this tag."""
+    return '"' + hashlib.sha256(f"{model_id}:{sha256}".encode()).hexdigest()[:32] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison, as If-None-Match asks: `*`, or any listed tag with or without W/."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+async def download_to(session: AsyncSession, blobs: BlobStore, model_id: str, dest: Path) -> ModelVersion:
+    """Copy the stored tar.gz to `dest`; BlobNotFoundError (404) when the blob has gone."""
+    row = await get_model(session, model_id)
+    await blobs.get_to_file(row.blob_key, dest)
+    return row
+
+
+# --- the cloud's own copy of production bundles ------------------------------------------------------
+
+
+@dataclass
+class _InstalledBundles:
+    """Per process: detector id -> (model id, sha256, dir), and one lock per detector."""
+
+    dirs: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+
+_EXTRAS_KEY = "registry.installed_bundles"
+
+
+def _installed(state: CloudState) -> _InstalledBundles:
+    cache = state.extras.get(_EXTRAS_KEY)
+    if not isinstance(cache, _InstalledBundles):
+        cache = _InstalledBundles()
+        state.extras[_EXTRAS_KEY] = cache
+    return cache
+
+
+def _install_archive(archive: Path, expected_sha256: str, model_root: Path, version: str, work: Path) -> Path:
+    """Blocking: check the archive's sha256, unpack, verify, install (atomic rename, `current`)."""
+    actual = sha256_of(archive)
+    if actual != expected_sha256:
+        raise BundleError(f"stored bundle has sha256 {actual}, the registry says {expected_sha256}")
+    bundle_dir = work / "bundle"
+    manifest = unpack_bundle(archive, bundle_dir)
+    if manifest.version != version:
+        raise BundleError(f"stored bundle is version {manifest.version}, the registry says {version}")
+    try:
+        return install_bundle(bundle_dir, model_root, keep=KEEP_INSTALLED)
+    except OSError:
+        # Another process sharing data_dir renamed the same version into place first.
+        final = model_root / manifest.detector_id / manifest.version
+        verify_bundle(final)
+        return final
+
+
+def _intact(path: Path) -> bool:
+    try:
+        verify_bundle(path)
+    except BundleError:
+        return False
+    return True
+
+
+async def production_bundle_dir(state: CloudState, session: AsyncSession, detector_id: str) -> Path | None:
+    """The verified, installed production bundle of a detector, for the cloud's own answers.
+
+    Downloaded once per version into data_dir/models/<detector_id>/<version>/ (single-flight per
+    detector); afterwards a call is one small query and no blob I/O. None: no production version.
+    """
+    row = (
+        await session.execute(
+            select(ModelVersion.id, ModelVersion.version, ModelVersion.sha256, ModelVersion.blob_key)
+            .join(Detector, Detector.production_version_id == ModelVersion.id)
+            .where(Detector.id == detector_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    model_id, version, sha256, blob_key = row
+    cache = _installed(state)
+    hit = cache.dirs.get(detector_id)
+    if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
+        return hit[2]
+    lock = cache.locks.setdefault(detector_id, asyncio.Lock())
+    async with lock:
+        hit = cache.dirs.get(detector_id)
+        if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
+            return hit[2]
+        model_root = state.settings.data_dir / "models"
+        final = model_root / detector_id / version
+        if not (final.is_dir() and await asyncio.to_thread(_intact, final)):
+            final = await _download_and_install(state.blobs, blob_key, sha256, model_root, version)
+        cache.dirs[detector_id] = (model_id, sha256, final)
+        return final
+
+
+async def _download_and_install(
+    blobs: BlobStore, blob_key: str, sha256: str, model_root: Path, version: str
+) -> Path:
+    await asyncio.to_thread(model_root.mkdir, parents=True, exist_ok=True)
+    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=".download-", dir=model_root))
+    try:
+        archive = work / "bundle.tar.gz"
+        await blobs.get_to_file(blob_key, archive)
+        path = await asyncio.to_thread(_install_archive, archive, sha256, model_root, version, work)
+        log.info("production bundle installed", extra={"fields": {"path": str(path)}})
+        return path
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
