@@ -1,7 +1,112 @@
-"""(to be written)"""
+"""Image queries on the device API: submit (raw image body), get, list, and the image itself."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+
+from cloud.app.core import image_queries as core
+from cloud.app.deps import DeviceDep, SessionDep, StateDep
+from cloud.app.errors import BadRequestError
+from cloud.app.schemas.device import page_links
+from common.http import REQUEST_ID_HEADER
+from common.ids import is_detector_id
+from common.imaging import ImageTooLargeError
+from common.params import InvalidParameterError, parse_submit_params
+from common.wire.device_api import ImageQuery, Page
 
 router = APIRouter(prefix="/device-api/v1/image-queries", tags=["device"])
+
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+PageSize = Annotated[int, Query(ge=1, le=1000)]
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over the limit (before it is all read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ImageTooLargeError(f"image is {declared} bytes; the limit is {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ImageTooLargeError(f"image is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "",
+    response_model=ImageQuery,
+    operation_id="device_submit_image_query",
+    openapi_extra={
+        "requestBody": {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def submit_image_query(
+    request: Request, principal: DeviceDep, state: StateDep, session: SessionDep
+) -> Response:
+    """The image is the raw body; its format is read from the bytes, whatever Content-Type says.
+    A retry with the same X-Request-Id or image_query_id gets the first query back."""
+    try:
+        params = parse_submit_params(request.query_params)
+    except InvalidParameterError as exc:
+        raise BadRequestError(str(exc)) from None
+    body = await read_body(request, state.settings.max_image_bytes)
+    submitted = await core.submit_image_query(
+        state, session, params, body, request.headers.get(REQUEST_ID_HEADER)
+    )
+    headers = {"Server-Timing": submitted.server_timing} if submitted.server_timing else None
+    later = None
+    if submitted.answer_later:
+        iq = submitted.image_query
+        later = BackgroundTask(core.answer_in_background, state, iq.id, iq.detector_id, body, None)
+    return Response(
+        submitted.image_query.model_dump_json(),
+        media_type="application/json",
+        headers=headers,
+        background=later,
+    )
+
+
+@router.get("", response_model=Page[ImageQuery], operation_id="device_list_image_queries")
+async def list_image_queries(
+    principal: DeviceDep,
+    state: StateDep,
+    session: SessionDep,
+    page: PageNumber = 1,
+    page_size: PageSize = 10,
+    detector_id: str | None = None,
+) -> Page[ImageQuery]:
+    if detector_id and not is_detector_id(detector_id):
+        raise BadRequestError("detector_id must be det_ followed by 27 base62 characters")
+    rows, count = await core.list_image_queries(session, page, page_size, detector_id or None)
+    params = {"detector_id": detector_id} if detector_id else {}
+    next_url, previous_url = page_links(
+        f"{state.settings.public_url.rstrip('/')}{router.prefix}", page, page_size, count, params
+    )
+    return Page[ImageQuery](
+        count=count, next=next_url, previous=previous_url, results=[core.image_query_to_wire(r) for r in rows]
+    )
+
+
+@router.get("/{image_query_id}", response_model=ImageQuery, operation_id="device_get_image_query")
+async def get_image_query(image_query_id: str, principal: DeviceDep, session: SessionDep) -> Response:
+    row = await core.get_image_query(session, image_query_id)
+    return Response(core.image_query_to_wire(row).model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/{image_query_id}/image",
+    operation_id="device_get_image",
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+)
+async def get_image(
+    image_query_id: str, principal: DeviceDep, state: StateDep, session: SessionDep
+) -> Response:
+    data, content_type = await core.get_image(state, session, image_query_id)
+    return Response(data, media_type=content_type)

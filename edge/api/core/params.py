@@ -1,112 +1,19 @@
-"""Query parameters of `POST /device-api/v1/image-queries`, parsed and checked (400 on anything off)."""
+"""Query parameters of `POST /device-api/v1/image-queries` on the edge: the shared parser in
+`common.params`, with its errors raised as the edge's own 400."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
 
-from common.ids import is_detector_id, is_image_query_id
-from common.wire.device_api import HumanReview
+from common.params import InvalidParameterError, SubmitParams
+from common.params import parse_submit_params as _parse_submit_params
 from edge.api.errors import BadRequestError
 
-MAX_METADATA_BYTES = 1024
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
+__all__ = ["SubmitParams", "parse_submit_params"]
 
 
-@dataclass(frozen=True)
-class SubmitParams:
-    detector_id: str
-    patience_time: float | None = None
-    confidence_threshold: float | None = None
-    human_review: HumanReview = HumanReview.DEFAULT
-    want_async: bool = False
-    inspection_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    image_query_id: str | None = None
-
-
-def parse_submit_params(query: dict[str, str]) -> SubmitParams:
-    detector_id = query.get("detector_id")
-    if not detector_id:
-        raise BadRequestError("detector_id is required")
-    if not is_detector_id(detector_id):
-        raise BadRequestError("detector_id must be det_ followed by 27 base62 characters")
-    image_query_id = query.get("image_query_id") or None
-    if image_query_id is not None and not is_image_query_id(image_query_id):
-        raise BadRequestError("image_query_id must be iq_ followed by up to 100 of [A-Za-z0-9_-]")
-    inspection_id = query.get("inspection_id") or None
-    if inspection_id is not None and len(inspection_id) > 100:
-        raise BadRequestError("inspection_id is longer than 100 characters")
-    return SubmitParams(
-        detector_id=detector_id,
-        patience_time=_number(query, "patience_time", low=0.0, high=3600.0, low_open=True),
-        confidence_threshold=_number(query, "confidence_threshold", low=0.0, high=1.0),
-        human_review=_human_review(query.get("human_review")),
-        want_async=_flag(query, "want_async"),
-        inspection_id=inspection_id,
-        metadata=_metadata(query.get("metadata")),
-        image_query_id=image_query_id,
-    )
-
-
-def _number(
-    query: dict[str, str], name: str, low: float, high: float, low_open: bool = False
-) -> float | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
+def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:
     try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequestError(f"{name} must be a number, got {raw[:40]!r}") from None
-    if value != value or value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise BadRequestError(f"{name} must lie in {bracket}{low:g}, {high:g}], got {value:g}")
-    return value
-
-
-def _flag(query: dict[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return False
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise BadRequestError(f"{name} must be true or false, got {raw[:40]!r}")
-
-
-def _human_review(raw: str | None) -> HumanReview:
-    if raw is None or raw == "":
-        return HumanReview.DEFAULT
-    try:
-        return HumanReview(raw.upper())
-    except ValueError:
-        raise BadRequestError("human_review must be DEFAULT, ALWAYS or NEVER") from None
-
-
-def _metadata(raw: str | None) -> dict[str, Any] | None:
-    """The SDK sends URL-safe base64 of a JSON object; plain JSON text is accepted too."""
-    if raw is None or raw == "":
-        return None
-    text: bytes
-    if raw.lstrip().startswith("{"):
-        text = raw.encode()
-    else:
-        try:
-            text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        except (binascii.Error, ValueError):
-            raise BadRequestError("metadata must be URL-safe base64 of a JSON object") from None
-    if len(text) > MAX_METADATA_BYTES:
-        raise BadRequestError(f"metadata is {len(text)} bytes of JSON; the limit is {MAX_METADATA_BYTES}")
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequestError("metadata is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BadRequestError("metadata must be a JSON object")
-    return value
+        return _parse_submit_params(query)
+    except InvalidParameterError as exc:
+        raise BadRequestError(str(exc)) from None

@@ -1,0 +1,147 @@
+"""The cloud answers image queries itself with each detector's production bundle, through the same
+`common.runtime.ModelRuntime` the edge uses, so a bundle means the same thing in both places.
+
+Loaded runtimes stay in a small LRU keyed by (detector, bundle version directory), sized by
+`CLOUD_MODEL_CACHE_SIZE`; loads are single-flight per key and run in a worker thread, as does every
+prediction. An evicted runtime is only dropped, never closed: a request still predicting with it
+keeps its reference and finishes, and the sessions are freed when the last reference goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.core import registry
+from cloud.app.deps import CloudState
+from common.bundle import BundleError
+from common.imaging import ImageInfo, ImageLimits
+from common.runtime import ModelRuntime, Prediction
+
+log = logging.getLogger("cloud.answers")
+
+EXTRAS_KEY = "cloud_model_cache"
+# A bundle that failed to load is not retried on every request, only after this long.
+_FAILED_RETRY_S = 60.0
+
+CacheKey = tuple[str, str]
+
+
+class CloudModelCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[CacheKey, ModelRuntime] = OrderedDict()
+        self._loading: dict[CacheKey, asyncio.Lock] = {}
+        self._failed: dict[CacheKey, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, detector_id: str, bundle_dir: Path) -> ModelRuntime:
+        """Raises BundleError (or the loader's error) when the bundle cannot be used."""
+        key = (detector_id, str(bundle_dir))
+        runtime = self._hit(key)
+        if runtime is not None:
+            return runtime
+        lock = self._loading.setdefault(key, asyncio.Lock())
+        async with lock:
+            runtime = self._hit(key)
+            if runtime is not None:
+                return runtime
+            failed_at = self._failed.get(key)
+            if failed_at is not None and time.monotonic() - failed_at < _FAILED_RETRY_S:
+                raise BundleError(f"bundle {bundle_dir} failed to load recently")
+            start = time.perf_counter()
+            try:
+                runtime = await asyncio.to_thread(_load, bundle_dir)
+            except Exception:
+                self._failed[key] = time.monotonic()
+                raise
+            finally:
+                self._loading.pop(key, None)
+            self._failed.pop(key, None)
+            self._entries[key] = runtime
+            log.info(
+                "model loaded",
+                extra={
+                    "fields": {
+                        "detector_id": detector_id,
+                        "version": runtime.version,
+                        "ms": round((time.perf_counter() - start) * 1e3, 1),
+                    }
+                },
+            )
+            while len(self._entries) > self.capacity:
+                (old_det, old_dir), _ = self._entries.popitem(last=False)
+                log.info(
+                    "model evicted",
+                    extra={"fields": {"detector_id": old_det, "bundle": old_dir, "reason": "capacity"}},
+                )
+            return runtime
+
+    def _hit(self, key: CacheKey) -> ModelRuntime | None:
+        runtime = self._entries.get(key)
+        if runtime is not None:
+            self._entries.move_to_end(key)
+        return runtime
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._failed.clear()
+
+
+def _load(bundle_dir: Path) -> ModelRuntime:
+    runtime = ModelRuntime(bundle_dir, verify=True)
+    runtime.warmup()
+    return runtime
+
+
+def install_model_cache(state: CloudState) -> CloudModelCache:
+    cache = CloudModelCache(state.settings.model_cache_size)
+    state.extras[EXTRAS_KEY] = cache
+    return cache
+
+
+def close_model_cache(state: CloudState) -> None:
+    cache = state.extras.pop(EXTRAS_KEY, None)
+    if isinstance(cache, CloudModelCache):
+        cache.clear()
+
+
+def model_cache(state: CloudState) -> CloudModelCache:
+    cache = state.extras.get(EXTRAS_KEY)
+    if not isinstance(cache, CloudModelCache):
+        cache = install_model_cache(state)
+    return cache
+
+
+async def predict(
+    state: CloudState,
+    session: AsyncSession,
+    detector_id: str,
+    image: bytes,
+    limits: ImageLimits,
+    info: ImageInfo | None = None,
+) -> Prediction | None:
+    """The production model's answer, or None when the detector has no usable model yet.
+
+    An image that does not decode raises ImageError (the client's fault); a broken bundle is logged
+    and treated as no model, so the query goes to people instead of failing.
+    """
+    bundle_dir = await registry.production_bundle_dir(state, session, detector_id)
+    if bundle_dir is None:
+        return None
+    try:
+        runtime = await model_cache(state).get(detector_id, bundle_dir)
+    except Exception as exc:  # any load failure: answer without a model rather than fail the request
+        log.warning(
+            "production bundle unusable",
+            extra={"fields": {"detector_id": detector_id, "error": str(exc)[:300]}},
+        )
+        return None
+    return await asyncio.to_thread(runtime.predict, image, limits, info)

@@ -1,0 +1,183 @@
+"""Detectors: create (names are unique), read, list, update and delete, and their wire form.
+
+A detector's `labels` column is what a human may answer besides UNCLEAR: YES/NO for BINARY, the
+class names for MULTI_CLASS, "0".."max_count" for COUNT. Training and review both read it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.blobstore import BlobStore
+from cloud.app.db.models import Detector as DetectorRow
+from cloud.app.db.models import ImageQuery as ImageQueryRow
+from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
+from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate
+from cloud.app.schemas.fields import check_json
+from common.bundle import DetectorMode
+from common.ids import is_detector_id, new_detector_id
+from common.params import decode_metadata
+from common.wire.device_api import Detector
+
+log = logging.getLogger("cloud.detectors")
+
+UNCLEAR = "UNCLEAR"
+BINARY_LABELS = ["YES", "NO"]
+DEFAULT_MAX_COUNT = 10
+MAX_COUNT_LIMIT = 100
+MAX_CLASSES = 100
+# The SDK base64-encodes the metadata JSON; 1024 bytes of JSON fit its 1362-character limit.
+MAX_DETECTOR_METADATA_BYTES = 1024
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 with a Z; SQLite hands back naive datetimes, which are UTC."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def mode_spec(
+    mode_name: str, config: dict[str, Any] | None
+) -> tuple[DetectorMode, dict[str, Any] | None, list[str]]:
+    """(mode, mode_configuration as stored and served, labels) from what the SDK sent."""
+    try:
+        mode = DetectorMode(mode_name.upper())
+    except ValueError:
+        supported = ", ".join(m.value for m in DetectorMode)
+        raise BadRequestError(f"mode {mode_name[:40]!r} is not supported; use one of {supported}") from None
+    config = config or {}
+    if mode is DetectorMode.BINARY:
+        return mode, None, list(BINARY_LABELS)
+    if mode is DetectorMode.MULTI_CLASS:
+        names = config.get("class_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise BadRequestError(
+                "a MULTI_CLASS detector needs mode_configuration.class_names, a list of names"
+            )
+        if not 2 <= len(names) <= MAX_CLASSES:
+            raise BadRequestError(f"a MULTI_CLASS detector needs 2 to {MAX_CLASSES} class names")
+        if len(set(names)) != len(names):
+            raise BadRequestError("class names must be unique")
+        if UNCLEAR in names or any(len(n) > 100 for n in names):
+            raise BadRequestError(f"class names must be at most 100 characters and not {UNCLEAR}")
+        return mode, {"class_names": names, "num_classes": len(names)}, list(names)
+    class_name = config.get("class_name")
+    if not isinstance(class_name, str) or not class_name.strip():
+        raise BadRequestError("a COUNT detector needs mode_configuration.class_name")
+    max_count = config.get("max_count", DEFAULT_MAX_COUNT)
+    if max_count is None:
+        max_count = DEFAULT_MAX_COUNT
+    if isinstance(max_count, bool) or not isinstance(max_count, int) or not 1 <= max_count <= MAX_COUNT_LIMIT:
+        raise BadRequestError(f"max_count must be an integer from 1 to {MAX_COUNT_LIMIT}")
+    labels = [str(i) for i in range(max_count + 1)]
+    return mode, {"max_count": max_count, "class_name": class_name}, labels
+
+
+def _metadata(raw: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = raw if isinstance(raw, dict) else decode_metadata(raw, MAX_DETECTOR_METADATA_BYTES)
+        return None if value is None else check_json(value)
+    except ValueError as exc:  # InvalidParameterError, or JSON a database cannot store
+        raise BadRequestError(f"metadata: {exc}") from None
+
+
+async def create_detector(session: AsyncSession, body: DetectorCreationInput) -> DetectorRow:
+    """409 on a taken name, also when two creates race (the unique index decides)."""
+    mode, mode_configuration, labels = mode_spec(body.mode, body.mode_configuration)
+    row = DetectorRow(
+        id=new_detector_id(),
+        name=body.name,
+        query=body.query,
+        group_name=body.group_name or "",
+        mode=mode.value,
+        mode_configuration=mode_configuration,
+        labels=labels,
+        confidence_threshold=body.confidence_threshold,
+        patience_time=body.patience_time,
+        metadata_=_metadata(body.metadata),
+        status="ON",
+        created_at=datetime.now(UTC),
+    )
+    session.add(row)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise ConflictError(f"a detector named {body.name!r} already exists") from None
+    return row
+
+
+async def get_detector(session: AsyncSession, detector_id: str) -> DetectorRow:
+    row = await session.get(DetectorRow, detector_id) if is_detector_id(detector_id) else None
+    if row is None:
+        raise NotFoundError(f"detector {detector_id[:60]} not found")
+    return row
+
+
+async def list_detectors(
+    session: AsyncSession, page: int, page_size: int, name: str | None = None
+) -> tuple[list[DetectorRow], int]:
+    """Newest first; `name` filters to the exact name (at most one, names are unique)."""
+    where = [] if name is None else [DetectorRow.name == name]
+    count = (await session.execute(select(func.count()).select_from(DetectorRow).where(*where))).scalar_one()
+    rows = (
+        await session.scalars(
+            select(DetectorRow)
+            .where(*where)
+            .order_by(DetectorRow.created_at.desc(), DetectorRow.id.desc())
+            .offset((page - 1) * page_size)
+            .limit(page_size)
+        )
+    ).all()
+    return list(rows), int(count)
+
+
+async def update_detector(session: AsyncSession, detector_id: str, patch: DetectorUpdate) -> DetectorRow:
+    row = await get_detector(session, detector_id)
+    if patch.confidence_threshold is not None:
+        row.confidence_threshold = patch.confidence_threshold
+    if patch.patience_time is not None:
+        row.patience_time = patch.patience_time
+    if patch.status is not None:
+        row.status = patch.status
+    await session.commit()
+    return row
+
+
+async def delete_detector(session: AsyncSession, blobs: BlobStore, detector_id: str) -> None:
+    """Rows go with the detector (ON DELETE CASCADE); its images are removed from the blob store after."""
+    await get_detector(session, detector_id)
+    keys = (
+        await session.scalars(select(ImageQueryRow.image_key).where(ImageQueryRow.detector_id == detector_id))
+    ).all()
+    await session.execute(delete(DetectorRow).where(DetectorRow.id == detector_id))
+    await session.commit()
+    for key in keys:
+        try:
+            await blobs.delete(key)
+        except Exception:  # a leftover image is harmless; the detector is gone either way
+            log.warning("could not delete image blob", extra={"fields": {"key": key}})
+
+
+def detector_to_wire(row: DetectorRow) -> Detector:
+    return Detector(
+        id=row.id,
+        created_at=iso_utc(row.created_at),
+        name=row.name,
+        query=row.query,
+        group_name=row.group_name,
+        metadata=row.metadata_,
+        mode=DetectorMode(row.mode),
+        mode_configuration=row.mode_configuration,
+        confidence_threshold=row.confidence_threshold,
+        patience_time=row.patience_time,
+        status="OFF" if row.status == "OFF" else "ON",
+    )

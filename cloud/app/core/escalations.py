@@ -1,0 +1,175 @@
+"""Escalations from edges (DESIGN §6): the query the edge answered (or could not), its image and why
+it wants people to look. Idempotent on `image_query_id`, so the edge's outbox can resend after any
+crash: every step is an insert that ignores the duplicate, the image is written only by the request
+whose query insert won, and however many copies arrive at once there is one query, one escalation
+and one review item. Audits are queued too: their answers measure the edge's accuracy later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.core.detectors import get_detector
+from cloud.app.core.image_queries import (
+    check_decodes,
+    get_image_query,
+    image_key,
+    image_limits,
+    insert_image_query,
+    uncertainty_of,
+)
+from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
+from cloud.app.db.models import Escalation
+from cloud.app.db.models import ImageQuery as ImageQueryRow
+from cloud.app.deps import CloudState
+from cloud.app.errors import BadRequestError, NotFoundError
+from cloud.app.schemas.fields import check_json, check_text
+from common.ids import is_image_query_id
+from common.imaging import inspect_image
+from common.wire.device_api import HumanReview, ResultSource
+from common.wire.escalation import EscalationCreate, EscalationReason
+
+log = logging.getLogger("cloud.escalations")
+
+MAX_EDGE_ID_CHARS = 100
+MAX_PATIENCE_S = 3600.0
+# An edge clock this far ahead of ours is wrong; such a query is dated when it arrives.
+_MAX_CLOCK_SKEW = timedelta(days=1)
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_HUMAN_SOURCES = {"USER", ResultSource.HUMAN.value}
+
+
+@dataclass(frozen=True)
+class Received:
+    image_query_id: str
+    created: bool
+
+
+def _check_consistent(payload: EscalationCreate) -> None:
+    if not is_image_query_id(payload.image_query_id):
+        raise BadRequestError("image_query_id must be iq_ followed by up to 100 of [A-Za-z0-9_-]")
+    if payload.image_query.id != payload.image_query_id:
+        raise BadRequestError("image_query.id differs from image_query_id")
+    if payload.image_query.detector_id != payload.detector_id:
+        raise BadRequestError("image_query.detector_id differs from detector_id")
+    if not payload.edge_id or len(payload.edge_id) > MAX_EDGE_ID_CHARS:
+        raise BadRequestError(f"edge_id must be 1 to {MAX_EDGE_ID_CHARS} characters")
+    iq = payload.image_query
+    if not 0 < iq.patience_time <= MAX_PATIENCE_S:
+        raise BadRequestError(f"image_query.patience_time must lie in (0, {MAX_PATIENCE_S:g}]")
+    if not 0 <= iq.confidence_threshold <= 1:
+        raise BadRequestError("image_query.confidence_threshold must lie in [0, 1]")
+    try:
+        check_json(iq.model_dump(mode="json", exclude={"result", "intellioptics"}))
+        check_json(iq.result.model_dump(mode="json") if iq.result is not None else {})
+        check_json(iq.intellioptics.model_dump(mode="json") if iq.intellioptics is not None else {})
+        check_text(payload.edge_id)
+        check_text(payload.created_at)
+    except ValueError as exc:
+        raise BadRequestError(f"escalation holds values that cannot be stored: {exc}") from None
+
+
+def _created_at(text: str) -> datetime:
+    """The edge's creation time of the query (an outbox may deliver it long after); our clock when it
+    cannot be read or cannot be right."""
+    now = datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if not _EARLIEST <= moment <= now + _MAX_CLOCK_SKEW:
+            return now
+    except (ValueError, OverflowError):
+        return now
+    return moment.astimezone(UTC)
+
+
+async def receive_escalation(
+    state: CloudState, session: AsyncSession, payload: EscalationCreate, image: bytes
+) -> Received:
+    """400/413/415 for a malformed entry (the edge dead-letters it), 404 for an unknown detector."""
+    _check_consistent(payload)
+    limits = image_limits(state)
+    info = inspect_image(image, limits)
+    try:
+        detector = await get_detector(session, payload.detector_id)
+    except NotFoundError:
+        raise NotFoundError(
+            f"detector {payload.detector_id[:60]} is not known to this cloud; create it here before its edges escalate"
+        ) from None
+    existing = await session.get(ImageQueryRow, payload.image_query_id)
+    if existing is not None and await session.get(Escalation, payload.image_query_id) is not None:
+        return Received(payload.image_query_id, created=False)
+    await asyncio.to_thread(check_decodes, image, limits, info)
+
+    edge_iq = payload.image_query
+    row = ImageQueryRow(
+        id=payload.image_query_id,
+        detector_id=detector.id,
+        created_at=_created_at(edge_iq.created_at or payload.created_at),
+        query=edge_iq.query or detector.query,
+        result_type=edge_iq.result_type.value,
+        result=edge_iq.result.model_dump(mode="json") if edge_iq.result is not None else None,
+        patience_time=edge_iq.patience_time,
+        confidence_threshold=edge_iq.confidence_threshold,
+        metadata_=edge_iq.metadata,
+        # Final only when the edge already gave its answer as final (audits, always_return_edge_prediction).
+        done_processing=edge_iq.done_processing,
+        human_review=(
+            HumanReview.ALWAYS.value
+            if payload.reason is EscalationReason.HUMAN_REVIEW_ALWAYS
+            else HumanReview.DEFAULT.value
+        ),
+        diagnostics=edge_iq.intellioptics.model_dump(mode="json") if edge_iq.intellioptics else None,
+        image_key=image_key(detector.id, payload.image_query_id, info.format),
+        image_content_type=info.content_type,
+        origin="edge",
+        edge_id=payload.edge_id,
+        request_id=None,
+    )
+    query_created = await insert_image_query(session, row)
+    if query_created:
+        await state.blobs.put(row.image_key, image, info.content_type)
+        target = row
+    else:
+        # Another copy of this escalation won, or the query reached the cloud first through the
+        # gateway's fallback: keep that query and its image.
+        target = await get_image_query(session, payload.image_query_id)
+    escalation_created = (
+        await session.execute(
+            insert_ignoring_duplicates(
+                session,
+                Escalation,
+                {
+                    "image_query_id": payload.image_query_id,
+                    "detector_id": detector.id,
+                    "edge_id": payload.edge_id,
+                    "reason": payload.reason.value,
+                    "edge_created_at": payload.created_at[:40],
+                    "received_at": datetime.now(UTC),
+                },
+                index_elements=["image_query_id"],
+            ).returning(Escalation.image_query_id)
+        )
+    ).scalar_one_or_none() is not None
+    answered_by_person = (target.result or {}).get("source") in _HUMAN_SOURCES
+    if escalation_created and not answered_by_person:
+        await enqueue_for_review(session, target, payload.reason.value, uncertainty_of(edge_iq.result))
+    await session.commit()
+    if escalation_created:
+        log.info(
+            "escalation received",
+            extra={
+                "fields": {
+                    "image_query_id": payload.image_query_id,
+                    "detector_id": detector.id,
+                    "edge_id": payload.edge_id,
+                    "reason": payload.reason.value,
+                }
+            },
+        )
+    return Received(payload.image_query_id, created=escalation_created)

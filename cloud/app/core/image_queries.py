@@ -1,0 +1,337 @@
+"""Image queries posted to the cloud: validate, answer with the production model when there is one,
+queue for people when the answer is not good enough, and serve them back.
+
+Idempotent on the client's `image_query_id` and on its `X-Request-Id`: the row is inserted with
+ON CONFLICT DO NOTHING and read back, so concurrent retries make exactly one query, and the image is
+written only by the request whose insert won.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, null, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.core import cloud_answers
+from cloud.app.core.detectors import get_detector, iso_utc
+from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
+from cloud.app.db.models import Detector as DetectorRow
+from cloud.app.db.models import Escalation
+from cloud.app.db.models import ImageQuery as ImageQueryRow
+from cloud.app.deps import CloudState
+from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
+from cloud.app.schemas.device import AccountMonthToDateInfo
+from cloud.app.schemas.fields import check_json
+from common.bundle import DetectorMode
+from common.ids import is_image_query_id, new_image_query_id
+from common.imaging import ImageFormat, ImageInfo, ImageLimits, decode_image, inspect_image
+from common.params import SubmitParams
+from common.runtime import Prediction
+from common.wire.device_api import (
+    RESULT_TYPE_BY_MODE,
+    EdgeDiagnostics,
+    HumanReview,
+    ImageQuery,
+    Result,
+    ResultSource,
+    ResultType,
+)
+
+log = logging.getLogger("cloud.image_queries")
+
+# X-Request-Id values kept as idempotency keys (the SDK's are req_uu + 32 hex).
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+_EXTENSIONS = {
+    ImageFormat.JPEG: "jpg",
+    ImageFormat.PNG: "png",
+    ImageFormat.BMP: "bmp",
+    ImageFormat.WEBP: "webp",
+}
+
+
+class ReviewReason:
+    HUMAN_REVIEW_ALWAYS = "human_review_always"
+    WANT_ASYNC = "want_async"
+    NO_MODEL = "no_model"
+    LOW_CONFIDENCE = "low_confidence"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    image_query: ImageQuery
+    created: bool
+    server_timing: str = ""
+    # want_async: the model's answer is computed after the response (answer_in_background).
+    answer_later: bool = False
+
+
+def image_limits(state: CloudState) -> ImageLimits:
+    return ImageLimits(max_bytes=state.settings.max_image_bytes)
+
+
+def image_key(detector_id: str, image_query_id: str, fmt: ImageFormat) -> str:
+    return f"images/{detector_id}/{image_query_id}.{_EXTENSIONS[fmt]}"
+
+
+def uncertainty_of(result: Result | None) -> float:
+    """1 - confidence: reviewers see the least certain answers first; no answer at all is 1."""
+    if result is None or result.confidence is None:
+        return 1.0
+    return 1.0 - result.confidence
+
+
+def review_reason(params: SubmitParams, result: Result | None, threshold: float) -> str | None:
+    """Why a query goes to people, or None when the model's answer stands (human_review=NEVER: never)."""
+    if params.human_review is HumanReview.NEVER:
+        return None
+    if params.human_review is HumanReview.ALWAYS:
+        return ReviewReason.HUMAN_REVIEW_ALWAYS
+    if params.want_async:
+        return ReviewReason.WANT_ASYNC
+    if result is None:
+        return ReviewReason.NO_MODEL
+    if result.confidence is None or result.confidence < threshold:
+        return ReviewReason.LOW_CONFIDENCE
+    return None
+
+
+def model_result(detector: DetectorRow, prediction: Prediction) -> Result:
+    mode = DetectorMode(detector.mode)
+    return Result(
+        result_type=RESULT_TYPE_BY_MODE[mode],
+        confidence=round(prediction.confidence, 6),
+        source=ResultSource.ALGORITHM,
+        from_edge=False,
+        label=prediction.label,
+        count=int(prediction.label) if mode is DetectorMode.COUNT and prediction.label.isdigit() else None,
+    )
+
+
+async def find_image_query(
+    session: AsyncSession, image_query_id: str | None, request_id: str | None
+) -> ImageQueryRow | None:
+    keys = []
+    if image_query_id is not None:
+        keys.append(ImageQueryRow.id == image_query_id)
+    if request_id is not None:
+        keys.append(ImageQueryRow.request_id == request_id)
+    if not keys:
+        return None
+    return (await session.scalars(select(ImageQueryRow).where(or_(*keys)).limit(1))).first()
+
+
+async def submit_image_query(
+    state: CloudState, session: AsyncSession, params: SubmitParams, image: bytes, request_id: str | None
+) -> Submitted:
+    """Bad bytes are refused (400/413/415) before anything is stored or run."""
+    start = time.perf_counter()
+    limits = image_limits(state)
+    info = inspect_image(image, limits)
+    if params.metadata is not None:
+        try:
+            check_json(params.metadata)
+        except ValueError as exc:
+            raise BadRequestError(f"metadata: {exc}") from None
+    detector = await get_detector(session, params.detector_id)
+    if request_id is not None and not _REQUEST_ID_RE.match(request_id):
+        request_id = None  # not a usable idempotency key; the query is simply not deduplicated
+    existing = await find_image_query(session, params.image_query_id, request_id)
+    if existing is not None:
+        return Submitted(image_query_to_wire(existing), created=False)
+
+    threshold = (
+        params.confidence_threshold
+        if params.confidence_threshold is not None
+        else detector.confidence_threshold
+    )
+    patience = params.patience_time if params.patience_time is not None else detector.patience_time
+    prediction = None
+    if not params.want_async:  # the documented async contract is `result: null` at submission
+        prediction = await cloud_answers.predict(state, session, detector.id, image, limits, info)
+    if prediction is None:
+        # Nothing decoded the pixels yet; a reviewer must never be shown bytes that do not decode.
+        await asyncio.to_thread(check_decodes, image, limits, info)
+    result = model_result(detector, prediction) if prediction is not None else None
+    reason = review_reason(params, result, threshold)
+    total_ms = (time.perf_counter() - start) * 1e3
+    diagnostics = _diagnostics(prediction, reason, total_ms)
+
+    iq_id = params.image_query_id or new_image_query_id()
+    row = ImageQueryRow(
+        id=iq_id,
+        detector_id=detector.id,
+        created_at=datetime.now(UTC),
+        query=detector.query,
+        result_type=RESULT_TYPE_BY_MODE[DetectorMode(detector.mode)].value,
+        result=result.model_dump(mode="json") if result is not None else None,
+        patience_time=patience,
+        confidence_threshold=threshold,
+        metadata_=params.metadata,
+        # want_async without review (human_review=NEVER) is done once the background answer lands.
+        done_processing=reason is None and not params.want_async,
+        human_review=params.human_review.value,
+        diagnostics=diagnostics.model_dump(mode="json"),
+        image_key=image_key(detector.id, iq_id, info.format),
+        image_content_type=info.content_type,
+        origin="cloud",
+        edge_id=None,
+        request_id=request_id,
+    )
+    inserted = await insert_image_query(session, row)
+    if not inserted:
+        await session.rollback()
+        winner = await find_image_query(session, params.image_query_id, request_id)
+        if winner is None:
+            raise ConflictError("an image query with this id or request id is being created; retry")
+        return Submitted(image_query_to_wire(winner), created=False)
+    await state.blobs.put(row.image_key, image, info.content_type)
+    if reason is not None:
+        await enqueue_for_review(session, row, reason, uncertainty_of(result))
+    await session.commit()
+    timing = ", ".join(
+        f"{name};dur={value:.3f}" for name, value in (("cloud", total_ms), *diagnostics.timings_ms.items())
+    )
+    return Submitted(
+        image_query_to_wire(row), created=True, server_timing=timing, answer_later=params.want_async
+    )
+
+
+async def answer_in_background(
+    state: CloudState, image_query_id: str, detector_id: str, image: bytes, info: ImageInfo | None
+) -> None:
+    """After a want_async submission was answered `result: null`: add the model's answer so that
+    `wait_for_ml_result` sees one. A person's answer that arrived first is never overwritten, and the
+    query stays queued for review."""
+    try:
+        async with state.sessions() as session:
+            detector = await session.get(DetectorRow, detector_id)
+            row = await session.get(ImageQueryRow, image_query_id)
+            if detector is None or row is None or row.done_processing:
+                return
+            prediction = await cloud_answers.predict(
+                state, session, detector_id, image, image_limits(state), info
+            )
+            if prediction is None:
+                return
+            result = model_result(detector, prediction)
+            queued = row.human_review != HumanReview.NEVER.value
+            diagnostics = _diagnostics(prediction, ReviewReason.WANT_ASYNC if queued else None, 0.0)
+            diagnostics.timings_ms.pop("cloud_total", None)
+            await session.execute(
+                update(ImageQueryRow)
+                .where(ImageQueryRow.id == image_query_id, ImageQueryRow.done_processing.is_(False))
+                .values(
+                    result=result.model_dump(mode="json"),
+                    diagnostics=diagnostics.model_dump(mode="json"),
+                    done_processing=not queued,
+                )
+            )
+            await session.commit()
+    except Exception:  # nobody waits on this task: log, and the query still reaches a person
+        log.exception("background model answer failed", extra={"fields": {"image_query_id": image_query_id}})
+
+
+def check_decodes(image: bytes, limits: ImageLimits, info: ImageInfo) -> None:
+    """A full decode (CPU: run it in a thread): bytes nobody can look at are refused, not stored."""
+    decode_image(image, limits, info=info)
+
+
+def _diagnostics(prediction: Prediction | None, reason: str | None, total_ms: float) -> EdgeDiagnostics:
+    if prediction is None:
+        return EdgeDiagnostics(escalated=reason is not None, escalation_reason=reason)
+    return EdgeDiagnostics(
+        raw_confidence=round(prediction.raw_confidence, 6),
+        in_domain_score=round(prediction.in_domain, 6),
+        out_of_domain=prediction.out_of_domain,
+        model_version=prediction.model_version,
+        escalated=reason is not None,
+        escalation_reason=reason,
+        timings_ms={**prediction.timings_ms, "cloud_total": round(total_ms, 3)},
+    )
+
+
+async def insert_image_query(session: AsyncSession, row: ImageQueryRow) -> bool:
+    """Insert unless a query with the same id or request id exists; True when this call inserted.
+    The statement waits for a concurrent insert of the same key to settle, so exactly one wins."""
+    # None as SQL NULL (not JSON 'null'), so that `result IS NULL` means "no answer yet".
+    values = {
+        column.key: null() if (value := getattr(row, attr.key)) is None else value
+        for attr in ImageQueryRow.__mapper__.column_attrs
+        for column in attr.columns
+    }
+    stmt = insert_ignoring_duplicates(session, ImageQueryRow, values).returning(ImageQueryRow.id)
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def get_image_query(session: AsyncSession, image_query_id: str) -> ImageQueryRow:
+    row = await session.get(ImageQueryRow, image_query_id) if is_image_query_id(image_query_id) else None
+    if row is None:
+        raise NotFoundError(f"image query {image_query_id[:120]} not found")
+    return row
+
+
+async def list_image_queries(
+    session: AsyncSession, page: int, page_size: int, detector_id: str | None = None
+) -> tuple[list[ImageQueryRow], int]:
+    """Newest first, optionally for one detector."""
+    where = [] if detector_id is None else [ImageQueryRow.detector_id == detector_id]
+    count = (
+        await session.execute(select(func.count()).select_from(ImageQueryRow).where(*where))
+    ).scalar_one()
+    rows = (
+        await session.scalars(
+            select(ImageQueryRow)
+            .where(*where)
+            .order_by(ImageQueryRow.created_at.desc(), ImageQueryRow.id.desc())
+            .offset((page - 1) * page_size)
+            .limit(page_size)
+        )
+    ).all()
+    return list(rows), int(count)
+
+
+async def get_image(state: CloudState, session: AsyncSession, image_query_id: str) -> tuple[bytes, str]:
+    row = await get_image_query(session, image_query_id)
+    return await state.blobs.get(row.image_key), row.image_content_type
+
+
+def image_query_to_wire(row: ImageQueryRow) -> ImageQuery:
+    return ImageQuery(
+        id=row.id,
+        created_at=iso_utc(row.created_at),
+        query=row.query,
+        detector_id=row.detector_id,
+        result_type=ResultType(row.result_type),
+        result=Result.model_validate(row.result) if row.result else None,
+        patience_time=row.patience_time,
+        confidence_threshold=row.confidence_threshold,
+        metadata=row.metadata_,
+        done_processing=row.done_processing,
+        intellioptics=EdgeDiagnostics.model_validate(row.diagnostics) if row.diagnostics else None,
+    )
+
+
+async def month_to_date_usage(session: AsyncSession) -> AccountMonthToDateInfo:
+    """Counts since the first of this month (UTC); this deployment sets no limits."""
+    now = datetime.now(UTC)
+    since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    iqs = (
+        await session.execute(
+            select(func.count()).select_from(ImageQueryRow).where(ImageQueryRow.created_at >= since)
+        )
+    ).scalar_one()
+    escalations = (
+        await session.execute(
+            select(func.count()).select_from(Escalation).where(Escalation.received_at >= since)
+        )
+    ).scalar_one()
+    active = (
+        await session.execute(select(func.count()).select_from(DetectorRow).where(DetectorRow.status == "ON"))
+    ).scalar_one()
+    return AccountMonthToDateInfo(iqs=int(iqs), escalations=int(escalations), active_detectors=int(active))

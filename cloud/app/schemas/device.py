@@ -1,0 +1,95 @@
+"""Bodies of the cloud's device API that the edge does not share: detector creation and update,
+labels, account usage, and the escalation acknowledgement (shared/groundlight-wire.md §5, §8)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.app.schemas.fields import StorableJson, StorableStr
+
+
+class DetectorCreationInput(BaseModel):
+    """What `create_detector` sends. Absent keys default as the wire doc says (0.9, 30 s, BINARY)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: StorableStr = Field(min_length=1, max_length=200, examples=["door-closed"])
+    query: StorableStr = Field(min_length=1, max_length=1000, examples=["Is the door closed?"])
+    group_name: StorableStr | None = Field(default=None, max_length=200)
+    confidence_threshold: float = Field(default=0.9, ge=0, le=1)
+    patience_time: float = Field(default=30.0, gt=0, le=3600)
+    # The SDK sends these as null; a pipeline is chosen by training, not by the caller.
+    pipeline_config: Any = None
+    edge_pipeline_config: Any = None
+    # URL-safe base64 of a JSON object (the SDK's form), or the object itself.
+    metadata: str | StorableJson | None = Field(default=None)
+    mode: StorableStr = Field(default="BINARY", examples=["BINARY", "MULTI_CLASS", "COUNT"])
+    mode_configuration: StorableJson | None = Field(
+        default=None, examples=[{"class_names": ["red", "green"]}, {"class_name": "widget", "max_count": 5}]
+    )
+    priming_group_id: str | None = None
+
+
+class DetectorUpdate(BaseModel):
+    """`PATCH /v1/detectors/{id}`: the SDK sends one key at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
+    patience_time: float | None = Field(default=None, gt=0, le=3600)
+    status: Literal["ON", "OFF"] | None = None
+    escalation_type: Literal["STANDARD"] | None = None
+
+
+class LabelCreate(BaseModel):
+    """`add_label`: the SDK turns an int label into a string; both are accepted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    label: StorableStr | int = Field(examples=["YES", "red", "3"])
+    image_query_id: StorableStr = Field(min_length=1, max_length=120)
+    rois: list[StorableJson] | None = None
+
+
+class LabelValue(BaseModel):
+    """What `add_label` parses; `{}` would break it even though it throws the result away."""
+
+    confidence: float | None = None
+    class_name: str
+    annotations_requested: list[str] = Field(default_factory=list)
+    created_at: str
+    detector_id: int | None = None
+    source: str
+    text: str | None = None
+    rois: list[dict[str, Any]] | None = None
+
+
+class AccountMonthToDateInfo(BaseModel):
+    iqs: int
+    escalations: int
+    active_detectors: int
+    iqs_limit: int | None = None
+    escalations_limit: int | None = None
+    active_detectors_limit: int | None = None
+
+
+class EscalationAck(BaseModel):
+    """The edge drops its outbox entry on any 2xx; `created` is false for a retry we already hold."""
+
+    image_query_id: str
+    created: bool
+
+
+def page_links(
+    base_url: str, page: int, page_size: int, count: int, params: dict[str, str]
+) -> tuple[str | None, str | None]:
+    """Absolute `next` and `previous` URLs (the SDK rejects anything that is not a URL)."""
+
+    def link(number: int) -> str:
+        return f"{base_url}?{urlencode({**params, 'page': number, 'page_size': page_size})}"
+
+    has_next = page * page_size < count
+    return (link(page + 1) if has_next else None, link(page - 1) if page > 1 else None)

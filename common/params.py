@@ -1,0 +1,123 @@
+"""Query parameters of `POST /device-api/v1/image-queries`, parsed and checked the same way on the edge
+and in the cloud (shared/groundlight-wire.md §4). Anything off raises `InvalidParameterError`, which
+each service maps to its own 400."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.ids import is_detector_id, is_image_query_id
+from common.wire.device_api import HumanReview
+
+MAX_METADATA_BYTES = 1024
+MAX_INSPECTION_ID_CHARS = 100
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class InvalidParameterError(ValueError):
+    """A malformed or out-of-range parameter: the client's fault, answered with 400."""
+
+    status = 400
+
+
+@dataclass(frozen=True)
+class SubmitParams:
+    detector_id: str
+    patience_time: float | None = None
+    confidence_threshold: float | None = None
+    human_review: HumanReview = HumanReview.DEFAULT
+    want_async: bool = False
+    inspection_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    image_query_id: str | None = None
+
+
+def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:
+    detector_id = query.get("detector_id")
+    if not detector_id:
+        raise InvalidParameterError("detector_id is required")
+    if not is_detector_id(detector_id):
+        raise InvalidParameterError("detector_id must be det_ followed by 27 base62 characters")
+    image_query_id = query.get("image_query_id") or None
+    if image_query_id is not None and not is_image_query_id(image_query_id):
+        raise InvalidParameterError("image_query_id must be iq_ followed by up to 100 of [A-Za-z0-9_-]")
+    inspection_id = query.get("inspection_id") or None
+    if inspection_id is not None and len(inspection_id) > MAX_INSPECTION_ID_CHARS:
+        raise InvalidParameterError(f"inspection_id is longer than {MAX_INSPECTION_ID_CHARS} characters")
+    return SubmitParams(
+        detector_id=detector_id,
+        patience_time=parse_number(query, "patience_time", low=0.0, high=3600.0, low_open=True),
+        confidence_threshold=parse_number(query, "confidence_threshold", low=0.0, high=1.0),
+        human_review=parse_human_review(query.get("human_review")),
+        want_async=parse_flag(query, "want_async"),
+        inspection_id=inspection_id,
+        metadata=decode_metadata(query.get("metadata")),
+        image_query_id=image_query_id,
+    )
+
+
+def parse_number(
+    query: Mapping[str, str], name: str, low: float, high: float, low_open: bool = False
+) -> float | None:
+    """A float in [low, high] (or (low, high]); absent or empty is None."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidParameterError(f"{name} must be a number, got {raw[:40]!r}") from None
+    if value != value or value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise InvalidParameterError(f"{name} must lie in {bracket}{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def parse_flag(query: Mapping[str, str], name: str) -> bool:
+    """The SDK sends the literal `True`; accept the usual spellings of both values."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise InvalidParameterError(f"{name} must be true or false, got {raw[:40]!r}")
+
+
+def parse_human_review(raw: str | None) -> HumanReview:
+    if raw is None or raw == "":
+        return HumanReview.DEFAULT
+    try:
+        return HumanReview(raw.upper())
+    except ValueError:
+        raise InvalidParameterError("human_review must be DEFAULT, ALWAYS or NEVER") from None
+
+
+def decode_metadata(raw: str | None, max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any] | None:
+    """The SDK sends URL-safe base64 of a JSON object; plain JSON text is accepted too."""
+    if raw is None or raw == "":
+        return None
+    text: bytes
+    if raw.lstrip().startswith("{"):
+        text = raw.encode()
+    else:
+        try:
+            text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidParameterError("metadata must be URL-safe base64 of a JSON object") from None
+    if len(text) > max_bytes:
+        raise InvalidParameterError(f"metadata is {len(text)} bytes of JSON; the limit is {max_bytes}")
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidParameterError("metadata is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidParameterError("metadata must be a JSON object")
+    return value
