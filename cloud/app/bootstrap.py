@@ -12,15 +12,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.db.models import ApiToken, Role, User
-from cloud.app.security import (
-    hash_password,
-    new_api_token,
-    new_password,
-    new_token_id,
-    new_user_id,
-    token_digest,
-)
+from cloud.app.core.users import create_token, create_user
+from cloud.app.db.models import Role, User
+from cloud.app.security import new_api_token, new_password
 from cloud.app.settings import CloudSettings
 
 log = logging.getLogger("cloud.bootstrap")
@@ -35,32 +29,6 @@ class Credentials:
     reviewer_username: str
     reviewer_password: str
     api_token: str
-
-
-async def create_user(
-    session: AsyncSession, username: str, role: Role, password: str | None = None, email: str = ""
-) -> User:
-    user = User(
-        id=new_user_id(),
-        username=username,
-        email=email or f"{username}@intellioptics.local",
-        role=role,
-        password_hash=hash_password(password) if password else None,
-    )
-    session.add(user)
-    await session.flush()
-    return user
-
-
-async def create_token(session: AsyncSession, user: User, name: str, token: str | None = None) -> str:
-    raw = token or new_api_token()
-    session.add(
-        ApiToken(
-            id=new_token_id(), name=name, user_id=user.id, token_hash=token_digest(raw), snippet=raw[:20]
-        )
-    )
-    await session.flush()
-    return raw
 
 
 async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Credentials | None:

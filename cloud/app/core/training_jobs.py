@@ -1,0 +1,320 @@
+"""Training jobs: a queue that trainers lease from.
+
+queued ──lease──▶ running ──complete──▶ succeeded
+   │                 │ └────fail──────▶ failed (cancelled when a cancel was requested)
+   └──cancel──▶ cancelled   lease expires ──▶ queued again (worker) or leased by another trainer
+
+A lease is an owner name plus an expiry; the owner extends it with heartbeats. Every transition is a
+conditional UPDATE on the state it expects, so concurrent trainers, API replicas and workers never
+both win; on PostgreSQL the lease also skips rows that another transaction is taking
+(`FOR UPDATE SKIP LOCKED`). At most one job per detector is queued or running: the partial unique
+index `uq_training_jobs_one_active` refuses a second one, which surfaces as ConflictError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.db.models import Detector, JobStatus, Label, ModelVersion, TrainingJob
+from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
+from common.ids import new_id
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# The log keeps its newest characters when a long run writes more than this.
+MAX_LOG_CHARS = 1_000_000
+_LEASE_ATTEMPTS = 5
+
+
+def new_training_job_id() -> str:
+    return new_id("trj")
+
+
+async def count_labels(session: AsyncSession, detector_id: str) -> int:
+    """Labels that count for training: every label of the detector that was not undone."""
+    return (
+        await session.execute(
+            select(func.count())
+            .select_from(Label)
+            .where(Label.detector_id == detector_id, Label.undone_at.is_(None))
+        )
+    ).scalar_one()
+
+
+async def create_training_job(
+    session: AsyncSession,
+    detector_id: str,
+    *,
+    trigger: str = "manual",
+    config: dict[str, Any] | None = None,
+    labels_at_creation: int | None = None,
+) -> TrainingJob:
+    """Queues a job (committed). ConflictError when the detector already has a queued or running one."""
+    if await session.get(Detector, detector_id) is None:
+        raise NotFoundError(f"detector {detector_id} not found")
+    if labels_at_creation is None:
+        labels_at_creation = await count_labels(session, detector_id)
+    job = TrainingJob(
+        id=new_training_job_id(),
+        detector_id=detector_id,
+        status=JobStatus.QUEUED,
+        trigger=trigger,
+        labels_at_creation=labels_at_creation,
+        config=config or {},
+        progress={},
+        logs="",
+        cancel_requested=False,
+    )
+    session.add(job)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise ConflictError(f"detector {detector_id} already has a queued or running training job") from exc
+    return job
+
+
+async def get_training_job(session: AsyncSession, job_id: str) -> TrainingJob:
+    job = (
+        await session.execute(
+            select(TrainingJob).where(TrainingJob.id == job_id).execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if job is None:
+        raise NotFoundError(f"training job {job_id} not found")
+    return job
+
+
+async def list_training_jobs(
+    session: AsyncSession,
+    *,
+    detector_id: str | None = None,
+    status: JobStatus | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[TrainingJob]:
+    """Newest first."""
+    query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
+    if detector_id is not None:
+        query = query.where(TrainingJob.detector_id == detector_id)
+    if status is not None:
+        query = query.where(TrainingJob.status == status)
+    return (await session.execute(query.limit(limit).offset(offset))).scalars().all()
+
+
+def _leasable(now: datetime) -> ColumnElement[bool]:
+    """Waiting jobs, and running ones whose trainer stopped renewing its lease."""
+    return or_(
+        TrainingJob.status == JobStatus.QUEUED,
+        and_(
+            TrainingJob.status == JobStatus.RUNNING,
+            TrainingJob.lease_expires_at < now,
+            TrainingJob.cancel_requested.is_(False),
+        ),
+    )
+
+
+async def lease_training_job(session: AsyncSession, owner: str, lease_s: float) -> TrainingJob | None:
+    """The oldest leasable job, now running under `owner`; None when nothing waits."""
+    for _ in range(_LEASE_ATTEMPTS):
+        now = datetime.now(UTC)
+        candidate = (
+            await session.execute(
+                select(TrainingJob.id)
+                .where(_leasable(now))
+                .order_by(TrainingJob.created_at, TrainingJob.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalar_one_or_none()
+        if candidate is None:
+            await session.rollback()
+            return None
+        taken = await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == candidate, _leasable(now))
+            .values(
+                status=JobStatus.RUNNING,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                started_at=now,
+                progress={},
+                logs=_append_log(_log_line(now, f"leased by {owner}")),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        if _rowcount(taken) == 1:
+            return await get_training_job(session, candidate)
+        # Someone else took it between the look and the update (SQLite has no row locks): next one.
+    return None
+
+
+async def heartbeat_training_job(
+    session: AsyncSession,
+    job_id: str,
+    owner: str,
+    *,
+    progress: dict[str, Any],
+    log_lines: Sequence[str],
+    lease_s: float,
+) -> TrainingJob:
+    """Extends the lease, replaces the progress and appends the log lines. ConflictError when the
+    lease is not `owner`'s (another trainer took the job, or it finished)."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "progress": progress}
+    if log_lines:
+        values["logs"] = _append_log("".join(line.rstrip("\n") + "\n" for line in log_lines))
+    await _transition(session, job_id, owner, values, "heartbeat")
+    return await get_training_job(session, job_id)
+
+
+async def complete_training_job(
+    session: AsyncSession, job_id: str, owner: str, result_version_id: str | None = None
+) -> TrainingJob:
+    now = datetime.now(UTC)
+    if result_version_id is not None:
+        job = await get_training_job(session, job_id)
+        version = await session.get(ModelVersion, result_version_id)
+        if version is None or version.detector_id != job.detector_id:
+            raise BadRequestError(
+                f"model version {result_version_id} is not registered for {job.detector_id}"
+            )
+    values = {
+        "status": JobStatus.SUCCEEDED,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "result_version_id": result_version_id,
+        "logs": _append_log(_log_line(now, f"succeeded ({owner})")),
+    }
+    await _transition(session, job_id, owner, values, "complete")
+    return await get_training_job(session, job_id)
+
+
+async def fail_training_job(session: AsyncSession, job_id: str, owner: str, error: str) -> TrainingJob:
+    """A trainer gives up; a job whose cancel was requested ends as cancelled instead of failed."""
+    now = datetime.now(UTC)
+    values = {
+        "status": case(
+            (TrainingJob.cancel_requested, JobStatus.CANCELLED.value), else_=JobStatus.FAILED.value
+        ),
+        "finished_at": now,
+        "lease_expires_at": None,
+        "error": error,
+        "logs": _append_log(_log_line(now, f"stopped ({owner}): {error.splitlines()[0] if error else ''}")),
+    }
+    await _transition(session, job_id, owner, values, "fail")
+    return await get_training_job(session, job_id)
+
+
+async def cancel_training_job(session: AsyncSession, job_id: str) -> TrainingJob:
+    """A queued job is cancelled at once; a running one is asked to stop (its trainer sees
+    `cancel_requested` in the answer to its next heartbeat). Cancelling a cancelled job is a no-op."""
+    now = datetime.now(UTC)
+    for _ in range(_LEASE_ATTEMPTS):
+        job = await get_training_job(session, job_id)
+        if job.status == JobStatus.CANCELLED:
+            return job
+        if job.status in FINISHED:
+            raise ConflictError(f"training job {job_id} already {job.status}")
+        if job.status == JobStatus.QUEUED:
+            values: dict[str, Any] = {
+                "status": JobStatus.CANCELLED,
+                "cancel_requested": True,
+                "finished_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "logs": _append_log(_log_line(now, "cancelled while queued")),
+            }
+        else:
+            values = {"cancel_requested": True, "logs": _append_log(_log_line(now, "cancel requested"))}
+        changed = await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.status == job.status)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        if _rowcount(changed) == 1:
+            return await get_training_job(session, job_id)
+        # It changed state meanwhile (leased, finished): look again.
+    raise ConflictError(f"training job {job_id} keeps changing state; try again")
+
+
+async def requeue_expired_training_jobs(
+    session: AsyncSession, now: datetime | None = None
+) -> tuple[int, int]:
+    """Running jobs whose lease expired go back to the queue, or end as cancelled when a cancel was
+    requested. Returns (requeued, cancelled)."""
+    now = now or datetime.now(UTC)
+    expired = and_(TrainingJob.status == JobStatus.RUNNING, TrainingJob.lease_expires_at < now)
+    cancelled = await session.execute(
+        update(TrainingJob)
+        .where(expired, TrainingJob.cancel_requested.is_(True))
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            lease_expires_at=None,
+            logs=_append_log(_log_line(now, "lease expired after a cancel request: cancelled")),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    requeued = await session.execute(
+        update(TrainingJob)
+        .where(expired, TrainingJob.cancel_requested.is_(False))
+        .values(
+            status=JobStatus.QUEUED,
+            lease_owner=None,
+            lease_expires_at=None,
+            logs=_append_log(_log_line(now, "lease expired: back in the queue")),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    return _rowcount(requeued), _rowcount(cancelled)
+
+
+async def _transition(
+    session: AsyncSession, job_id: str, owner: str, values: dict[str, Any], action: str
+) -> None:
+    """Applies `values` if `owner` holds the running job's lease; otherwise explains why not."""
+    changed = await session.execute(
+        update(TrainingJob)
+        .where(
+            TrainingJob.id == job_id,
+            TrainingJob.status == JobStatus.RUNNING,
+            TrainingJob.lease_owner == owner,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    if _rowcount(changed) == 1:
+        return
+    job = await get_training_job(session, job_id)
+    if job.status != JobStatus.RUNNING:
+        raise ConflictError(f"{action}: training job {job_id} is {job.status}, not running")
+    raise ConflictError(f"{action}: the lease of training job {job_id} is held by another trainer")
+
+
+def _append_log(text: str) -> ColumnElement[str]:
+    """`logs || text`, keeping the newest MAX_LOG_CHARS characters."""
+    joined = TrainingJob.logs + text
+    return case(
+        (func.length(joined) > MAX_LOG_CHARS, func.substr(joined, func.length(joined) - MAX_LOG_CHARS + 1)),
+        else_=joined,
+    )
+
+
+def _log_line(now: datetime, message: str) -> str:
+    return f"{now.isoformat(timespec='seconds')} [cloud] {message}\n"
+
+
+def _rowcount(result: Any) -> int:
+    count: int = result.rowcount
+    return count

@@ -1,0 +1,144 @@
+"""Users and API tokens. Tokens are shown once, at creation; only their sha256 and a short snippet
+are stored. Deactivating a user or revoking a token takes effect at once in this process and within
+the credential cache's TTL (`cloud.app.auth.PRINCIPAL_CACHE_TTL_S`) in the other replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.app.auth import forget_digest, forget_user
+from cloud.app.db.models import ApiToken, Role, User
+from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
+from cloud.app.security import hash_password, new_api_token, new_token_id, new_user_id, token_digest
+
+# People sign in to the web pages; devices only ever use tokens.
+ROLES_WITH_PASSWORD = (Role.ADMIN, Role.REVIEWER)
+
+
+async def create_user(
+    session: AsyncSession, username: str, role: Role, password: str | None = None, email: str = ""
+) -> User:
+    """Adds the user to the session (flushed, not committed)."""
+    user = User(
+        id=new_user_id(),
+        username=username,
+        email=email or f"{username}@intellioptics.local",
+        role=role,
+        password_hash=hash_password(password) if password else None,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def create_token(session: AsyncSession, user: User, name: str, token: str | None = None) -> str:
+    """Adds a token for `user` (flushed, not committed) and returns the raw token."""
+    return (await _add_token(session, user, name, token))[1]
+
+
+async def _add_token(
+    session: AsyncSession, user: User, name: str, token: str | None = None
+) -> tuple[ApiToken, str]:
+    raw = token or new_api_token()
+    row = ApiToken(
+        id=new_token_id(), name=name, user_id=user.id, token_hash=token_digest(raw), snippet=raw[:20]
+    )
+    session.add(row)
+    await session.flush()
+    return row, raw
+
+
+async def list_users(session: AsyncSession) -> Sequence[User]:
+    return (await session.execute(select(User).order_by(User.created_at, User.username))).scalars().all()
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"user {user_id} not found")
+    return user
+
+
+async def add_user(
+    session: AsyncSession, username: str, role: Role, password: str | None, email: str = ""
+) -> User:
+    """An account made by an administrator: people get a password, devices get none (they use tokens)."""
+    if role in ROLES_WITH_PASSWORD and not password:
+        raise BadRequestError(f"a {role.value} needs a password")
+    if role not in ROLES_WITH_PASSWORD and password:
+        raise BadRequestError("device accounts sign in with API tokens, not passwords")
+    try:
+        user = await create_user(session, username, role, password, email)
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise ConflictError(f"the username {username!r} is taken") from exc
+    return user
+
+
+async def deactivate_user(session: AsyncSession, user_id: str) -> User:
+    """Keeps the row (labels and tokens refer to it); the last active admin cannot be deactivated."""
+    user = await get_user(session, user_id)
+    if user.is_active and user.role == Role.ADMIN:
+        active_admins = (
+            await session.execute(
+                select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.is_active)
+            )
+        ).scalar_one()
+        if active_admins <= 1:
+            raise ConflictError("the last active admin cannot be deactivated")
+    await session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(is_active=False)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    forget_user(user_id)
+    await session.refresh(user)
+    return user
+
+
+async def list_tokens(session: AsyncSession, user_id: str | None = None) -> Sequence[tuple[ApiToken, User]]:
+    query = select(ApiToken, User).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at)
+    if user_id is not None:
+        query = query.where(ApiToken.user_id == user_id)
+    return [(token, user) for token, user in (await session.execute(query)).all()]
+
+
+async def issue_token(session: AsyncSession, user_id: str, name: str) -> tuple[ApiToken, User, str]:
+    """A new token for an active user; the raw value is returned here and never again."""
+    user = await get_user(session, user_id)
+    if not user.is_active:
+        raise ConflictError(f"user {user.username} is deactivated")
+    token, raw = await _add_token(session, user, name)
+    await session.commit()
+    return token, user, raw
+
+
+async def revoke_token(session: AsyncSession, token_id: str) -> tuple[ApiToken, User]:
+    """Idempotent: revoking twice keeps the first revocation time."""
+    row = (
+        await session.execute(
+            select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.id == token_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"token {token_id} not found")
+    token, user = row
+    if token.revoked_at is None:
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        forget_digest(token.token_hash)
+        await session.refresh(token)
+    return token, user

@@ -1,0 +1,211 @@
+"""Every route of the cloud API refuses callers without valid credentials, and every route that needs a
+role refuses the other roles. The routes come from the running cloud's OpenAPI document and the roles
+from the app's own route table (which role dependency each route declares), so that routes added later
+are swept without editing this file.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
+
+from cloud.app.app import create_app
+from cloud.app.db.models import Role
+from cloud.app.deps import get_admin, get_device, get_principal, get_reviewer
+from cloud.app.settings import CloudSettings
+from tests.support import cloud as support
+from tests.support.cloud import REVIEWER_PASSWORD, CloudServer
+from tests.support.cloud_factories_worker import Tokens, private_database, seed_tokens
+
+# Served to anyone on purpose. Everything else must refuse an anonymous caller.
+PUBLIC_PREFIXES = ("/health/", "/static/")
+PUBLIC_PATHS = {"/metrics", "/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+# Which roles pass each role dependency (admins pass every check).
+ROLE_DEPENDENCIES: dict[Callable[..., Any], frozenset[Role]] = {
+    get_admin: frozenset({Role.ADMIN}),
+    get_reviewer: frozenset({Role.ADMIN, Role.REVIEWER}),
+    get_device: frozenset({Role.ADMIN, Role.DEVICE}),
+}
+ANY_ROLE = frozenset(Role)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str  # the template, e.g. /api/v1/hubs/{hub_id}
+    # Roles that get past the route's dependencies; None when it declares no credential dependency.
+    roles: frozenset[Role] | None
+
+    @property
+    def url(self) -> str:
+        # Path parameters are checked after the credentials, so any value that routes will do.
+        return re.sub(r"\{[^}]+\}", "1", self.path)
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _calls(sub)
+
+
+def _roles_of(dependant: Dependant) -> frozenset[Role] | None:
+    calls = set(_calls(dependant))
+    roles = ANY_ROLE if get_principal in calls else None
+    for call, allowed in ROLE_DEPENDENCIES.items():
+        if call in calls:
+            roles = allowed if roles is None else roles & allowed
+    return roles
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    schema_roles: dict[tuple[str, str], frozenset[Role] | None]
+    hidden: list[tuple[str, str, list[str]]]  # method, path, tags of routes left out of the OpenAPI
+
+
+def route_table() -> RouteTable:
+    """The roles each route's dependencies let through, from the app built in-process."""
+    app = create_app(CloudSettings())
+    schema_roles: dict[tuple[str, str], frozenset[Role] | None] = {}
+    hidden = []
+    for route in iter_route_contexts(app.routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is None or not route.path_format:
+            continue  # mounts and FastAPI's own documentation routes
+        for method in sorted(route.methods or ()):
+            if route.include_in_schema:
+                schema_roles[(method, route.path_format)] = _roles_of(dependant)
+            else:
+                hidden.append((method, route.path_format, [str(tag) for tag in route.tags or ()]))
+    return RouteTable(schema_roles, hidden)
+
+
+@pytest.fixture(scope="module")
+def cloud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.TestDatabase]:
+    yield from private_database(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tokens(cloud: CloudServer, cloud_db: support.TestDatabase) -> Tokens:
+    return seed_tokens(cloud_db.url)
+
+
+@pytest.fixture(scope="module")
+def table() -> RouteTable:
+    return route_table()
+
+
+@pytest.fixture(scope="module")
+def operations(cloud: CloudServer, table: RouteTable) -> list[Operation]:
+    """Every operation of the running cloud's OpenAPI document that is not public."""
+    with cloud.client(token=None) as http:
+        document = http.get("/openapi.json").json()
+    found = []
+    for path, item in document["paths"].items():
+        for method in item:
+            if method in ("get", "post", "put", "patch", "delete") and not is_public(path):
+                key = (method.upper(), path)
+                found.append(Operation(key[0], path, table.schema_roles.get(key)))
+    assert found, "the OpenAPI document lists no protected operation"
+    return found
+
+
+def call(http: httpx.Client, op: Operation) -> httpx.Response:
+    return http.request(op.method, op.url)
+
+
+def refused_anonymously(resp: httpx.Response) -> bool:
+    return resp.status_code == 401 and bool(resp.json().get("detail"))
+
+
+def sweep(http: httpx.Client, ops: list[Operation], expected: Callable[[httpx.Response], bool]) -> list[str]:
+    failures = []
+    for op in ops:
+        resp = call(http, op)
+        if not expected(resp):
+            failures.append(f"{op} -> {resp.status_code} {resp.text[:200]}")
+    return failures
+
+
+def test_the_sweep_knows_every_operation_the_cloud_documents(
+    operations: list[Operation], table: RouteTable
+) -> None:
+    """The in-process route table is the app the server runs; nothing is left without a role verdict."""
+    unknown = [str(op) for op in operations if (op.method, op.path) not in table.schema_roles]
+    assert not unknown, f"documented by the server but not in the app's route table: {unknown}"
+    admin_only = {op.path for op in operations if op.roles == frozenset({Role.ADMIN})}
+    assert {"/api/v1/admin/users", "/api/v1/hubs"} <= admin_only
+
+
+def test_only_web_pages_are_left_out_of_the_openapi_document(table: RouteTable) -> None:
+    """An API route hidden from the document would escape this sweep."""
+    escaped = [f"{m} {p}" for m, p, tags in table.hidden if "web" not in tags and not is_public(p)]
+    assert not escaped, f"hidden from /openapi.json, so not swept: {escaped}"
+
+
+def test_every_protected_route_refuses_a_caller_without_credentials(
+    cloud: CloudServer, operations: list[Operation]
+) -> None:
+    with cloud.client(token=None) as anonymous:
+        failures = sweep(anonymous, operations, refused_anonymously)
+    assert not failures, "answered without credentials:\n" + "\n".join(failures)
+
+
+def test_every_protected_route_refuses_an_unknown_token(
+    cloud: CloudServer, operations: list[Operation]
+) -> None:
+    with cloud.client("io_" + secrets.token_urlsafe(32)) as stranger:
+        failures = sweep(stranger, operations, refused_anonymously)
+    assert not failures, "answered an unknown token:\n" + "\n".join(failures)
+
+
+def test_every_protected_route_declares_who_may_call_it(operations: list[Operation]) -> None:
+    """A route that is not public must depend on the caller (PrincipalDep or a role alias)."""
+    undeclared = [str(op) for op in operations if op.roles is None]
+    assert not undeclared, f"no credential dependency: {undeclared}"
+
+
+@pytest.mark.parametrize("role", [Role.REVIEWER, Role.DEVICE])
+def test_routes_refuse_roles_they_do_not_serve(
+    cloud: CloudServer, operations: list[Operation], tokens: Tokens, role: Role
+) -> None:
+    """Admin routes refuse reviewers and devices; reviewer routes refuse devices; device routes
+    refuse reviewers."""
+    token = tokens.reviewer if role is Role.REVIEWER else tokens.device
+    closed = [op for op in operations if op.roles is not None and role not in op.roles]
+    assert closed
+    with cloud.client(token) as caller:
+        failures = sweep(caller, closed, lambda resp: resp.status_code == 403)
+    assert not failures, f"served a {role.value} token:\n" + "\n".join(failures)
+
+
+def test_admin_routes_refuse_a_reviewer_signed_in_with_a_browser_session(
+    cloud: CloudServer, operations: list[Operation], table: RouteTable
+) -> None:
+    routes = set(table.schema_roles) | {(method, path) for method, path, _ in table.hidden}
+    if ("POST", "/login") not in routes:
+        pytest.skip("this cloud has no login page yet")
+    admin_only = [op for op in operations if op.roles == frozenset({Role.ADMIN})]
+    browser = cloud.login("reviewer", REVIEWER_PASSWORD)
+    try:
+        failures = sweep(browser, admin_only, lambda resp: resp.status_code == 403)
+    finally:
+        browser.close()
+    assert not failures, "served a reviewer's session:\n" + "\n".join(failures)
