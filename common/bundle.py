@@ -54,7 +54,8 @@ class PipelineConfig(BaseModel):
 
     input_height: int = Field(gt=0, le=4096)
     input_width: int = Field(gt=0, le=4096)
-    channels: Literal["L", "RGB"] = "RGB"
+    # "RGBA" carries RGB + depth: depth cameras send the depth map as the fourth plane of a PNG.
+    channels: Literal["L", "RGB", "RGBA"] = "RGB"
     mean: list[float]
     std: list[float]
     layout: Literal["NCHW"] = "NCHW"

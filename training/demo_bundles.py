@@ -6,6 +6,9 @@ Everything comes from data inside installed packages, so a fresh checkout can se
 calibrated answers without downloading anything. Builds are deterministic for a given torch
 thread count (fixed seeds, content-hashed versions), so rebuilding an unchanged detector
 re-points `current` at the same version instead of piling up copies.
+
+The training loop, calibration, OODD, export and runtime checks are the training service's own
+(`training.train`, `training.builder`); only the data source and the fixed recipes are demo-specific.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from training.datasets import MNIST_5K_NAME, DatasetSplits, mnist_5k_splits
 from training.export import export_oodd, export_primary
 from training.models import DigitNet, MobileNetLike, count_parameters
 from training.oodd import fit_oodd
-from training.preprocess import images_to_tensor, normalize_uint8
+from training.preprocess import Normalizer, images_to_tensor, images_to_uint8_tensor, to_nchw_uint8
 from training.sample_images import photo_tiles
 from training.train import (
     TrainConfig,
@@ -89,27 +92,23 @@ DIGIT_SPEC = DetectorSpec(
     labels=tuple(str(d) for d in range(10)),
 )
 SEVEN_DIGIT = 7
-DIGIT_TRAIN = TrainConfig(epochs=8, max_lr=6e-3, seed=DEMO_SEED)
+# Demos train on the CPU whatever the machine has: the same weights everywhere for a thread count.
+DIGIT_TRAIN = TrainConfig(epochs=8, max_lr=6e-3, seed=DEMO_SEED, device="cpu")
 # Fine-tuning from the digit network: fewer epochs and a gentler peak learning rate.
-SEVEN_TRAIN = TrainConfig(epochs=2, max_lr=2e-3, seed=DEMO_SEED)
+SEVEN_TRAIN = TrainConfig(epochs=2, max_lr=2e-3, seed=DEMO_SEED, device="cpu")
 
 
-def _black_fill(pipeline: PipelineConfig) -> list[float]:
-    """The normalised value of a black pixel, per channel: what shifted-in borders must look like."""
-    return [-m / s for m, s in zip(pipeline.mean, pipeline.std, strict=True)]
-
-
-def _tensor_splits(splits: DatasetSplits, pipeline: PipelineConfig, binary_digit: int | None) -> TensorSplits:
+def _tensor_splits(splits: DatasetSplits, binary_digit: int | None) -> TensorSplits:
     def labels(y: np.ndarray[Any, np.dtype[np.int64]]) -> torch.Tensor:
         out = (y == binary_digit).astype(np.int64) if binary_digit is not None else y.astype(np.int64)
         return torch.from_numpy(out)
 
     return TensorSplits(
-        x_train=normalize_uint8(splits.train.images, pipeline),
+        x_train=to_nchw_uint8(splits.train.images),
         y_train=labels(splits.train.labels),
-        x_val=normalize_uint8(splits.val.images, pipeline),
+        x_val=to_nchw_uint8(splits.val.images),
         y_val=labels(splits.val.labels),
-        x_test=normalize_uint8(splits.test.images, pipeline),
+        x_test=to_nchw_uint8(splits.test.images),
         y_test=labels(splits.test.labels),
     )
 
@@ -118,7 +117,13 @@ def _train(
     name: str, model: DigitNet, data: TensorSplits, config: TrainConfig
 ) -> tuple[DigitNet, dict[str, Any]]:
     result = train_classifier(
-        model, data.x_train, data.y_train, data.x_val, data.y_val, _black_fill(DEMO_PIPELINE), config
+        model,
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        Normalizer.from_pipeline(DEMO_PIPELINE),
+        config,
     )
     if config.class_weights is not None:
         remove_class_weight_prior(model.head, config.class_weights)
@@ -146,7 +151,7 @@ def train_digit_model(splits: DatasetSplits, threads: int | None = None) -> tupl
     config = replace(DIGIT_TRAIN, threads=threads)
     torch.manual_seed(config.seed)
     model = DigitNet(in_channels=1, num_classes=10, input_size=28, widths=DEMO_WIDTHS)
-    return _train(DIGIT_SPEC.detector_name, model, _tensor_splits(splits, DEMO_PIPELINE, None), config)
+    return _train(DIGIT_SPEC.detector_name, model, _tensor_splits(splits, None), config)
 
 
 def train_seven_model(
@@ -158,7 +163,7 @@ def train_seven_model(
     this data and keep the demo build fast. 7s are a tenth of the data, so the loss weights them
     up and the head's bias is corrected afterwards to report probabilities for the true balance.
     """
-    data = _tensor_splits(splits, DEMO_PIPELINE, SEVEN_DIGIT)
+    data = _tensor_splits(splits, SEVEN_DIGIT)
     weights = balanced_class_weights(data.y_train.numpy(), 2)
     config = replace(SEVEN_TRAIN, class_weights=weights, threads=threads)
     model = copy.deepcopy(digit_model)
@@ -189,7 +194,7 @@ def _install(
     }
     if binary_digit is not None:
         lineage["initialised_from"] = f"{DIGIT_SPEC.detector_name} weights (same seed and data)"
-    data = _tensor_splits(splits, DEMO_PIPELINE, binary_digit)
+    data = _tensor_splits(splits, binary_digit)
     built = build_classifier_bundle(model, spec, DEMO_PIPELINE, data, model_root, lineage, stats, ood_inputs)
     m = built.metadata.metrics
     log.info(
@@ -230,7 +235,7 @@ def build_demo_bundles(model_root: Path, force: bool = False, threads: int | Non
             )
     if build_digit or build_seven:
         splits = mnist_5k_splits()
-        ood = images_to_tensor(photo_tiles(200, seed=DEMO_SEED), DEMO_PIPELINE)
+        ood = images_to_uint8_tensor(photo_tiles(200, seed=DEMO_SEED), DEMO_PIPELINE)
         digit_model, digit_stats = train_digit_model(splits, threads)
         if build_digit:
             _install(DIGIT_SPEC, digit_model, digit_stats, splits, None, model_root, ood)

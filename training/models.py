@@ -69,6 +69,7 @@ class DigitNet(nn.Module):
         )
         self.head = nn.Linear(embedding_dim, num_classes)
         self.feature_tap = feature_tap
+        self.widths = tuple(widths)
         self.in_channels = in_channels
         self.input_size = input_size
         self.feature_dim = embedding_dim if feature_tap == "embedding" else 2 * sum(widths)

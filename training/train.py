@@ -1,8 +1,13 @@
-"""A plain, deterministic supervised training loop for `(logits, features)` models on CPU.
+"""A deterministic supervised training loop for `(logits, features)` models, on CUDA or CPU.
 
-Inputs arrive already normalised exactly as the runtime normalises them; augmentation works in
-that space and pads with the normalised value of a black pixel, so shifted digits still sit on
-the background the runtime will show the model.
+Images are kept as uint8 (N, C, H, W) and each batch is scaled to [0, 1], augmented there and
+then normalised exactly as the runtime normalises (`preprocess.Normalizer`). Augmentation pads
+with 0 (a black pixel, and "no depth" in a depth plane), so shifted digits still sit on the
+background the runtime will show the model, and brightness jitter touches colour planes only.
+
+The loop picks CUDA when it is there (mixed precision with a gradient scaler), else the CPU; it
+can balance classes by loss weights or by sampling, stop early when the validation loss stops
+improving (restoring the best weights), and follows a one-cycle or a reduce-on-plateau schedule.
 """
 
 from __future__ import annotations
@@ -10,14 +15,22 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
+
+from training.preprocess import Normalizer
+
+DevicePreference = Literal["auto", "cpu", "cuda"]
+LrSchedule = Literal["onecycle", "plateau"]
+# Plateau schedule: multiply the learning rate by this when the validation loss stalls.
+PLATEAU_FACTOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,10 @@ class TrainConfig:
     # Random rotation (degrees) and zoom; 0 keeps augmentation to exact integer shifts.
     max_rotation: float = 0.0
     max_zoom: float = 0.0
+    # Random gain in [1 - b, 1 + b] on the colour planes (not on a depth plane); 0 disables it.
+    max_brightness: float = 0.0
+    # How many leading planes are colour (brightness applies to them): 1 for L, 3 for RGB and RGB+depth.
+    colour_channels: int = 3
     seed: int = 0
     # NHWC activations let oneDNN pick faster CPU convolution kernels (about 25% per epoch here).
     channels_last: bool = True
@@ -37,6 +54,14 @@ class TrainConfig:
     threads: int | None = None
     # Per-class loss weights; None trains on the natural class balance.
     class_weights: tuple[float, ...] | None = None
+    # Draw each epoch's batches with class-balanced probabilities (with replacement) instead.
+    balanced_sampling: bool = False
+    # Stop after this many epochs without a better validation loss and keep the best weights.
+    patience: int | None = None
+    lr_schedule: LrSchedule = "onecycle"
+    device: DevicePreference = "auto"
+    # float16 autocast with a gradient scaler; applies on CUDA only.
+    amp: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,16 +72,25 @@ class EpochStats:
     val_loss: float
     val_accuracy: float
     seconds: float
+    lr: float = 0.0
+    best: bool = False
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
     history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    device: str = "cpu"
+    amp: bool = False
 
     @property
     def seconds(self) -> float:
         return sum(e.seconds for e in self.history)
+
+
+EpochCallback = Callable[[EpochStats], None]
 
 
 def available_cores() -> int:
@@ -67,19 +101,33 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def resolve_device(preference: DevicePreference = "auto") -> torch.device:
+    """CUDA when asked for or available (auto), else the CPU; asking for CUDA without one is an error."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference == "cuda":
+        raise RuntimeError("CUDA was requested but torch sees no CUDA device")
+    return torch.device("cpu")
+
+
 def random_shift(x: Tensor, max_shift: int, fill: Sequence[float], generator: torch.Generator) -> Tensor:
     """Translate each image independently by up to ±max_shift pixels, filling with `fill` per channel."""
     if max_shift <= 0:
         return x
     n, c, h, w = x.shape
-    base = torch.tensor(list(fill), dtype=x.dtype).view(1, c, 1, 1)
+    base = torch.tensor(list(fill), dtype=x.dtype, device=x.device).view(1, c, 1, 1)
     s = max_shift
     padded = F.pad(x - base, (s, s, s, s)) + base
-    oy = torch.randint(0, 2 * s + 1, (n,), generator=generator)
-    ox = torch.randint(0, 2 * s + 1, (n,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    oy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = (oy[:, None] + ar_h)[:, None, :, None]
+    cols = (ox[:, None] + ar_w)[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
 
 
 def random_affine(
@@ -92,7 +140,7 @@ def random_affine(
 ) -> Tensor:
     """Small random rotation, zoom and translation per image (bilinear), filling with `fill`."""
     n, c, h, w = x.shape
-    base = torch.tensor(list(fill), dtype=x.dtype).view(1, c, 1, 1)
+    base = torch.tensor(list(fill), dtype=x.dtype, device=x.device).view(1, c, 1, 1)
 
     def uniform(limit: float) -> Tensor:
         return (torch.rand(n, generator=generator) * 2.0 - 1.0) * limit
@@ -103,21 +151,68 @@ def random_affine(
     tx, ty = uniform(2.0 * max_shift / w), uniform(2.0 * max_shift / h)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), [n, c, h, w], align_corners=False)
     return F.grid_sample(x - base, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + base
+
+
+def random_brightness(
+    x01: Tensor, max_gain: float, colour_channels: int, generator: torch.Generator
+) -> Tensor:
+    """Multiply the colour planes of each [0, 1] image by a gain in [1 - g, 1 + g], clipped to [0, 1].
+
+    A gain keeps black black (the padding and a digit's background stay what the runtime sees).
+    """
+    if max_gain <= 0:
+        return x01
+    n, c = x01.shape[:2]
+    k = min(colour_channels, c)
+    gain = (1.0 + (torch.rand(n, generator=generator) * 2.0 - 1.0) * max_gain).to(x01.device, x01.dtype)
+    out = x01.clone()
+    out[:, :k] = (x01[:, :k] * gain.view(n, 1, 1, 1)).clamp_(0.0, 1.0)
+    return out
+
+
+def augment(x01: Tensor, cfg: TrainConfig, generator: torch.Generator) -> Tensor:
+    """The training-time view of a [0, 1] batch: geometry (black fill), then brightness."""
+    fill = [0.0] * x01.shape[1]
+    if cfg.max_rotation > 0 or cfg.max_zoom > 0:
+        x01 = random_affine(x01, cfg.max_shift, cfg.max_rotation, cfg.max_zoom, fill, generator)
+    else:
+        x01 = random_shift(x01, cfg.max_shift, fill, generator)
+    return random_brightness(x01, cfg.max_brightness, cfg.colour_channels, generator)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, x: Tensor, batch_size: int = 500
+    model: nn.Module,
+    x: Tensor,
+    normalizer: Normalizer | None = None,
+    batch_size: int = 500,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Eval-mode logits and features as numpy arrays, batched to bound memory."""
+    """Eval-mode float32 logits and features as numpy arrays, batched, on the model's device.
+
+    `x` is uint8 images (normalised here by `normalizer`) or an already normalised float tensor.
+    """
+    if x.dtype == torch.uint8 and normalizer is None:
+        raise ValueError("uint8 images need a normalizer")
     model.eval()
+    device = _model_device(model)
     logits, features = [], []
     for start in range(0, x.shape[0], batch_size):
-        lo, fe = model(x[start : start + batch_size])
-        logits.append(lo.numpy())
-        features.append(fe.numpy())
+        xb = x[start : start + batch_size].to(device)
+        if x.dtype == torch.uint8 and normalizer is not None:
+            xb = normalizer(xb)
+        lo, fe = model(xb)
+        logits.append(lo.float().cpu().numpy())
+        features.append(fe.float().cpu().numpy())
+    if not logits:
+        raise ValueError("no images to predict")
     return np.concatenate(logits), np.concatenate(features)
 
 
@@ -129,58 +224,134 @@ def _set_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
             tensor.data = tensor.data.contiguous(memory_format=fmt)
 
 
+def _epoch_order(y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    n = y.shape[0]
+    if not cfg.balanced_sampling:
+        return torch.randperm(n, generator=gen)
+    counts = torch.bincount(y).to(torch.float64)
+    weights = (1.0 / counts.clamp(min=1.0))[y]
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def train_classifier(
     model: nn.Module,
     x_train: Tensor,
     y_train: Tensor,
     x_val: Tensor,
     y_val: Tensor,
-    fill: Sequence[float],
+    normalizer: Normalizer,
     config: TrainConfig | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Adam with a one-cycle schedule, shift augmentation and a fixed seed; returns model + history."""
+    """Train on uint8 (N, C, H, W) images with Adam, augmentation and a fixed seed.
+
+    Returns the model (on the CPU, eval mode, best weights when early stopping is on) and its
+    history. `on_epoch` sees every epoch's statistics; an exception it raises aborts training
+    (that is how a caller cancels a run).
+    """
     cfg = config or TrainConfig()
+    if x_train.dtype != torch.uint8 or x_val.dtype != torch.uint8:
+        raise ValueError("training images must be uint8 (N, C, H, W)")
+    if x_train.shape[0] == 0 or x_val.shape[0] == 0:
+        raise ValueError("need at least one training and one validation image")
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
     torch.set_num_threads(cfg.threads or available_cores())
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        # A small dataset fits on the GPU as uint8; moving it once beats a copy per batch.
+        if x_train.numel() < 2**30:
+            x_train, y_train = x_train.to(device), y_train.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    weight = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
+    weight = None
+    if cfg.class_weights is not None:
+        weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     steps_per_epoch = math.ceil(x_train.shape[0] / cfg.batch_size)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device)
     _set_memory_format(model, fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
-    )
-    result = TrainResult(model)
+    onecycle: torch.optim.lr_scheduler.OneCycleLR | None = None
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+    if cfg.lr_schedule == "onecycle":
+        onecycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
+    else:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=PLATEAU_FACTOR, patience=max(1, (cfg.patience or 4) // 2)
+        )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    y_val_cpu = y_val.to("cpu")
+    result = TrainResult(model, device=device.type, amp=use_amp)
+    best_loss, best_state, since_best = math.inf, _cpu_state(model), 0
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])
         model.train()
-        order = torch.randperm(x_train.shape[0], generator=gen)
-        total_loss, correct = 0.0, 0
+        order = _epoch_order(y_train.cpu(), cfg, gen)
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, x_train.shape[0], cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            xb = x_train[idx]
-            if cfg.max_rotation > 0 or cfg.max_zoom > 0:
-                xb = random_affine(xb, cfg.max_shift, cfg.max_rotation, cfg.max_zoom, fill, gen)
-            else:
-                xb = random_shift(xb, cfg.max_shift, fill, gen)
+            xb = normalizer.normalize(
+                augment(Normalizer.scale(x_train[idx.to(x_train.device)].to(device)), cfg, gen)
+            )
             xb = xb.contiguous(memory_format=fmt)
-            yb = y_train[idx]
-            logits, _ = model(xb)
-            loss = F.cross_entropy(logits, yb, weight=weight)
+            yb = y_train[idx.to(y_train.device)].to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits, _ = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, weight=weight)
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            schedule.step()
-            total_loss += float(loss.detach()) * idx.shape[0]
-            correct += int((logits.argmax(dim=1) == yb).sum())
-        val_logits, _ = predict(model, x_val)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), y_val, weight=weight))
-        val_acc = float((val_logits.argmax(axis=1) == y_val.numpy()).mean())
-        n = x_train.shape[0]
-        result.history.append(
-            EpochStats(epoch, total_loss / n, correct / n, val_loss, val_acc, time.perf_counter() - t0)
+            torch.autograd.backward(scaler.scale(loss))
+            scaler.step(optimizer)
+            scaler.update()
+            if onecycle is not None:
+                onecycle.step()
+            total_loss += loss.detach().to(torch.float64) * idx.shape[0]
+            correct += (logits.argmax(dim=1) == yb).sum()
+        val_logits, _ = predict(model, x_val, normalizer)
+        val_loss = float(
+            F.cross_entropy(
+                torch.from_numpy(val_logits), y_val_cpu, weight=None if weight is None else weight.cpu()
+            )
         )
+        val_acc = float((val_logits.argmax(axis=1) == y_val_cpu.numpy()).mean())
+        n = x_train.shape[0]
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_state, since_best, result.best_epoch = val_loss, _cpu_state(model), 0, epoch
+        else:
+            since_best += 1
+        if plateau is not None:
+            plateau.step(val_loss)
+        stats = EpochStats(
+            epoch,
+            float(total_loss) / n,
+            int(correct) / n,
+            val_loss,
+            val_acc,
+            time.perf_counter() - t0,
+            lr=lr,
+            best=improved,
+        )
+        result.history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+        if cfg.patience is not None and since_best >= cfg.patience and epoch + 1 < cfg.epochs:
+            result.stopped_early = True
+            break
+    model.to("cpu")
+    if cfg.patience is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.history) - 1
     _set_memory_format(model, torch.contiguous_format)
     model.eval()
     return result
@@ -196,10 +367,11 @@ def balanced_class_weights(labels: NDArray[np.integer], num_classes: int) -> tup
 
 @torch.no_grad()
 def remove_class_weight_prior(head: nn.Linear, class_weights: Sequence[float]) -> None:
-    """Undo the prior shift that weighted cross-entropy bakes into the logits.
+    """Undo the prior shift that weighted cross-entropy (or balanced sampling) bakes into the logits.
 
     Weighting class k by w_k makes the network learn p(k|x)·w_k (renormalised), i.e. logits
     offset by log w_k. Subtracting that from the bias restores probabilities for the true class
-    balance, so temperature scaling only has to fix sharpness, which is all it can fix.
+    balance, so temperature scaling only has to fix sharpness, which is all it can fix. Sampling
+    class k with probability proportional to w_k·n_k shifts the logits the same way.
     """
     head.bias.sub_(torch.log(torch.tensor(list(class_weights), dtype=head.bias.dtype)))

@@ -1,0 +1,351 @@
+"""The cloud's dataset export: one detector's labelled images as a tar.gz with a JSON manifest.
+
+    manifest.json   {format_version, detector: {id, name, query, mode, labels, mode_configuration},
+                     created_at, items: [{image_query_id, label, source, labeled_at,
+                                          image: "images/<image_query_id>.<ext>", content_type}]}
+    images/...      the image files the items name
+
+`read_export` takes such a file apart (defensively: only regular files named by the manifest are
+read, paths are checked, sizes bounded); `write_export` makes one from in-memory images, so tests
+and benchmarks can produce exports without a cloud. UNCLEAR answers stay in the export (they are
+part of the record) and are skipped for training.
+
+Splits are per item, from a hash of its image_query_id (`item_split`): an item keeps its split
+across exports, label additions and code changes, so every version of a detector is tested on the
+same items and a test image never becomes a training image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.bundle import DetectorMode
+from common.imaging import ImageFormat, content_type_of, sniff_format
+from training.datasets import SplitName, split_of
+
+EXPORT_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+IMAGES_DIR = "images"
+UNCLEAR = "UNCLEAR"
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_TEST_FRACTION = 0.15
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp"}
+
+
+class ExportError(ValueError):
+    """The export file is malformed, unsafe or inconsistent; nothing should be trained from it."""
+
+
+def _labels_as_text(value: Any) -> Any:
+    """COUNT labels may arrive as numbers; the bundle format (and the cloud) spell them as text."""
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class ExportDetector(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    query: str = ""
+    mode: DetectorMode
+    labels: list[str] = Field(min_length=2)
+    mode_configuration: dict[str, Any] | None = None
+
+    _text_labels = field_validator("labels", mode="before")(_labels_as_text)
+
+    @model_validator(mode="after")
+    def _labels_fit_mode(self) -> ExportDetector:
+        if len(set(self.labels)) != len(self.labels) or UNCLEAR in self.labels:
+            raise ValueError(f"labels must be unique and must not include {UNCLEAR}")
+        if self.mode is DetectorMode.BINARY and sorted(self.labels) != ["NO", "YES"]:
+            raise ValueError("a BINARY detector's labels are YES and NO")
+        if self.mode is DetectorMode.COUNT and self.labels != [str(i) for i in range(len(self.labels))]:
+            raise ValueError("a COUNT detector's labels are 0..max_count in order")
+        return self
+
+
+class ExportItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    image_query_id: str = Field(min_length=1, max_length=200)
+    label: str
+    source: str = ""
+    labeled_at: str = ""
+    image: str
+    content_type: str = ""
+
+    _text_label = field_validator("label", mode="before")(_labels_as_text)
+
+    @field_validator("image")
+    @classmethod
+    def _safe_image_path(cls, value: str) -> str:
+        folder, _, name = value.partition("/")
+        if folder != IMAGES_DIR or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"image path {value!r} is not {IMAGES_DIR}/<file name>")
+        return value
+
+
+class ExportManifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int
+    detector: ExportDetector
+    created_at: str = ""
+    items: list[ExportItem]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportManifest:
+        if self.format_version != EXPORT_FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not supported (this reader knows 1)")
+        ids = Counter(item.image_query_id for item in self.items)
+        dup = [k for k, n in ids.items() if n > 1]
+        if dup:
+            raise ValueError(f"image_query_id {dup[0]!r} appears {ids[dup[0]]} times")
+        images = Counter(item.image for item in self.items)
+        shared = [k for k, n in images.items() if n > 1]
+        if shared:
+            raise ValueError(f"image {shared[0]!r} is named by more than one item")
+        allowed = {*self.detector.labels, UNCLEAR}
+        bad = [item for item in self.items if item.label not in allowed]
+        if bad:
+            raise ValueError(
+                f"item {bad[0].image_query_id!r} has label {bad[0].label!r}, "
+                f"not one of the detector's labels or {UNCLEAR}"
+            )
+        return self
+
+
+def item_split(
+    image_query_id: str,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+) -> SplitName:
+    """train / val / test for one item, from the sha256 of its image_query_id alone."""
+    return split_of(image_query_id, val_fraction, test_fraction)
+
+
+@dataclass(frozen=True)
+class LabelSnapshot:
+    """What a model was trained from: how many labelled items, and a hash of (id, label) pairs."""
+
+    count: int
+    sha256: str
+    per_label: dict[str, int]
+    unclear_skipped: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "sha256": self.sha256,
+            "per_label": dict(self.per_label),
+            "unclear_skipped": self.unclear_skipped,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetExport:
+    """A parsed export: the manifest and each item's image bytes, keyed by image_query_id."""
+
+    manifest: ExportManifest
+    images: Mapping[str, bytes] = field(repr=False)
+    source: str = ""
+
+    @property
+    def detector(self) -> ExportDetector:
+        return self.manifest.detector
+
+    def trainable_items(self) -> list[ExportItem]:
+        """Items with a real answer (UNCLEAR skipped), in manifest order."""
+        return [item for item in self.manifest.items if item.label != UNCLEAR]
+
+    def image_bytes(self, item: ExportItem) -> bytes:
+        return self.images[item.image_query_id]
+
+    def splits(
+        self, val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION
+    ) -> dict[SplitName, list[ExportItem]]:
+        out: dict[SplitName, list[ExportItem]] = {"train": [], "val": [], "test": []}
+        for item in self.trainable_items():
+            out[item_split(item.image_query_id, val_fraction, test_fraction)].append(item)
+        return out
+
+    def label_snapshot(self) -> LabelSnapshot:
+        """Order-independent: the hash covers the sorted `id<TAB>label` lines of trainable items."""
+        items = self.trainable_items()
+        digest = hashlib.sha256()
+        for iq_id, label in sorted((i.image_query_id, i.label) for i in items):
+            digest.update(f"{iq_id}\t{label}\n".encode())
+        counts = Counter(i.label for i in items)
+        return LabelSnapshot(
+            count=len(items),
+            sha256=digest.hexdigest(),
+            per_label={label: counts.get(label, 0) for label in self.detector.labels},
+            unclear_skipped=len(self.manifest.items) - len(items),
+        )
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetExport:
+    """Parse an export tar.gz in one sequential pass; ExportError on anything malformed or unsafe.
+
+    Only regular-file members named `manifest.json` or named by an item are read; links, devices
+    and other files are ignored, and no path is ever extracted to disk.
+    """
+    manifest_raw: bytes | None = None
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = _member_name(member)
+                limit = MAX_MANIFEST_BYTES if name == MANIFEST_NAME else max_image_bytes
+                if not (name == MANIFEST_NAME or name.startswith(IMAGES_DIR + "/")):
+                    continue
+                if member.size > limit:
+                    raise ExportError(f"{path}: {name} is {member.size} bytes, over the {limit}-byte limit")
+                fh = tar.extractfile(member)
+                if fh is None:
+                    continue
+                data = fh.read()
+                if name == MANIFEST_NAME:
+                    manifest_raw = data
+                else:
+                    blobs[name] = data
+    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ExportError(f"{path}: not a readable tar.gz: {exc}") from None
+    if manifest_raw is None:
+        raise ExportError(f"{path}: {MANIFEST_NAME} is missing")
+    try:
+        manifest = ExportManifest.model_validate_json(manifest_raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ExportError(
+            f"{path}: {MANIFEST_NAME} is invalid at {where or '<root>'}: {first['msg']}"
+        ) from None
+    images: dict[str, bytes] = {}
+    for item in manifest.items:
+        blob = blobs.get(item.image)
+        if blob is None:
+            raise ExportError(
+                f"{path}: {item.image} (item {item.image_query_id}) is missing from the archive"
+            )
+        images[item.image_query_id] = blob
+    return DatasetExport(manifest=manifest, images=images, source=str(path))
+
+
+ImageLike = bytes | Image.Image | NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class ExportSample:
+    """One labelled image to write: encoded bytes, a PIL image or a uint8 array (PNG-encoded)."""
+
+    image_query_id: str
+    label: str
+    image: ImageLike
+    source: str = "HUMAN"
+    labeled_at: str = ""
+
+
+def encode_png(image: Image.Image | NDArray[np.uint8]) -> bytes:
+    """PNG bytes of a PIL image or a uint8 array: (H, W) → L, (H, W, 3) → RGB, (H, W, 4) → RGBA."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _encoded(image: ImageLike) -> tuple[bytes, str, str]:
+    data = image if isinstance(image, bytes) else encode_png(image)
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in _EXTENSIONS:
+        raise ExportError("image bytes are not JPEG, PNG, BMP or WebP")
+    return data, _EXTENSIONS[fmt], content_type_of(ImageFormat(fmt))
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_export(
+    path: Path,
+    detector: ExportDetector,
+    samples: Iterable[ExportSample],
+    created_at: str = "",
+) -> ExportManifest:
+    """Write an export file the reader (and the cloud's format) accepts; atomic, byte-reproducible.
+
+    The manifest is validated before anything is written, so a bad label or a duplicate id
+    raises ExportError instead of producing a file nobody can train from.
+    """
+    entries: list[tuple[ExportItem, bytes]] = []
+    for sample in samples:
+        data, ext, content_type = _encoded(sample.image)
+        item = ExportItem(
+            image_query_id=sample.image_query_id,
+            label=sample.label,
+            source=sample.source,
+            labeled_at=sample.labeled_at,
+            image=f"{IMAGES_DIR}/{sample.image_query_id}.{ext}",
+            content_type=content_type,
+        )
+        entries.append((item, data))
+    try:
+        manifest = ExportManifest(
+            format_version=EXPORT_FORMAT_VERSION,
+            detector=detector,
+            created_at=created_at,
+            items=[item for item, _ in entries],
+        )
+    except ValidationError as exc:
+        raise ExportError(f"export would be invalid: {exc.errors()[0]['msg']}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            _tar_add(tar, MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=1).encode())
+            for item, data in entries:
+                _tar_add(tar, item.image, data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return manifest
