@@ -8,11 +8,12 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.installed"
 APT_PACKAGES=(nginx)
 # `--test`: what the tests need besides: Debian's chromium (browser tests; no browser is ever
-# downloaded) and Azurite from npm (Azure Blob emulator) under build/azurite.
+# downloaded), Azurite from npm (Azure Blob emulator) under build/azurite, and ffmpeg plus
+# rtsp-server-perl (a real RTSP source on loopback for the stream-ingest tests).
 WITH_TEST_TOOLS=0
 if [ "${1:-}" = "--test" ]; then
   WITH_TEST_TOOLS=1
-  APT_PACKAGES+=(chromium)
+  APT_PACKAGES+=(chromium ffmpeg rtsp-server-perl)
   command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 fi
 

@@ -78,3 +78,24 @@ def test_applied_config_is_kept_apart_from_the_operator_file_and_the_newer_wins(
     path.write_text("global_config:\n  refresh_rate: 20\n")
     os.utime(path, (later, later))
     assert ConfigStore(path, tmp_path / "data").config.global_config.refresh_rate == 20
+
+
+def test_a_config_without_streams_keeps_the_streams_of_detectors_it_still_configures(tmp_path) -> None:
+    """The SDK's apply_config never sends `streams`; applying detectors must not stop the cameras."""
+    from common.ids import new_detector_id
+    from edge.api.core.config_store import ConfigStore
+
+    other = new_detector_id()
+    store = ConfigStore(tmp_path / "absent.yaml", tmp_path / "data")
+    store.apply(
+        {
+            "detectors": [{"detector_id": DET}, {"detector_id": other}],
+            "streams": [
+                {"name": "gate", "url": "rtsp://127.0.0.1:1/gate", "detector_id": DET, "fps": 2},
+                {"name": "dock", "url": "rtsp://127.0.0.1:1/dock", "detector_id": other, "fps": 2},
+            ],
+        }
+    )
+    kept = store.apply({"detectors": [{"detector_id": DET}], "global_config": {"refresh_rate": 30}})
+    assert [s.name for s in kept.streams] == ["gate"]
+    assert store.apply({"detectors": [{"detector_id": DET}], "streams": []}).streams == []

@@ -33,7 +33,7 @@ class ConfigStore:
 
     def apply(self, data: object) -> EdgeConfig:
         """Validate, persist (atomic rename), then swap in memory; a bad config changes nothing."""
-        config = parse_edge_config(data)
+        config = parse_edge_config(self._keep_streams(data))
         target = self.applied_path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".edge-config-", dir=target.parent)
@@ -48,5 +48,28 @@ class ConfigStore:
             raise
         self.config = config
         self.source = target
-        log.info("edge config applied", extra={"fields": {"detectors": len(config.detectors)}})
+        log.info(
+            "edge config applied",
+            extra={"fields": {"detectors": len(config.detectors), "streams": len(config.streams)}},
+        )
         return config
+
+    def _keep_streams(self, data: object) -> object:
+        """The SDK's `apply_config` never sends `streams`: a config without the key keeps the current
+        streams whose detector it still configures, so applying detectors does not stop the cameras."""
+        if not isinstance(data, dict) or "streams" in data or not self.config.streams:
+            return data
+        raw_detectors = data.get("detectors")
+        detector_ids = (
+            {d.get("detector_id") for d in raw_detectors if isinstance(d, dict)}
+            if isinstance(raw_detectors, list)
+            else set()
+        )
+        kept = [s for s in self.config.streams if s.detector_id in detector_ids]
+        dropped = [s.name for s in self.config.streams if s.detector_id not in detector_ids]
+        if dropped:
+            log.warning(
+                "streams dropped: their detector is no longer configured",
+                extra={"fields": {"streams": dropped}},
+            )
+        return {**data, "streams": [s.model_dump(mode="json") for s in kept]}

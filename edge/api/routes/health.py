@@ -3,12 +3,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from common.edge_config import redact_url
 from edge.api.core.inference_client import InferenceUnavailableError
-from edge.api.deps import StateDep
+from edge.api.deps import EdgeState, StateDep
 
 router = APIRouter(tags=["health"])
 
@@ -63,9 +65,61 @@ async def status(state: StateDep) -> dict[str, Any]:
             "last_success_at": state.cloud.last_success_at,
             "last_error": state.cloud.last_error,
         },
+        "streams": await _streams_status(state),
+    }
+
+
+async def _ask_streams(state: EdgeState, path: str) -> httpx.Response:
+    timeout = state.settings.streams_timeout_s
+    async with httpx.AsyncClient(
+        base_url=state.settings.streams_url, timeout=timeout, trust_env=False
+    ) as client:
+        return await client.get(path)
+
+
+async def _streams_status(state: EdgeState) -> dict[str, Any]:
+    """The streams service's own per-stream status, asked with a short timeout; when it does not answer,
+    the streams of the edge config with the reason nobody reports on them."""
+    url = state.settings.streams_url
+    if url:
+        try:
+            response = await _ask_streams(state, "/status")
+            if response.status_code == 200:
+                return {"service": {"url": url, "reachable": True, "error": None}, **response.json()}
+            error = f"streams service answered {response.status_code}"
+        except (httpx.HTTPError, ValueError) as exc:
+            error = f"streams service not running or not answering at {url} ({type(exc).__name__})"
+    else:
+        error = "no streams service configured (EDGE_STREAMS_URL is empty)"
+    return {
+        "service": {"url": url or None, "reachable": False, "error": error},
+        "streams": [
+            {
+                "name": s.name,
+                "url": redact_url(s.url),
+                "detector_id": s.detector_id,
+                "enabled": s.enabled,
+                "fps": s.fps,
+                "state": "unknown",
+                "connected": None,
+                "error": error if s.enabled else None,
+            }
+            for s in state.config.config.streams
+        ],
     }
 
 
 @router.get("/metrics", operation_id="metrics")
 async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """edge-api's metrics, followed by the streams service's (edge_stream_*) when it answers, so the
+    gateway's one /metrics covers both."""
+    body = generate_latest(state.metrics.registry)
+    if state.settings.streams_url:
+        try:
+            response = await _ask_streams(state, "/metrics")
+        except httpx.HTTPError:
+            pass
+        else:
+            if response.status_code == 200:
+                body += response.content
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamsSettings(BaseSettings):
+    """Environment variables STREAMS_*; the README's settings table documents each."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8720, ge=1, le=65535)
+    # Where the edge config comes from (`GET /edge-config`, polled): edge-api itself, never the gateway,
+    # which would fall back to the cloud while edge-api is down.
+    edge_api_url: str = "http://127.0.0.1:8718"
+    # Where frames are posted as image queries; empty means edge_api_url. Point it at the gateway to
+    # give frames exactly the cameras' path, cloud fallback included.
+    submit_url: str = ""
+    # Sent as x-api-token, which the cloud needs when the gateway falls back to it.
+    api_token: str = ""
+    config_poll_s: float = Field(default=3.0, gt=0, le=3600)
+    submit_timeout_s: float = Field(default=10.0, gt=0)
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+    log_level: str = "info"
+
+    @property
+    def frames_url(self) -> str:
+        return self.submit_url or self.edge_api_url
