@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import uvicorn
 
@@ -16,8 +17,12 @@ def main() -> None:
     settings = CloudSettings()
     configure_logging(settings.log_level)
     asyncio.run(prestart(settings))
+    # Several workers need an import string: each worker process builds its own app from the environment.
+    app: Any = create_app(settings) if settings.workers == 1 else "cloud.app.app:create_app"
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

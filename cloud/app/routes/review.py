@@ -1,7 +1,103 @@
-"""(to be written)"""
+"""The review API: reviewers (API token or browser session) claim items, answer, skip, undo.
+
+Every write answers 409 when the caller does not hold a live lease on the item (another reviewer has
+it, the lease ran out, or it is already answered); the page then simply claims the next item.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+from starlette.responses import Response
+
+from cloud.app.core import review_queue, review_stats
+from cloud.app.deps import ReviewerDep, SessionDep, StateDep
+from cloud.app.schemas.fields import ID_PATTERN
+from cloud.app.schemas.review import (
+    AnswerIn,
+    AnswerOut,
+    ClaimedItem,
+    LeaseOut,
+    QueueSummary,
+    ReviewStatsOut,
+    UndoOut,
+)
 
 router = APIRouter(prefix="/api/v1/review", tags=["review"])
+
+ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+DetectorFilter = Annotated[str | None, Query(max_length=40, pattern=ID_PATTERN)]
+
+
+@router.get("/queues", operation_id="review_list_queues")
+async def list_queues(session: SessionDep, reviewer: ReviewerDep) -> list[QueueSummary]:
+    return await review_queue.queue_summaries(session, reviewer.user_id)
+
+
+@router.post(
+    "/claim",
+    operation_id="review_claim",
+    response_model=ClaimedItem,
+    responses={204: {"description": "Nothing to claim right now"}},
+)
+async def claim(
+    state: StateDep, session: SessionDep, reviewer: ReviewerDep, detector_id: DetectorFilter = None
+) -> ClaimedItem | Response:
+    """The next item in queue order (optionally of one detector), leased to you for `lease_s` seconds."""
+    item = await review_queue.claim_next(
+        session, reviewer.user_id, state.settings.review_lease_s, state.settings.public_url, detector_id
+    )
+    return item if item is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/items/{item_id}/heartbeat", operation_id="review_heartbeat")
+async def heartbeat(item_id: ItemId, state: StateDep, session: SessionDep, reviewer: ReviewerDep) -> LeaseOut:
+    return await review_queue.heartbeat(session, item_id, reviewer.user_id, state.settings.review_lease_s)
+
+
+@router.post("/items/{item_id}/answer", operation_id="review_answer")
+async def answer(item_id: ItemId, body: AnswerIn, session: SessionDep, reviewer: ReviewerDep) -> AnswerOut:
+    """One of the detector's labels or UNCLEAR; stored once, and the image query is answered with it."""
+    return await review_queue.answer_item(session, item_id, reviewer.user_id, body.label)
+
+
+@router.post("/items/{item_id}/skip", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_skip")
+async def skip(item_id: ItemId, session: SessionDep, reviewer: ReviewerDep) -> None:
+    """Back to the queue; you will not be offered this item again."""
+    await review_queue.skip_item(session, item_id, reviewer.user_id)
+
+
+@router.post(
+    "/items/{item_id}/release", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_release"
+)
+async def release(item_id: ItemId, session: SessionDep, reviewer: ReviewerDep) -> None:
+    """Back to the queue for everybody, you included (the labeling page calls it when it closes)."""
+    await review_queue.release_item(session, item_id, reviewer.user_id)
+
+
+@router.post("/undo", operation_id="review_undo")
+async def undo(session: SessionDep, reviewer: ReviewerDep) -> UndoOut:
+    """Take back your latest standing answer; 404 when there is none."""
+    return await review_queue.undo_last(session, reviewer.user_id)
+
+
+@router.get("/items/{item_id}/image", operation_id="review_item_image")
+async def item_image(
+    item_id: ItemId, state: StateDep, session: SessionDep, reviewer: ReviewerDep
+) -> Response:
+    image = await review_queue.item_image(session, state.blobs, item_id)
+    # Images never change under an id; let the browser keep them while it works through the queue.
+    return Response(
+        image.data, media_type=image.content_type, headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.get("/stats", operation_id="review_stats")
+async def stats(
+    session: SessionDep,
+    reviewer: ReviewerDep,
+    window_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
+) -> ReviewStatsOut:
+    """Throughput per reviewer and lead time (query created → answered) over the last `window_s`."""
+    return await review_stats.review_stats(session, window_s)

@@ -1,0 +1,677 @@
+"""The review queue (DESIGN §7): claim with a lease, heartbeat, answer exactly once, skip, release, undo.
+
+An item is claimable when it is pending, nobody holds a live lease on it and this reviewer has not
+skipped it. Claims take the first such item in queue order (patience deadline, then uncertainty, highest
+first, then age). On PostgreSQL the pick is `SELECT ... FOR UPDATE SKIP LOCKED` inside the claiming
+`UPDATE`, so concurrent reviewers never wait on each other nor take the same row; on SQLite the single
+`UPDATE ... WHERE id = (SELECT ...)` statement is atomic (one writer at a time).
+
+Every write that needs the lease carries the lease condition in its own `WHERE` (owner, not expired,
+still pending), so a check-then-write race cannot let two answers through: the database decides, and
+whoever loses gets a 409. Times are this process's UTC clock; replicas need synchronised clocks (NTP),
+which is far tighter than leases of tens of seconds.
+
+Round trips (PostgreSQL): a claim is one statement (pick, lease and the item's detector and query in its
+`RETURNING`); an answer is one read (lease and the detector's labels, to validate) and one statement
+whose CTEs close the item, resolve the image query and insert the label. Each of these is atomic on its
+own, so they run in autocommit (no BEGIN/COMMIT), are built once, and go straight to asyncpg (the SQL is
+still SQLAlchemy's compilation): at hundreds of answers a second the per-call Python layers, not
+PostgreSQL, were the cost. SQLite takes the plain SQLAlchemy path in one transaction.
+
+Leases are not worth a disk flush: claims and heartbeats commit with `synchronous_commit = off` (set for
+that transaction only, from the statement itself). A database crash may forget a lease granted in its
+last fraction of a second; the item is then simply claimable again, and the holder's answer, guarded
+by the lease, gets a 409. Answers, labels and skips are durable as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from cloud.app.blobstore import BlobNotFoundError, BlobStore
+from cloud.app.core.detectors import UNCLEAR
+from cloud.app.core.labels import HUMAN_RESULT_SOURCE, human_result, normalise_answer
+from cloud.app.core.review_items import insert_ignoring_duplicates
+from cloud.app.db.models import Detector, ImageQuery, Label, LabelSource, ReviewItem, ReviewSkip, ReviewStatus
+from cloud.app.errors import ConflictError, NotFoundError
+from cloud.app.schemas.review import (
+    AnswerKey,
+    AnswerOut,
+    ClaimedItem,
+    EdgePrediction,
+    LeaseOut,
+    QueueSummary,
+    UndoOut,
+)
+
+_ri = cast(Table, ReviewItem.__table__)
+_iq = cast(Table, ImageQuery.__table__)
+_det = cast(Table, Detector.__table__)
+_lab = cast(Table, Label.__table__)
+_skip = cast(Table, ReviewSkip.__table__)
+
+# Literal, not a bound parameter: PostgreSQL only uses the partial indexes (WHERE status = 'pending')
+# when it can prove the predicate from the query text, including in generic prepared-statement plans.
+_PENDING = literal_column("'pending'", String)
+_ANSWERED = literal_column("'answered'", String)
+_TS = DateTime(timezone=True)
+
+# The labeling page's key for UNCLEAR; it keeps S (skip) and Z (undo) for itself, and no label gets those.
+UNCLEAR_KEY = "u"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+_autocommit_engines: dict[Engine, AsyncEngine] = {}
+
+
+def _autocommit(session: AsyncSession) -> AsyncEngine:
+    """The session's engine (same pool) in autocommit mode, for single-statement steps on PostgreSQL:
+    no BEGIN/COMMIT round trips, and each statement is still atomic."""
+    sync_engine = session.get_bind()
+    assert isinstance(sync_engine, Engine)
+    engine = _autocommit_engines.get(sync_engine)
+    if engine is None:
+        engine = AsyncEngine(sync_engine.execution_options(isolation_level="AUTOCOMMIT"))
+        _autocommit_engines[sync_engine] = engine
+    return engine
+
+
+class _OnDriver:
+    """A prebuilt statement run straight on the asyncpg connection inside SQLAlchemy's pooled (autocommit)
+    connection. The SQL is SQLAlchemy's own compilation, done once; only the per-call layers between
+    the statement and the driver are skipped, which is most of a claim's CPU. Rows come back as
+    asyncpg records (mappings; JSON already decoded by the codec SQLAlchemy installs on connect), and
+    JSON parameters go in as text. PostgreSQL only."""
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.sql = ""
+        self.names: tuple[str, ...] = ()
+        self.fixed: dict[str, Any] = {}
+
+    async def fetchrow(self, conn: AsyncConnection, params: dict[str, Any]) -> Any:
+        if not self.sql:
+            compiled = self.statement.compile(dialect=conn.dialect)
+            self.names, self.fixed = tuple(compiled.positiontup or ()), dict(compiled.params)
+            self.sql = compiled.string
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        values = {**self.fixed, **params}
+        return await driver.fetchrow(self.sql, *(values[name] for name in self.names))
+
+
+def answer_keys(labels: list[str]) -> list[AnswerKey]:
+    """One key per answer, shown on the page: Y/N for YES/NO, the digit itself for counts 0-9,
+    1-9 by position for class names (later ones are clicked), U for UNCLEAR."""
+    keys: list[AnswerKey] = []
+    if sorted(labels) == ["NO", "YES"]:
+        keys = [AnswerKey(label=label, key=label[0].lower()) for label in labels]
+    elif labels and all(label.isdecimal() for label in labels):
+        keys = [AnswerKey(label=label, key=label if len(label) == 1 else None) for label in labels]
+    else:
+        keys = [AnswerKey(label=label, key=str(i + 1) if i < 9 else None) for i, label in enumerate(labels)]
+    return [*keys, AnswerKey(label=UNCLEAR, key=UNCLEAR_KEY)]
+
+
+# -- claim ------------------------------------------------------------------------------------------------
+
+_CLAIM_COLUMNS = (
+    _ri.c.id,
+    _ri.c.image_query_id,
+    _ri.c.detector_id,
+    _ri.c.deadline,
+    _ri.c.uncertainty,
+    _ri.c.reason,
+    _ri.c.lease_expires_at,
+    _iq.c.created_at.label("query_created_at"),
+    _iq.c.result,
+    _iq.c.diagnostics,
+    _det.c.name.label("detector_name"),
+    _det.c.query,
+    _det.c.mode,
+    _det.c.labels,
+)
+
+
+# In a RETURNING list: evaluated inside the transaction, so its commit skips the WAL flush wait.
+_NO_FLUSH_WAIT = literal_column("set_config('synchronous_commit', 'off', true)", String).label("lease_commit")
+
+# Hot statements are built once, with bound parameters (`p_*`, never a column name), so a request pays
+# neither for building them nor for their cache keys (memoised on the statement object).
+_P_USER = bindparam("p_user", type_=String)
+_P_NOW = bindparam("p_now", type_=_TS)
+_P_ITEM = bindparam("p_item", type_=Integer)
+
+
+@functools.cache
+def _claim_statement(postgres: bool, by_detector: bool) -> Any:
+    """Lease the first claimable item; the pick is a scalar subquery that locks its row (SKIP LOCKED)."""
+    cand = _ri.alias("candidate")
+    pick = select(cand.c.id).where(
+        cand.c.status == _PENDING,
+        or_(cand.c.lease_expires_at.is_(None), cand.c.lease_expires_at <= _P_NOW),
+        ~exists().where(_skip.c.review_item_id == cand.c.id, _skip.c.user_id == _P_USER),
+    )
+    if by_detector:
+        pick = pick.where(cand.c.detector_id == bindparam("p_detector", type_=String))
+    chosen = (
+        pick.order_by(cand.c.deadline, cand.c.uncertainty.desc(), cand.c.created_at, cand.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    lease = {
+        "lease_owner": _P_USER,
+        "lease_expires_at": bindparam("p_expires", type_=_TS),
+        "claimed_at": _P_NOW,
+    }
+    if postgres:
+        return (
+            update(_ri)
+            .where(_ri.c.id == chosen, _iq.c.id == _ri.c.image_query_id, _det.c.id == _ri.c.detector_id)
+            .values(**lease)
+            .returning(*_CLAIM_COLUMNS, _NO_FLUSH_WAIT)
+        )
+    # SQLite's RETURNING cannot name the other tables of an UPDATE ... FROM: read them after.
+    return update(_ri).where(_ri.c.id == chosen).values(**lease).returning(_ri.c.id)
+
+
+_CLAIMED_ROW = (
+    select(*_CLAIM_COLUMNS)
+    .join_from(_ri, _iq, _iq.c.id == _ri.c.image_query_id)
+    .join(_det, _det.c.id == _ri.c.detector_id)
+    .where(_ri.c.id == _P_ITEM)
+)
+
+
+_CLAIM_ON_DRIVER = {by: _OnDriver(_claim_statement(True, by)) for by in (False, True)}
+
+
+async def claim_next(
+    session: AsyncSession,
+    user_id: str,
+    lease_s: float,
+    public_url: str,
+    detector_id: str | None = None,
+) -> ClaimedItem | None:
+    """Lease the next item to this reviewer, or None when nothing is claimable."""
+    now = utcnow()
+    params = {"p_user": user_id, "p_now": now, "p_expires": now + timedelta(seconds=lease_s)}
+    if detector_id is not None:
+        params["p_detector"] = detector_id
+    row: Any
+    if _is_postgres(session):
+        async with _autocommit(session).connect() as conn:
+            row = await _CLAIM_ON_DRIVER[detector_id is not None].fetchrow(conn, params)
+    else:
+        conn = await session.connection()
+        picked = (await conn.execute(_claim_statement(False, detector_id is not None), params)).first()
+        row = None
+        if picked is not None:
+            row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
+        await session.commit()
+    return None if row is None else _claimed_item(row, lease_s, public_url)
+
+
+def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
+    labels = [str(label) for label in row["labels"]]
+    result: dict[str, Any] | None = row["result"]
+    diagnostics: dict[str, Any] = row["diagnostics"] or {}
+    prediction = None
+    if result:
+        prediction = EdgePrediction(
+            label=result.get("label"),
+            count=result.get("count"),
+            confidence=result.get("confidence"),
+            source=result.get("source"),
+            from_edge=bool(result.get("from_edge")),
+        )
+    return ClaimedItem(
+        id=row["id"],
+        image_query_id=row["image_query_id"],
+        detector_id=row["detector_id"],
+        detector_name=row["detector_name"],
+        query=row["query"],
+        mode=row["mode"],
+        labels=labels,
+        answers=answer_keys(labels),
+        image_url=f"{public_url.rstrip('/')}{image_path(row['id'])}",
+        prediction=prediction,
+        in_domain_score=diagnostics.get("in_domain_score"),
+        out_of_domain=diagnostics.get("out_of_domain"),
+        uncertainty=row["uncertainty"],
+        reason=row["reason"],
+        created_at=aware(row["query_created_at"]),
+        deadline=aware(row["deadline"]),
+        lease_expires_at=aware(row["lease_expires_at"]),
+        lease_s=lease_s,
+    )
+
+
+def image_path(item_id: int) -> str:
+    return f"/api/v1/review/items/{item_id}/image"
+
+
+# -- lease conflicts --------------------------------------------------------------------------------------
+
+
+async def _lease_conflict(
+    session: AsyncSession, item_id: int, user_id: str, now: datetime, expiry_matters: bool = True
+) -> Exception:
+    """Why a lease-guarded write matched no row: 404 or a 409 that says what happened."""
+    row = (
+        await session.execute(
+            select(_ri.c.status, _ri.c.lease_owner, _ri.c.lease_expires_at).where(_ri.c.id == item_id)
+        )
+    ).first()
+    if row is None:
+        return NotFoundError(f"review item {item_id} not found")
+    if row.status != ReviewStatus.PENDING:
+        return ConflictError(f"review item {item_id} is already answered")
+    if row.lease_owner != user_id:
+        return ConflictError(f"review item {item_id} is not leased to you; claim an item first")
+    if expiry_matters and aware(row.lease_expires_at) <= now:
+        return ConflictError(f"your lease on review item {item_id} has expired; claim again")
+    return ConflictError(f"review item {item_id} changed meanwhile; claim again")
+
+
+_HEARTBEAT = (
+    update(_ri)
+    .where(
+        _ri.c.id == _P_ITEM,
+        _ri.c.status == _PENDING,
+        _ri.c.lease_owner == _P_USER,
+        _ri.c.lease_expires_at > _P_NOW,
+    )
+    .values(lease_expires_at=bindparam("p_expires", type_=_TS))
+    .returning(_ri.c.lease_expires_at)
+)
+_HEARTBEAT_ON_DRIVER = _OnDriver(_HEARTBEAT.returning(_NO_FLUSH_WAIT))
+
+
+async def heartbeat(session: AsyncSession, item_id: int, user_id: str, lease_s: float) -> LeaseOut:
+    """Extend a live lease; only its holder may, and a lease that ran out is gone (409)."""
+    now = utcnow()
+    params = {
+        "p_item": item_id,
+        "p_user": user_id,
+        "p_now": now,
+        "p_expires": now + timedelta(seconds=lease_s),
+    }
+    expires: Any
+    if _is_postgres(session):
+        async with _autocommit(session).connect() as conn:
+            renewed = await _HEARTBEAT_ON_DRIVER.fetchrow(conn, params)
+            expires = None if renewed is None else renewed["lease_expires_at"]
+    else:
+        expires = (await (await session.connection()).execute(_HEARTBEAT, params)).scalar()
+        await session.commit()
+    if expires is None:
+        raise await _lease_conflict(session, item_id, user_id, now)
+    return LeaseOut(item_id=item_id, lease_expires_at=aware(expires))
+
+
+# -- answer -----------------------------------------------------------------------------------------------
+
+
+_ANSWER_CHECK = (
+    select(
+        _ri.c.status,
+        _ri.c.lease_owner,
+        _ri.c.lease_expires_at,
+        _ri.c.image_query_id,
+        _ri.c.detector_id,
+        _det.c.mode,
+        _det.c.labels,
+    )
+    .join_from(_ri, _det, _det.c.id == _ri.c.detector_id)
+    .where(_ri.c.id == _P_ITEM)
+)
+_P_ANSWER = bindparam("p_answer", type_=String)
+
+# Closes the item if, and only if, this reviewer still holds a live lease on it; keeps what the image
+# query said before, for an undo.
+_CLOSE_ITEM = (
+    update(_ri)
+    .where(
+        _ri.c.id == _P_ITEM,
+        _ri.c.status == _PENDING,
+        _ri.c.lease_owner == _P_USER,
+        _ri.c.lease_expires_at > _P_NOW,
+    )
+    .values(
+        status=ReviewStatus.ANSWERED.value,
+        answered_by=_P_USER,
+        answered_at=_P_NOW,
+        answer=_P_ANSWER,
+        lease_owner=None,
+        lease_expires_at=None,
+        prior_result=select(_iq.c.result).where(_iq.c.id == _ri.c.image_query_id).scalar_subquery(),
+        prior_done_processing=select(_iq.c.done_processing)
+        .where(_iq.c.id == _ri.c.image_query_id)
+        .scalar_subquery(),
+    )
+    .returning(_ri.c.id, _ri.c.image_query_id, _ri.c.detector_id)
+)
+_RESOLVE_QUERY = update(_iq).values(result=bindparam("p_result", type_=JSON), done_processing=True)
+_LABEL_COLUMNS = [
+    "image_query_id",
+    "detector_id",
+    "label",
+    "source",
+    "user_id",
+    "review_item_id",
+    "created_at",
+]
+
+
+def _answer_in_one_statement() -> Any:
+    """PostgreSQL: data-modifying CTEs share one snapshot, so `prior_result` reads the old result."""
+    closed = _CLOSE_ITEM.cte("closed_item")
+    resolved = (
+        _RESOLVE_QUERY.where(_iq.c.id == closed.c.image_query_id).returning(_iq.c.id).cte("resolved_query")
+    )
+    new_label = (
+        insert(_lab)
+        .from_select(
+            _LABEL_COLUMNS,
+            select(
+                closed.c.image_query_id,
+                closed.c.detector_id,
+                _P_ANSWER,
+                literal(LabelSource.HUMAN.value, String),
+                _P_USER,
+                closed.c.id,
+                _P_NOW,
+            ),
+        )
+        .returning(_lab.c.id)
+        .cte("new_label")
+    )
+    return select(new_label.c.id).add_cte(resolved)
+
+
+_ANSWER_ON_DRIVER = _OnDriver(_answer_in_one_statement())
+_ANSWER_CHECK_ON_DRIVER = _OnDriver(_ANSWER_CHECK)
+_RESOLVE_ONE_QUERY = _RESOLVE_QUERY.where(_iq.c.id == bindparam("p_query", type_=String))
+_INSERT_LABEL = insert(_lab).returning(_lab.c.id)
+
+
+async def answer_item(session: AsyncSession, item_id: int, user_id: str, raw_label: str | int) -> AnswerOut:
+    """Store the reviewer's answer exactly once: label, item closed, image query resolved (confidence 1)."""
+    now = utcnow()
+    row: Any
+    if _is_postgres(session):
+        # Each statement is atomic on its own (the write re-checks the lease), so no BEGIN/COMMIT.
+        async with _autocommit(session).connect() as conn:
+            row = await _ANSWER_CHECK_ON_DRIVER.fetchrow(conn, {"p_item": item_id})
+            answer, params = _answer_params(row, item_id, user_id, raw_label, now)
+            label_id = None
+            if params is not None:
+                params["p_result"] = json.dumps(params["p_result"])
+                written = await _ANSWER_ON_DRIVER.fetchrow(conn, params)
+                label_id = None if written is None else written["id"]
+    else:
+        conn = await session.connection()
+        row = (await conn.execute(_ANSWER_CHECK, {"p_item": item_id})).mappings().first()
+        answer, params = _answer_params(row, item_id, user_id, raw_label, now)
+        label_id = await _answer_step_by_step(conn, params) if params else None
+        if label_id is None:
+            await session.rollback()
+        else:
+            await session.commit()
+    if label_id is None:  # not (or no longer) this reviewer's live lease
+        raise await _lease_conflict(session, item_id, user_id, now)
+    return AnswerOut(item_id=item_id, image_query_id=row["image_query_id"], label=answer, label_id=label_id)
+
+
+def _answer_params(
+    row: Any, item_id: int, user_id: str, raw_label: str | int, now: datetime
+) -> tuple[str, dict[str, Any] | None]:
+    """The validated answer and the write's parameters; no parameters when the lease is not live."""
+    if (
+        row is None
+        or row["status"] != ReviewStatus.PENDING
+        or row["lease_owner"] != user_id
+        or aware(row["lease_expires_at"]) <= now
+    ):
+        return "", None
+    # A transient row: the shared helpers only read mode and labels.
+    detector = Detector(id=row["detector_id"], mode=row["mode"], labels=row["labels"])
+    answer = normalise_answer(detector, str(raw_label))
+    result = human_result(detector, answer, HUMAN_RESULT_SOURCE).model_dump(mode="json")
+    return answer, {
+        "p_item": item_id,
+        "p_user": user_id,
+        "p_now": now,
+        "p_answer": answer,
+        "p_result": result,
+    }
+
+
+async def _answer_step_by_step(conn: AsyncConnection, params: dict[str, Any]) -> int | None:
+    """SQLite: the guarded UPDATE takes the write lock first, so the next two cannot interleave."""
+    closed = (await conn.execute(_CLOSE_ITEM, params)).first()
+    if closed is None:
+        return None
+    await conn.execute(_RESOLVE_ONE_QUERY, {**params, "p_query": closed.image_query_id})
+    label_id: int = (
+        await conn.execute(
+            _INSERT_LABEL,
+            {
+                "image_query_id": closed.image_query_id,
+                "detector_id": closed.detector_id,
+                "label": params["p_answer"],
+                "source": LabelSource.HUMAN.value,
+                "user_id": params["p_user"],
+                "review_item_id": closed.id,
+                "created_at": params["p_now"],
+            },
+        )
+    ).scalar_one()
+    return label_id
+
+
+# -- skip, release, undo ----------------------------------------------------------------------------------
+
+
+async def _drop_lease(session: AsyncSession, item_id: int, user_id: str, now: datetime) -> None:
+    """Give the lease back (its holder only; a lapsed lease nobody took is still theirs to give)."""
+    released = (
+        await session.execute(
+            update(_ri)
+            .where(_ri.c.id == item_id, _ri.c.status == _PENDING, _ri.c.lease_owner == user_id)
+            .values(lease_owner=None, lease_expires_at=None, claimed_at=None)
+            .returning(_ri.c.id)
+        )
+    ).scalar_one_or_none()
+    if released is None:
+        error = await _lease_conflict(session, item_id, user_id, now, expiry_matters=False)
+        await session.rollback()
+        raise error
+
+
+async def skip_item(session: AsyncSession, item_id: int, user_id: str) -> None:
+    """Back to the queue for everybody else; this reviewer will not be offered it again."""
+    await _drop_lease(session, item_id, user_id, utcnow())
+    await session.execute(
+        insert_ignoring_duplicates(
+            session,
+            ReviewSkip,
+            {"review_item_id": item_id, "user_id": user_id, "created_at": utcnow()},
+            index_elements=["review_item_id", "user_id"],
+        )
+    )
+    await session.commit()
+
+
+async def release_item(session: AsyncSession, item_id: int, user_id: str) -> None:
+    """Back to the queue for everybody, this reviewer included (the page closes, an undo reshuffles)."""
+    await _drop_lease(session, item_id, user_id, utcnow())
+    await session.commit()
+
+
+async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
+    """Take back this reviewer's latest answer still standing: the label is marked undone (history is
+    kept), the item is pending again without a lease, and the image query gets its earlier result back.
+    Repeated undos walk further back."""
+    now = utcnow()
+    last = (
+        await session.execute(
+            select(
+                _ri.c.id, _ri.c.image_query_id, _ri.c.answer, _ri.c.prior_result, _ri.c.prior_done_processing
+            )
+            .where(_ri.c.answered_by == user_id, _ri.c.status == _ANSWERED)
+            .order_by(_ri.c.answered_at.desc(), _ri.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if last is None:
+        raise NotFoundError("you have no answer to undo")
+    reopened = (
+        await session.execute(
+            update(_ri)
+            .where(_ri.c.id == last.id, _ri.c.status == _ANSWERED, _ri.c.answered_by == user_id)
+            .values(
+                status=ReviewStatus.PENDING.value,
+                answered_by=None,
+                answered_at=None,
+                answer=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                claimed_at=None,
+                prior_result=None,
+                prior_done_processing=None,
+            )
+            .returning(_ri.c.id)
+        )
+    ).scalar_one_or_none()
+    if reopened is None:
+        await session.rollback()
+        raise ConflictError("that answer was undone meanwhile")
+    await session.execute(
+        update(_lab)
+        .where(
+            _lab.c.image_query_id == last.image_query_id,
+            _lab.c.review_item_id == last.id,
+            _lab.c.undone_at.is_(None),
+        )
+        .values(undone_at=now)
+    )
+    await session.execute(
+        update(_iq)
+        .where(_iq.c.id == last.image_query_id)
+        .values(result=last.prior_result, done_processing=bool(last.prior_done_processing))
+    )
+    await session.commit()
+    return UndoOut(item_id=last.id, image_query_id=last.image_query_id, label=last.answer or "")
+
+
+# -- queues and images ------------------------------------------------------------------------------------
+
+
+async def queue_summaries(session: AsyncSession, user_id: str) -> list[QueueSummary]:
+    """Per detector: pending items, those this reviewer could claim now, answers in the last hour."""
+    now = utcnow()
+    free = and_(
+        or_(_ri.c.lease_expires_at.is_(None), _ri.c.lease_expires_at <= now),
+        ~exists().where(_skip.c.review_item_id == _ri.c.id, _skip.c.user_id == user_id),
+    )
+    pending = {
+        r.detector_id: (int(r.pending), int(r.claimable or 0))
+        for r in await session.execute(
+            select(
+                _ri.c.detector_id,
+                func.count().label("pending"),
+                func.sum(case((free, 1), else_=0)).label("claimable"),
+            )
+            .where(_ri.c.status == _PENDING)
+            .group_by(_ri.c.detector_id)
+        )
+    }
+    answered = {
+        r.detector_id: int(r.answered)
+        for r in await session.execute(
+            select(_ri.c.detector_id, func.count().label("answered"))
+            .where(_ri.c.answered_at >= now - timedelta(hours=1), _ri.c.status == _ANSWERED)
+            .group_by(_ri.c.detector_id)
+        )
+    }
+    detectors = await session.execute(
+        select(_det.c.id, _det.c.name, _det.c.query, _det.c.mode).order_by(_det.c.name)
+    )
+    await session.commit()
+    return [
+        QueueSummary(
+            detector_id=d.id,
+            detector_name=d.name,
+            query=d.query,
+            mode=d.mode,
+            pending=pending.get(d.id, (0, 0))[0],
+            claimable=pending.get(d.id, (0, 0))[1],
+            answered_last_hour=answered.get(d.id, 0),
+        )
+        for d in detectors
+    ]
+
+
+@dataclass(frozen=True)
+class ItemImage:
+    data: bytes
+    content_type: str
+
+
+async def item_image(session: AsyncSession, blobs: BlobStore, item_id: int) -> ItemImage:
+    """The image under review, straight from the blob store (404 when the item or the blob is missing)."""
+    row = (
+        await session.execute(
+            select(_iq.c.image_key, _iq.c.image_content_type)
+            .join_from(_ri, _iq, _iq.c.id == _ri.c.image_query_id)
+            .where(_ri.c.id == item_id)
+        )
+    ).first()
+    await session.commit()
+    if row is None:
+        raise NotFoundError(f"review item {item_id} not found")
+    try:
+        data = await blobs.get(row.image_key)
+    except ValueError:  # a key the store refuses cannot name a stored blob
+        raise BlobNotFoundError(row.image_key) from None
+    return ItemImage(data, row.image_content_type or "application/octet-stream")

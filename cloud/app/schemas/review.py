@@ -1,0 +1,99 @@
+"""Request and response bodies of the review API (`/api/v1/review`); only the cloud and its pages use them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class AnswerKey(BaseModel):
+    label: str = Field(description="What is stored when this answer is given", examples=["YES"])
+    key: str | None = Field(description="The keyboard key on the labeling page (none past the ninth)")
+
+
+class EdgePrediction(BaseModel):
+    """What the model (edge or cloud) answered before the query came to review."""
+
+    label: str | None = None
+    count: int | None = None
+    confidence: float | None = None
+    source: str | None = None
+    from_edge: bool = False
+
+
+class ClaimedItem(BaseModel):
+    id: int
+    image_query_id: str
+    detector_id: str
+    detector_name: str
+    query: str = Field(description="The detector's question")
+    mode: str
+    labels: list[str] = Field(description="The detector's labels; UNCLEAR is always accepted too")
+    answers: list[AnswerKey] = Field(description="Every accepted answer with its key, UNCLEAR last")
+    image_url: str
+    prediction: EdgePrediction | None = None
+    in_domain_score: float | None = None
+    out_of_domain: bool | None = None
+    uncertainty: float
+    reason: str
+    created_at: datetime = Field(description="When the image query was created")
+    deadline: datetime = Field(description="Patience deadline: answer before this")
+    lease_expires_at: datetime
+    lease_s: float = Field(description="Lease length; heartbeat well before it runs out")
+
+
+class AnswerIn(BaseModel):
+    label: str | int = Field(description="One of the detector's labels, or UNCLEAR", examples=["YES"])
+
+
+class AnswerOut(BaseModel):
+    item_id: int
+    image_query_id: str
+    label: str
+    label_id: int
+
+
+class LeaseOut(BaseModel):
+    item_id: int
+    lease_expires_at: datetime
+
+
+class UndoOut(BaseModel):
+    item_id: int
+    image_query_id: str
+    label: str = Field(description="The answer that was undone")
+
+
+class QueueSummary(BaseModel):
+    detector_id: str
+    detector_name: str
+    query: str
+    mode: str
+    pending: int = Field(description="Items waiting for an answer, leased or not")
+    claimable: int = Field(
+        description="Pending items you could claim now (no live lease, not skipped by you)"
+    )
+    answered_last_hour: int
+
+
+class ReviewerStats(BaseModel):
+    user_id: str
+    username: str
+    answered: int
+    items_per_hour: float = Field(description="Answers in the window divided by its length in hours")
+    active_items_per_hour: float | None = Field(
+        description="Answers per hour between this reviewer's first and last answer in the window"
+    )
+    lead_time_p50_s: float | None = Field(description="Image query creation to answer")
+    lead_time_p95_s: float | None
+    handle_time_p50_s: float | None = Field(description="Claim to answer")
+
+
+class ReviewStatsOut(BaseModel):
+    window_s: float
+    answered: int
+    items_per_hour: float
+    lead_time_p50_s: float | None
+    lead_time_p95_s: float | None
+    reviewers: list[ReviewerStats]

@@ -1,0 +1,342 @@
+// The labeling page: claim an item, show it, answer with one key, next. Heartbeats keep the lease
+// while the page is open; closing the page gives the lease back.
+"use strict";
+
+(() => {
+  const root = document.getElementById("labeler");
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const detectorId = root.dataset.detectorId || "";
+  const stage = root.querySelector(".stage");
+
+  let item = null; // the claimed item, as the API returned it
+  let keyMap = new Map(); // key -> label
+  let busy = false;
+  let answered = 0;
+  let heartbeatTimer = null;
+  let pollTimer = null;
+
+  function setState(state) {
+    root.dataset.state = state;
+    root.dataset.itemId = item ? String(item.id) : "";
+  }
+
+  function say(text, kind) {
+    const el = $("status");
+    el.textContent = text || "";
+    el.className = "status" + (kind ? " " + kind : "");
+  }
+
+  function detail(resp) {
+    return (resp && resp.data && resp.data.detail) || "Something went wrong (HTTP " + (resp ? resp.status : "?") + ").";
+  }
+
+  async function api(method, path, body) {
+    const init = { method, credentials: "same-origin", headers: { accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const resp = await fetch("/api/v1/review" + path, init);
+    if (resp.status === 401) {
+      window.location.assign("/login");
+      throw new Error("session ended");
+    }
+    let data = null;
+    if (resp.status !== 204) {
+      try {
+        data = await resp.json();
+      } catch (err) {
+        data = null;
+      }
+    }
+    return { status: resp.status, data };
+  }
+
+  function stopTimers() {
+    clearInterval(heartbeatTimer);
+    clearTimeout(pollTimer);
+    heartbeatTimer = null;
+    pollTimer = null;
+  }
+
+  // -- showing an item --------------------------------------------------------------------------------
+
+  function relative(iso) {
+    const s = Math.round((Date.parse(iso) - Date.now()) / 1000);
+    const abs = Math.abs(s);
+    const text = abs < 120 ? abs + " s" : abs < 7200 ? Math.round(abs / 60) + " min" : Math.round(abs / 3600) + " h";
+    return s >= 0 ? "in " + text : text + " ago";
+  }
+
+  function tick() {
+    if (!item) return;
+    const overdue = Date.parse(item.deadline) < Date.now();
+    $("deadline").textContent = overdue ? "passed " + relative(item.deadline) : relative(item.deadline);
+    $("deadline").className = overdue ? "late" : "";
+    const left = Math.max(0, Math.round((Date.parse(item.lease_expires_at) - Date.now()) / 1000));
+    $("lease").textContent = left + " s left";
+  }
+
+  function showPrediction(p) {
+    if (!p || (p.label == null && p.count == null)) {
+      $("prediction").textContent = "no prediction";
+      $("confidence").textContent = "–";
+      $("confidence-meter").value = 0;
+      return;
+    }
+    const what = p.count != null ? String(p.count) : p.label;
+    $("prediction").textContent = what + (p.source ? " (" + (p.from_edge ? "edge " : "") + p.source.toLowerCase() + ")" : "");
+    if (p.confidence == null) {
+      $("confidence").textContent = "–";
+      $("confidence-meter").value = 0;
+    } else {
+      $("confidence").textContent = (100 * p.confidence).toFixed(1) + " %";
+      $("confidence-meter").value = p.confidence;
+    }
+  }
+
+  function showOod(it) {
+    const el = $("ood");
+    if (it.in_domain_score == null && it.out_of_domain == null) {
+      el.textContent = "–";
+      el.className = "";
+      return;
+    }
+    const score = it.in_domain_score == null ? "" : it.in_domain_score.toFixed(2);
+    el.textContent = score + (it.out_of_domain ? " · out of domain" : " · in domain");
+    el.className = it.out_of_domain ? "late" : "";
+  }
+
+  function showAnswers(answers) {
+    const box = $("answers");
+    box.replaceChildren();
+    keyMap = new Map();
+    for (const a of answers) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = a.label === "UNCLEAR" ? "answer unclear" : "answer";
+      button.dataset.label = a.label;
+      if (a.key) {
+        keyMap.set(a.key, a.label);
+        const kbd = document.createElement("kbd");
+        kbd.textContent = a.key.toUpperCase();
+        button.append(kbd, " ");
+      }
+      button.append(a.label);
+      button.addEventListener("click", (ev) => {
+        ev.currentTarget.blur();
+        answer(a.label);
+      });
+      box.append(button);
+    }
+  }
+
+  function show(it) {
+    item = it;
+    $("loading").hidden = true;
+    $("empty").hidden = true;
+    $("detector-name").textContent = it.detector_name;
+    $("question").textContent = it.query;
+    $("reason").textContent = it.reason || "–";
+    showPrediction(it.prediction);
+    showOod(it);
+    showAnswers(it.answers);
+    tick();
+    const img = new Image();
+    img.id = "image";
+    img.alt = "Image of query " + it.image_query_id;
+    const ready = () => {
+      if (item && item.id === it.id) setState("ready");
+    };
+    img.addEventListener("load", ready);
+    img.addEventListener("error", () => {
+      say("The image could not be loaded; answer UNCLEAR or skip.", "warn");
+      ready();
+    });
+    img.src = "/api/v1/review/items/" + it.id + "/image";
+    $("image").replaceWith(img);
+    setState("loading");
+    const every = Math.max(1000, (1000 * (it.lease_s || Number(root.dataset.leaseS) || 60)) / 3);
+    heartbeatTimer = setInterval(heartbeat, every);
+  }
+
+  function showEmpty() {
+    item = null;
+    $("loading").hidden = true;
+    $("image").hidden = true;
+    $("empty").hidden = false;
+    $("detector-name").textContent = "";
+    $("question").textContent = "Queue empty";
+    for (const id of ["prediction", "confidence", "ood", "deadline", "lease", "reason"]) $(id).textContent = "–";
+    $("answers").replaceChildren();
+    keyMap = new Map();
+    setState("empty");
+  }
+
+  // -- talking to the queue ---------------------------------------------------------------------------
+
+  async function claim() {
+    stopTimers();
+    item = null;
+    busy = true;
+    setState("loading");
+    const qs = detectorId ? "?detector_id=" + encodeURIComponent(detectorId) : "";
+    let r = null;
+    try {
+      r = await api("POST", "/claim" + qs);
+    } catch (err) {
+      r = null;
+    }
+    busy = false;
+    if (r === null) {
+      say("Cannot reach the server; retrying…", "error");
+      pollTimer = setTimeout(claim, 3000);
+      return;
+    }
+    if (r.status === 204) {
+      showEmpty();
+      pollTimer = setTimeout(claim, 3000);
+      return;
+    }
+    if (r.status !== 200) {
+      say(detail(r), "error");
+      setState("error");
+      pollTimer = setTimeout(claim, 5000);
+      return;
+    }
+    show(r.data);
+  }
+
+  async function heartbeat() {
+    if (!item || busy) return;
+    const id = item.id;
+    let r = null;
+    try {
+      r = await api("POST", "/items/" + id + "/heartbeat");
+    } catch (err) {
+      return;
+    }
+    if (!item || item.id !== id) return;
+    if (r.status === 200) {
+      item.lease_expires_at = r.data.lease_expires_at;
+    } else if (r.status === 409 || r.status === 404) {
+      say("Your lease on that item ran out; here is the next one.", "warn");
+      claim();
+    }
+  }
+
+  async function answer(label) {
+    if (!item || busy || root.dataset.state !== "ready") return;
+    busy = true;
+    setState("busy");
+    const id = item.id;
+    let r = null;
+    try {
+      r = await api("POST", "/items/" + id + "/answer", { label });
+    } catch (err) {
+      r = null;
+    }
+    busy = false;
+    if (r === null) {
+      say("Cannot reach the server; try again.", "error");
+      setState("ready");
+      return;
+    }
+    if (r.status === 200) {
+      answered += 1;
+      $("count").textContent = String(answered);
+      say("Answered " + label + ".");
+      claim();
+    } else if (r.status === 409 || r.status === 404) {
+      say(detail(r) + " Loading the next item.", "warn");
+      claim();
+    } else {
+      say(detail(r), "error");
+      setState("ready");
+    }
+  }
+
+  async function skip() {
+    if (!item || busy || root.dataset.state !== "ready") return;
+    busy = true;
+    setState("busy");
+    const id = item.id;
+    try {
+      await api("POST", "/items/" + id + "/skip");
+    } catch (err) {
+      // the lease runs out by itself
+    }
+    busy = false;
+    say("Skipped; you will not see that item again.");
+    claim();
+  }
+
+  async function undo() {
+    if (busy) return;
+    busy = true;
+    const before = root.dataset.state;
+    setState("busy");
+    let r = null;
+    try {
+      r = await api("POST", "/undo");
+    } catch (err) {
+      r = null;
+    }
+    if (r !== null && r.status === 200) {
+      // Put the current item back so that the undone one (earlier in the queue) comes next.
+      if (item) {
+        try {
+          await api("POST", "/items/" + item.id + "/release");
+        } catch (err) {
+          // the lease runs out by itself
+        }
+      }
+      answered = Math.max(0, answered - 1);
+      $("count").textContent = String(answered);
+      busy = false;
+      say("Undid " + r.data.label + ": answer it again.");
+      claim();
+      return;
+    }
+    busy = false;
+    say(r === null ? "Cannot reach the server." : r.status === 404 ? "Nothing to undo." : detail(r), "warn");
+    setState(before === "busy" ? "ready" : before);
+  }
+
+  // -- keyboard first ---------------------------------------------------------------------------------
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
+    const t = ev.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+    if (key === "z" || key === "Backspace") {
+      ev.preventDefault();
+      undo();
+    } else if (key === "s") {
+      ev.preventDefault();
+      skip();
+    } else if (keyMap.has(key)) {
+      ev.preventDefault();
+      answer(keyMap.get(key));
+    }
+  });
+
+  $("skip").addEventListener("click", (ev) => {
+    ev.currentTarget.blur();
+    skip();
+  });
+  $("undo").addEventListener("click", (ev) => {
+    ev.currentTarget.blur();
+    undo();
+  });
+
+  // Closing the page gives the lease back at once instead of letting it run out.
+  window.addEventListener("pagehide", () => {
+    if (item) navigator.sendBeacon("/api/v1/review/items/" + item.id + "/release");
+  });
+
+  setInterval(tick, 1000);
+  claim();
+})();

@@ -1,0 +1,213 @@
+"""The reviewer's pages: log in, the session cookie, pages behind it, and (in headless Chromium) the
+labeling page used with the keyboard only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.support.browser import artifact, chromium
+from tests.support.cloud import CloudServer
+from tests.support.cloud_factories import CloudFactory, Reviewer
+
+if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
+    from tests.support.cloud import TestDatabase
+
+
+@pytest.fixture(scope="module")
+def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
+    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
+
+
+def browser_client(cloud: CloudServer) -> httpx.Client:
+    return httpx.Client(base_url=cloud.url, timeout=30, follow_redirects=False)
+
+
+def log_in(http: httpx.Client, who: Reviewer) -> httpx.Response:
+    return http.post("/login", data={"username": who.username, "password": who.password})
+
+
+# -- sessions -----------------------------------------------------------------------------------------------
+
+
+def test_pages_without_a_session_redirect_to_login(cloud: CloudServer, factory: CloudFactory) -> None:
+    detector_id = factory.detector()
+    with browser_client(cloud) as http:
+        for path in (
+            "/ui/queues",
+            f"/ui/label?detector_id={detector_id}",
+            f"/ui/detectors/{detector_id}",
+            "/ui/stats",
+        ):
+            resp = http.get(path)
+            assert resp.status_code == 303 and resp.headers["location"] == "/login", path
+        http.cookies.set("io_session", "not-a-session")
+        assert http.get("/ui/queues").status_code == 303
+        form = http.get("/login")
+        assert form.status_code == 200 and 'name="password"' in form.text
+
+
+def test_wrong_password_is_a_401_page_and_sets_no_cookie(cloud: CloudServer, factory: CloudFactory) -> None:
+    who = factory.reviewer()
+    with browser_client(cloud) as http:
+        resp = http.post("/login", data={"username": who.username, "password": "wrong"})
+        assert resp.status_code == 401 and "Wrong username or password" in resp.text
+        assert "io_session" not in resp.cookies
+        assert http.post("/login", data={"username": "nobody-here", "password": "x"}).status_code == 401
+        assert http.post("/login", data={}).status_code == 401
+
+
+def test_login_sets_an_httponly_session_and_logout_ends_it(cloud: CloudServer, factory: CloudFactory) -> None:
+    who = factory.reviewer()
+    with browser_client(cloud) as http:
+        resp = log_in(http, who)
+        assert resp.status_code == 303 and resp.headers["location"] == "/ui/queues"
+        cookie = resp.headers["set-cookie"].lower()
+        assert cookie.startswith("io_session=") and "httponly" in cookie and "samesite=lax" in cookie
+        page = http.get("/ui/queues")
+        assert page.status_code == 200 and who.username in page.text
+        # The session works for the review API too, as the labeling page uses it.
+        assert http.get("/api/v1/review/queues").status_code == 200
+        out = http.post("/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/login"
+        stale = dict(resp.cookies)
+        with browser_client(cloud) as other:
+            other.cookies.update(stale)
+            assert other.get("/ui/queues").status_code == 303
+            assert other.get("/api/v1/review/queues").status_code == 401
+
+
+def test_a_reviewer_session_cannot_reach_admin_routes(cloud: CloudServer, factory: CloudFactory) -> None:
+    with browser_client(cloud) as http:
+        assert log_in(http, factory.reviewer()).status_code == 303
+        assert http.get("/api/v1/admin/users").status_code == 403
+
+
+# -- pages --------------------------------------------------------------------------------------------------
+
+
+def test_queues_detector_and_stats_pages_show_the_numbers(cloud: CloudServer, factory: CloudFactory) -> None:
+    name = f"loading-dock-{datetime.now(UTC):%H%M%S%f}"
+    detector_id = factory.detector(name=name, query="Is the dock door open?")
+    factory.review_items(detector_id, 3)
+    factory.model_version(detector_id, "v7", "production", {"accuracy": 0.931, "ece": 0.021, "per_class": {}})
+    who = factory.reviewer()
+    with browser_client(cloud) as http:
+        assert log_in(http, who).status_code == 303
+        queues = http.get("/ui/queues").text
+        assert name in queues and "Is the dock door open?" in queues
+        assert f"/ui/label?detector_id={detector_id}" in queues
+        with cloud.client(token=who.token) as api:
+            held = api.post("/api/v1/review/claim", params={"detector_id": detector_id}).json()
+            assert (
+                api.post(f"/api/v1/review/items/{held['id']}/answer", json={"label": "YES"}).status_code
+                == 200
+            )
+        detector = http.get(f"/ui/detectors/{detector_id}")
+        assert detector.status_code == 200
+        page = detector.text
+        assert "v7" in page and "production" in page and "accuracy <b>0.931</b>" in page
+        assert "Label (2 pending)" in page
+        assert '<td>YES</td><td class="num">1</td>' in page.replace("\n", "").replace("  ", "")
+        stats = http.get("/ui/stats")
+        assert stats.status_code == 200 and who.username in stats.text
+        assert http.get("/ui/detectors/det_doesnotexist").status_code == 404
+        label = http.get(f"/ui/label?detector_id={detector_id}")
+        assert label.status_code == 200 and f'data-detector-id="{detector_id}"' in label.text
+        assert http.get("/static/label.js").status_code == 200
+        assert http.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+# -- the labeling page in a browser --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reviewer_labels_ten_items_with_the_keyboard_and_undoes_one(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(query="Is the bin full?", name=f"bins-{datetime.now(UTC):%H%M%S%f}")
+    now = datetime.now(UTC)
+    edge = {
+        "result_type": "binary_classification",
+        "label": "NO",
+        "confidence": 0.62,
+        "source": "ALGORITHM",
+        "from_edge": True,
+    }
+    items = factory.review_items(
+        detector_id,
+        12,
+        deadlines=[now + timedelta(minutes=5, seconds=i) for i in range(12)],
+        result=edge,
+        diagnostics={"in_domain_score": 0.87, "out_of_domain": False},
+        with_images=True,
+    )
+    order = [ref.item_id for ref in items]
+    who = factory.reviewer()
+    keys = ["y", "n", "y", "y", "n", "u", "y", "n", "n", "y"]
+    expected_label = {"y": "YES", "n": "NO", "u": "UNCLEAR"}
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
+        assert page.url.endswith("/login")
+        page.fill("input[name=username]", who.username)
+        page.fill("input[name=password]", who.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/ui/queues")
+        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
+        labeler = page.locator("#labeler")
+
+        def showing(item_id: int) -> None:
+            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
+
+        showing(order[0])
+        # What the reviewer sees: the question, the model's guess, its confidence, the OOD score, the keys.
+        assert page.inner_text("#question") == "Is the bin full?"
+        assert page.inner_text("#prediction").startswith("NO")
+        assert page.inner_text("#confidence") == "62.0 %"
+        assert "0.87" in page.inner_text("#ood") and "in domain" in page.inner_text("#ood")
+        assert page.inner_text("#deadline").startswith("in ")
+        assert [b.inner_text().split() for b in page.locator("#answers button").all()] == [
+            ["Y", "YES"],
+            ["N", "NO"],
+            ["U", "UNCLEAR"],
+        ]
+        assert page.evaluate("document.getElementById('image').naturalWidth") > 0
+        page.screenshot(path=str(artifact("review-label-page.png")), full_page=True)
+
+        for i, key in enumerate(keys):
+            showing(order[i])
+            page.keyboard.press(key)
+        showing(order[10])
+        assert page.inner_text("#count") == "10"
+
+        # Undo takes back the tenth answer and shows that item again; answer it differently.
+        page.keyboard.press("z")
+        showing(order[9])
+        assert "Undid YES" in page.inner_text("#status")
+        page.keyboard.press("n")
+        showing(order[10])
+        # Skip the eleventh: the twelfth comes next.
+        page.keyboard.press("s")
+        showing(order[11])
+        assert labeler.get_attribute("data-state") == "ready"
+        page.close()
+
+    labels = factory.labels(detector_id)
+    standing = {label["review_item_id"]: label["label"] for label in labels if label["undone_at"] is None}
+    want = {order[i]: expected_label[key] for i, key in enumerate(keys)}
+    want[order[9]] = "NO"
+    assert standing == want
+    assert [
+        (label["review_item_id"], label["label"]) for label in labels if label["undone_at"] is not None
+    ] == [(order[9], "YES")]
+    assert all(label["user_id"] == who.user_id and label["source"] == "HUMAN" for label in labels)
+    assert len(labels) == 11
+    assert factory.skips(who.user_id) == {order[10]}
+    rows = factory.items(detector_id)
+    assert rows[order[10]]["status"] == "pending" and rows[order[10]]["lease_owner"] is None
+    assert artifact("review-label-page.png").stat().st_size > 10_000
