@@ -24,10 +24,12 @@ from cloud.app.routes import (
     exports,
     health,
     hubs,
+    model_reports,
     models,
     review,
     training_jobs,
     web,
+    web_training,
 )
 from cloud.app.settings import CloudSettings
 from common.http import RequestLogMiddleware, install_error_handlers
@@ -42,12 +44,14 @@ ROUTERS = (
     escalations,
     review,
     models,
+    model_reports,
     exports,
     hubs,
     admin,
     training_jobs,
     health,
     web,
+    web_training,
 )
 
 

@@ -1,12 +1,13 @@
 """First start: when there are no users, create an admin, a reviewer and a device API token, print
-them once, and write the token where scripts look for it."""
+them once, and write the token where scripts look for it. Also a `trainer` service account (admin
+role, no password) whose token goes only into `trainer_token_path`, where the trainer reads it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -29,6 +30,7 @@ class Credentials:
     reviewer_username: str
     reviewer_password: str
     api_token: str
+    trainer_token: str = ""
 
 
 async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Credentials | None:
@@ -45,6 +47,10 @@ async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Crede
     await create_user(session, creds.reviewer_username, Role.REVIEWER, creds.reviewer_password)
     device = await create_user(session, "device", Role.DEVICE)
     await create_token(session, device, "device (first start)", creds.api_token)
+    if settings.trainer_token_path is not None:
+        trainer = await create_user(session, "trainer", Role.ADMIN)
+        creds = replace(creds, trainer_token=new_api_token())
+        await create_token(session, trainer, "trainer (first start)", creds.trainer_token)
     await session.commit()
     return creds
 
@@ -54,6 +60,8 @@ def publish(creds: Credentials, settings: CloudSettings) -> None:
     _write_private(settings.data_dir / CREDENTIALS_FILE, json.dumps(asdict(creds), indent=2) + "\n")
     if settings.api_token_file:
         _write_private(Path(settings.api_token_file), creds.api_token + "\n")
+    if settings.trainer_token_path is not None and creds.trainer_token:
+        _write_private(settings.trainer_token_path, creds.trainer_token + "\n")
     print(
         "IntelliOptics cloud: first start, accounts created\n"
         f"  admin     {creds.admin_username} / {creds.admin_password}\n"

@@ -38,6 +38,10 @@ class CloudSettings(BaseSettings):
     bootstrap_api_token: str = ""
     # Where the first start writes the device API token for scripts ("" = do not write).
     api_token_file: str = ".intellioptics/api-token"
+    # The first start also creates the `trainer` service account (admin role: a trainer queues exports,
+    # registers and promotes models) and writes its token here, never printed. Unset:
+    # data_dir/trainer-token; "" = no such account (an administrator can make one with the admin API).
+    trainer_token_file: str | None = None
 
     # Worker: retrain after this many new labels, or this long after the last job when labels are waiting.
     retrain_min_labels: int = Field(default=50, ge=1)
@@ -49,6 +53,12 @@ class CloudSettings(BaseSettings):
     @property
     def blob_root(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def trainer_token_path(self) -> Path | None:
+        if self.trainer_token_file is None:
+            return self.data_dir / "trainer-token"
+        return Path(self.trainer_token_file) if self.trainer_token_file else None
 
     @property
     def async_database_url(self) -> str:

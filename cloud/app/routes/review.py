@@ -97,7 +97,7 @@ async def item_image(
 async def stats(
     session: SessionDep,
     reviewer: ReviewerDep,
-    window_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
+    window_s: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
 ) -> ReviewStatsOut:
     """Throughput per reviewer and lead time (query created → answered) over the last `window_s`."""
     return await review_stats.review_stats(session, window_s)

@@ -166,7 +166,7 @@ async def stats_page(
     request: Request,
     session: SessionDep,
     user: PageUser,
-    window_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
+    window_s: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
 ) -> Response:
     if user is None:
         return _to_login()

@@ -64,12 +64,13 @@
     svg.appendChild(el("text", { x: L - 4, y: H - B, "text-anchor": "end" }, y0.toFixed(2)));
     svg.appendChild(el("text", { x: L, y: H - 6 }, "epoch " + x0));
     svg.appendChild(el("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "epoch " + x1));
-    series.forEach((s, i) => {
-      if (s.points.length === 0) return;
+    for (const s of series) {
+      if (s.points.length === 0) continue;
       const d = s.points.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-      svg.appendChild(el("polyline", { points: d, fill: "none", stroke: s.color, "stroke-width": 2 }));
-      svg.appendChild(el("text", { x: W - R - 4, y: T + 10 + 12 * i, "text-anchor": "end", fill: s.color }, s.name));
-    });
+      const line = el("polyline", { points: d, fill: "none", stroke: s.color, "stroke-width": 2 });
+      line.appendChild(el("title", {}, s.name));
+      svg.appendChild(line);
+    }
   }
 
   function seriesOf(history, key) {
@@ -98,6 +99,11 @@
     const p = job.progress || {};
     const history = Array.isArray(p.history) ? p.history : [];
     field("id").textContent = job.id;
+    const row = document.querySelector('#jobs tr[data-job-id="' + CSS.escape(job.id) + '"] .tag');
+    if (row) {
+      row.textContent = job.status;
+      row.className = "tag job-" + job.status;
+    }
     const status = field("status");
     status.textContent = job.status + (job.cancel_requested ? " (cancel requested)" : "");
     status.className = "tag job-" + job.status;

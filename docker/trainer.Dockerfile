@@ -1,0 +1,36 @@
+# trainer: leases training jobs from the cloud, trains on the GPU when there is one (else on the CPU),
+# and registers the candidate bundles with their reports (python -m training.service).
+# Build from the repository root: docker build -f docker/trainer.Dockerfile .
+#
+# CUDA: torch comes from PyPI, whose Linux x86_64 wheel of the pinned version is the CUDA build (the
+# CUDA runtime libraries arrive as nvidia-* wheels), so the image needs no CUDA base or toolkit. The
+# host needs the NVIDIA driver and the NVIDIA Container Toolkit; docker-compose.cloud.yml reserves one
+# GPU for the service. Where torch sees no GPU, the same image trains on the CPU (TRAINER_DEVICE=auto).
+# A smaller CPU-only image: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_WAIT_POLICY=PASSIVE
+
+RUN useradd --system --uid 10001 --home-dir /app intellioptics \
+    && mkdir -p /app /data/trainer /data/cloud \
+    && chown -R intellioptics /data
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY training ./training
+RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[training]" \
+    && rm -rf /app/build
+
+USER intellioptics
+# /data/trainer: scratch space per job (exports, bundles), emptied after each job.
+# /data/cloud: the cloud's data volume, mounted read-only, for the trainer token the cloud's first start
+# writes there (TRAINER_API_TOKEN_FILE). A trainer on another machine gets TRAINER_API_TOKEN instead.
+VOLUME ["/data/trainer", "/data/cloud"]
+CMD ["python", "-m", "training.service"]

@@ -1,0 +1,365 @@
+"""One leased training job, from the dataset export to a registered (maybe promoted) model version.
+
+    export     ask the cloud for a dataset export of the detector; the cloud worker builds it
+    download   the export, and the production bundle (verified like an edge would) to compare with
+    train      training.trainer.train_from_export: prepare, train, calibrate, evaluate, write
+    register   the bundle as a candidate with lineage (job, export, trainer, parent version); its
+               plots and metrics.json as reports of that version
+    promote    only when the trainer's rule says the candidate is not worse than production on the
+               same test items, and production has not changed while the job ran
+    complete   the job points at the model version
+
+How it can end: succeeded (complete); cancelled (an administrator asked: the trainer stops at the
+next epoch boundary and reports with /fail, which the cloud records as cancelled); failed (/fail with
+a short message, never a stack trace: that stays in the trainer's own log); released (the trainer
+is stopping: the lease is handed back and another trainer takes the job); lost (the lease went to
+another trainer, which finishes the job; nothing more is reported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import ValidationError
+
+from common.bundle import BundleError
+from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
+from training.dataset_export import ExportError, read_export
+from training.reports import CONFUSION_MATRIX, LEARNING_CURVES, METRICS_JSON, RELIABILITY
+from training.service.client import CloudClient, CloudError, LeaseLost
+from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
+from training.service.settings import TrainerSettings
+from training.train import resolve_device
+from training.trainer import TrainingError, TrainingOptions, TrainingOutcome, train_from_export
+
+log = logging.getLogger("training.service")
+
+EXPORT_POLL_S = 0.5
+MAX_ERROR_CHARS = 1000
+REPORT_FILES = (
+    (LEARNING_CURVES, "image/png"),
+    (CONFUSION_MATRIX, "image/png"),
+    (RELIABILITY, "image/png"),
+    (METRICS_JSON, "application/json"),
+)
+# Each job's scratch directory holds this file, locked while its trainer lives; a directory whose lock
+# can be taken belongs to a trainer that died (killed mid-job) and is removed.
+LOCK_FILE = ".lock"
+# A directory without a lock file is left alone for this long (its trainer may be creating it).
+UNLOCKED_GRACE_S = 3600.0
+# Job options that only make sense on the command line (a path on the trainer's own disk).
+LOCAL_ONLY_OPTIONS = ("pretrained_checkpoint",)
+
+Ending = Literal["succeeded", "failed", "cancelled", "released", "lost"]
+
+
+class JobError(Exception):
+    """The job cannot be done; the message is what the job's page shows."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    ending: Ending
+    model_id: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    error: str | None = None
+
+
+def job_options(config: dict[str, Any], settings: TrainerSettings) -> TrainingOptions:
+    """The job's config over this trainer's defaults (device, threads); JobError when it is invalid."""
+    refused = [key for key in LOCAL_ONLY_OPTIONS if config.get(key)]
+    if refused:
+        raise JobError(f"invalid training config: {refused[0]} is only accepted by the command line")
+    defaults: dict[str, Any] = {"device": settings.device}
+    if settings.threads is not None:
+        defaults["threads"] = settings.threads
+    try:
+        options = TrainingOptions.model_validate({**defaults, **config})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise JobError(f"invalid training config: {where}: {first['msg']}") from None
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise JobError("the job asks for device cuda, and this trainer has no CUDA device")
+    return options
+
+
+def remove_stale_work_dirs(work_dir: Path) -> list[str]:
+    """Scratch directories left by trainers that died mid-job on this machine; returns their names."""
+    removed: list[str] = []
+    if not work_dir.is_dir():
+        return removed
+    for path in sorted(work_dir.iterdir()):
+        if not (path.is_dir() and path.name.startswith("trj_")):
+            continue
+        lock = path / LOCK_FILE
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            if time.time() - path.stat().st_mtime > UNLOCKED_GRACE_S:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live trainer's job
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+@contextlib.contextmanager
+def locked_work_dir(work_dir: Path, job_id: str) -> Iterator[Path]:
+    """A private scratch directory for one job, locked while it is used and removed afterwards."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=work_dir))
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def public_error(exc: BaseException) -> str:
+    """What the cloud may show about a failure: the message of an expected error, else only its kind."""
+    if isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudError):
+        text = str(exc).strip() or type(exc).__name__
+        return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+    return f"internal error in the trainer ({type(exc).__name__}); see the trainer's log"
+
+
+class JobRun:
+    def __init__(
+        self,
+        client: CloudClient,
+        settings: TrainerSettings,
+        job: dict[str, Any],
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.job = job
+        self.job_id: str = job["id"]
+        self.detector_id: str = job["detector_id"]
+        self.stopping = stopping or threading.Event()
+        self.reporter = JobReporter(
+            client,
+            self.job_id,
+            settings.owner,
+            settings.lease_s,
+            settings.heartbeat_interval_s,
+            self.stopping,
+        )
+
+    def run(self) -> JobOutcome:
+        with locked_work_dir(self.settings.work_dir, self.job_id) as work:
+            self.reporter.start()
+            try:
+                return self._finish(work)
+            finally:
+                self.reporter.stop()
+
+    def _finish(self, work: Path) -> JobOutcome:
+        reporter = self.reporter
+        try:
+            outcome = self._run(work)
+        except LeaseLost:
+            log.warning(
+                "lease lost: another trainer has the job now", extra={"fields": {"job_id": self.job_id}}
+            )
+            return JobOutcome(self.job_id, "lost")
+        except TrainerStopping:
+            reporter.stop()
+            reporter.release("this trainer is stopping")
+            return JobOutcome(self.job_id, "released")
+        except JobCancelled:
+            message = self._cancel_message()
+            return self._fail(message, "cancelled")
+        except Exception as exc:
+            if not isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudError):
+                log.exception("training job failed", extra={"fields": {"job_id": self.job_id}})
+            return self._fail(public_error(exc), "failed")
+        reporter.stop()
+        reporter.update(stage="done", message=f"model {outcome.version} registered")
+        reporter.log(
+            f"[done] {outcome.version} ({outcome.model_id})"
+            + (" promoted to production" if outcome.promoted else " registered as a candidate")
+        )
+        reporter.beat()
+        try:
+            self.client.complete(self.job_id, self.settings.owner, outcome.model_id)
+        except LeaseLost:
+            return JobOutcome(self.job_id, "lost", outcome.model_id, outcome.version, outcome.promoted)
+        return outcome
+
+    def _cancel_message(self) -> str:
+        progress = self.reporter.snapshot()
+        if progress.get("stage") == "train" and progress.get("epochs"):
+            return f"cancelled at epoch {progress.get('epoch', 0)} of {progress['epochs']}"
+        return f"cancelled during {progress.get('stage', 'startup')}"
+
+    def _fail(self, message: str, ending: Ending) -> JobOutcome:
+        reporter = self.reporter
+        reporter.stop()
+        reporter.update(stage=ending, message=message)
+        reporter.log(f"[{ending}] {message}")
+        reporter.beat()
+        try:
+            self.client.fail(self.job_id, self.settings.owner, message)
+        except CloudError as exc:
+            log.warning("could not report the end of the job", extra={"fields": {"error": str(exc)}})
+            return JobOutcome(self.job_id, "lost", error=message)
+        return JobOutcome(self.job_id, ending, error=message)
+
+    # --- the steps --------------------------------------------------------------------------------------
+
+    def _run(self, work: Path) -> JobOutcome:
+        reporter = self.reporter
+        options = job_options(self.job.get("config") or {}, self.settings)
+        device = resolve_device(options.device).type
+        reporter.update(device=device)
+        reporter.stage("export", f"requesting a dataset export of {self.detector_id}")
+        export_path = self._fetch_export(work)
+        production_dir, parent_version, production_id = self._fetch_production(work)
+        outcome = train_from_export(
+            read_export(export_path),
+            work / "out",
+            options,
+            production_bundle=production_dir,
+            parent_version=parent_version,
+            progress=reporter.on_training_progress,
+        )
+        reporter.stage("register", f"uploading {outcome.version}")
+        model_id = self._register(work, outcome, production_id)
+        promoted = False
+        if outcome.promotion.promote:
+            promoted = self._promote(model_id, outcome, production_id)
+        else:
+            reporter.log(f"[promote] not promoted: {'; '.join(outcome.promotion.reasons)}")
+        reporter.update(model_id=model_id, version=outcome.version, promoted=promoted)
+        return JobOutcome(self.job_id, "succeeded", model_id, outcome.version, promoted)
+
+    def _fetch_export(self, work: Path) -> Path:
+        reporter = self.reporter
+        export = self.client.create_export(self.detector_id)
+        export_id = export["id"]
+        reporter.update(export_id=export_id)
+        deadline = time.monotonic() + self.settings.export_timeout_s
+        while export["status"] != "succeeded":
+            if export["status"] in ("failed", "cancelled"):
+                raise JobError(
+                    f"dataset export {export_id} {export['status']}: {export.get('error') or 'no reason given'}"
+                )
+            if time.monotonic() > deadline:
+                raise JobError(
+                    f"dataset export {export_id} was not built within {self.settings.export_timeout_s:.0f} s "
+                    "(is the cloud worker running?)"
+                )
+            reporter.check()
+            self.stopping.wait(EXPORT_POLL_S)
+            reporter.check()
+            export = self.client.get_export(export_id)
+        path = work / "export.tar.gz"
+        reporter.stage(
+            "download", f"dataset export {export_id}: {export.get('item_count', 0)} labelled images"
+        )
+        self.client.download_export(export_id, path)
+        return path
+
+    def _fetch_production(self, work: Path) -> tuple[Path | None, str | None, str | None]:
+        """The production bundle, unpacked and verified; (None, None, None) when there is none.
+
+        A production version that cannot be fetched or verified is still passed on (as an empty
+        directory): the trainer then records why it could not compare, and promotes nothing.
+        """
+        reporter = self.reporter
+        info = self.client.production(self.detector_id)
+        if info is None:
+            reporter.log("[download] no production version yet: this will be the first")
+            return None, None, None
+        version, model_id = str(info["version"]), str(info["model_version_id"])
+        reporter.stage("download", f"production version {version} to compare against")
+        bundle_dir = work / "production"
+        archive = work / "production.tar.gz"
+        try:
+            self.client.download_model(model_id, archive)
+            actual = sha256_of(archive)
+            if actual != info["sha256"]:
+                raise BundleError(f"downloaded sha256 {actual} is not the registry's {info['sha256']}")
+            unpack_bundle(archive, bundle_dir)
+        except (CloudError, BundleError, OSError) as exc:
+            reporter.log(
+                f"[download] production version {version} is unusable here ({exc}); no automatic promotion"
+            )
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+            bundle_dir.mkdir(parents=True)
+        finally:
+            archive.unlink(missing_ok=True)
+        return bundle_dir, version, model_id
+
+    def _register(self, work: Path, outcome: TrainingOutcome, production_id: str | None) -> str:
+        reporter = self.reporter
+        archive = work / "bundle.tar.gz"
+        pack_bundle(outcome.bundle_dir, archive)
+        lineage = {
+            "training_job_id": self.job_id,
+            "export_id": reporter.snapshot().get("export_id"),
+            "trainer": self.settings.owner,
+            "production_model_id": production_id,
+        }
+        model, created = self.client.upload_model(self.detector_id, archive, lineage)
+        model_id = str(model["id"])
+        reporter.log(
+            f"[register] {outcome.version} is {model_id}"
+            + ("" if created else " (this exact version was registered before)")
+        )
+        for name, content_type in REPORT_FILES:
+            path = outcome.reports_dir / name
+            if name == METRICS_JSON:
+                path = self._public_metrics(path, work / METRICS_JSON)
+            if path.is_file():
+                self.client.upload_report(model_id, name, path, content_type)
+        reporter.log("[register] reports uploaded: " + ", ".join(name for name, _ in REPORT_FILES))
+        return model_id
+
+    def _public_metrics(self, path: Path, out: Path) -> Path:
+        """metrics.json without the trainer's local paths, with the job it came from."""
+        payload = json.loads(path.read_text())
+        summary = payload.get("summary")
+        if isinstance(summary, dict):
+            summary.pop("bundle", None)
+            summary.pop("reports", None)
+        payload["training_job_id"] = self.job_id
+        out.write_text(json.dumps(payload, indent=1))
+        return out
+
+    def _promote(self, model_id: str, outcome: TrainingOutcome, production_id: str | None) -> bool:
+        reporter = self.reporter
+        current = self.client.production(self.detector_id)
+        current_id = str(current["model_version_id"]) if current is not None else None
+        if current_id not in (production_id, model_id):
+            reporter.log(f"[promote] production changed to {current_id} while this job ran; a person decides")
+            return False
+        reporter.stage("promote", f"{outcome.version}: {'; '.join(outcome.promotion.reasons)}", check=False)
+        self.client.promote(model_id)
+        return True
