@@ -12,6 +12,7 @@ from launcher.local import LocalLayout
 from launcher.run import RunOptions, run
 from launcher.services import (
     ALL_SERVICES,
+    CLOUD_API_SERVICE,
     CLOUD_URL_VARIABLE,
     EDGE_API_SERVICE,
     GATEWAY_SERVICE,
@@ -22,24 +23,30 @@ from launcher.services import (
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m launcher",
-        description="Run the IntelliOptics edge stack on this machine, without Docker.",
+        description="Run the IntelliOptics cloud and edge on this machine, without Docker.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser(
         "run",
-        help="run the edge stack locally (the same processes and settings as docker-compose.edge.yml)",
-        description="Every setting of docker-compose.edge.yml can also be overridden by setting the "
-        "same environment variable (EDGE_CLOUD_URL, INFERENCE_MODEL_ROOT, ...).",
+        help="run the cloud and the edge locally (the processes and settings of the compose files)",
+        description="Every setting of docker-compose.edge.yml and docker-compose.cloud.yml can also be "
+        "overridden by setting the same environment variable (EDGE_CLOUD_URL, DATABASE_URL, ...).",
     )
     run_parser.add_argument("--gateway-port", type=int, help="gateway port (env GATEWAY_PORT, default 30101)")
     run_parser.add_argument("--edge-api-port", type=int, help="edge-api port (env EDGE_PORT, default 8718)")
     run_parser.add_argument(
         "--inference-port", type=int, help="inference port (env INFERENCE_PORT, default 8001)"
     )
+    run_parser.add_argument("--cloud-port", type=int, help="cloud API port (env CLOUD_PORT, default 8000)")
     run_parser.add_argument(
         "--cloud-url",
-        help="cloud API the edge escalates and falls back to (env INTELLIOPTICS_CLOUD_URL, "
-        "default http://127.0.0.1:8000)",
+        help="use the cloud at this URL instead of starting one here (env INTELLIOPTICS_CLOUD_URL; "
+        "the edge escalates and the gateway falls back to it)",
+    )
+    run_parser.add_argument(
+        "--no-cloud",
+        action="store_true",
+        help="start only the edge (escalations wait in its outbox until a cloud answers)",
     )
     run_parser.add_argument(
         "--data-dir", type=Path, help="what compose keeps in /data (default .intellioptics/data)"
@@ -65,6 +72,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
         (GATEWAY_SERVICE, args.gateway_port),
         (EDGE_API_SERVICE, args.edge_api_port),
         (INFERENCE_SERVICE, args.inference_port),
+        (CLOUD_API_SERVICE, args.cloud_port),
     ):
         if port is not None and service.port_env:
             env[service.port_env] = str(port)
@@ -75,10 +83,13 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
             for name, value in service.environment.items():
                 if CLOUD_URL_VARIABLE in value:
                     env.pop(name, None)
+    # A cloud named by URL is used as it is; otherwise the run brings its own.
+    local_cloud = not args.no_cloud and not env.get(CLOUD_URL_VARIABLE)
     return RunOptions(
         layout=LocalLayout(data_dir=args.data_dir, config_dir=args.config_dir),
         environ=env,
         demo_models=not args.no_demo_models,
+        cloud=local_cloud,
         startup_timeout=args.startup_timeout,
     )
 

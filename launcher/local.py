@@ -1,4 +1,4 @@
-"""Map the compose view of the edge services (`launcher.services`) onto one machine.
+"""Map the compose view of the services (`launcher.services`) onto one machine.
 
 Compose gives every service its own hostname and filesystem; locally they share 127.0.0.1 and the
 repository. The mapping is mechanical so that the table stays the single source of settings:
@@ -8,7 +8,10 @@ repository. The mapping is mechanical so that the table stays the single source 
 - `service:port` and `scheme://service:port/...` become `127.0.0.1:<local port>`, where a service's
   local port is its `port_env` variable when set (free ports for tests), else the compose port;
 - `0.0.0.0` becomes `127.0.0.1` (only the gateway faces the network);
-- `/data/...` lives under `<repo>/.intellioptics/data/...`, `/config/...` under `<repo>/config/...`;
+- `/data/...` lives under `<repo>/.intellioptics/data/...`, `/config/...` under `<repo>/config/...`,
+  except the cloud's `/data/cloud`, which is `<repo>/.intellioptics/cloud` with its token file at
+  `<repo>/.intellioptics/api-token`: where `python -m cloud.app` keeps them when run by hand;
+- a service's `local_environment` replaces its compose values (the embedded database);
 - `python` is the interpreter running the launcher (the project's venv).
 """
 
@@ -21,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from launcher.services import ALL_SERVICES, CLOUD_API_HOST, CLOUD_API_PORT, Service
+from launcher.services import (
+    ALL_SERVICES,
+    CLOUD_API_HOST,
+    CLOUD_API_PORT,
+    CLOUD_DATA,
+    CLOUD_TOKEN_FILE,
+    Service,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -53,11 +63,25 @@ class LocalLayout:
         return self.config_dir if self.config_dir is not None else self.repo_root / "config"
 
     @property
+    def cloud_data(self) -> Path:
+        return self.state_dir / "cloud"
+
+    @property
+    def api_token_file(self) -> Path:
+        return self.state_dir / "api-token"
+
+    @property
     def gateway_prefix(self) -> Path:
         return self.state_dir / "gateway"
 
     def container_paths(self) -> dict[str, Path]:
-        return {"/data": self.data, "/config": self.config}
+        """Container path -> local path, the most specific first."""
+        return {
+            CLOUD_TOKEN_FILE: self.api_token_file,
+            CLOUD_DATA: self.cloud_data,
+            "/data": self.data,
+            "/config": self.config,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,7 +154,10 @@ class LocalMapper:
         return text
 
     def env(self, service: Service) -> dict[str, str]:
-        env = {name: self.environ.get(name) or self.value(raw) for name, raw in service.environment.items()}
+        env = {
+            name: self.environ.get(name) or self.value(service.local_environment.get(name, raw))
+            for name, raw in service.environment.items()
+        }
         if service.port_env:
             env[service.port_env] = str(self.local_port(service))
         return env

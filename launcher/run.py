@@ -1,8 +1,12 @@
-"""`python -m launcher run`: the edge stack on one machine, in place of `docker compose up`.
+"""`python -m launcher run`: the cloud and the edge on one machine, in place of `docker compose up`.
 
-Starts what `launcher.services` declares, in order, each once the one before it is healthy; forwards
-their output with a name prefix; stops everything (newest first) on Ctrl-C or SIGTERM, or as soon as
-any service dies, in which case the exit status is non-zero.
+Starts what `launcher.services` declares for a local run, in order, each once the one before it is
+healthy: the cloud API (which migrates its database and, on its first start, creates the accounts
+and the device API token), the cloud worker, then the edge with that token and the local cloud as
+its escalation target and the gateway's fallback. Once the demo model bundles exist, their
+detectors are registered in the cloud (idempotent). Output is forwarded with a name prefix;
+everything stops (newest first) on Ctrl-C or SIGTERM, or as soon as any service dies, in which case
+the exit status is non-zero.
 """
 
 from __future__ import annotations
@@ -26,9 +30,22 @@ from launcher.processes import (
     prefixed_printer,
     wait_for_http,
 )
-from launcher.services import ALL_SERVICES, DEMO_MODELS, GATEWAY, Service
+from launcher.services import (
+    ALL_SERVICES,
+    API_TOKEN_VARIABLE,
+    CLOUD_API,
+    CLOUD_NAMES,
+    DEMO_MODELS,
+    GATEWAY,
+    Service,
+)
 
 Stoppable = ManagedProcess | NginxGateway
+
+SEED_DEMO = "demo-detectors"
+# Registers the demo detectors (and their bundles) in the local cloud; see cloud/app/seed_demo.py.
+SEED_DEMO_ARGV: tuple[str, ...] = ("python", "-m", "cloud.app.seed_demo")
+REVIEW_UI_PATH = "/ui"
 
 
 @dataclass
@@ -38,6 +55,10 @@ class RunOptions:
     layout: LocalLayout = field(default_factory=LocalLayout)
     environ: Mapping[str, str] = field(default_factory=dict)
     demo_models: bool = True
+    # Run the cloud services here; False when the edge uses a cloud elsewhere (or none).
+    cloud: bool = True
+    # The job that registers the demo detectors in the local cloud (None: skip it).
+    seed_argv: Sequence[str] | None = SEED_DEMO_ARGV
     startup_timeout: float = 60.0
     stop_timeout: float = 10.0
     services: Sequence[Service] = ALL_SERVICES
@@ -48,47 +69,96 @@ def has_model_bundles(model_root: Path) -> bool:
     return model_root.is_dir() and any((detector / "current").exists() for detector in model_root.iterdir())
 
 
-class EdgeStack:
+class LocalStack:
     """The running services of one local run."""
 
     def __init__(self, options: RunOptions, stream: IO[str] | None = None) -> None:
         self.options = options
         self.stream = stream
-        self.services = local_services(options.layout, options.environ, options.services)
+        self.table = [s for s in options.services if options.cloud or s.name not in CLOUD_NAMES]
+        self.environ = dict(options.environ)
+        self.services = local_services(options.layout, self.environ, self.table)
         self.running: list[tuple[str, Stoppable]] = []
         # One column for every name, as docker compose aligns its log prefixes.
-        self.width = max(len(name) for name in [*self.services, "launcher"]) + 1
+        self.width = max(len(name) for name in [*self.services, "launcher", SEED_DEMO]) + 1
 
     def say(self, message: str) -> None:
         target = self.stream if self.stream is not None else sys.stdout
         print(f"{'launcher':<{self.width}}| {message}", file=target, flush=True)
 
-    def _process(self, service: LocalService) -> ManagedProcess:
+    @property
+    def cloud(self) -> LocalService | None:
+        return self.services.get(CLOUD_API)
+
+    def _process(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> ManagedProcess:
         return ManagedProcess(
-            service.name,
-            service.argv,
-            env={**service.env, "PYTHONUNBUFFERED": "1"},
+            name,
+            argv,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             cwd=self.options.layout.repo_root,
-            output=prefixed_printer(service.name, self.stream, self.width),
+            output=prefixed_printer(name, self.stream, self.width),
         )
+
+    def _run_job(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], stop_event: threading.Event
+    ) -> int:
+        """Run a one-shot job to its end (stoppable like the servers); its exit status."""
+        process = self._process(name, argv, env).start()
+        self.running.append((name, process))
+        while process.poll() is None:
+            if stop_event.wait(0.2):
+                raise StartupCancelled("stop requested")
+        self.running.remove((name, process))
+        status = process.stop()
+        return status if status is not None else 1
 
     def _ensure_demo_models(self, job: LocalService, stop_event: threading.Event) -> None:
         """Run the demo-bundle job unless disabled or its model volume already holds a bundle."""
         if not self.options.demo_models or any(has_model_bundles(root) for root in job.directories):
             return
         self.say(f"no model bundles in {', '.join(map(str, job.directories))}: building the demo ones")
-        process = self._process(job).start()
-        self.running.append((job.name, process))
-        while process.poll() is None:
-            if stop_event.wait(0.2):
-                raise StartupCancelled("stop requested")
-        self.running.remove((job.name, process))
-        status = process.stop()
+        status = self._run_job(job.name, job.argv, job.env, stop_event)
         if status != 0:
             raise ProcessError(
                 f"{job.name} failed with status {status} (it needs the training extra: "
                 f"pip install -e '.[training]'; or run with --no-demo-models)"
             )
+
+    def _seed_demo_detectors(self, model_roots: Sequence[Path], stop_event: threading.Event) -> None:
+        """Register the demo detectors in the local cloud, so their escalations have a home."""
+        cloud = self.cloud
+        roots = [root for root in model_roots if has_model_bundles(root)]
+        if cloud is None or self.options.seed_argv is None or not roots:
+            return
+        head, *rest = self.options.seed_argv
+        argv = [self.options.layout.python if head == "python" else head, *rest]
+        argv += ["--model-root", str(roots[0]), "--cloud-url", f"http://127.0.0.1:{cloud.port}"]
+        status = self._run_job(SEED_DEMO, argv, cloud.env, stop_event)
+        if status != 0:
+            raise ProcessError(f"registering the demo detectors in the cloud failed with status {status}")
+
+    def _adopt_cloud_token(self) -> None:
+        """Give the edge the device token the local cloud wrote on its first start.
+
+        A token already in the environment (INTELLIOPTICS_API_TOKEN or EDGE_API_TOKEN) wins.
+        """
+        cloud = self.cloud
+        if cloud is None or self.environ.get(API_TOKEN_VARIABLE) or self.environ.get("EDGE_API_TOKEN"):
+            return
+        path = Path(cloud.env.get("CLOUD_API_TOKEN_FILE") or self.options.layout.api_token_file)
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if not token:
+            self.say(
+                f"no API token in {path}: the cloud will refuse the edge's escalations; set "
+                f"{API_TOKEN_VARIABLE}, or remove {cloud.env.get('CLOUD_DATA_DIR')} for a fresh first start"
+            )
+            return
+        self.environ[API_TOKEN_VARIABLE] = token
+        self.services = local_services(self.options.layout, self.environ, self.table)
+        self.say(f"the edge escalates to http://127.0.0.1:{cloud.port} with the API token in {path}")
 
     def _start_gateway(self, service: LocalService) -> NginxGateway:
         return NginxGateway(
@@ -106,22 +176,25 @@ class EdgeStack:
         for service in self.services.values():
             for directory in service.directories:
                 directory.mkdir(parents=True, exist_ok=True)
-        for service in self.services.values():
-            if service.name == DEMO_MODELS:
+        for name in list(self.services):
+            # Looked up each time: the cloud's token changes what the edge services are given.
+            service = self.services[name]
+            if name == DEMO_MODELS:
                 self._ensure_demo_models(service, stop_event)
+                self._seed_demo_detectors(service.directories, stop_event)
                 continue
             if service.one_shot:
                 continue
-            self.say(f"starting {service.name}")
-            if service.name == GATEWAY:
+            self.say(f"starting {name}")
+            if name == GATEWAY:
                 gateway = self._start_gateway(service)
-                self.running.append((service.name, gateway))
+                self.running.append((name, gateway))
                 gateway.start()
                 process = gateway.process
                 assert process is not None
             else:
-                process = self._process(service).start()
-                self.running.append((service.name, process))
+                process = self._process(name, service.argv, service.env).start()
+                self.running.append((name, process))
             if service.health_url:
                 wait_for_http(
                     service.health_url,
@@ -129,12 +202,22 @@ class EdgeStack:
                     process=process,
                     stop_event=stop_event,
                 )
+            if name == CLOUD_API:
+                self._adopt_cloud_token()
 
     def banner(self) -> str:
-        lines = ["the edge is up:"]
+        lines = ["IntelliOptics is up:"]
         for service in self.services.values():
             if service.port is not None:
                 lines.append(f"  {service.name:<{self.width}}http://127.0.0.1:{service.port}")
+        cloud = self.cloud
+        if cloud is not None:
+            url = f"http://127.0.0.1:{cloud.port}"
+            lines.append(f"  {'review UI':<{self.width}}{url}{REVIEW_UI_PATH} (log in as reviewer or admin)")
+            lines.append(
+                f"  {'accounts':<{self.width}}printed by cloud-api on its first start; kept in "
+                f"{Path(cloud.env.get('CLOUD_DATA_DIR', '')) / 'credentials.json'}"
+            )
         lines.append(f"  {'data':<{self.width}}{self.options.layout.data}")
         lines.append("cameras and the SDK use the gateway; Ctrl-C stops everything")
         return "\n".join(lines)
@@ -184,7 +267,7 @@ def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
 def run(options: RunOptions, stream: IO[str] | None = None) -> int:
     """Run the stack until Ctrl-C/SIGTERM (exit 0) or until a service fails (exit 1)."""
     stop_event = threading.Event()
-    stack = EdgeStack(options, stream)
+    stack = LocalStack(options, stream)
     with stop_on_signals(stop_event):
         try:
             stack.start(stop_event)
@@ -193,7 +276,7 @@ def run(options: RunOptions, stream: IO[str] | None = None) -> int:
         except StartupCancelled:
             return 0
         except (ProcessError, OSError, ValueError) as error:
-            stack.say(f"cannot start the edge: {error}")
+            stack.say(f"cannot start: {error}")
             return 1
         finally:
             stack.stop()

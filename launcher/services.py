@@ -1,10 +1,10 @@
-"""The edge services, declared once.
+"""The services of both stacks, declared once.
 
-`docker-compose.edge.yml` and the local launcher both run exactly these processes with these settings
-(a test compares them), so "works locally" means "works in containers". Values are written the way
-compose writes them: service hostnames (`http://inference:8001`), container paths (`/data/...`,
-`/config/...`) and compose interpolation (`${NAME:-default}`); `launcher.local` maps them for a run
-on one machine.
+`docker-compose.edge.yml` renders `EDGE_SERVICES`, `docker-compose.cloud.yml` renders `CLOUD_SERVICES`,
+and the local launcher runs the ones marked `local` from both (a test compares the three), so "works
+locally" means "works in containers". Values are written the way compose writes them: service
+hostnames (`http://inference:8001`), container paths (`/data/...`, `/config/...`) and compose
+interpolation (`${NAME:-default}`); `launcher.local` maps them for a run on one machine.
 """
 
 from __future__ import annotations
@@ -17,16 +17,28 @@ GATEWAY = "gateway"
 EDGE_API = "edge-api"
 INFERENCE = "inference"
 DEMO_MODELS = "demo-models"
+CLOUD_API = "cloud-api"
+CLOUD_WORKER = "cloud-worker"
+TRAINER = "trainer"
+POSTGRES = "postgres"
+AZURITE = "azurite"
 
-# The cloud API's compose service (docker-compose.cloud.yml); reachable by this name when both files
-# run as one project, otherwise set INTELLIOPTICS_CLOUD_URL.
-CLOUD_API_HOST = "cloud-api"
+# The cloud API's compose service; edges reach it by this name when both files run as one project,
+# otherwise set INTELLIOPTICS_CLOUD_URL (then `make run` starts no cloud of its own).
+CLOUD_API_HOST = CLOUD_API
 CLOUD_API_PORT = 8000
 CLOUD_URL_VARIABLE = "INTELLIOPTICS_CLOUD_URL"
 CLOUD_URL = f"${{{CLOUD_URL_VARIABLE}:-http://{CLOUD_API_HOST}:{CLOUD_API_PORT}}}"
+API_TOKEN_VARIABLE = "INTELLIOPTICS_API_TOKEN"
 
 MODEL_ROOT = "/data/models"
 EDGE_API_DATA = "/data/edge"
+CLOUD_DATA = "/data/cloud"
+# Where the cloud's first start writes the device API token (locally: .intellioptics/api-token).
+CLOUD_TOKEN_FILE = f"{CLOUD_DATA}/api-token"
+# Where the cloud's first start writes the token of the `trainer` service account (its data dir).
+TRAINER_TOKEN_FILE = f"{CLOUD_DATA}/trainer-token"
+TRAINER_DATA = "/data/trainer"
 CONFIG_DIR = "/config"
 
 
@@ -36,12 +48,16 @@ def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
 
 @dataclass(frozen=True)
 class Service:
-    """One process of the edge stack, as compose runs it.
+    """One service as compose runs it.
 
     `port` is the container port the service listens on, `port_env` the variable that sets it, and
     `publish_host` the host interface compose publishes it on ("" for all interfaces: cameras reach
-    the gateway from the network; internal services only from the box itself). A `one_shot` service
-    is a job that runs to completion (compose profile `profiles`) instead of a server.
+    the gateway and edges the cloud from the network; internal services only from the box itself).
+    A `one_shot` service is a job that runs to completion (compose profile `profiles`) instead of a
+    server. A service with an `image` runs that stock image and no Dockerfile of ours; `local=False`
+    keeps it out of the launcher (the database: a local run uses the embedded SQLite, or
+    DATABASE_URL). `local_environment` holds the only values a local run sets differently from
+    compose, with the reason beside each.
     """
 
     name: str
@@ -55,8 +71,11 @@ class Service:
     binds: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
     depends_on: tuple[str, ...] = ()
     dockerfile: str = ""
+    image: str = ""
     one_shot: bool = False
     profiles: tuple[str, ...] = ()
+    local: bool = True
+    local_environment: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
 
     @property
     def compose_ports(self) -> list[str]:
@@ -67,6 +86,8 @@ class Service:
             return [f"{self.publish_host}:{self.port}:{self.port}"]
         return [f"{self.port}:{self.port}"]
 
+
+# --- edge (docker-compose.edge.yml) --------------------------------------------------------------------
 
 DEMO_MODELS_SERVICE = Service(
     name=DEMO_MODELS,
@@ -103,8 +124,9 @@ EDGE_API_SERVICE = Service(
             "EDGE_PORT": "8718",
             "EDGE_INFERENCE_URL": "http://inference:8001",
             "EDGE_CLOUD_URL": CLOUD_URL,
-            # Sent as x-api-token with escalations; kept out of this file and the compose file.
-            "EDGE_API_TOKEN": "${INTELLIOPTICS_API_TOKEN:-}",
+            # Sent as x-api-token with escalations; kept out of this file and the compose file
+            # (`make run` reads the one its own cloud wrote on first start).
+            "EDGE_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
             "EDGE_CONFIG_PATH": f"{CONFIG_DIR}/edge-config.yaml",
             "EDGE_DATA_DIR": EDGE_API_DATA,
         }
@@ -137,8 +159,132 @@ GATEWAY_SERVICE = Service(
     dockerfile="docker/gateway.Dockerfile",
 )
 
-# Start order: each service depends only on services before it.
-SERVICES: tuple[Service, ...] = (INFERENCE_SERVICE, EDGE_API_SERVICE, GATEWAY_SERVICE)
+# --- cloud (docker-compose.cloud.yml) ------------------------------------------------------------------
 
-# Everything compose declares for the edge, jobs included.
-ALL_SERVICES: tuple[Service, ...] = (DEMO_MODELS_SERVICE, *SERVICES)
+POSTGRES_SERVICE = Service(
+    name=POSTGRES,
+    argv=(),
+    environment=_frozen(
+        {
+            "POSTGRES_USER": "intellioptics",
+            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-intellioptics}",
+            "POSTGRES_DB": "intellioptics",
+        }
+    ),
+    port=5432,
+    volumes=_frozen({"/var/lib/postgresql/data": "postgres-data"}),
+    image="postgres:15",
+    local=False,
+)
+
+# Azure Blob emulator for trying the azure blob backend (profile "azure"; CLOUD_BLOB_BACKEND=azure).
+AZURITE_SERVICE = Service(
+    name=AZURITE,
+    argv=(
+        "azurite-blob",
+        "--blobHost",
+        "0.0.0.0",
+        "--blobPort",
+        "10000",
+        "--location",
+        "/data/azurite",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--disableTelemetry",
+    ),
+    port=10000,
+    volumes=_frozen({"/data/azurite": "azurite-data"}),
+    image="mcr.microsoft.com/azure-storage/azurite:3.35.0",
+    profiles=("azure",),
+    local=False,
+)
+
+# What the API and the worker share: one database, one data volume (blobs), one public address.
+_CLOUD_COMMON = {
+    # Compose: the postgres service. Locally: the embedded SQLite in CLOUD_DATA_DIR unless the
+    # environment sets DATABASE_URL.
+    "DATABASE_URL": "postgresql://intellioptics:${POSTGRES_PASSWORD:-intellioptics}@postgres:5432/intellioptics",
+    "CLOUD_DATA_DIR": CLOUD_DATA,
+    # The address edges and browsers use (model download URLs, links): the edges' cloud URL.
+    "CLOUD_PUBLIC_URL": CLOUD_URL,
+    "CLOUD_BLOB_BACKEND": "${CLOUD_BLOB_BACKEND:-local}",
+    "CLOUD_AZURE_CONNECTION_STRING": "${CLOUD_AZURE_CONNECTION_STRING:-}",
+}
+_CLOUD_LOCAL = {"DATABASE_URL": ""}
+
+CLOUD_API_SERVICE = Service(
+    name=CLOUD_API,
+    # Migrates and seeds (cloud.app.prestart) before it serves.
+    argv=("python", "-m", "cloud.app"),
+    environment=_frozen(
+        {
+            "CLOUD_HOST": "0.0.0.0",
+            "CLOUD_PORT": str(CLOUD_API_PORT),
+            **_CLOUD_COMMON,
+            "CLOUD_API_TOKEN_FILE": CLOUD_TOKEN_FILE,
+        }
+    ),
+    port=CLOUD_API_PORT,
+    port_env="CLOUD_PORT",
+    publish_host="",
+    health_path="/health/ready",
+    volumes=_frozen({CLOUD_DATA: "cloud-data"}),
+    depends_on=(POSTGRES,),
+    dockerfile="docker/cloud-api.Dockerfile",
+    local_environment=_frozen(_CLOUD_LOCAL),
+)
+
+CLOUD_WORKER_SERVICE = Service(
+    name=CLOUD_WORKER,
+    argv=("python", "-m", "cloud.worker"),
+    environment=_frozen(_CLOUD_COMMON),
+    volumes=_frozen({CLOUD_DATA: "cloud-data"}),
+    # The API's prestart migrates the schema the worker uses.
+    depends_on=(CLOUD_API,),
+    dockerfile="docker/cloud-worker.Dockerfile",
+    local_environment=_frozen(_CLOUD_LOCAL),
+)
+
+# Leases training jobs from the API (GPU reserved in compose; CUDA when present, else the CPU).
+TRAINER_SERVICE = Service(
+    name=TRAINER,
+    argv=("python", "-m", "training.service"),
+    environment=_frozen(
+        {
+            "TRAINER_CLOUD_URL": f"http://{CLOUD_API_HOST}:{CLOUD_API_PORT}",
+            # An admin-role token: TRAINER_API_TOKEN when set, else the file the API's first start wrote.
+            "TRAINER_API_TOKEN": "${INTELLIOPTICS_TRAINER_TOKEN:-}",
+            "TRAINER_API_TOKEN_FILE": TRAINER_TOKEN_FILE,
+            "TRAINER_WORK_DIR": TRAINER_DATA,
+            "TRAINER_DEVICE": "${TRAINER_DEVICE:-auto}",
+        }
+    ),
+    volumes=_frozen({TRAINER_DATA: "trainer-data", CLOUD_DATA: "cloud-data"}),
+    depends_on=(CLOUD_API,),
+    dockerfile="docker/trainer.Dockerfile",
+)
+
+# Everything each compose file declares, jobs and optional services included.
+EDGE_SERVICES: tuple[Service, ...] = (
+    DEMO_MODELS_SERVICE,
+    INFERENCE_SERVICE,
+    EDGE_API_SERVICE,
+    GATEWAY_SERVICE,
+)
+CLOUD_SERVICES: tuple[Service, ...] = (
+    POSTGRES_SERVICE,
+    AZURITE_SERVICE,
+    CLOUD_API_SERVICE,
+    CLOUD_WORKER_SERVICE,
+    TRAINER_SERVICE,
+)
+COMPOSE_FILES: Mapping[str, tuple[Service, ...]] = MappingProxyType(
+    {"docker-compose.edge.yml": EDGE_SERVICES, "docker-compose.cloud.yml": CLOUD_SERVICES}
+)
+
+# What `make run` runs, in start order (each service after everything it depends on that runs
+# locally): the cloud first, so the edge starts with its token and a cloud to escalate to.
+ALL_SERVICES: tuple[Service, ...] = tuple(s for s in (*CLOUD_SERVICES, *EDGE_SERVICES) if s.local)
+# The long-running ones among them.
+SERVICES: tuple[Service, ...] = tuple(s for s in ALL_SERVICES if not s.one_shot)
+CLOUD_NAMES: frozenset[str] = frozenset(s.name for s in CLOUD_SERVICES)

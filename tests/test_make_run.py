@@ -1,9 +1,10 @@
-"""`make run` brings the local stack up, answers the README's curl, and stops cleanly on SIGTERM."""
+"""`make run` brings the cloud and the edge up, answers the README's curl, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from launcher.processes import ManagedProcess, free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT = "det_DemoWhichDigit0000000000000"
+SERVICES = ("gateway", "edge-api", "inference", "cloud-worker", "cloud-api")
 
 
 def port_is_free(port: int) -> bool:
@@ -22,37 +24,57 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def curl(*args: str) -> str:
+    out = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", *args], capture_output=True, text=True, check=True, timeout=30
+    )
+    return out.stdout
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, digits) -> None:
-    ports = {"GATEWAY_PORT": free_port(), "EDGE_PORT": free_port(), "INFERENCE_PORT": free_port()}
+    ports = {
+        "GATEWAY_PORT": free_port(),
+        "EDGE_PORT": free_port(),
+        "INFERENCE_PORT": free_port(),
+        "CLOUD_PORT": free_port(),
+    }
     env = {k: str(v) for k, v in ports.items()}
-    env["INTELLIOPTICS_CLOUD_URL"] = f"http://127.0.0.1:{free_port()}"  # no cloud: offline edge
+    # A cloud of its own (fresh: its first start), beside the repository's demo models.
+    token_file = tmp_path / "api-token"
+    env["CLOUD_DATA_DIR"] = str(tmp_path / "cloud")
+    env["CLOUD_API_TOKEN_FILE"] = str(token_file)
     run = ManagedProcess("make-run", ["make", "--no-print-directory", "run"], env=env, cwd=ROOT)
     run.start()
     try:
         gateway = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
+        cloud = f"http://127.0.0.1:{ports['CLOUD_PORT']}"
         # First start on a fresh clone builds the demo models; allow for it.
-        wait_for_http(f"{gateway}/health/live", process=run, timeout=600)
+        wait_for_http(f"{gateway}/health/live", process=run, timeout=900)
+
+        # The cloud is up, wrote its device token on its first start and printed the accounts.
+        assert json.loads(curl(f"{cloud}/health/ready"))["status"] == "ok"
+        token = token_file.read_text().strip()
+        log = run.output_tail(400)
+        assert re.search(r"admin +admin / \S+", log) and re.search(r"reviewer +reviewer / \S+", log), log
+        assert f"API token {token}" in log
+        # The demo detectors are registered there, and the edge was given that token.
+        detector = json.loads(curl("-H", f"x-api-token: {token}", f"{cloud}/device-api/v1/detectors/{DIGIT}"))
+        assert detector["id"] == DIGIT and detector["mode"] == "MULTI_CLASS"
+        assert f"the edge escalates to {cloud} with the API token in {token_file}" in log
+
         image = tmp_path / "digit.jpg"
         image.write_bytes(digits[0][0])
-        out = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "--fail-with-body",
+        iq = json.loads(
+            curl(
                 "--data-binary",
                 f"@{image}",
                 "-H",
                 "Content-Type: image/jpeg",
                 f"{gateway}/device-api/v1/image-queries?detector_id={DIGIT}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
+            )
         )
-        iq = json.loads(out.stdout)
         assert iq["id"].startswith("iq_") and iq["detector_id"] == DIGIT
         assert iq["result"]["label"] in [str(i) for i in range(10)]
     finally:
@@ -61,7 +83,7 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
         run.wait(timeout=60)
         run.stop()
     log = run.output_tail(400)
-    for service in ("gateway", "edge-api", "inference"):
+    for service in SERVICES:
         assert f"stopped {service}" in log, log
     assert all(port_is_free(p) for p in ports.values()), "a service outlived make run"
     assert os.path.isdir(ROOT / ".intellioptics" / "data" / "models")

@@ -1,7 +1,8 @@
-"""docker-compose.edge.yml runs exactly what launcher/services.py declares (and the launcher runs locally).
+"""The compose files run exactly what launcher/services.py declares (and the launcher runs locally).
 
-Compared value by value: command, environment, published ports, volumes, start order and health checks,
-plus each service's Dockerfile CMD.
+docker-compose.edge.yml holds EDGE_SERVICES and docker-compose.cloud.yml CLOUD_SERVICES; both are
+compared value by value: command, environment, published ports, volumes, start order, health checks
+and profiles, plus each service's Dockerfile CMD or stock image.
 """
 
 from __future__ import annotations
@@ -15,125 +16,182 @@ import pytest
 import yaml
 
 from launcher.gateway import PLACEHOLDERS, TEMPLATE_PATH
-from launcher.services import ALL_SERVICES, GATEWAY, SERVICES, Service
+from launcher.local import LocalLayout, local_services
+from launcher.services import (
+    ALL_SERVICES,
+    CLOUD_API,
+    CLOUD_SERVICES,
+    COMPOSE_FILES,
+    EDGE_SERVICES,
+    GATEWAY,
+    POSTGRES,
+    SERVICES,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((REPO / "docker-compose.edge.yml").read_text())
-COMPOSE_SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-NAMES = [service.name for service in ALL_SERVICES]
+COMPOSE: dict[str, dict[str, Any]] = {
+    name: yaml.safe_load((REPO / name).read_text()) for name in COMPOSE_FILES
+}
+CASES = [(file, service) for file, services in COMPOSE_FILES.items() for service in services]
+IDS = [service.name for _, service in CASES]
 
 
-def by_name(name: str) -> Service:
-    return next(service for service in ALL_SERVICES if service.name == name)
+def compose_service(file: str, name: str) -> dict[str, Any]:
+    service: dict[str, Any] = COMPOSE[file]["services"][name]
+    return service
 
 
-def compose_volumes(name: str) -> dict[str, str]:
+def compose_volumes(file: str, name: str) -> dict[str, str]:
     """target -> source (a named volume or a host path) of a compose service."""
     mounts: dict[str, str] = {}
-    for entry in COMPOSE_SERVICES[name].get("volumes", []):
+    for entry in compose_service(file, name).get("volumes", []):
         source, target, *_ = entry.split(":")
         mounts[target] = source
     return mounts
 
 
-def test_compose_declares_exactly_the_launcher_services():
-    assert sorted(COMPOSE_SERVICES) == sorted(NAMES)
+@pytest.mark.parametrize("file", list(COMPOSE_FILES))
+def test_each_compose_file_declares_exactly_its_table(file):
+    assert sorted(COMPOSE[file]["services"]) == sorted(s.name for s in COMPOSE_FILES[file])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_command(name):
-    assert COMPOSE_SERVICES[name]["command"] == list(by_name(name).argv)
+def test_the_edge_and_the_cloud_are_separate_stacks():
+    assert not {s.name for s in EDGE_SERVICES} & {s.name for s in CLOUD_SERVICES}
+    assert {s.name for s in ALL_SERVICES} == {s.name for s in (*EDGE_SERVICES, *CLOUD_SERVICES) if s.local}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_environment(name):
-    assert COMPOSE_SERVICES[name].get("environment", {}) == dict(by_name(name).environment)
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_same_command(file, service):
+    assert compose_service(file, service.name).get("command", []) == list(service.argv)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_ports(name):
-    assert COMPOSE_SERVICES[name].get("ports", []) == by_name(name).compose_ports
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_same_environment(file, service):
+    assert compose_service(file, service.name).get("environment", {}) == dict(service.environment)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_volumes(name):
-    service = by_name(name)
-
-    assert compose_volumes(name) == {**service.volumes, **service.binds}
-    assert set(service.volumes.values()) <= set(COMPOSE["volumes"])
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_same_ports(file, service):
+    assert compose_service(file, service.name).get("ports", []) == service.compose_ports
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_start_order_on_healthy_services(name):
-    depends_on = COMPOSE_SERVICES[name].get("depends_on", {})
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_same_volumes(file, service):
+    assert compose_volumes(file, service.name) == {**service.volumes, **service.binds}
+    assert set(service.volumes.values()) <= set(COMPOSE[file]["volumes"])
 
-    assert sorted(depends_on) == sorted(by_name(name).depends_on)
+
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_same_start_order_on_healthy_services(file, service):
+    depends_on = compose_service(file, service.name).get("depends_on", {})
+
+    assert sorted(depends_on) == sorted(service.depends_on)
     assert all(rule["condition"] == "service_healthy" for rule in depends_on.values())
+    # Compose files are separate projects unless combined: dependencies stay inside one file.
+    assert set(service.depends_on) <= set(COMPOSE[file]["services"])
 
 
 def test_the_launcher_starts_each_service_after_what_it_depends_on():
     started: list[str] = []
-    for service in SERVICES:
-        assert set(service.depends_on) <= set(started), service.name
+    for service in ALL_SERVICES:
+        local_dependencies = {name for name in service.depends_on if name in {s.name for s in ALL_SERVICES}}
+        assert local_dependencies <= set(started), service.name
         started.append(service.name)
 
 
+def test_the_launcher_starts_the_cloud_before_the_edge():
+    names = [service.name for service in SERVICES]
+
+    assert names.index(CLOUD_API) < min(names.index(s.name) for s in EDGE_SERVICES if not s.one_shot)
+
+
 def test_the_gateway_restarts_with_the_edge_api_it_resolved_at_start():
-    assert COMPOSE_SERVICES[GATEWAY]["depends_on"]["edge-api"]["restart"] is True
+    assert compose_service("docker-compose.edge.yml", GATEWAY)["depends_on"]["edge-api"]["restart"] is True
 
 
-@pytest.mark.parametrize("name", [service.name for service in SERVICES])
-def test_compose_checks_the_health_path_the_launcher_waits_for(name):
-    service = by_name(name)
-    check = " ".join(COMPOSE_SERVICES[name]["healthcheck"]["test"])
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_compose_checks_the_health_path_the_launcher_waits_for(file, service):
+    spec = compose_service(file, service.name)
+    if service.one_shot:
+        assert "healthcheck" not in spec
+        return
+    assert spec["restart"] == "unless-stopped"
+    if service.health_path is not None:
+        check = " ".join(spec["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{service.port}{service.health_path}" in check
+    # Whatever others wait for must say when it is healthy.
+    dependents = [s for s in COMPOSE_FILES[file] if service.name in s.depends_on]
+    if dependents:
+        assert spec["healthcheck"]["test"]
 
-    assert f"http://127.0.0.1:{service.port}{service.health_path}" in check
-    assert COMPOSE_SERVICES[name]["restart"] == "unless-stopped"
+
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_profiles_and_jobs_match(file, service):
+    spec = compose_service(file, service.name)
+
+    assert spec.get("profiles", []) == list(service.profiles)
+    assert (spec.get("restart") == "no") == service.one_shot
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_profiles_and_jobs_match(name):
-    service = by_name(name)
-
-    assert COMPOSE_SERVICES[name].get("profiles", []) == list(service.profiles)
-    assert (COMPOSE_SERVICES[name].get("restart") == "no") == service.one_shot
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_the_dockerfile_builds_and_runs_the_same_command(name):
-    service = by_name(name)
-    build = COMPOSE_SERVICES[name]["build"]
+@pytest.mark.parametrize(("file", "service"), CASES, ids=IDS)
+def test_the_dockerfile_builds_and_runs_the_same_command(file, service):
+    spec = compose_service(file, service.name)
+    if service.image:
+        assert not service.dockerfile and "build" not in spec
+        assert spec["image"] == service.image
+        return
     dockerfile = (REPO / service.dockerfile).read_text()
     (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
 
-    assert build == {"context": ".", "dockerfile": service.dockerfile}
+    assert spec["build"] == {"context": ".", "dockerfile": service.dockerfile}
+    assert spec["image"] == f"intellioptics/{service.name}:latest"
     assert json.loads(cmd) == list(service.argv)
     if service.port is not None:
         assert f"EXPOSE {service.port}" in dockerfile
+    for target in service.volumes:
+        assert target in dockerfile, f"{service.dockerfile} should declare VOLUME {target}"
 
 
 def test_the_gateway_image_renders_the_launcher_template_from_the_same_variables():
-    dockerfile = (REPO / by_name(GATEWAY).dockerfile).read_text()
+    gateway = next(s for s in EDGE_SERVICES if s.name == GATEWAY)
+    dockerfile = (REPO / gateway.dockerfile).read_text()
 
     assert "COPY nginx/gateway.conf.template /etc/nginx/templates/default.conf.template" in dockerfile
     assert TEMPLATE_PATH == REPO / "nginx" / "gateway.conf.template"
-    assert set(by_name(GATEWAY).environment) == set(PLACEHOLDERS) - {"NGINX_LOCAL_RESOLVERS"}
+    assert set(gateway.environment) == set(PLACEHOLDERS) - {"NGINX_LOCAL_RESOLVERS"}
     assert "NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1" in dockerfile
 
 
-def test_urls_between_services_name_a_service_and_its_port():
-    ports = {service.name: service.port for service in ALL_SERVICES}
-    for service in ALL_SERVICES:
+@pytest.mark.parametrize("file", list(COMPOSE_FILES))
+def test_urls_between_services_name_a_service_and_its_port(file):
+    ports = {service.name: service.port for services in COMPOSE_FILES.values() for service in services}
+    for service in COMPOSE_FILES[file]:
         for value in service.environment.values():
-            for host, port in re.findall(r"(?:^|//)([a-z][a-z-]*):(\d+)", value):
+            for host, port in re.findall(r"(?:^|//|@)([a-z][a-z-]*):(\d+)", value):
                 if host in ports:
                     assert int(port) == ports[host], f"{service.name}: {value}"
 
 
-def test_the_cloud_compose_file_is_valid_and_healthchecked():
-    cloud = yaml.safe_load((REPO / "docker-compose.cloud.yml").read_text())
+def test_the_cloud_database_in_compose_is_the_postgres_service():
+    postgres = next(s for s in CLOUD_SERVICES if s.name == POSTGRES)
+    env = postgres.environment
+    for service in CLOUD_SERVICES:
+        url = service.environment.get("DATABASE_URL")
+        if url is not None:
+            assert url == (
+                f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+                f"@{POSTGRES}:{postgres.port}/{env['POSTGRES_DB']}"
+            )
 
-    postgres = cloud["services"]["postgres"]
-    assert postgres["image"] == "postgres:15"
-    assert postgres["healthcheck"]["test"]
-    assert {entry.split(":")[0] for entry in postgres["volumes"]} <= set(cloud["volumes"])
+
+def test_locally_the_cloud_uses_the_embedded_database_unless_database_url_is_set(tmp_path):
+    layout = LocalLayout(repo_root=tmp_path)
+    local = local_services(layout, {}, ALL_SERVICES)
+    chosen = local_services(layout, {"DATABASE_URL": "postgresql://db.example/x"}, ALL_SERVICES)
+
+    cloud = [
+        name for name in local if name in {s.name for s in CLOUD_SERVICES if "DATABASE_URL" in s.environment}
+    ]
+    assert cloud and POSTGRES not in local
+    assert all(local[name].env["DATABASE_URL"] == "" for name in cloud)
+    assert all(chosen[name].env["DATABASE_URL"] == "postgresql://db.example/x" for name in cloud)

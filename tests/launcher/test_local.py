@@ -10,11 +10,23 @@ import pytest
 
 from launcher.__main__ import options_from_args, parser
 from launcher.local import LocalLayout, interpolate, local_services
-from launcher.services import ALL_SERVICES, DEMO_MODELS, EDGE_API, GATEWAY, INFERENCE, SERVICES, Service
+from launcher.services import (
+    ALL_SERVICES,
+    CLOUD_API,
+    CLOUD_WORKER,
+    DEMO_MODELS,
+    EDGE_API,
+    GATEWAY,
+    INFERENCE,
+    SERVICES,
+    TRAINER,
+    Service,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUT = LocalLayout(repo_root=REPO)
 DATA = REPO / ".intellioptics" / "data"
+CLOUD_DATA = REPO / ".intellioptics" / "cloud"
 
 
 def mapped(environ: dict[str, str] | None = None, layout: LocalLayout = LAYOUT):
@@ -43,11 +55,49 @@ def test_by_default_services_talk_over_loopback_on_their_compose_ports():
         "EDGE_API_UPSTREAM": "127.0.0.1:8718",
         "CLOUD_URL": "http://127.0.0.1:8000",
     }
-    assert [services[name].health_url for name in (INFERENCE, EDGE_API, GATEWAY)] == [
+    assert [services[name].health_url for name in (CLOUD_API, INFERENCE, EDGE_API, GATEWAY)] == [
+        "http://127.0.0.1:8000/health/ready",
         "http://127.0.0.1:8001/health/live",
         "http://127.0.0.1:8718/health/live",
         "http://127.0.0.1:30101/health/live",
     ]
+
+
+def test_the_local_cloud_keeps_its_data_where_the_cloud_run_by_hand_does():
+    services = mapped()
+    cloud_common = {
+        "DATABASE_URL": "",
+        "CLOUD_DATA_DIR": str(CLOUD_DATA),
+        "CLOUD_PUBLIC_URL": "http://127.0.0.1:8000",
+        "CLOUD_BLOB_BACKEND": "local",
+        "CLOUD_AZURE_CONNECTION_STRING": "",
+    }
+
+    assert services[CLOUD_API].env == {
+        "CLOUD_HOST": "127.0.0.1",
+        "CLOUD_PORT": "8000",
+        **cloud_common,
+        "CLOUD_API_TOKEN_FILE": str(REPO / ".intellioptics" / "api-token"),
+    }
+    assert services[CLOUD_WORKER].env == cloud_common
+    assert services[CLOUD_WORKER].port is None and services[CLOUD_WORKER].health_url is None
+    assert services[CLOUD_API].directories == services[CLOUD_WORKER].directories == [CLOUD_DATA]
+    assert services[CLOUD_API].argv == [sys.executable, "-m", "cloud.app"]
+    assert services[CLOUD_WORKER].argv == [sys.executable, "-m", "cloud.worker"]
+
+
+def test_the_cloud_port_moves_the_cloud_and_every_url_that_points_at_it():
+    services = mapped({"CLOUD_PORT": "19004"})
+
+    assert services[CLOUD_API].port == 19004
+    assert services[CLOUD_API].health_url == "http://127.0.0.1:19004/health/ready"
+    assert services[CLOUD_API].env["CLOUD_PUBLIC_URL"] == "http://127.0.0.1:19004"
+    assert services[EDGE_API].env["EDGE_CLOUD_URL"] == "http://127.0.0.1:19004"
+    assert services[GATEWAY].env["CLOUD_URL"] == "http://127.0.0.1:19004"
+
+
+def test_the_cloud_starts_first_and_the_gateway_last():
+    assert list(mapped()) == [CLOUD_API, CLOUD_WORKER, TRAINER, DEMO_MODELS, INFERENCE, EDGE_API, GATEWAY]
 
 
 def test_the_services_run_on_the_launcher_s_own_interpreter():
@@ -158,6 +208,8 @@ def test_command_line_ports_and_cloud_url_become_the_variables_the_services_read
             "2",
             "--inference-port",
             "3",
+            "--cloud-port",
+            "4",
             "--cloud-url",
             "http://c:1",
         ),
@@ -169,14 +221,25 @@ def test_command_line_ports_and_cloud_url_become_the_variables_the_services_read
         "GATEWAY_PORT": "1",
         "EDGE_PORT": "2",
         "INFERENCE_PORT": "3",
+        "CLOUD_PORT": "4",
         "INTELLIOPTICS_CLOUD_URL": "http://c:1",
     }
     assert options.demo_models
+    assert not options.cloud  # a cloud named by URL is used, not started
 
 
-def test_command_line_defaults_keep_the_environment():
+def test_command_line_defaults_keep_the_environment_and_start_a_cloud():
     options = options_from_args(run_args("--no-demo-models"), {"GATEWAY_PORT": "5"})
 
     assert options.environ == {"GATEWAY_PORT": "5"}
     assert not options.demo_models
+    assert options.cloud
     assert options.layout == LocalLayout()
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [(("--no-cloud",), {}), ((), {"INTELLIOPTICS_CLOUD_URL": "https://cloud.example.com"})],
+)
+def test_no_local_cloud_when_asked_or_when_the_environment_names_one(argv, environ):
+    assert not options_from_args(run_args(*argv), environ).cloud

@@ -23,9 +23,13 @@ REVIEWER_PASSWORD = "reviewer-password-for-tests"
 DEVICE_TOKEN = "io_devicetokenfortests_" + "x" * 24
 
 
+# Read at import (collection time), before the session fixture scrubs CLOUD_* variables.
+_TEST_DB = os.environ.get("CLOUD_TEST_DB", "postgres")
+
+
 def use_sqlite() -> bool:
     """CLOUD_TEST_DB=sqlite runs the cloud tests on the embedded database instead of PostgreSQL."""
-    return os.environ.get("CLOUD_TEST_DB", "postgres") == "sqlite"
+    return _TEST_DB == "sqlite"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A small cloud upstream for edge tests: records what reaches it, stores escalations idempotently.
 
-The real cloud app comes later; this one honours the same contract the edge relies on
-(`POST /api/v1/escalations` idempotent on image_query_id) and records fallback traffic from nginx.
+It honours the contract the edge relies on (`POST /api/v1/escalations` idempotent on image_query_id;
+`GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`) and records fallback
+traffic from nginx.
 It runs in a thread so tests can read what it received, and can be stopped and restarted on the
 same port to simulate outages.
 """
@@ -37,10 +38,17 @@ class CloudState:
     images: dict[str, bytes] = field(default_factory=dict)
     posts_per_id: dict[str, int] = field(default_factory=dict)
     fail_escalations_with: int | None = None
+    # image_query_id -> the ImageQuery JSON that GET /device-api/v1/image-queries/{id} returns.
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fallbacks(self) -> list[Recorded]:
         return [r for r in self.requests if not r.path.startswith(("/api/v1/escalations", "/health"))]
+
+    def reads_of(self, image_query_id: str) -> list[Recorded]:
+        """GETs of one image query that reached the cloud."""
+        path = f"/device-api/v1/image-queries/{image_query_id}"
+        return [r for r in self.requests if r.method == "GET" and r.path == path]
 
 
 def build_app(state: CloudState) -> Starlette:
@@ -72,10 +80,21 @@ def build_app(state: CloudState) -> Starlette:
             )
         return JSONResponse({"served_by": "cloud", "method": request.method, "path": request.url.path})
 
+    async def image_query(request: Request) -> JSONResponse:
+        answer = state.answers.get(request.path_params["iq_id"])
+        if answer is None:
+            return await anything(request)
+        with state.lock:
+            state.requests.append(
+                Recorded("GET", request.url.path, request.url.query, dict(request.headers), b"")
+            )
+        return JSONResponse(answer)
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
     return Starlette(
         routes=[
             Route("/api/v1/escalations", escalations, methods=["POST"]),
+            Route("/device-api/v1/image-queries/{iq_id}", image_query, methods=["GET"]),
             Route("/health/live", live),
             Route("/{path:path}", anything, methods=methods),
         ]

@@ -1,4 +1,5 @@
-"""The edge stack as real processes on free ports: inference, edge-api, nginx, and a fake cloud."""
+"""The edge stack as real processes on free ports: inference, edge-api, nginx, and a cloud (the fake
+one, or the real one from tests/support/cloud.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 
 from launcher.gateway import NginxGateway
 from launcher.processes import ManagedProcess, free_port, wait_for_http
+from tests.support.cloud import CloudServer
 from tests.support.fake_cloud import FakeCloud
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +41,7 @@ def start_inference(model_root: Path, port: int, **env: str) -> ManagedProcess:
 class EdgeStack:
     workdir: Path
     model_root: Path
-    cloud: FakeCloud
+    cloud: FakeCloud | CloudServer
     inference_port: int = field(default_factory=free_port)
     edge_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)

@@ -31,6 +31,7 @@ from edge.api.core.locks import KeyedLocks
 from edge.api.core.params import SubmitParams
 from edge.api.core.store import EdgeStore, OutboxItem
 from edge.api.errors import BadRequestError, EdgeCannotAnswerError, NotServedHereError, OfflineOnlyError
+from edge.api.escalation.cloud_answers import CloudAnswers, awaits_a_person, with_answer
 from edge.api.metrics import EdgeMetrics
 
 log = logging.getLogger("edge.image_queries")
@@ -56,6 +57,7 @@ class ImageQueryService:
         limits: ImageLimits,
         edge_id: str,
         rng: Callable[[], float] = random.random,
+        cloud_answers: CloudAnswers | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -66,14 +68,26 @@ class ImageQueryService:
         self._limits = limits
         self._edge_id = edge_id
         self._rng = rng
+        self._cloud_answers = cloud_answers
         self._locks = KeyedLocks()
         self._last_escalation: dict[str, float] = {}
 
     async def get(self, image_query_id: str) -> str:
+        """The local record; for an escalated query, with the person's answer once the cloud has one."""
         body = self._store.lookup_query(image_query_id, None)
         if body is None:
             raise NotServedHereError(f"image query {image_query_id} is not known to this edge")
-        return body
+        if self._cloud_answers is None:
+            return body
+        iq = awaits_a_person(body)
+        if iq is None:
+            return body
+        answer = await self._cloud_answers.human_answer(iq.id)
+        if answer is None:
+            return body
+        answered = with_answer(iq, answer).model_dump_json()
+        await self._store.run(lambda: self._store.update_query(iq.id, answered))
+        return answered
 
     async def submit(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
         """Idempotent on `image_query_id` and on the request id: a retry returns the first answer."""
@@ -81,9 +95,9 @@ class ImageQueryService:
         if key is None:
             return await self._answer(params, image, None)
         async with self._locks.hold(key):
-            existing = await self._store.run(
-                lambda: self._store.find_query(params.image_query_id, request_id)
-            )
+            # An indexed read on the event loop (WAL readers do not wait for the writer); under the
+            # key's lock it sees any earlier request with this key, which recorded before releasing it.
+            existing = self._store.lookup_query(params.image_query_id, request_id)
             if existing is not None:
                 return Answer(existing, replayed=True)
             return await self._answer(params, image, request_id)
@@ -99,7 +113,7 @@ class ImageQueryService:
         except InferenceUnavailableError as exc:
             raise self._cannot_answer(None, str(exc), image) from None
         if detector is None or not detector.inference_config.enabled:
-            self._metrics.image_queries.labels(params.detector_id, "not_served").inc()
+            self._metrics.count_image_query(params.detector_id, "not_served")
             raise self._cannot_answer(
                 None, f"detector {params.detector_id} is not served by this edge", image
             )
@@ -127,7 +141,7 @@ class ImageQueryService:
             iq = self._image_query(iq_id, params, detector.model, threshold, None, done=False)
             iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
             body = await self._record(iq, request_id, image, content_type, reason)
-            self._metrics.image_queries.labels(params.detector_id, reason.value).inc()
+            self._metrics.count_image_query(params.detector_id, reason.value)
             return Answer(body)
 
         t_infer = time.perf_counter()
@@ -176,7 +190,7 @@ class ImageQueryService:
             outcome = "confident"
         else:
             outcome = decision.not_escalated_because or "not_escalated"
-        self._metrics.image_queries.labels(params.detector_id, outcome).inc()
+        self._metrics.count_image_query(params.detector_id, outcome)
         timing = ", ".join(
             f"{name};dur={value:.3f}"
             for name, value in (("edge", total_ms), ("inference", infer_ms), *inf.timings_ms.items())
@@ -187,7 +201,7 @@ class ImageQueryService:
         """The 503 that sends a request on to the cloud; bytes that are no usable image never go."""
         inspect_image(image, self._limits)
         if detector is not None and detector.inference_config.disable_cloud_escalation:
-            self._metrics.image_queries.labels(detector.detector_id, "unavailable_offline").inc()
+            self._metrics.count_image_query(detector.detector_id, "unavailable_offline")
             return OfflineOnlyError(f"{why}; the detector is edge-only, so the cloud will not answer it")
         return EdgeCannotAnswerError(why)
 

@@ -1,0 +1,26 @@
+# cloud-worker: background jobs of the cloud (review lease expiry, retrain triggers, exports).
+# Build from the repository root: docker build -f docker/cloud-worker.Dockerfile .
+# Stateless: it shares the database and the blob store with cloud-api and runs as many replicas as
+# needed.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --system --uid 10001 --home-dir /app intellioptics \
+    && mkdir -p /app /data/cloud \
+    && chown -R intellioptics /data
+WORKDIR /app
+
+# The base dependencies only: no torch (training runs in its own service).
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY cloud ./cloud
+RUN pip install . && rm -rf /app/build
+
+USER intellioptics
+# Shared with cloud-api: blobs with the local backend.
+VOLUME ["/data/cloud"]
+CMD ["python", "-m", "cloud.worker"]
