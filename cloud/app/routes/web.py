@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
 from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
-from cloud.app.core import review_queue, review_stats, web_sessions
+from cloud.app.core import edge_accuracy, review_queue, review_stats, web_sessions
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
@@ -156,9 +156,10 @@ async def detector_page(
         return _to_login()
     try:
         overview = await review_stats.detector_overview(session, detector_id)
+        accuracy = await edge_accuracy.edge_accuracy(session, detector_id)
     except NotFoundError as exc:
         return _page(request, "error.html", user, status_code=404, title="Not found", message=str(exc))
-    return _page(request, "detector.html", user, d=overview, nav="queues")
+    return _page(request, "detector.html", user, d=overview, acc=accuracy, nav="queues")
 
 
 @router.get("/ui/stats")
