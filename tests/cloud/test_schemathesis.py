@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import cloud as support
-from tests.support.cloud import ROOT, CloudServer
+from tests.support.cloud import CloudServer
 from tests.support.cloud_factories_worker import Tokens, private_database, seed_tokens
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_no_request_makes_the_cloud_answer_with_a_5xx(
         str(tmp_path),
     ]
     result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"}
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"}
     )
     assert result.returncode == 0, (
         f"server errors with the {caller} token:\n{_report(result.stdout)}{result.stderr[-4000:]}"
