@@ -39,7 +39,7 @@ a request's latency into its hops.
 `--quick` (1 s windows, short warm-up) is a smoke run and writes `edge_throughput.quick.json` unless
 `--output` says otherwise, so it never overwrites a real result. `--profile` instead runs the chain
 with edge-api and inference under cProfile and writes their hottest functions to
-`bench/results/profile/`.
+`bench/results/profile/` (or `--profile-dir`).
 
 Headline keys in the JSON: `ratio_c16` (chain / in-process throughput at concurrency 16, camera
 bundle; target ≥ 0.8) and `added_p50_ms_c1` (chain p50 − in-process p50 at concurrency 1, digit
@@ -657,7 +657,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_profile(args: argparse.Namespace) -> None:
     """Chain load with edge-api and inference under cProfile (steady state only); hottest functions to text."""
-    out_dir = RESULTS_DIR / "profile"
+    out_dir: Path = args.profile_dir or RESULTS_DIR / "profile"
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = MeasurementProtocol(
         warmup_s=2.0, window_s=args.profile_seconds, stable_windows=1, tolerance=1.0, max_windows=1
@@ -734,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="profile edge-api and inference under cProfile"
     )
     parser.add_argument("--profile-seconds", type=float, default=15.0, help="load per profiled scenario")
+    parser.add_argument(
+        "--profile-dir", type=Path, help="where --profile writes (default bench/results/profile)"
+    )
     args = parser.parse_args(argv)
     with terminate_as_interrupt():
         try:

@@ -3,6 +3,12 @@ JSON errors without stack traces, and 400 (not 422) for malformed parameters.
 
 422 is kept free on purpose: the gateway treats it as "edge cannot handle this, ask the cloud",
 while a malformed parameter is the client's fault and must not be forwarded anywhere.
+
+Hot routes (one request per camera frame) can skip FastAPI's per-request machinery (middleware
+layers, routing, dependency solving, parameter validation): `FastPathApp` answers the exact
+method + path pairs registered with `add_fast_path` through a plain ASGI endpoint, still wrapped in
+`RequestLogMiddleware` and mapping errors with the same table as the app's exception handlers. The
+FastAPI route stays declared, so the OpenAPI document is unchanged.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 Scope = MutableMapping[str, Any]
@@ -25,6 +33,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ErrorTable = Mapping[type[Exception], Callable[[Exception], Response]]
+PlainHandler = Callable[[Scope, Receive], Awaitable[Response]]
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -92,24 +103,115 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "service": self.service,
-                        "request_id": request_id,
-                        "method": scope.get("method"),
-                        "path": scope.get("path"),
-                        "status": status,
-                        "ms": round((time.perf_counter() - start) * 1e3, 3),
-                    }
-                },
-            )
+            if self.log.isEnabledFor(logging.INFO):
+                self._log(scope, request_id, status, start)
+
+    def _log(self, scope: Scope, request_id: str, status: int, start: float) -> None:
+        self.log.info(
+            "request",
+            extra={
+                "fields": {
+                    "service": self.service,
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "ms": round((time.perf_counter() - start) * 1e3, 3),
+                }
+            },
+        )
 
 
 def request_id_of(request: Request) -> str:
-    rid: str = request.scope.get("state", {}).get("request_id") or new_request_id()
+    return scope_request_id(request.scope)
+
+
+def scope_request_id(scope: Scope) -> str:
+    """The id `RequestLogMiddleware` put in the scope (a fresh one outside it)."""
+    rid: str = scope.get("state", {}).get("request_id") or new_request_id()
     return rid
+
+
+def query_dict(scope: Scope) -> dict[str, str]:
+    """The query string as a dict, last value winning, exactly as `dict(request.query_params)`."""
+    raw: bytes = scope.get("query_string", b"")
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, as `Request.body()` reads it (ClientDisconnect if the client left)."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class PlainEndpoint:
+    """A route as a plain ASGI app: `handler(scope, receive)` returns the response; exceptions are
+    answered from `errors` (looked up along the exception's MRO, like Starlette's handlers), HTTP
+    exceptions as JSON, anything else as the same bare 500 `install_error_handlers` gives."""
+
+    def __init__(self, handler: PlainHandler, errors: ErrorTable) -> None:
+        self.handler = handler
+        self.errors = dict(errors)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.handler(scope, receive)
+        except ClientDisconnect:
+            return  # nobody left to answer
+        except Exception as exc:
+            response = self._error(exc, scope)
+        await response(scope, receive, send)
+
+    def _error(self, exc: Exception, scope: Scope) -> Response:
+        for cls in type(exc).__mro__:
+            to_response = self.errors.get(cls)
+            if to_response is not None:
+                return to_response(exc)
+        if isinstance(exc, StarletteHTTPException):
+            return json_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        logging.getLogger("http").error(
+            "unhandled error", exc_info=exc, extra={"fields": {"request_id": scope_request_id(scope)}}
+        )
+        return json_error(500, "internal error; the request id is in the x-request-id header")
+
+
+class FastPathApp(FastAPI):
+    """FastAPI whose hot routes bypass its per-request stack (see the module docstring).
+
+    A request whose method and path match a registered fast path exactly goes straight to its
+    endpoint; every other request (and lifespan) takes the normal FastAPI path.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_paths: dict[tuple[str, str], ASGIApp] = {}
+
+    def add_fast_path(
+        self, method: str, path: str, handler: PlainHandler, errors: ErrorTable, service: str
+    ) -> None:
+        endpoint = PlainEndpoint(handler, errors)
+        self.fast_paths[(method.upper(), path)] = RequestLogMiddleware(endpoint, service=service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.fast_paths.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

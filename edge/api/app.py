@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from common.http import RequestLogMiddleware, install_error_handlers
+from common.http import FastPathApp, RequestLogMiddleware, install_error_handlers
 from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
@@ -17,6 +17,7 @@ from edge.api.core.inference_client import InferenceClient, new_session
 from edge.api.core.store import EdgeStore
 from edge.api.deps import EdgeState
 from edge.api.errors import ERROR_RESPONSES
+from edge.api.escalation.cloud_answers import CloudAnswers
 from edge.api.escalation.cloud_link import CloudLink
 from edge.api.escalation.sender import CloudProbe, OutboxSender
 from edge.api.metrics import EdgeMetrics
@@ -76,6 +77,9 @@ def create_app(
                 metrics=metrics,
                 limits=settings.image_limits,
                 edge_id=settings.edge_id,
+                cloud_answers=CloudAnswers(
+                    cloud_http, link, settings.api_token, settings.cloud_answer_timeout_s
+                ),
             ),
             metrics=metrics,
             cloud=link,
@@ -92,9 +96,12 @@ def create_app(
             await cloud_http.aclose()
             await store.close()
 
-    app = FastAPI(title="IntelliOptics edge API", version="0.1.0", lifespan=lifespan)
+    app = FastPathApp(title="IntelliOptics edge API", version="0.1.0", lifespan=lifespan)
     for module in (image_queries, detectors, account, edge_config, health):
         app.include_router(module.router)
     install_error_handlers(app, ERROR_RESPONSES)
     app.add_middleware(RequestLogMiddleware, service="edge-api")
+    app.add_fast_path(
+        "POST", image_queries.SUBMIT_PATH, image_queries.submit_endpoint, ERROR_RESPONSES, service="edge-api"
+    )
     return app

@@ -32,3 +32,11 @@ class EdgeMetrics:
             "edge_escalation_send_failures", "Failed escalation deliveries", ["kind"], registry=r
         )
         self.cloud_reachable = Gauge("edge_cloud_reachable", "1 when the cloud answered recently", registry=r)
+        self._outcomes: dict[tuple[str, str], Counter] = {}
+
+    def count_image_query(self, detector_id: str, outcome: str) -> None:
+        """`image_queries` + 1, with the labelled child looked up once per (detector, outcome)."""
+        child = self._outcomes.get((detector_id, outcome))
+        if child is None:
+            child = self._outcomes[(detector_id, outcome)] = self.image_queries.labels(detector_id, outcome)
+        child.inc()

@@ -39,12 +39,24 @@ class InferenceMetrics:
         )
         self.cache_entries = Gauge("inference_cache_entries", "Models held in the cache", registry=r)
         self.cache_bytes = Gauge("inference_cache_bytes", "Bytes of models held in the cache", registry=r)
+        # Labelled children of the per-request metrics, looked up once per detector.
+        self._hits: dict[str, Counter] = {}
+        self._latency: dict[str, Histogram] = {}
 
     def hit(self, key: str) -> None:
-        self.cache_hits.labels(key).inc()
+        child = self._hits.get(key)
+        if child is None:
+            child = self._hits[key] = self.cache_hits.labels(key)
+        child.inc()
 
     def miss(self, key: str) -> None:
         self.cache_misses.labels(key).inc()
+
+    def observe_inference(self, detector_id: str, seconds: float) -> None:
+        child = self._latency.get(detector_id)
+        if child is None:
+            child = self._latency[detector_id] = self.inference_seconds.labels(detector_id)
+        child.observe(seconds)
 
     def loaded(self, key: str, seconds: float, ok: bool) -> None:
         self.loads.labels(key, "ok" if ok else "error").inc()

@@ -1,4 +1,9 @@
-"""HTTP routes of the inference service; thin, the work is in service.py."""
+"""HTTP routes of the inference service; thin, the work is in service.py.
+
+`POST /infer` is on every image query, so the app serves it through `infer_endpoint`, a plain ASGI
+endpoint ahead of FastAPI's stack (common.http.FastPathApp); the FastAPI route below declares it for
+the OpenAPI document and answers the same way if ever reached.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from common.http import Receive, Scope, query_dict, read_body
 from common.wire.inference import InferenceResult, ModelInfo, ModelList
-from edge.inference.service import InferenceService
+from edge.inference.service import InferenceService, InvalidDetectorIdError
+
+INFER_PATH = "/infer"
+MAX_DETECTOR_ID_CHARS = 64
+_JSON = "application/json"
 
 
 async def get_service(request: Request) -> InferenceService:
@@ -22,14 +32,8 @@ ServiceDep = Annotated[InferenceService, Depends(get_service)]
 router = APIRouter()
 
 
-@router.post("/infer", response_model=InferenceResult, operation_id="infer")
-async def infer(
-    request: Request,
-    service: ServiceDep,
-    detector_id: Annotated[str, Query(max_length=64)],
-) -> Response:
-    body = await request.body()
-    p = await service.infer(detector_id, body)
+async def _infer(service: InferenceService, detector_id: str, image: bytes) -> Response:
+    p = await service.infer(detector_id, image)
     result = InferenceResult(
         detector_id=p.detector_id,
         model_version=p.model_version,
@@ -42,7 +46,37 @@ async def infer(
         confidence=p.confidence,
         timings_ms=p.timings_ms,
     )
-    return Response(result.model_dump_json(), media_type="application/json")
+    return Response(result.model_dump_json(), media_type=_JSON)
+
+
+def _detector_id(scope: Scope) -> str | None:
+    raw: bytes = scope.get("query_string", b"")
+    # What edge-api sends: the one parameter, nothing to unquote (ids are det_ + base62).
+    if raw.startswith(b"detector_id=") and b"&" not in raw and b"%" not in raw and b"+" not in raw:
+        return raw[12:].decode("latin-1")
+    return query_dict(scope).get("detector_id")
+
+
+async def infer_endpoint(scope: Scope, receive: Receive) -> Response:
+    """`POST /infer` without FastAPI: the same checks and messages as the declared route."""
+    detector_id = _detector_id(scope)
+    if detector_id is None:
+        raise InvalidDetectorIdError("detector_id: Field required")
+    if len(detector_id) > MAX_DETECTOR_ID_CHARS:
+        raise InvalidDetectorIdError(
+            f"detector_id: String should have at most {MAX_DETECTOR_ID_CHARS} characters"
+        )
+    service: InferenceService = scope["app"].state.service
+    return await _infer(service, detector_id, await read_body(receive))
+
+
+@router.post(INFER_PATH, response_model=InferenceResult, operation_id="infer")
+async def infer(
+    request: Request,
+    service: ServiceDep,
+    detector_id: Annotated[str, Query(max_length=MAX_DETECTOR_ID_CHARS)],
+) -> Response:
+    return await _infer(service, detector_id, await request.body())
 
 
 @router.get("/models", response_model=ModelList, operation_id="list_models")

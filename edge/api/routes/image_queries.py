@@ -1,16 +1,39 @@
+"""`/device-api/v1/image-queries` on the edge.
+
+`POST` is what every camera frame hits, so the app serves it through `submit_endpoint`, a plain ASGI
+endpoint ahead of FastAPI's stack (common.http.FastPathApp); the FastAPI route below declares it for
+the OpenAPI document and answers the same way if ever reached.
+"""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from common.http import request_id_of
+from common.http import Receive, Scope, query_dict, read_body, scope_request_id
 from common.wire.device_api import ImageQuery
 from edge.api.core.params import parse_submit_params
-from edge.api.deps import StateDep
+from edge.api.deps import EdgeState, StateDep
 
-router = APIRouter(prefix="/device-api/v1/image-queries", tags=["image-queries"])
+SUBMIT_PATH = "/device-api/v1/image-queries"
+
+router = APIRouter(prefix=SUBMIT_PATH, tags=["image-queries"])
 
 _JSON = "application/json"
+
+
+async def _submit(state: EdgeState, scope: Scope, receive: Receive) -> Response:
+    """The image is the raw body; its format is read from the bytes, whatever Content-Type says."""
+    params = parse_submit_params(query_dict(scope))
+    body = await read_body(receive)
+    answer = await state.image_queries.submit(params, body, scope_request_id(scope))
+    headers = {"Server-Timing": answer.server_timing} if answer.server_timing else None
+    return Response(answer.body, media_type=_JSON, headers=headers)
+
+
+async def submit_endpoint(scope: Scope, receive: Receive) -> Response:
+    state: EdgeState = scope["app"].state.edge
+    return await _submit(state, scope, receive)
 
 
 @router.post(
@@ -23,11 +46,7 @@ _JSON = "application/json"
 )
 async def submit_image_query(request: Request, state: StateDep) -> Response:
     """The image is the raw body; its format is read from the bytes, whatever Content-Type says."""
-    params = parse_submit_params(dict(request.query_params))
-    body = await request.body()
-    answer = await state.image_queries.submit(params, body, request_id_of(request))
-    headers = {"Server-Timing": answer.server_timing} if answer.server_timing else None
-    return Response(answer.body, media_type=_JSON, headers=headers)
+    return await _submit(state, request.scope, request.receive)
 
 
 @router.get("/{image_query_id}", response_model=ImageQuery, operation_id="get_image_query")
