@@ -76,7 +76,12 @@ def test_no_request_makes_the_cloud_answer_with_a_5xx(
         str(tmp_path),
     ]
     result = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"}
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, (
         f"server errors with the {caller} token:\n{_report(result.stdout)}{result.stderr[-4000:]}"
