@@ -49,7 +49,12 @@ def parser() -> argparse.ArgumentParser:
         help="start only the edge (escalations wait in its outbox until a cloud answers)",
     )
     run_parser.add_argument(
-        "--data-dir", type=Path, help="what compose keeps in /data (default .intellioptics/data)"
+        "--state-dir",
+        type=Path,
+        help="where the run keeps its databases, accounts, models and gateway files (default .intellioptics)",
+    )
+    run_parser.add_argument(
+        "--data-dir", type=Path, help="what compose keeps in /data (default <state dir>/data)"
     )
     run_parser.add_argument(
         "--config-dir", type=Path, help="what compose mounts at /config (default ./config)"
@@ -86,7 +91,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
     # A cloud named by URL is used as it is; otherwise the run brings its own.
     local_cloud = not args.no_cloud and not env.get(CLOUD_URL_VARIABLE)
     return RunOptions(
-        layout=LocalLayout(data_dir=args.data_dir, config_dir=args.config_dir),
+        layout=LocalLayout(data_dir=args.data_dir, config_dir=args.config_dir, state_root=args.state_dir),
         environ=env,
         demo_models=not args.no_demo_models,
         cloud=local_cloud,

@@ -48,11 +48,14 @@ class LocalLayout:
     data_dir: Path | None = None
     config_dir: Path | None = None
     python: str = sys.executable
+    # Where everything a run writes lives (default <repo>/.intellioptics); another one runs a second,
+    # independent stack beside a developer's `make run` (benchmarks do, on other ports).
+    state_root: Path | None = None
 
     @property
     def state_dir(self) -> Path:
         """Everything a local run writes (ignored by git)."""
-        return self.repo_root / ".intellioptics"
+        return self.state_root if self.state_root is not None else self.repo_root / ".intellioptics"
 
     @property
     def data(self) -> Path:

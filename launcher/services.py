@@ -16,6 +16,7 @@ from types import MappingProxyType
 GATEWAY = "gateway"
 EDGE_API = "edge-api"
 INFERENCE = "inference"
+UPDATER = "updater"
 DEMO_MODELS = "demo-models"
 CLOUD_API = "cloud-api"
 CLOUD_WORKER = "cloud-worker"
@@ -129,6 +130,7 @@ EDGE_API_SERVICE = Service(
             "EDGE_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
             "EDGE_CONFIG_PATH": f"{CONFIG_DIR}/edge-config.yaml",
             "EDGE_DATA_DIR": EDGE_API_DATA,
+            "EDGE_UPDATER_URL": "http://updater:8721",
         }
     ),
     port=8718,
@@ -138,6 +140,30 @@ EDGE_API_SERVICE = Service(
     binds=_frozen({CONFIG_DIR: "./config"}),
     depends_on=(INFERENCE,),
     dockerfile="docker/edge-api.Dockerfile",
+)
+
+# Polls the cloud's registry for each configured detector, installs into the volume inference reads,
+# and asks inference to swap; reads the edge config and outbox depth from edge-api.
+UPDATER_SERVICE = Service(
+    name=UPDATER,
+    argv=("python", "-m", "edge.updater"),
+    environment=_frozen(
+        {
+            "UPDATER_HOST": "0.0.0.0",
+            "UPDATER_PORT": "8721",
+            "UPDATER_CLOUD_URL": CLOUD_URL,
+            "UPDATER_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "UPDATER_MODEL_ROOT": MODEL_ROOT,
+            "UPDATER_INFERENCE_URL": "http://inference:8001",
+            "UPDATER_EDGE_API_URL": "http://edge-api:8718",
+        }
+    ),
+    port=8721,
+    port_env="UPDATER_PORT",
+    health_path="/health/live",
+    volumes=_frozen({MODEL_ROOT: "edge-models"}),
+    depends_on=(INFERENCE, EDGE_API),
+    dockerfile="docker/updater.Dockerfile",
 )
 
 GATEWAY_SERVICE = Service(
@@ -269,6 +295,7 @@ EDGE_SERVICES: tuple[Service, ...] = (
     DEMO_MODELS_SERVICE,
     INFERENCE_SERVICE,
     EDGE_API_SERVICE,
+    UPDATER_SERVICE,
     GATEWAY_SERVICE,
 )
 CLOUD_SERVICES: tuple[Service, ...] = (

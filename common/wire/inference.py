@@ -1,8 +1,8 @@
-"""The edge inference service's HTTP contract (edge-api is its only client)."""
+"""The edge inference service's HTTP contract (its clients: edge-api, and the model updater for swaps)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class InferenceResult(BaseModel):
@@ -45,3 +45,14 @@ class ModelList(BaseModel):
     provider: str
     cache: CacheStats
     models: list[ModelInfo]
+
+
+class SwapResult(BaseModel):
+    """`POST /models/{detector_id}/swap`: what serves now, after the bundle `current` points at was
+    loaded and warmed beside the old one and swapped in."""
+
+    detector_id: str
+    version: str = Field(description="the version serving from now on")
+    previous_version: str | None = Field(description="the version served before; null when none was loaded")
+    swapped: bool = Field(description="false when this version was serving already")
+    load_ms: float | None = Field(default=None, description="load and warm-up time of the new version")

@@ -31,7 +31,16 @@ class EdgeSettings(BaseSettings):
     outbox_concurrency: int = Field(default=4, ge=1)
     outbox_alarm_depth: int = Field(default=10_000, ge=1)
     cloud_timeout_s: float = Field(default=10.0, gt=0)
+    # Reading an escalated query asks the cloud for a person's answer; never longer than this.
+    cloud_answer_timeout_s: float = Field(default=2.0, gt=0)
     cloud_probe_interval_s: float = Field(default=15.0, gt=0)
+    # The streams service (edge/streams), whose per-stream status /status and /metrics include;
+    # empty: not deployed.
+    streams_url: str = "http://127.0.0.1:8720"
+    streams_timeout_s: float = Field(default=1.0, gt=0)
+    # The model updater (edge/updater), whose per-detector status /status includes; empty: not deployed.
+    updater_url: str = "http://127.0.0.1:8721"
+    updater_timeout_s: float = Field(default=1.0, gt=0)
     log_level: str = "info"
 
     @property

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from common.http import RequestLogMiddleware, install_error_handlers, json_error
+from common.http import FastPathApp, RequestLogMiddleware, install_error_handlers, json_error
 from common.imaging import ImageError
 from edge.inference.metrics import InferenceMetrics
-from edge.inference.routes import router
+from edge.inference.routes import INFER_PATH, infer_endpoint, router
+from edge.inference.routes_models import router as models_router
 from edge.inference.service import (
     InferenceService,
     InvalidDetectorIdError,
@@ -54,10 +55,12 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(title="IntelliOptics inference", version="0.1.0", lifespan=lifespan)
+    app = FastPathApp(title="IntelliOptics inference", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
     app.include_router(router)
+    app.include_router(models_router)
     install_error_handlers(app, ERROR_STATUS)
     app.add_middleware(RequestLogMiddleware, service="inference")
+    app.add_fast_path("POST", INFER_PATH, infer_endpoint, ERROR_STATUS, service="inference")
     return app

@@ -3,6 +3,8 @@
 - Single-flight: one load per key however many requests wait for it; loads run in an executor.
 - An entry in use is never freed: eviction is strict LRU, but an evicted entry that requests still
   hold is only closed when the last of them releases it (memory may briefly exceed the budget).
+- Hot swap: `replace` installs a value loaded elsewhere; requests holding the old one finish on it and
+  the old one is closed by its last user. A load that was under way meanwhile yields to the swap.
 - Events go to an observer (metrics) so this module stays free of HTTP and Prometheus.
 """
 
@@ -79,6 +81,7 @@ class ModelCache(Generic[V]):
         self._entries: OrderedDict[str, CacheEntry[V]] = OrderedDict()
         self._loading: dict[str, asyncio.Future[CacheEntry[V]]] = {}
         self._draining: set[CacheEntry[V]] = set()
+        self._replaced: dict[str, int] = {}  # per key: how many times `replace` installed a value
 
     # -- use -------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -115,6 +118,7 @@ class ModelCache(Generic[V]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CacheEntry[V]] = loop.create_future()
         self._loading[key] = future
+        replaced = self._replaced.get(key, 0)
         start = time.perf_counter()
         try:
             value = await loop.run_in_executor(self._executor, self._loader, key)
@@ -127,6 +131,12 @@ class ModelCache(Generic[V]):
             self._loading.pop(key, None)
         seconds = time.perf_counter() - start
         self._observer.loaded(key, seconds, True)
+        swapped_in = self._entries.get(key)
+        if swapped_in is not None and self._replaced.get(key, 0) != replaced:
+            # A swap installed a value while this load ran: it is the newer one, keep it.
+            value.close()
+            future.set_result(swapped_in)
+            return swapped_in
         entry = CacheEntry(key=key, value=value, nbytes=int(value.nbytes))
         old = self._entries.pop(key, None)
         if old is not None:
@@ -145,6 +155,7 @@ class ModelCache(Generic[V]):
         if old is not None:
             self._retire(old, "replaced")
         self._entries[key] = entry
+        self._replaced[key] = self._replaced.get(key, 0) + 1
         self._enforce_limits(protect=key)
 
     def invalidate(self, key: str) -> None:

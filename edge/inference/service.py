@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,12 +13,14 @@ from common.bundle import BundleError, current_bundle_dir, list_detectors, read_
 from common.ids import is_detector_id
 from common.imaging import ImageLimits, inspect_image
 from common.runtime import ModelRuntime, Prediction, choose_providers
-from common.wire.inference import CacheStats, ModelInfo, ModelList
+from common.wire.inference import CacheStats, ModelInfo, ModelList, SwapResult
 from edge.inference.batching import Batcher
 from edge.inference.cache import ModelCache
 from edge.inference.metrics import InferenceMetrics
 
 BUNDLE_RESOLVE_TTL_S = 1.0
+
+log = logging.getLogger("inference.service")
 
 
 class InvalidDetectorIdError(ValueError):
@@ -28,6 +33,10 @@ class ModelNotFoundError(LookupError):
 
 class ModelLoadError(RuntimeError):
     """A bundle exists but could not be verified or loaded."""
+
+
+class ModelSwapError(ModelLoadError):
+    """The bundle `current` points at failed to load or warm up; the serving version is unchanged."""
 
 
 class InferenceService:
@@ -57,6 +66,11 @@ class InferenceService:
         self.cache: ModelCache[ModelRuntime] = ModelCache(
             self._load, self._load_pool, max_entries=max_entries, max_bytes=max_bytes, observer=metrics
         )
+        # Hot swaps (see `swap`): one at a time per detector; a bundle that failed is not retried by
+        # the background check until `current` moves again.
+        self._swap_locks: dict[str, asyncio.Lock] = {}
+        self._background_swaps: dict[str, asyncio.Task[None]] = {}
+        self._failed_swaps: dict[str, Path] = {}
 
     @property
     def provider(self) -> str:
@@ -72,13 +86,18 @@ class InferenceService:
             bundle = cached[1]
         else:
             bundle = current_bundle_dir(self.model_root, detector_id)
+            if cached is not None and bundle == cached[1]:
+                bundle = cached[1]  # the same object while unchanged: `infer` compares by identity
             self._resolved[detector_id] = (now, bundle)
         if bundle is None:
             raise ModelNotFoundError(f"no model is installed for {detector_id}")
         return bundle
 
     def _load(self, detector_id: str) -> ModelRuntime:
-        bundle = self._bundle_dir(detector_id)
+        return self._open(self._bundle_dir(detector_id))
+
+    def _open(self, bundle: Path) -> ModelRuntime:
+        """Blocking: load and warm one bundle; ModelLoadError if it cannot serve."""
         try:
             runtime = ModelRuntime(bundle, self.providers, self._intra_op_threads, verify=self._verify)
             runtime.warmup()
@@ -89,14 +108,87 @@ class InferenceService:
         return runtime
 
     async def infer(self, detector_id: str, image: bytes) -> Prediction:
-        self._bundle_dir(detector_id)  # 400/404 before any load or decode
+        bundle = self._bundle_dir(detector_id)  # 400/404 before any load or decode
         info = inspect_image(image, self.limits)  # cheap header check: reject before touching the model
         start = time.perf_counter()
         async with self.cache.use(detector_id) as runtime:
+            if runtime.bundle_dir is not bundle:
+                self._notice_new_version(detector_id, runtime, bundle)
             prediction = await self._batcher.submit(runtime, image, info)
-        self.metrics.inference_seconds.labels(detector_id).observe(time.perf_counter() - start)
+        self.metrics.observe_inference(detector_id, time.perf_counter() - start)
         self._update_gauges()
         return prediction
+
+    # -- hot swap ----------------------------------------------------------------------------------
+    async def swap(self, detector_id: str) -> SwapResult:
+        """Load and warm the bundle `current` points at beside the serving one, then swap it in.
+
+        Requests that already hold the old runtime finish on it (the cache closes it after its last
+        user); requests from then on get the new one. A bundle that fails to load or warm up raises
+        ModelSwapError and the serving version stays; pointing `current` back is the caller's job.
+        """
+        if not is_detector_id(detector_id):
+            raise InvalidDetectorIdError(f"detector_id {detector_id!r} is not det_ + 27 base62 characters")
+        async with self._swap_locks.setdefault(detector_id, asyncio.Lock()):
+            bundle = current_bundle_dir(self.model_root, detector_id)  # now, not the 1 s snapshot
+            if bundle is None:
+                raise ModelNotFoundError(f"no model is installed for {detector_id}")
+            serving = self.cache.peek(detector_id)
+            previous = serving.version if serving is not None else None
+            if serving is not None and serving.bundle_dir == bundle:
+                self._resolved[detector_id] = (time.monotonic(), serving.bundle_dir)
+                return SwapResult(
+                    detector_id=detector_id, version=serving.version, previous_version=previous, swapped=False
+                )
+            start = time.perf_counter()
+            try:
+                runtime = await asyncio.get_running_loop().run_in_executor(
+                    self._load_pool, self._open, bundle
+                )
+            except ModelLoadError as exc:
+                self.metrics.loaded(detector_id, time.perf_counter() - start, False)
+                self._failed_swaps[detector_id] = bundle
+                log.warning(
+                    "model swap rejected",
+                    extra={"fields": {"detector_id": detector_id, "bundle": bundle.name, "error": str(exc)}},
+                )
+                raise ModelSwapError(str(exc)) from None
+            seconds = time.perf_counter() - start
+            self.metrics.loaded(detector_id, seconds, True)
+            self._failed_swaps.pop(detector_id, None)
+            self._resolved[detector_id] = (time.monotonic(), bundle)
+            self.cache.replace(detector_id, runtime)
+            self._update_gauges()
+            log.info(
+                "model swapped",
+                extra={
+                    "fields": {"detector_id": detector_id, "version": runtime.version, "previous": previous}
+                },
+            )
+            return SwapResult(
+                detector_id=detector_id,
+                version=runtime.version,
+                previous_version=previous,
+                swapped=True,
+                load_ms=round(seconds * 1e3, 3),
+            )
+
+    def _notice_new_version(self, detector_id: str, serving: ModelRuntime, bundle: Path) -> None:
+        """`current` moved (seen by the 1 s resolution) and nobody asked for a swap: start one in the
+        background; the request that noticed stays on the runtime it holds."""
+        if serving.bundle_dir == bundle or self._failed_swaps.get(detector_id) == bundle:
+            return
+        lock = self._swap_locks.get(detector_id)
+        if detector_id in self._background_swaps or (lock is not None and lock.locked()):
+            return
+        task = asyncio.create_task(self._swap_quietly(detector_id), name=f"swap-{detector_id}")
+        self._background_swaps[detector_id] = task
+        task.add_done_callback(lambda _: self._background_swaps.pop(detector_id, None))
+
+    async def _swap_quietly(self, detector_id: str) -> None:
+        # A failure is logged by swap (or `current` went away); the serving version stays either way.
+        with contextlib.suppress(ModelLoadError, ModelNotFoundError):
+            await self.swap(detector_id)
 
     def model_info(self, detector_id: str) -> ModelInfo:
         bundle = self._bundle_dir(detector_id)
@@ -141,6 +233,8 @@ class InferenceService:
         self.metrics.cache_bytes.set(self.cache.bytes)
 
     def close(self) -> None:
+        for task in list(self._background_swaps.values()):
+            task.cancel()
         self.cache.close_all()
         self._predict_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)

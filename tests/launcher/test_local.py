@@ -20,6 +20,7 @@ from launcher.services import (
     INFERENCE,
     SERVICES,
     TRAINER,
+    UPDATER,
     Service,
 )
 
@@ -49,6 +50,7 @@ def test_by_default_services_talk_over_loopback_on_their_compose_ports():
         "EDGE_API_TOKEN": "",
         "EDGE_CONFIG_PATH": str(REPO / "config" / "edge-config.yaml"),
         "EDGE_DATA_DIR": str(DATA / "edge"),
+        "EDGE_UPDATER_URL": "http://127.0.0.1:8721",
     }
     assert services[GATEWAY].env == {
         "GATEWAY_PORT": "30101",
@@ -97,7 +99,16 @@ def test_the_cloud_port_moves_the_cloud_and_every_url_that_points_at_it():
 
 
 def test_the_cloud_starts_first_and_the_gateway_last():
-    assert list(mapped()) == [CLOUD_API, CLOUD_WORKER, TRAINER, DEMO_MODELS, INFERENCE, EDGE_API, GATEWAY]
+    assert list(mapped()) == [
+        CLOUD_API,
+        CLOUD_WORKER,
+        TRAINER,
+        DEMO_MODELS,
+        INFERENCE,
+        EDGE_API,
+        UPDATER,
+        GATEWAY,
+    ]
 
 
 def test_the_services_run_on_the_launcher_s_own_interpreter():

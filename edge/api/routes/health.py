@@ -66,6 +66,7 @@ async def status(state: StateDep) -> dict[str, Any]:
             "last_error": state.cloud.last_error,
         },
         "streams": await _streams_status(state),
+        "updater": await _updater_status(state),
     }
 
 
@@ -107,6 +108,31 @@ async def _streams_status(state: EdgeState) -> dict[str, Any]:
             for s in state.config.config.streams
         ],
     }
+
+
+async def _updater_status(state: EdgeState) -> dict[str, Any]:
+    """The model updater's status (per detector: version, last poll, errors, rejections), asked with a
+    short timeout; when it does not answer, only why."""
+    url = state.settings.updater_url
+    if not url:
+        return {
+            "service": {
+                "url": None,
+                "reachable": False,
+                "error": "no updater configured (EDGE_UPDATER_URL is empty)",
+            }
+        }
+    try:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=state.settings.updater_timeout_s, trust_env=False
+        ) as client:
+            response = await client.get("/status")
+        if response.status_code == 200:
+            return {"service": {"url": url, "reachable": True, "error": None}, **response.json()}
+        error = f"updater answered {response.status_code}"
+    except (httpx.HTTPError, ValueError) as exc:
+        error = f"updater not running or not answering at {url} ({type(exc).__name__})"
+    return {"service": {"url": url, "reachable": False, "error": error}}
 
 
 @router.get("/metrics", operation_id="metrics")

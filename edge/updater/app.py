@@ -1,0 +1,99 @@
+"""Composition root of the updater: settings → HTTP clients → installer → poller → schedule, plus a
+small HTTP side (`/health/live`, `/health/ready`, `/status`, `/metrics`) that edge-api's /status
+includes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+
+from common.http import RequestLogMiddleware
+from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
+from edge.updater.core import DetectorPoller
+from edge.updater.installer import Installer
+from edge.updater.metrics import UpdaterMetrics
+from edge.updater.runner import Updater
+from edge.updater.settings import UpdaterSettings
+
+
+def _client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    # trust_env=False: a proxy configured in the environment must not intercept the edge's own hops.
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+        transport=transport,
+        trust_env=False,
+    )
+
+
+def create_app(
+    settings: UpdaterSettings | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    settings = settings or UpdaterSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            cloud = await stack.enter_async_context(
+                _client(settings.cloud_url, settings.cloud_timeout_s, transport)
+            )
+            inference = await stack.enter_async_context(
+                _client(settings.inference_url, settings.swap_timeout_s, transport)
+            )
+            edge_api = await stack.enter_async_context(
+                _client(settings.edge_api_url, settings.edge_api_timeout_s, transport)
+            )
+            installer = Installer(settings.model_root, keep=settings.keep_versions)
+            await asyncio.to_thread(installer.clean_leftovers)
+            registry = RegistryClient(cloud, settings.token, settings.download_timeout_s)
+            updater = Updater(
+                settings,
+                DetectorPoller(registry, InferenceClient(inference), installer),
+                registry,
+                EdgeApiClient(edge_api),
+                installer,
+                app.state.metrics,
+            )
+            app.state.updater = updater
+            updater.start()
+            try:
+                yield
+            finally:
+                await updater.stop()
+
+    app = FastAPI(title="IntelliOptics model updater", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = UpdaterMetrics()
+    app.state.started_at = time.time()
+
+    @app.get("/health/live", operation_id="live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", operation_id="ready")
+    async def ready(request: Request) -> Response:
+        updater: Updater = request.app.state.updater
+        if not updater.ready:
+            detail = updater.config_error or "no edge config yet"
+            return JSONResponse({"status": "not ready", "detail": detail}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/status", operation_id="status")
+    async def status(request: Request) -> dict[str, Any]:
+        updater: Updater = request.app.state.updater
+        return {"uptime_s": round(time.time() - request.app.state.started_at, 1), **updater.snapshot()}
+
+    @app.get("/metrics", operation_id="metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestLogMiddleware, service="updater")
+    return app

@@ -1,0 +1,252 @@
+"""One poll of one detector, and when to poll next.
+
+A poll asks the cloud's `fetch-model-urls` with the ETag of its last answer:
+
+- 304: nothing changed. 404: the cloud has no production model yet (not an error).
+- 200 naming the version `current` already names: ask inference to swap (a no-op when it serves it).
+- 200 naming another version: put it in place (from disk when it is one of the kept versions, as after
+  a rollback; else download, check size and sha256, unpack, verify, install atomically), then ask
+  inference to load and warm it beside the old one and swap.
+
+A version that fails verification or warm-up is rejected: `current` goes back to the previous version
+(inference never stopped serving it), the bad copy is deleted, and the rejection is kept for the status
+page and the heartbeat. The ETag of that answer is kept too, so the same bundle is not fetched again
+until the cloud's answer changes. Errors on the way (cloud or inference unreachable) change nothing
+that serves and are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from common.bundle import VERSION_RE, BundleError
+from common.wire.inference import SwapResult
+from common.wire.model_registry import ModelFetchInfo
+from edge.updater.clients import (
+    CloudError,
+    DownloadRejected,
+    InferenceClient,
+    InferenceError,
+    RegistryClient,
+    SwapRejected,
+)
+from edge.updater.installer import Installer
+
+log = logging.getLogger("updater")
+
+MAX_ERROR_CHARS = 300
+
+
+class Outcome(StrEnum):
+    UNCHANGED = "unchanged"  # 304
+    UP_TO_DATE = "up_to_date"  # the cloud's version is the one serving
+    DEPLOYED = "deployed"  # another version went into service
+    NO_MODEL = "no_model"  # the cloud has no production model for this detector yet
+    REJECTED = "rejected"  # the cloud's version failed verification or warm-up; the old one serves
+    ERROR = "error"  # could not find out or finish; retried with backoff
+
+
+class Source(StrEnum):
+    CLOUD = "cloud"  # downloaded
+    DISK = "disk"  # one of the kept versions (a rollback)
+
+
+@dataclass
+class Rejection:
+    version: str
+    reason: str
+    at: float
+
+
+@dataclass
+class DetectorState:
+    """What the updater knows about one detector; the status page and the heartbeat show it."""
+
+    detector_id: str
+    etag: str | None = None
+    version: str | None = None  # what `current` names after the last poll
+    outcome: Outcome | None = None
+    detail: str | None = None
+    polled_at: float | None = None
+    deployed_at: float | None = None
+    deployed_from: Source | None = None
+    failures: int = 0  # errors in a row
+    last_error: str | None = None
+    last_error_at: float | None = None
+    rejected: Rejection | None = None
+    next_poll_at: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "detector_id": self.detector_id,
+            "version": self.version,
+            "outcome": self.outcome.value if self.outcome else None,
+            "detail": self.detail,
+            "polled_at": self.polled_at,
+            "deployed_at": self.deployed_at,
+            "deployed_from": self.deployed_from.value if self.deployed_from else None,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "rejected": (
+                {"version": self.rejected.version, "reason": self.rejected.reason, "at": self.rejected.at}
+                if self.rejected
+                else None
+            ),
+            "next_poll_at": self.next_poll_at,
+        }
+
+
+def next_delay(refresh_s: float, failures: int, backoff_max_s: float, jitter: float, draw: float) -> float:
+    """Seconds until the next poll. `draw` is uniform in [0, 1).
+
+    After a success: up to `jitter` shorter than the refresh rate, never longer, so a change on the
+    cloud arrives within one refresh period. After n errors in a row: the refresh rate doubled n
+    times, capped at `backoff_max_s` (but never below the refresh rate), jittered the same way.
+    """
+    base = refresh_s
+    if failures > 0:
+        base = max(refresh_s, min(backoff_max_s, refresh_s * 2.0 ** min(failures, 32)))
+    return base * (1.0 - jitter * draw)
+
+
+class _Rejected(Exception):
+    """Internal: the version must not serve (the reason is the message)."""
+
+
+class DetectorPoller:
+    """Runs one poll of one detector; the caller owns the schedule (see edge.updater.runner)."""
+
+    def __init__(self, registry: RegistryClient, inference: InferenceClient, installer: Installer) -> None:
+        self.registry = registry
+        self.inference = inference
+        self.installer = installer
+
+    async def poll_once(self, state: DetectorState) -> Outcome:
+        state.polled_at = time.time()
+        try:
+            outcome, detail = await self._poll(state)
+        except (CloudError, InferenceError, OSError) as exc:
+            outcome, detail = Outcome.ERROR, str(exc)[:MAX_ERROR_CHARS]
+            state.failures += 1
+            state.last_error, state.last_error_at = detail, time.time()
+            log.warning(
+                "model poll failed",
+                extra={
+                    "fields": {"detector_id": state.detector_id, "error": detail, "failures": state.failures}
+                },
+            )
+        else:
+            state.failures = 0
+        state.outcome, state.detail = outcome, detail
+        return outcome
+
+    async def _poll(self, state: DetectorState) -> tuple[Outcome, str | None]:
+        det = state.detector_id
+        fetched = await self.registry.fetch(det, state.etag)
+        deployed = await asyncio.to_thread(self.installer.current_version, det)
+        state.version = deployed
+        if fetched.kind == "not_modified":
+            return Outcome.UNCHANGED, None
+        if fetched.kind == "no_model" or fetched.info is None:
+            state.etag = None
+            return Outcome.NO_MODEL, fetched.detail or None
+        info = fetched.info
+        if not VERSION_RE.match(info.version):
+            return self._record_rejection(state, fetched.etag, info.version, "version id is not safe")
+        if deployed == info.version:
+            previous = await asyncio.to_thread(self.installer.other_version, det, info.version)
+        else:
+            previous = deployed
+        source: Source | None = None
+        try:
+            if deployed != info.version:
+                source = await self._put_in_place(info)
+            result = await self.inference.swap(det)
+        except (DownloadRejected, BundleError, SwapRejected) as exc:
+            reason = str(exc)[:MAX_ERROR_CHARS]
+            now = await asyncio.to_thread(self.installer.reject, det, info.version, previous)
+            state.version = now
+            return self._record_rejection(state, fetched.etag, info.version, reason)
+        state.etag = fetched.etag
+        state.version = result.version
+        if source is None and result.previous_version in (None, result.version):
+            return Outcome.UP_TO_DATE, None  # at most warmed up what `current` already named
+        return self._record_deploy(state, info, deployed, result, source or Source.DISK)
+
+    async def _put_in_place(self, info: ModelFetchInfo) -> Source:
+        """Make `current` name `info.version`: a kept copy when intact, else a verified download."""
+        det, version = info.detector_id, info.version
+        if await asyncio.to_thread(self.installer.has_version, det, version):
+            try:
+                await asyncio.to_thread(self.installer.activate, det, version)
+                return Source.DISK
+            except BundleError as exc:
+                log.warning(
+                    "kept version is damaged; downloading it again",
+                    extra={"fields": {"detector_id": det, "version": version, "error": str(exc)}},
+                )
+                await asyncio.to_thread(self.installer.remove_version, det, version)
+        archive = await asyncio.to_thread(self.installer.new_download_path)
+        try:
+            await self.registry.download(info, archive)
+            await asyncio.to_thread(self.installer.install_archive, archive, det, version)
+        finally:
+            await asyncio.to_thread(archive.unlink, True)
+        return Source.CLOUD
+
+    def _record_deploy(
+        self,
+        state: DetectorState,
+        info: ModelFetchInfo,
+        before: str | None,
+        result: SwapResult,
+        source: Source,
+    ) -> tuple[Outcome, str | None]:
+        """`before`: what `current` named when the poll began (inference may have swapped on its own
+        since, so the swap's own `previous_version` can already be the new one)."""
+        state.deployed_at = time.time()
+        state.deployed_from = source
+        if state.rejected is not None and state.rejected.version != info.version:
+            state.rejected = None
+        log.info(
+            "model deployed",
+            extra={
+                "fields": {
+                    "detector_id": state.detector_id,
+                    "version": result.version,
+                    "previous": before,
+                    "source": source.value,
+                    "load_ms": result.load_ms,
+                }
+            },
+        )
+        return (
+            Outcome.DEPLOYED,
+            f"{before or 'nothing'} -> {result.version} ({source.value})",
+        )
+
+    def _record_rejection(
+        self, state: DetectorState, etag: str | None, version: str, reason: str
+    ) -> tuple[Outcome, str | None]:
+        # Kept until the cloud's answer changes: the same bundle is not fetched again meanwhile.
+        state.etag = etag
+        state.rejected = Rejection(version=version, reason=reason, at=time.time())
+        state.last_error, state.last_error_at = f"version {version} rejected: {reason}", time.time()
+        log.error(
+            "model rejected; the previous version keeps serving",
+            extra={
+                "fields": {
+                    "detector_id": state.detector_id,
+                    "version": version,
+                    "serving": state.version,
+                    "reason": reason,
+                }
+            },
+        )
+        return Outcome.REJECTED, reason
