@@ -17,6 +17,7 @@ GATEWAY = "gateway"
 EDGE_API = "edge-api"
 INFERENCE = "inference"
 UPDATER = "updater"
+STREAMS = "streams"
 DEMO_MODELS = "demo-models"
 CLOUD_API = "cloud-api"
 CLOUD_WORKER = "cloud-worker"
@@ -131,6 +132,7 @@ EDGE_API_SERVICE = Service(
             "EDGE_CONFIG_PATH": f"{CONFIG_DIR}/edge-config.yaml",
             "EDGE_DATA_DIR": EDGE_API_DATA,
             "EDGE_UPDATER_URL": "http://updater:8721",
+            "EDGE_STREAMS_URL": "http://streams:8720",
         }
     ),
     port=8718,
@@ -183,6 +185,27 @@ GATEWAY_SERVICE = Service(
     health_path="/health/live",
     depends_on=(EDGE_API,),
     dockerfile="docker/gateway.Dockerfile",
+)
+
+# Reads the cameras named in the edge config (from edge-api) and posts their frames through the
+# gateway, the cameras' own path (cloud fallback included); status and metrics on port 8720.
+STREAMS_SERVICE = Service(
+    name=STREAMS,
+    argv=("python", "-m", "edge.streams"),
+    environment=_frozen(
+        {
+            "STREAMS_HOST": "0.0.0.0",
+            "STREAMS_PORT": "8720",
+            "STREAMS_EDGE_API_URL": "http://edge-api:8718",
+            "STREAMS_SUBMIT_URL": "http://gateway:30101",
+            "STREAMS_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+        }
+    ),
+    port=8720,
+    port_env="STREAMS_PORT",
+    health_path="/health/live",
+    depends_on=(EDGE_API, GATEWAY),
+    dockerfile="docker/streams.Dockerfile",
 )
 
 # --- cloud (docker-compose.cloud.yml) ------------------------------------------------------------------
@@ -297,6 +320,7 @@ EDGE_SERVICES: tuple[Service, ...] = (
     EDGE_API_SERVICE,
     UPDATER_SERVICE,
     GATEWAY_SERVICE,
+    STREAMS_SERVICE,
 )
 CLOUD_SERVICES: tuple[Service, ...] = (
     POSTGRES_SERVICE,

@@ -39,6 +39,8 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
         "EDGE_PORT": free_port(),
         "INFERENCE_PORT": free_port(),
         "CLOUD_PORT": free_port(),
+        "UPDATER_PORT": free_port(),
+        "STREAMS_PORT": free_port(),
     }
     env = {k: str(v) for k, v in ports.items()}
     # A cloud of its own (fresh: its first start), beside the repository's demo models.

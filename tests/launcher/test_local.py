@@ -19,6 +19,7 @@ from launcher.services import (
     GATEWAY,
     INFERENCE,
     SERVICES,
+    STREAMS,
     TRAINER,
     UPDATER,
     Service,
@@ -51,6 +52,7 @@ def test_by_default_services_talk_over_loopback_on_their_compose_ports():
         "EDGE_CONFIG_PATH": str(REPO / "config" / "edge-config.yaml"),
         "EDGE_DATA_DIR": str(DATA / "edge"),
         "EDGE_UPDATER_URL": "http://127.0.0.1:8721",
+        "EDGE_STREAMS_URL": "http://127.0.0.1:8720",
     }
     assert services[GATEWAY].env == {
         "GATEWAY_PORT": "30101",
@@ -98,7 +100,7 @@ def test_the_cloud_port_moves_the_cloud_and_every_url_that_points_at_it():
     assert services[GATEWAY].env["CLOUD_URL"] == "http://127.0.0.1:19004"
 
 
-def test_the_cloud_starts_first_and_the_gateway_last():
+def test_the_cloud_starts_first_and_the_camera_streams_after_the_gateway():
     assert list(mapped()) == [
         CLOUD_API,
         CLOUD_WORKER,
@@ -108,6 +110,7 @@ def test_the_cloud_starts_first_and_the_gateway_last():
         EDGE_API,
         UPDATER,
         GATEWAY,
+        STREAMS,
     ]
 
 
