@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import cloud as support
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
+from tests.support.cloud_factories_worker import private_database
+
+
+@pytest.fixture(scope="module")
+def cloud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.TestDatabase]:
+    """A database of this module's own, so that the cloud it starts is a first start."""
+    yield from private_database(tmp_path_factory)
 
 
 def test_fresh_database_is_migrated_and_ready(cloud: CloudServer) -> None:
