@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import uvicorn
-
 from cloud.app.app import create_app
 from cloud.app.prestart import prestart
 from cloud.app.settings import CloudSettings
-from common.http import configure_logging
+from common.http import configure_logging, serve
 
 
 def main() -> None:
@@ -19,18 +17,7 @@ def main() -> None:
     asyncio.run(prestart(settings))
     # Several workers need an import string: each worker process builds its own app from the environment.
     app: Any = create_app(settings) if settings.workers == 1 else "cloud.app.app:create_app"
-    uvicorn.run(
-        app,
-        factory=settings.workers > 1,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(app, settings.host, settings.port, factory=settings.workers > 1, workers=settings.workers)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uvicorn
-
-from common.http import configure_logging
+from common.http import configure_logging, serve
 from edge.api.app import create_app
 from edge.api.settings import EdgeSettings
 
@@ -12,16 +10,7 @@ from edge.api.settings import EdgeSettings
 def main() -> None:
     settings = EdgeSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uvicorn
-
-from common.http import configure_logging
+from common.http import configure_logging, serve
 from edge.inference.app import create_app
 from edge.inference.settings import InferenceSettings
 
@@ -12,17 +10,8 @@ from edge.inference.settings import InferenceSettings
 def main() -> None:
     settings = InferenceSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,  # nothing proxies to this service: skip the per-request header scan
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    # Nothing proxies to this service: skip the per-request forwarded-header scan.
+    serve(create_app(settings), settings.host, settings.port, proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ import os
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-import uvicorn
-
-from common.http import configure_logging
+from common.http import configure_logging, serve
 from edge.streams.app import create_app
 from edge.streams.settings import StreamsSettings
 
@@ -19,16 +17,7 @@ from edge.streams.settings import StreamsSettings
 def main() -> None:
     settings = StreamsSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-    )
+    serve(create_app(settings), settings.host, settings.port, grace_s=5)
 
 
 if __name__ == "__main__":

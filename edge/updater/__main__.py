@@ -3,9 +3,7 @@ UPDATER_HOST:UPDATER_PORT. SIGTERM lets a poll under way finish (UPDATER_SHUTDOW
 
 from __future__ import annotations
 
-import uvicorn
-
-from common.http import configure_logging
+from common.http import configure_logging, serve
 from edge.updater.app import create_app
 from edge.updater.settings import UpdaterSettings
 
@@ -13,16 +11,7 @@ from edge.updater.settings import UpdaterSettings
 def main() -> None:
     settings = UpdaterSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-    )
+    serve(create_app(settings), settings.host, settings.port, grace_s=5)
 
 
 if __name__ == "__main__":

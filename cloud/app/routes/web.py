@@ -6,63 +6,23 @@ a browser session: without one they redirect to /login (303), so a bookmark just
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Path, Query, Request, status
-from fastapi.templating import Jinja2Templates
+from fastapi import APIRouter, Form, Path, Query, Request, status
 from starlette.responses import RedirectResponse, Response
 
-from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
+from cloud.app.auth import SESSION_COOKIE
 from cloud.app.core import edge_accuracy, review_queue, review_stats, web_sessions
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
+from cloud.app.web.pages import PageUser
+from cloud.app.web.pages import render as _page
+from cloud.app.web.pages import to_login as _to_login
 
 router = APIRouter(prefix="", tags=["web"], include_in_schema=False)
 
-TEMPLATES = Jinja2Templates(directory=FilePath(__file__).resolve().parents[1] / "web" / "templates")
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-TEMPLATES.env.globals.update(seconds=_seconds, when=_when)
-
 DetectorQuery = Annotated[str | None, Query(max_length=40, pattern=ID_PATTERN)]
-
-
-async def page_user(request: Request, session: SessionDep) -> Principal | None:
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    principal = await principal_from_session(session, cookie)
-    return principal if principal is not None and principal.role in web_sessions.PAGE_ROLES else None
-
-
-PageUser = Annotated[Principal | None, Depends(page_user)]
-
-
-def _to_login() -> Response:
-    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-
-
-def _page(
-    request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any
-) -> Response:
-    return TEMPLATES.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
 
 
 @router.get("/")

@@ -9,77 +9,30 @@ every two seconds while a job runs. Pages need a browser session (reviewers and 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
-from fastapi.templating import Jinja2Templates
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import JSONResponse, Response
 
-from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
-from cloud.app.core import training_pages, web_sessions
+from cloud.app.auth import Principal
+from cloud.app.core import training_pages
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
+from cloud.app.web.pages import PageUser, render
+from cloud.app.web.pages import to_login as _to_login
 
 router = APIRouter(prefix="/ui/detectors", tags=["web"], include_in_schema=False)
 
-TEMPLATES = Jinja2Templates(directory=FilePath(__file__).resolve().parents[1] / "web" / "templates")
 
 DetectorId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ModelQuery = Annotated[str | None, Query(max_length=60, pattern=ID_PATTERN)]
 
 
-def _when(moment: datetime | None) -> str:
-    if moment is None:
-        return "–"
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4f}"
-
-
-TEMPLATES.env.globals.update(when=_when, seconds=_seconds, number=_number)
-
-
-async def page_user(request: Request, session: SessionDep) -> Principal | None:
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    principal = await principal_from_session(session, cookie)
-    return principal if principal is not None and principal.role in web_sessions.PAGE_ROLES else None
-
-
-PageUser = Annotated[Principal | None, Depends(page_user)]
-
-
-def _to_login() -> Response:
-    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-
-
 def _page(
     request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any
 ) -> Response:
-    return TEMPLATES.TemplateResponse(
-        request, name, {"user": user, "nav": "queues", **context}, status_code=status_code
-    )
+    return render(request, name, user, status_code, **{"nav": "queues", **context})
 
 
 def _not_found(request: Request, user: Principal, exc: NotFoundError) -> Response:
