@@ -4,15 +4,15 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-tools test-fast lint format bench models clean cloud-schema
+.PHONY: help setup run test test-tools bench-review bench-training bench-loop test-fast lint format bench models clean cloud-schema
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 setup: ## Install Debian packages, the venv and Python dependencies (idempotent)
 	@VENV=$(VENV) scripts/bootstrap.sh
 
-run: setup ## Start the local edge stack (gateway on http://127.0.0.1:30101); Ctrl-C stops it
+run: setup ## Start the cloud (http://127.0.0.1:8000) and the edge (gateway on http://127.0.0.1:30101); Ctrl-C stops it
 	$(PY) -m launcher run
 
 test: setup test-tools ## Run every test, slow end-to-end ones included
@@ -38,6 +38,15 @@ models: setup ## Build the demo detector bundles into .intellioptics/data/models
 
 bench: setup ## Edge throughput benchmark (writes bench/results/edge_throughput.json)
 	$(PY) -m bench.edge_throughput
+
+bench-review: setup ## Review-queue benchmark on PostgreSQL (writes bench/results/review_queue.json)
+	$(PY) -m bench.review_queue
+
+bench-training: setup ## Training-quality benchmark on MNIST 5k (writes bench/results/training_quality.json)
+	$(PY) -m bench.training_quality
+
+bench-loop: setup ## Closed-loop learning benchmark, whole system (writes bench/results/learning_loop.json)
+	$(PY) -m bench.learning_loop
 
 clean: ## Remove local state (models, databases), keep the venv
 	rm -rf .intellioptics
