@@ -9,7 +9,6 @@ and the Groundlight SDK).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -21,12 +20,10 @@ import pytest
 from groundlight import Groundlight
 
 from cloud.app.seed_demo import DEMO_DETECTOR_IDS, DEMO_DIGIT_ID
-from launcher.processes import ManagedProcess
 from tests.support import cloud as cloud_support
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
 from tests.support.stack import EdgeStack
 
-ROOT = Path(__file__).resolve().parents[1]
 IQ_PATH = "/device-api/v1/image-queries"
 EDGE_CONFIG = {
     "global_config": {"confident_audit_rate": 0.0},
@@ -63,23 +60,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Iterat
     server = CloudServer(database.url, tmp_path_factory.mktemp("closed-loop-cloud"))
     try:
         server.start()
-        seed = ManagedProcess(
-            "seed-demo",
-            [
-                sys.executable,
-                "-m",
-                "cloud.app.seed_demo",
-                "--model-root",
-                str(demo_models),
-                "--cloud-url",
-                server.url,
-            ],
-            env={"DATABASE_URL": database.url, "CLOUD_DATA_DIR": str(server.data_dir)},
-            cwd=ROOT,
-        ).start()
-        status = seed.wait(120)
-        seed.stop()
-        assert status == 0, seed.output_tail()
+        server.seed_demo(demo_models, "--cloud-url", server.url)
         yield server
     finally:
         server.stop()

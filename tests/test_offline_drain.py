@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import re
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +24,10 @@ import httpx
 import pytest
 
 from cloud.app.seed_demo import DEMO_DETECTOR_IDS, DEMO_DIGIT_ID, DEMO_SEVEN_ID
-from launcher.processes import ManagedProcess
 from tests.support import cloud as cloud_support
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
 from tests.support.stack import EdgeStack
 
-ROOT = Path(__file__).resolve().parents[1]
 IQ_PATH = "/device-api/v1/image-queries"
 QUERIES = 500
 ALARM_DEPTH = 100
@@ -101,15 +98,7 @@ def cloud(
     server = CloudServer(database.url, tmp_path_factory.mktemp("offline-cloud"))
     try:
         server.start()
-        seed = ManagedProcess(
-            "seed-demo",
-            [sys.executable, "-m", "cloud.app.seed_demo", "--model-root", str(demo_models), "--no-upload"],
-            env={"DATABASE_URL": database.url, "CLOUD_DATA_DIR": str(server.data_dir)},
-            cwd=ROOT,
-        ).start()
-        status = seed.wait(120)
-        seed.stop()
-        assert status == 0, seed.output_tail()
+        server.seed_demo(demo_models, "--no-upload")
         yield server
     finally:
         server.stop()

@@ -8,20 +8,19 @@ so the upstream can tell which frame of the video each request carried and when 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.wire.inference import CacheStats, InferenceResult, ModelInfo, ModelList
+from tests.support.thread_server import ThreadServer
 
 _BLOCKS = 3
 _BASE = 16
@@ -71,8 +70,7 @@ class SlowInference:
     detector_id: str
     delay_s: float
     arrivals: list[Arrival] = field(default_factory=list)
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
+    _server: ThreadServer = field(default_factory=lambda: ThreadServer("slow inference upstream"))
 
     @property
     def url(self) -> str:
@@ -136,20 +134,8 @@ class SlowInference:
         )
 
     def start(self) -> SlowInference:
-        config = uvicorn.Config(
-            self._app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("slow inference upstream did not start")
-            time.sleep(0.01)
+        self._server.start(self._app(), self.port)
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        self._server.stop()

@@ -105,6 +105,18 @@ class CloudServer:
             self.process.stop()
             self.process = None
 
+    def seed_demo(self, model_root: Path, *args: str) -> None:
+        """Register the demo detectors (cloud.app.seed_demo), as `make run` does; extra args pass through."""
+        seed = ManagedProcess(
+            "seed-demo",
+            [sys.executable, "-m", "cloud.app.seed_demo", "--model-root", str(model_root), *args],
+            env={"DATABASE_URL": self.database_url, "CLOUD_DATA_DIR": str(self.data_dir)},
+            cwd=ROOT,
+        ).start()
+        status = seed.wait(120)
+        seed.stop()
+        assert status == 0, seed.output_tail()
+
     def client(self, token: str | None = DEVICE_TOKEN, **kwargs: object) -> httpx.Client:
         headers = {"x-api-token": token} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
