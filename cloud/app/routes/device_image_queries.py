@@ -11,6 +11,7 @@ from starlette.responses import Response
 from cloud.app.core import image_queries as core
 from cloud.app.deps import DeviceDep, SessionDep, StateDep
 from cloud.app.errors import BadRequestError
+from cloud.app.routes.bodies import read_limited_body
 from cloud.app.schemas.device import page_links
 from common.http import REQUEST_ID_HEADER
 from common.ids import is_detector_id
@@ -22,21 +23,6 @@ router = APIRouter(prefix="/device-api/v1/image-queries", tags=["device"])
 
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 PageSize = Annotated[int, Query(ge=1, le=1000)]
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over the limit (before it is all read)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise ImageTooLargeError(f"image is {declared} bytes; the limit is {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ImageTooLargeError(f"image is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post(
@@ -56,7 +42,7 @@ async def submit_image_query(
         params = parse_submit_params(request.query_params)
     except InvalidParameterError as exc:
         raise BadRequestError(str(exc)) from None
-    body = await read_body(request, state.settings.max_image_bytes)
+    body = await read_limited_body(request, state.settings.max_image_bytes, ImageTooLargeError, "image")
     submitted = await core.submit_image_query(
         state, session, params, body, request.headers.get(REQUEST_ID_HEADER)
     )

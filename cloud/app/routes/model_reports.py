@@ -11,27 +11,13 @@ from starlette.responses import Response
 from cloud.app.core import model_reports as reports
 from cloud.app.core.registry import PayloadTooLargeError
 from cloud.app.deps import AdminDep, PrincipalDep, SessionDep, StateDep
+from cloud.app.routes.bodies import read_limited_body
 from cloud.app.schemas.fields import ID_PATTERN
 from cloud.app.schemas.model_reports import ModelReportList, ModelReportOut, ReportName
 
 router = APIRouter(tags=["models"])
 
 ModelId = Annotated[str, Path(max_length=60, pattern=ID_PATTERN)]
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post(
@@ -49,7 +35,7 @@ async def upload_model_report(
     session: SessionDep,
 ) -> ModelReportOut:
     """The body is the file itself (PNG, or a JSON object for metrics.json); a second upload replaces it."""
-    data = await read_body(request, reports.max_bytes(name))
+    data = await read_limited_body(request, reports.max_bytes(name), PayloadTooLargeError)
     return await reports.store_report(session, state.blobs, model_id, name, data)
 
 
