@@ -1,11 +1,19 @@
 """Model bundle: one version of one detector on disk, written by training and verified by everyone.
 
-    <model_root>/<detector_id>/<version>/{primary.onnx, oodd.onnx, pipeline_config.yaml,
-                                           predictor_metadata.json, model_id.txt, manifest.json}
+Two kinds, told apart by the manifest's schema version:
+
+    single-file (schema 1)  <version>/{primary.onnx, oodd.onnx, pipeline_config.yaml,
+                                       predictor_metadata.json, model_id.txt, manifest.json}
+                            primary.onnx: image → logits and features
+    split (schema 2)        <version>/{head.onnx, oodd.onnx, ... the same four files}
+                            head.onnx: backbone output (embedding or feature map) → logits and
+                            features; the backbone itself is shared (common.backbone) and named in
+                            the manifest and metadata by its sha256
     <model_root>/<detector_id>/current -> <version>
 
 A bundle is trusted only after `verify_bundle` has checked every file against the sha256 in its
-manifest; installs are atomic renames so a reader never sees a half-written version.
+manifest; a split bundle installs only where its backbone is installed and matches its hash.
+Installs are atomic renames so a reader never sees a half-written version.
 """
 
 from __future__ import annotations
@@ -23,16 +31,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.backbone import BackboneError, BackboneRef, BackboneStore
 from common.ids import is_detector_id
 
 MANIFEST_SCHEMA_VERSION = 1
+SPLIT_MANIFEST_SCHEMA_VERSION = 2
 PRIMARY_FILE = "primary.onnx"
+HEAD_FILE = "head.onnx"
 OODD_FILE = "oodd.onnx"
 PIPELINE_FILE = "pipeline_config.yaml"
 METADATA_FILE = "predictor_metadata.json"
 MODEL_ID_FILE = "model_id.txt"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_FILES = (PRIMARY_FILE, OODD_FILE, PIPELINE_FILE, METADATA_FILE, MODEL_ID_FILE)
+SPLIT_BUNDLE_FILES = (HEAD_FILE, OODD_FILE, PIPELINE_FILE, METADATA_FILE, MODEL_ID_FILE)
+# What a split bundle's head reads: the backbone's pooled embedding, or its feature map.
+HEAD_INPUTS = ("embedding", "feature_map")
 CURRENT_LINK = "current"
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -99,6 +113,9 @@ class PredictorMetadata(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
     created_at: str = ""
+    # Split bundles only: the shared backbone, and which of its outputs head.onnx reads.
+    backbone: BackboneRef | None = None
+    head_input: Literal["embedding", "feature_map"] = "embedding"
 
     @model_validator(mode="after")
     def _labels_fit_mode(self) -> PredictorMetadata:
@@ -124,11 +141,26 @@ class ManifestEntry(BaseModel):
     bytes: int = Field(ge=0)
 
 
+class ManifestBackbone(BaseModel):
+    id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(gt=0)
+
+
 class Manifest(BaseModel):
     schema_version: int
     detector_id: str
     version: str
     files: dict[str, ManifestEntry]
+    backbone: ManifestBackbone | None = None
+
+    @property
+    def is_split(self) -> bool:
+        return self.schema_version == SPLIT_MANIFEST_SCHEMA_VERSION
+
+    @property
+    def required_files(self) -> tuple[str, ...]:
+        return SPLIT_BUNDLE_FILES if self.is_split else BUNDLE_FILES
 
 
 def sha256_file(path: Path) -> str:
@@ -146,25 +178,49 @@ def write_bundle(
     pipeline: PipelineConfig,
     metadata: PredictorMetadata,
 ) -> Manifest:
-    """Write all files and a manifest of their hashes into `out_dir` (created, must be empty)."""
+    """Write a single-file bundle and a manifest of its hashes into `out_dir` (created, must be empty)."""
+    if metadata.backbone is not None:
+        raise BundleError("metadata names a backbone: write it with write_split_bundle")
+    return _write(out_dir, {PRIMARY_FILE: primary_onnx, OODD_FILE: oodd_onnx}, pipeline, metadata)
+
+
+def write_split_bundle(
+    out_dir: Path,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+    pipeline: PipelineConfig,
+    metadata: PredictorMetadata,
+) -> Manifest:
+    """Write a split bundle (head + OODD; the backbone named by `metadata.backbone`) into `out_dir`."""
+    if metadata.backbone is None:
+        raise BundleError("a split bundle's metadata must name its backbone")
+    return _write(out_dir, {HEAD_FILE: head_onnx, OODD_FILE: oodd_onnx}, pipeline, metadata)
+
+
+def _write(
+    out_dir: Path, graphs: dict[str, bytes], pipeline: PipelineConfig, metadata: PredictorMetadata
+) -> Manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise BundleError(f"{out_dir} is not empty")
-    (out_dir / PRIMARY_FILE).write_bytes(primary_onnx)
-    (out_dir / OODD_FILE).write_bytes(oodd_onnx)
+    for name, data in graphs.items():
+        (out_dir / name).write_bytes(data)
     (out_dir / PIPELINE_FILE).write_text(yaml.safe_dump(pipeline.model_dump(mode="json"), sort_keys=False))
     (out_dir / METADATA_FILE).write_text(metadata.model_dump_json(indent=2))
     (out_dir / MODEL_ID_FILE).write_text(metadata.version + "\n")
+    ref = metadata.backbone
+    names = SPLIT_BUNDLE_FILES if ref is not None else BUNDLE_FILES
     manifest = Manifest(
-        schema_version=MANIFEST_SCHEMA_VERSION,
+        schema_version=SPLIT_MANIFEST_SCHEMA_VERSION if ref is not None else MANIFEST_SCHEMA_VERSION,
         detector_id=metadata.detector_id,
         version=metadata.version,
         files={
             name: ManifestEntry(sha256=sha256_file(out_dir / name), bytes=(out_dir / name).stat().st_size)
-            for name in BUNDLE_FILES
+            for name in names
         },
+        backbone=ManifestBackbone(id=ref.id, sha256=ref.sha256, bytes=ref.bytes) if ref is not None else None,
     )
-    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True))
     return manifest
 
 
@@ -176,9 +232,13 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{bundle_dir}: {MANIFEST_FILE} is missing") from None
     except ValidationError as exc:
         raise BundleError(f"{bundle_dir}: {MANIFEST_FILE} is malformed: {exc.errors()[0]['msg']}") from None
-    if manifest.schema_version != MANIFEST_SCHEMA_VERSION:
+    if manifest.schema_version not in (MANIFEST_SCHEMA_VERSION, SPLIT_MANIFEST_SCHEMA_VERSION):
         raise BundleError(f"{bundle_dir}: manifest schema {manifest.schema_version} is not supported")
-    missing = [name for name in BUNDLE_FILES if name not in manifest.files]
+    if manifest.is_split != (manifest.backbone is not None):
+        raise BundleError(
+            f"{bundle_dir}: manifest schema {manifest.schema_version} and its backbone disagree"
+        )
+    missing = [name for name in manifest.required_files if name not in manifest.files]
     if missing:
         raise BundleError(f"{bundle_dir}: manifest does not list {', '.join(missing)}")
     for name, entry in manifest.files.items():
@@ -193,6 +253,20 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
     if model_id != manifest.version:
         raise BundleError(f"{bundle_dir}: model_id.txt says {model_id!r}, manifest says {manifest.version!r}")
     return manifest
+
+
+def check_backbone(bundle_dir: Path, manifest: Manifest, store: BackboneStore) -> BackboneRef | None:
+    """For a split bundle: its metadata and manifest agree on the backbone, which `store` holds intact."""
+    if manifest.backbone is None:
+        return None
+    ref = read_metadata(bundle_dir).backbone
+    if ref is None or ref.sha256 != manifest.backbone.sha256 or ref.bytes != manifest.backbone.bytes:
+        raise BundleError(f"{bundle_dir}: predictor_metadata.json and manifest.json name different backbones")
+    try:
+        store.verify(ref.sha256)
+    except BackboneError as exc:
+        raise BundleError(f"{bundle_dir}: {exc}") from None
+    return ref
 
 
 def read_pipeline(bundle_dir: Path) -> PipelineConfig:
@@ -238,6 +312,8 @@ def install_bundle(src_dir: Path, model_root: Path, keep: int = 2) -> Path:
     metadata = read_metadata(src_dir)
     if metadata.detector_id != manifest.detector_id or metadata.version != manifest.version:
         raise BundleError(f"{src_dir}: metadata and manifest disagree on detector or version")
+    # A split bundle goes live only beside the backbone it was trained on (installed first).
+    check_backbone(src_dir, manifest, BackboneStore.for_model_root(model_root))
     det_dir = model_root / manifest.detector_id
     det_dir.mkdir(parents=True, exist_ok=True)
     final = det_dir / manifest.version
@@ -246,7 +322,7 @@ def install_bundle(src_dir: Path, model_root: Path, keep: int = 2) -> Path:
     else:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=det_dir))
         try:
-            for name in (*BUNDLE_FILES, MANIFEST_FILE):
+            for name in (*manifest.required_files, MANIFEST_FILE):
                 shutil.copy2(src_dir / name, staging / name)
             verify_bundle(staging)
             _fsync_dir(staging)
@@ -292,7 +368,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def bundle_bytes(bundle_dir: Path) -> int:
-    return sum((bundle_dir / name).stat().st_size for name in (PRIMARY_FILE, OODD_FILE))
+    """Bytes of the bundle's own graphs (a shared backbone is counted where it is loaded, once)."""
+    graph = HEAD_FILE if (bundle_dir / HEAD_FILE).is_file() else PRIMARY_FILE
+    return sum((bundle_dir / name).stat().st_size for name in (graph, OODD_FILE))
 
 
 def manifest_dict(bundle_dir: Path) -> dict[str, Any]:

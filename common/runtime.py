@@ -3,10 +3,16 @@
 The same code answers on the edge, in the cloud and in training's export check, so a bundle means
 the same thing everywhere. Sessions are thread-safe and release the GIL; callers run `predict`
 in a worker thread, never on an event loop.
+
+A split bundle's backbone is a `BackboneRuntime` held by a `BackbonePool`: every head trained on the
+same backbone (same sha256) shares one session, loaded with the first such head and closed with the
+last. `run_tensor` runs backbone then head; `run_backbone` + `run_head` let a caller that already has
+an image's backbone outputs (the edge's embedding cache) run only the head.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +23,16 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from PIL import Image
 
+from common.backbone import BACKBONES_DIR, BackboneError, BackboneRef, BackboneStore
 from common.bundle import (
+    HEAD_FILE,
     OODD_FILE,
     PRIMARY_FILE,
     BundleError,
     PipelineConfig,
     PredictorMetadata,
     bundle_bytes,
+    check_backbone,
     read_metadata,
     read_pipeline,
     verify_bundle,
@@ -76,8 +85,103 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+BackboneOutputs = dict[str, NDArray[np.float32]]
+
+
+class BackboneRuntime:
+    """One backbone.onnx session; shared by every head that names its sha256."""
+
+    def __init__(
+        self, path: Path, ref: BackboneRef, providers: list[str] | None = None, intra_op_threads: int = 1
+    ) -> None:
+        self.ref = ref
+        self.sha256 = ref.sha256
+        self.path = path
+        self.nbytes = path.stat().st_size
+        try:
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
+                str(path), _session_options(intra_op_threads), providers=providers or choose_providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+            raise BackboneError(f"backbone {ref.sha256[:12]} does not load: {type(exc).__name__}") from None
+        self.provider: str = self._session.get_providers()[0]
+        outputs = {o.name for o in self._session.get_outputs()}
+        wanted = {ref.embedding_output} | ({ref.feature_map_output} if ref.feature_map_output else set())
+        if not wanted <= outputs:
+            raise BackboneError(f"backbone {ref.sha256[:12]} lacks outputs {sorted(wanted - outputs)}")
+        self.runs = 0  # forward passes, for the edge's "backbone once per image" counter
+
+    def run(self, batch: NDArray[np.float32], outputs: list[str]) -> BackboneOutputs:
+        if self._session is None:
+            raise BackboneError(f"backbone {self.sha256[:12]} is closed")
+        values = self._session.run(outputs, {self.ref.input_name: batch})
+        self.runs += 1
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}
+
+    def close(self) -> None:
+        self._session = None
+
+
+class BackbonePool:
+    """Loaded backbones by sha256, reference-counted by the heads that use them (thread-safe)."""
+
+    def __init__(self, providers: list[str] | None = None, intra_op_threads: int = 1) -> None:
+        self._providers = providers
+        self._threads = intra_op_threads
+        self._lock = threading.Lock()
+        self._loaded: dict[str, tuple[BackboneRuntime, int]] = {}
+
+    def acquire(self, store: BackboneStore, ref: BackboneRef) -> BackboneRuntime:
+        with self._lock:
+            hit = self._loaded.get(ref.sha256)
+            if hit is not None:
+                self._loaded[ref.sha256] = (hit[0], hit[1] + 1)
+                return hit[0]
+            runtime = BackboneRuntime(store.verify(ref.sha256), ref, self._providers, self._threads)
+            self._loaded[ref.sha256] = (runtime, 1)
+            return runtime
+
+    def release(self, runtime: BackboneRuntime) -> None:
+        with self._lock:
+            hit = self._loaded.get(runtime.sha256)
+            if hit is None or hit[0] is not runtime:
+                return
+            if hit[1] <= 1:
+                del self._loaded[runtime.sha256]
+                runtime.close()
+            else:
+                self._loaded[runtime.sha256] = (runtime, hit[1] - 1)
+
+    def loaded(self) -> dict[str, int]:
+        """sha256 -> number of heads holding it."""
+        with self._lock:
+            return {sha: refs for sha, (_, refs) in self._loaded.items()}
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(rt.nbytes for rt, _ in self._loaded.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._loaded)
+
+
+# A process that does not pass its own pool still shares backbones between its runtimes.
+_DEFAULT_POOL = BackbonePool()
+
+
+def default_backbone_store(bundle_dir: Path) -> BackboneStore:
+    """Where an installed bundle's backbone lives: <model_root>/backbones beside <model_root>/<det>/<ver>."""
+    return BackboneStore(bundle_dir.resolve().parent.parent / BACKBONES_DIR)
+
+
 class ModelRuntime:
-    """Primary + OODD of one bundle version, loaded together so they are swapped and evicted together."""
+    """Primary (or backbone + head) and OODD of one bundle version, swapped and evicted together.
+
+    For a split bundle the backbone comes from `backbones` (a pool shared by the caller's runtimes)
+    out of `backbone_store` (default: the model root the bundle is installed in).
+    """
 
     def __init__(
         self,
@@ -85,18 +189,46 @@ class ModelRuntime:
         providers: list[str] | None = None,
         intra_op_threads: int = 1,
         verify: bool = True,
+        backbone_store: BackboneStore | None = None,
+        backbones: BackbonePool | None = None,
     ) -> None:
-        if verify:
-            verify_bundle(bundle_dir)
+        manifest = verify_bundle(bundle_dir) if verify else None
         self.bundle_dir = bundle_dir
         self.pipeline: PipelineConfig = read_pipeline(bundle_dir)
         self.metadata: PredictorMetadata = read_metadata(bundle_dir)
         self.nbytes = bundle_bytes(bundle_dir)
         opts = _session_options(intra_op_threads)
         chosen = providers or choose_providers()
-        self._primary = ort.InferenceSession(str(bundle_dir / PRIMARY_FILE), opts, providers=chosen)
-        self._oodd = ort.InferenceSession(str(bundle_dir / OODD_FILE), opts, providers=chosen)
-        self.provider: str = self._primary.get_providers()[0]
+        ref = self.metadata.backbone
+        self.backbone: BackboneRuntime | None = None
+        self._pool = backbones if backbones is not None else _DEFAULT_POOL
+        if ref is not None:
+            store = backbone_store or default_backbone_store(bundle_dir)
+            if manifest is not None:
+                check_backbone(bundle_dir, manifest, store)
+            try:
+                self.backbone = self._pool.acquire(store, ref)
+            except BackboneError as exc:
+                raise BundleError(f"{bundle_dir}: {exc}") from None
+            graph = HEAD_FILE
+            self._head_input: str = self.metadata.head_input
+            self._backbone_outputs = [
+                ref.embedding_output if self._head_input == "embedding" else str(ref.feature_map_output)
+            ]
+        else:
+            graph = PRIMARY_FILE
+            self._head_input = self.pipeline.input_name
+            self._backbone_outputs = []
+        self._primary: ort.InferenceSession | None = None
+        self._oodd: ort.InferenceSession | None = None
+        try:
+            primary = ort.InferenceSession(str(bundle_dir / graph), opts, providers=chosen)
+            self._oodd = ort.InferenceSession(str(bundle_dir / OODD_FILE), opts, providers=chosen)
+        except BaseException:
+            self.close()
+            raise
+        self._primary = primary
+        self.provider: str = primary.get_providers()[0]
         self._size = (self.pipeline.input_width, self.pipeline.input_height)
         channels = len(self.pipeline.channels)
         self._mean = np.asarray(self.pipeline.mean, dtype=np.float32).reshape(channels, 1, 1)
@@ -125,14 +257,42 @@ class ModelRuntime:
     def decode(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Image.Image:
         return decode_image(data, limits, mode=self.pipeline.channels, draft_size=self._size, info=info)
 
+    @property
+    def backbone_outputs(self) -> list[str]:
+        """The backbone outputs this head reads (empty for a single-file bundle)."""
+        return list(self._backbone_outputs)
+
+    def run_backbone(self, batch: NDArray[np.float32]) -> BackboneOutputs:
+        """Split bundles: the backbone's outputs that this head needs (for an embedding cache)."""
+        if self.backbone is None:
+            raise BundleError(f"{self.bundle_dir}: a single-file bundle has no backbone")
+        return self.backbone.run(batch, self._backbone_outputs)
+
+    def run_head(self, outputs: BackboneOutputs) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Split bundles: probabilities and in-domain scores from the backbone's outputs."""
+        return self._run_graph(outputs[self._backbone_outputs[0]])
+
     def run_tensor(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Batched forward pass: (probabilities after temperature, in-domain probabilities)."""
+        if self.backbone is not None:
+            return self.run_head(self.run_backbone(batch))
+        return self._run_graph(batch)
+
+    def _run_graph(self, inputs: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         p = self.pipeline
-        logits, features = self._primary.run([p.logits_output, p.features_output], {p.input_name: batch})
+        if self._primary is None or self._oodd is None:
+            raise BundleError(f"{self.bundle_dir}: the runtime is closed")
+        logits, features = self._primary.run([p.logits_output, p.features_output], {self._head_input: inputs})
         cal = self.metadata.oodd
         (q,) = self._oodd.run([cal.output_name], {cal.input_name: features})
         probs = softmax(logits, self.metadata.temperature)
         return probs, np.asarray(q, dtype=np.float64).reshape(-1)
+
+    def prediction_from(
+        self, probs: NDArray[np.float64], q: float, timings: dict[str, float] | None = None
+    ) -> Prediction:
+        """One row of run_head/run_tensor as a Prediction."""
+        return self._prediction(probs, q, timings or {})
 
     def predict(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Prediction:
         t0 = time.perf_counter()
@@ -194,9 +354,15 @@ class ModelRuntime:
             )
 
     def close(self) -> None:
-        """Drop the sessions; the cache calls this only once no request holds the model."""
+        """Drop the sessions (and this head's hold on its backbone); idempotent.
+
+        The cache calls this only once no request holds the model.
+        """
         self._primary = None
         self._oodd = None
+        backbone, self.backbone = getattr(self, "backbone", None), None
+        if backbone is not None:
+            self._pool.release(backbone)
 
     def describe(self) -> dict[str, Any]:
         meta = self.metadata
@@ -207,4 +373,5 @@ class ModelRuntime:
             "labels": meta.labels,
             "provider": self.provider,
             "bytes": self.nbytes,
+            "backbone": meta.backbone.sha256 if meta.backbone is not None else None,
         }

@@ -3,6 +3,12 @@
     <export>.tar.gz
       manifest.json            ExportManifest below (first member, so a reader can stream)
       images/<iq_id>.<ext>     one image per item, ext from its content type (jpg, png, bmp, webp)
+      embeddings/<sha256>.npy  format 2: float16 (count, dim) embeddings by that backbone, rows in the
+                               order of `embeddings[sha256].image_query_ids`
+
+Format 2 adds `embeddings` and lets an item go without its image (`image: null`) when the export was
+asked for with `images="missing"` and that item's embedding by the requested backbone is included:
+a retrain of a head then reads no image it has seen before.
 
 One item per image query: the latest label that was not undone, from a reviewer (HUMAN) or from the
 device API (CUSTOMER). Items whose latest label is not one of the detector's labels (UNCLEAR, a class
@@ -11,15 +17,17 @@ that no longer exists) or whose image is gone are left out and counted in `exclu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from common.bundle import DetectorMode
 
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
+EMBEDDINGS_DIR = "embeddings"
+EMBEDDING_DTYPE = "float16"
 
 
 class ExportDetector(BaseModel):
@@ -36,8 +44,30 @@ class ExportItem(BaseModel):
     label: str
     source: str = Field(description="HUMAN (review queue) or CUSTOMER (device API)")
     labeled_at: str = Field(description="ISO-8601 UTC")
-    image: str = Field(description="path inside the archive: images/<iq_id>.<ext>")
+    image: str | None = Field(
+        description="path inside the archive: images/<iq_id>.<ext>; null when only its embedding is included"
+    )
     content_type: str
+
+
+class ExportEmbeddings(BaseModel):
+    """One backbone's embeddings in an export: `file` holds float16 (len(image_query_ids), dim)."""
+
+    file: str = Field(description="embeddings/<sha256>.npy")
+    dim: int
+    dtype: str = EMBEDDING_DTYPE
+    image_query_ids: list[str]
+
+
+class ExportRequest(BaseModel):
+    """Body of `POST /api/v1/detectors/{detector_id}/exports` (optional: the default is every image)."""
+
+    backbone_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="include stored embeddings by this backbone"
+    )
+    images: Literal["all", "missing"] = Field(
+        default="all", description="missing: only images whose embedding by backbone_sha256 is not stored"
+    )
 
 
 class ExportManifest(BaseModel):
@@ -48,4 +78,7 @@ class ExportManifest(BaseModel):
     items: list[ExportItem]
     excluded: dict[str, int] = Field(
         default_factory=dict, description="image queries left out, by reason (label value or missing_image)"
+    )
+    embeddings: dict[str, ExportEmbeddings] = Field(
+        default_factory=dict, description="backbone sha256 -> its stored embeddings of these items"
     )

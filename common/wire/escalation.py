@@ -15,6 +15,8 @@ class EscalationReason(StrEnum):
     WANT_ASYNC = "want_async"
     HUMAN_REVIEW_ALWAYS = "human_review_always"
     AUDIT = "audit"
+    # The detector has no model yet: the query was answered with its label prior.
+    NO_MODEL = "no_model"
 
 
 class EscalationCreate(BaseModel):
