@@ -53,6 +53,9 @@ class BackboneRef(BaseModel):
     feature_map_shape: list[int] | None = Field(default=None, description="C, H, W of the feature map")
     weights_sha256: str = Field(default="", description="sha256 of the pretrained weights it was built from")
     source: str = Field(default="", description="where the weights come from (package and version)")
+    parts: dict[str, list[int]] = Field(
+        default_factory=dict, description="named column ranges [start, end) of the embedding, e.g. stats"
+    )
 
 
 def sha256_bytes(data: bytes) -> str:

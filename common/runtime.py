@@ -85,6 +85,35 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+class Preprocessor:
+    """Image bytes → the input tensor a pipeline_config.yaml describes; shared by serving and training."""
+
+    def __init__(self, pipeline: PipelineConfig) -> None:
+        self.pipeline = pipeline
+        self.size = (pipeline.input_width, pipeline.input_height)
+        channels = len(pipeline.channels)
+        self._mean = np.asarray(pipeline.mean, dtype=np.float32).reshape(channels, 1, 1)
+        self._inv_std = (1.0 / np.asarray(pipeline.std, dtype=np.float32)).reshape(channels, 1, 1)
+        self._resample = _RESAMPLE[pipeline.resize]
+
+    def image_to_tensor(self, img: Image.Image) -> NDArray[np.float32]:
+        """Resize, scale to [0, 1], normalise and lay out as (1, C, H, W)."""
+        if img.mode != self.pipeline.channels:
+            img = img.convert(self.pipeline.channels)
+        if img.size != self.size:
+            img = img.resize(self.size, self._resample)
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        out: NDArray[np.float32] = ((arr * (1.0 / 255.0) - self._mean) * self._inv_std)[None]
+        return out
+
+    def decode(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Image.Image:
+        return decode_image(data, limits, mode=self.pipeline.channels, draft_size=self.size, info=info)
+
+    def tensor(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> NDArray[np.float32]:
+        return self.image_to_tensor(self.decode(data, limits, info))
+
+
 BackboneOutputs = dict[str, NDArray[np.float32]]
 
 
@@ -229,11 +258,8 @@ class ModelRuntime:
             raise
         self._primary = primary
         self.provider: str = primary.get_providers()[0]
-        self._size = (self.pipeline.input_width, self.pipeline.input_height)
-        channels = len(self.pipeline.channels)
-        self._mean = np.asarray(self.pipeline.mean, dtype=np.float32).reshape(channels, 1, 1)
-        self._inv_std = (1.0 / np.asarray(self.pipeline.std, dtype=np.float32)).reshape(channels, 1, 1)
-        self._resample = _RESAMPLE[self.pipeline.resize]
+        self.preprocessor = Preprocessor(self.pipeline)
+        self._size = self.preprocessor.size
 
     @property
     def detector_id(self) -> str:
@@ -244,18 +270,10 @@ class ModelRuntime:
         return self.metadata.version
 
     def image_to_tensor(self, img: Image.Image) -> NDArray[np.float32]:
-        """Resize, scale to [0, 1], normalise and lay out as (1, C, H, W)."""
-        if img.mode != self.pipeline.channels:
-            img = img.convert(self.pipeline.channels)
-        if img.size != self._size:
-            img = img.resize(self._size, self._resample)
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        out: NDArray[np.float32] = ((arr * (1.0 / 255.0) - self._mean) * self._inv_std)[None]
-        return out
+        return self.preprocessor.image_to_tensor(img)
 
     def decode(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Image.Image:
-        return decode_image(data, limits, mode=self.pipeline.channels, draft_size=self._size, info=info)
+        return self.preprocessor.decode(data, limits, info)
 
     @property
     def backbone_outputs(self) -> list[str]:

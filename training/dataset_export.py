@@ -2,8 +2,11 @@
 
     manifest.json   {format_version, detector: {id, name, query, mode, labels, mode_configuration},
                      created_at, items: [{image_query_id, label, source, labeled_at,
-                                          image: "images/<image_query_id>.<ext>", content_type}]}
+                                          image: "images/<image_query_id>.<ext>" | null, content_type}],
+                     embeddings: {<backbone sha256>: {file, dim, dtype, image_query_ids}}}
     images/...      the image files the items name
+    embeddings/<sha256>.npy   format 2: float16 (count, dim) embeddings by that backbone, one row per
+                    id in its `image_query_ids`; an item may then come without its image
 
 `read_export` takes such a file apart (defensively: only regular files named by the manifest are
 read, paths are checked, sizes bounded); `write_export` makes one from in-memory images, so tests
@@ -39,9 +42,12 @@ from common.bundle import DetectorMode
 from common.imaging import ImageFormat, content_type_of, sniff_format
 from training.datasets import SplitName, split_of
 
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
+EMBEDDINGS_DIR = "embeddings"
+MAX_EMBEDDINGS_BYTES = 1024 * 1024 * 1024
 UNCLEAR = "UNCLEAR"
 DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_TEST_FRACTION = 0.15
@@ -93,17 +99,36 @@ class ExportItem(BaseModel):
     label: str
     source: str = ""
     labeled_at: str = ""
-    image: str
+    image: str | None
     content_type: str = ""
 
     _text_label = field_validator("label", mode="before")(_labels_as_text)
 
     @field_validator("image")
     @classmethod
-    def _safe_image_path(cls, value: str) -> str:
+    def _safe_image_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         folder, _, name = value.partition("/")
         if folder != IMAGES_DIR or not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"image path {value!r} is not {IMAGES_DIR}/<file name>")
+        return value
+
+
+class ExportEmbeddingsEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    dim: int = Field(gt=0, le=65536)
+    dtype: str = "float16"
+    image_query_ids: list[str]
+
+    @field_validator("file")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        folder, _, name = value.partition("/")
+        if folder != EMBEDDINGS_DIR or not name.endswith(".npy") or "/" in name or name.startswith("."):
+            raise ValueError(f"embeddings path {value!r} is not {EMBEDDINGS_DIR}/<sha256>.npy")
         return value
 
 
@@ -114,16 +139,19 @@ class ExportManifest(BaseModel):
     detector: ExportDetector
     created_at: str = ""
     items: list[ExportItem]
+    embeddings: dict[str, ExportEmbeddingsEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportManifest:
-        if self.format_version != EXPORT_FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} is not supported (this reader knows 1)")
+        if self.format_version not in READABLE_FORMAT_VERSIONS:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported (this reader knows 1 and 2)"
+            )
         ids = Counter(item.image_query_id for item in self.items)
         dup = [k for k, n in ids.items() if n > 1]
         if dup:
             raise ValueError(f"image_query_id {dup[0]!r} appears {ids[dup[0]]} times")
-        images = Counter(item.image for item in self.items)
+        images = Counter(item.image for item in self.items if item.image is not None)
         shared = [k for k, n in images.items() if n > 1]
         if shared:
             raise ValueError(f"image {shared[0]!r} is named by more than one item")
@@ -134,6 +162,17 @@ class ExportManifest(BaseModel):
                 f"item {bad[0].image_query_id!r} has label {bad[0].label!r}, "
                 f"not one of the detector's labels or {UNCLEAR}"
             )
+        known = set(ids)
+        for sha, entry in self.embeddings.items():
+            if entry.file != f"{EMBEDDINGS_DIR}/{sha}.npy":
+                raise ValueError(f"embeddings of {sha[:12]} must be in {EMBEDDINGS_DIR}/{sha}.npy")
+            strangers = [i for i in entry.image_query_ids if i not in known]
+            if strangers:
+                raise ValueError(f"embeddings name {strangers[0]!r}, which is not an item")
+        covered = {i for entry in self.embeddings.values() for i in entry.image_query_ids}
+        bare = [i.image_query_id for i in self.items if i.image is None and i.image_query_id not in covered]
+        if bare:
+            raise ValueError(f"item {bare[0]!r} has neither an image nor an embedding")
         return self
 
 
@@ -166,11 +205,27 @@ class LabelSnapshot:
 
 @dataclass(frozen=True)
 class DatasetExport:
-    """A parsed export: the manifest and each item's image bytes, keyed by image_query_id."""
+    """A parsed export: the manifest, each item's image bytes and embeddings, keyed by image_query_id.
+
+    `embeddings[backbone_sha256]` is a float16 (n, dim) matrix with `embedding_ids[backbone_sha256]`
+    naming its rows.
+    """
 
     manifest: ExportManifest
     images: Mapping[str, bytes] = field(repr=False)
     source: str = ""
+    embeddings: Mapping[str, NDArray[np.float16]] = field(default_factory=dict, repr=False)
+    embedding_ids: Mapping[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def has_image(self, item: ExportItem) -> bool:
+        return item.image_query_id in self.images
+
+    def embeddings_by(self, backbone_sha256: str) -> dict[str, NDArray[np.float16]]:
+        """image_query_id -> its stored embedding by this backbone (rows of the export's matrix)."""
+        matrix = self.embeddings.get(backbone_sha256)
+        if matrix is None:
+            return {}
+        return {iq: matrix[i] for i, iq in enumerate(self.embedding_ids[backbone_sha256])}
 
     @property
     def detector(self) -> ExportDetector:
@@ -181,7 +236,12 @@ class DatasetExport:
         return [item for item in self.manifest.items if item.label != UNCLEAR]
 
     def image_bytes(self, item: ExportItem) -> bytes:
-        return self.images[item.image_query_id]
+        try:
+            return self.images[item.image_query_id]
+        except KeyError:
+            raise ExportError(
+                f"item {item.image_query_id} came without its image (only its embedding)"
+            ) from None
 
     def splits(
         self, val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION
@@ -227,8 +287,18 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
                 if not member.isfile():
                     continue
                 name = _member_name(member)
-                limit = MAX_MANIFEST_BYTES if name == MANIFEST_NAME else max_image_bytes
-                if not (name == MANIFEST_NAME or name.startswith(IMAGES_DIR + "/")):
+                limit = (
+                    MAX_MANIFEST_BYTES
+                    if name == MANIFEST_NAME
+                    else MAX_EMBEDDINGS_BYTES
+                    if name.startswith(EMBEDDINGS_DIR + "/")
+                    else max_image_bytes
+                )
+                if not (
+                    name == MANIFEST_NAME
+                    or name.startswith(IMAGES_DIR + "/")
+                    or name.startswith(EMBEDDINGS_DIR + "/")
+                ):
                     continue
                 if member.size > limit:
                     raise ExportError(f"{path}: {name} is {member.size} bytes, over the {limit}-byte limit")
@@ -254,13 +324,43 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
         ) from None
     images: dict[str, bytes] = {}
     for item in manifest.items:
+        if item.image is None:
+            continue
         blob = blobs.get(item.image)
         if blob is None:
             raise ExportError(
                 f"{path}: {item.image} (item {item.image_query_id}) is missing from the archive"
             )
         images[item.image_query_id] = blob
-    return DatasetExport(manifest=manifest, images=images, source=str(path))
+    matrices: dict[str, NDArray[np.float16]] = {}
+    for sha, entry in manifest.embeddings.items():
+        matrices[sha] = _embedding_matrix(path, entry, blobs.get(entry.file))
+    return DatasetExport(
+        manifest=manifest,
+        images=images,
+        source=str(path),
+        embeddings=matrices,
+        embedding_ids={sha: list(entry.image_query_ids) for sha, entry in manifest.embeddings.items()},
+    )
+
+
+def _embedding_matrix(path: Path, entry: ExportEmbeddingsEntry, blob: bytes | None) -> NDArray[np.float16]:
+    """The .npy member of one backbone's embeddings, checked against its manifest entry."""
+    if blob is None:
+        raise ExportError(f"{path}: {entry.file} is missing from the archive")
+    try:
+        matrix = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ExportError(f"{path}: {entry.file} is not a readable .npy file: {exc}") from None
+    expected = (len(entry.image_query_ids), entry.dim)
+    if matrix.dtype != np.float16 or matrix.shape != expected:
+        raise ExportError(
+            f"{path}: {entry.file} is {matrix.dtype} {matrix.shape}, expected float16 {expected}"
+        )
+    if not np.isfinite(matrix).all():
+        raise ExportError(f"{path}: {entry.file} holds values that are not finite")
+    out: NDArray[np.float16] = matrix
+    return out
 
 
 ImageLike = bytes | Image.Image | NDArray[np.uint8]
@@ -306,14 +406,30 @@ def write_export(
     detector: ExportDetector,
     samples: Iterable[ExportSample],
     created_at: str = "",
+    embeddings: Mapping[str, Mapping[str, NDArray[np.floating]]] | None = None,
+    omit_embedded_images: bool = False,
 ) -> ExportManifest:
     """Write an export file the reader (and the cloud's format) accepts; atomic, byte-reproducible.
 
-    The manifest is validated before anything is written, so a bad label or a duplicate id
-    raises ExportError instead of producing a file nobody can train from.
+    `embeddings[backbone_sha256][image_query_id]` adds stored embeddings (as the cloud does); with
+    `omit_embedded_images` an item that has one comes without its image, like an export asked for
+    with images="missing". The manifest is validated before anything is written, so a bad label or a
+    duplicate id raises ExportError instead of producing a file nobody can train from.
     """
-    entries: list[tuple[ExportItem, bytes]] = []
+    vectors = embeddings or {}
+    embedded = {iq for by_id in vectors.values() for iq in by_id}
+    entries: list[tuple[ExportItem, bytes | None]] = []
     for sample in samples:
+        if omit_embedded_images and sample.image_query_id in embedded:
+            item = ExportItem(
+                image_query_id=sample.image_query_id,
+                label=sample.label,
+                source=sample.source,
+                labeled_at=sample.labeled_at,
+                image=None,
+            )
+            entries.append((item, None))
+            continue
         data, ext, content_type = _encoded(sample.image)
         item = ExportItem(
             image_query_id=sample.image_query_id,
@@ -324,12 +440,26 @@ def write_export(
             content_type=content_type,
         )
         entries.append((item, data))
+    npy: dict[str, bytes] = {}
+    listed: dict[str, ExportEmbeddingsEntry] = {}
+    for sha, by_id in vectors.items():
+        ids = [item.image_query_id for item, _ in entries if item.image_query_id in by_id]
+        matrix = np.stack([np.asarray(by_id[i], dtype=np.float16) for i in ids]) if ids else None
+        if matrix is None:
+            continue
+        buffer = io.BytesIO()
+        np.save(buffer, matrix, allow_pickle=False)
+        npy[sha] = buffer.getvalue()
+        listed[sha] = ExportEmbeddingsEntry(
+            file=f"{EMBEDDINGS_DIR}/{sha}.npy", dim=int(matrix.shape[1]), image_query_ids=ids
+        )
     try:
         manifest = ExportManifest(
             format_version=EXPORT_FORMAT_VERSION,
             detector=detector,
             created_at=created_at,
             items=[item for item, _ in entries],
+            embeddings=listed,
         )
     except ValidationError as exc:
         raise ExportError(f"export would be invalid: {exc.errors()[0]['msg']}") from None
@@ -342,8 +472,11 @@ def write_export(
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             _tar_add(tar, MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=1).encode())
-            for item, data in entries:
-                _tar_add(tar, item.image, data)
+            for item, image in entries:
+                if item.image is not None and image is not None:
+                    _tar_add(tar, item.image, image)
+            for sha, blob in npy.items():
+                _tar_add(tar, f"{EMBEDDINGS_DIR}/{sha}.npy", blob)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import betaincinv
 
+from common.backbone import BackboneStore
 from common.imaging import ImageLimits
-from common.runtime import ModelRuntime
+from common.runtime import BackbonePool, ModelRuntime
 from training.calibration import expected_calibration_error
 
 ECE_BINS = 15
@@ -225,19 +226,23 @@ def auroc(positive_scores: NDArray[np.floating], negative_scores: NDArray[np.flo
     return float(u / (pos.size * neg.size))
 
 
-def bundle_probabilities(
+def bundle_answers(
     bundle_dir: Path,
     images: Sequence[bytes],
     label_names: Sequence[str],
     batch_size: int = 64,
     limits: ImageLimits | None = None,
-) -> tuple[NDArray[np.float64], str]:
-    """A shipped bundle's calibrated probabilities on encoded images, columns in `label_names` order.
-
-    The bundle is verified and run through `common.runtime.ModelRuntime`, exactly as an edge
-    would answer. Returns (probabilities (N, K), the bundle's version).
-    """
-    runtime = ModelRuntime(bundle_dir, providers=["CPUExecutionProvider"])
+    backbone_store: BackboneStore | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], str]:
+    """A shipped bundle's calibrated probabilities (columns in `label_names` order) and in-domain
+    scores on encoded images, answered through `common.runtime.ModelRuntime` exactly as an edge would
+    (a split bundle with its backbone from `backbone_store`). Returns (probabilities, q, version)."""
+    runtime = ModelRuntime(
+        bundle_dir,
+        providers=["CPUExecutionProvider"],
+        backbone_store=backbone_store,
+        backbones=BackbonePool(),
+    )
     try:
         meta = runtime.metadata
         if sorted(meta.labels) != sorted(label_names):
@@ -247,19 +252,34 @@ def bundle_probabilities(
         columns = [meta.labels.index(name) for name in label_names]
         lim = limits or ImageLimits()
         chunks: list[NDArray[np.float64]] = []
+        q_chunks: list[NDArray[np.float64]] = []
         for start in range(0, len(images), batch_size):
             batch = [
                 runtime.image_to_tensor(runtime.decode(data, lim))
                 for data in images[start : start + batch_size]
             ]
-            probs, _ = runtime.run_tensor(np.concatenate(batch))
+            probs, q = runtime.run_tensor(np.concatenate(batch))
             chunks.append(probs[:, columns])
+            q_chunks.append(q)
         version = meta.version
     finally:
         runtime.close()
     if not chunks:
-        return np.zeros((0, len(label_names))), version
-    return np.concatenate(chunks), version
+        return np.zeros((0, len(label_names))), np.zeros(0), version
+    return np.concatenate(chunks), np.concatenate(q_chunks), version
+
+
+def bundle_probabilities(
+    bundle_dir: Path,
+    images: Sequence[bytes],
+    label_names: Sequence[str],
+    batch_size: int = 64,
+    limits: ImageLimits | None = None,
+    backbone_store: BackboneStore | None = None,
+) -> tuple[NDArray[np.float64], str]:
+    """`bundle_answers` without the in-domain scores."""
+    probs, _, version = bundle_answers(bundle_dir, images, label_names, batch_size, limits, backbone_store)
+    return probs, version
 
 
 def evaluate_bundle(
@@ -268,12 +288,91 @@ def evaluate_bundle(
     labels: NDArray[np.integer],
     label_names: Sequence[str],
     item_ids: Sequence[str] = (),
+    backbone_store: BackboneStore | None = None,
 ) -> Evaluation:
     """`evaluate_probabilities` for a shipped bundle (e.g. the production version) on the same items."""
-    probs, version = bundle_probabilities(bundle_dir, images, label_names)
+    probs, version = bundle_probabilities(bundle_dir, images, label_names, backbone_store=backbone_store)
     return evaluate_probabilities(probs, labels, label_names, item_ids, model_version=version)
 
 
 def chance_level(evaluation: Evaluation) -> float:
     """Balanced accuracy of guessing: 1 / (classes present in the evaluated set)."""
     return 1.0 / max(1, evaluation.classes_present)
+
+
+# --- the operating point: what cameras get at the detector's threshold ---------------------------------
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Answers at `threshold` on final confidences c' = q·c + (1 − q)/K, as the edge decides.
+
+    Confident answers stand alone; the rest are escalated. `confident_accuracy_ci95` is the exact
+    (Clopper–Pearson) interval of the confident answers' accuracy.
+    """
+
+    threshold: float
+    n: int
+    confident: int
+    confident_correct: int
+    confident_accuracy: float | None
+    confident_accuracy_ci95: tuple[float, float]
+    escalation_rate: float
+    accuracy: float
+    balanced_accuracy: float
+    items_sha256: str = ""
+    model_version: str = ""
+    method: str = "holdout"  # holdout: the test split; cross_validation: out-of-fold answers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "n": self.n,
+            "confident": self.confident,
+            "confident_correct": self.confident_correct,
+            "confident_accuracy": self.confident_accuracy,
+            "confident_accuracy_ci95": list(self.confident_accuracy_ci95),
+            "escalation_rate": self.escalation_rate,
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "items_sha256": self.items_sha256,
+            "model_version": self.model_version,
+            "method": self.method,
+        }
+
+
+def operating_point(
+    probabilities: NDArray[np.floating],
+    in_domain: NDArray[np.floating],
+    labels: NDArray[np.integer],
+    threshold: float,
+    item_ids: Sequence[str] = (),
+    model_version: str = "",
+    method: str = "holdout",
+) -> OperatingPoint:
+    probs = np.asarray(probabilities, dtype=np.float64)
+    q = np.clip(np.asarray(in_domain, dtype=np.float64), 0.0, 1.0)
+    y = np.asarray(labels, dtype=np.int64)
+    k = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    final = q * probs.max(axis=1) + (1.0 - q) / k
+    confident = final >= threshold
+    right = pred == y
+    n_conf = int(confident.sum())
+    n_right = int((right & confident).sum())
+    present = np.unique(y)
+    recalls = [float(right[y == c].mean()) for c in present]
+    return OperatingPoint(
+        threshold=float(threshold),
+        n=int(y.shape[0]),
+        confident=n_conf,
+        confident_correct=n_right,
+        confident_accuracy=n_right / n_conf if n_conf else None,
+        confident_accuracy_ci95=clopper_pearson(n_right, n_conf) if n_conf else (0.0, 1.0),
+        escalation_rate=1.0 - n_conf / max(1, y.shape[0]),
+        accuracy=float(right.mean()) if y.size else 0.0,
+        balanced_accuracy=float(np.mean(recalls)) if recalls else 0.0,
+        items_sha256=items_digest(item_ids) if item_ids else "",
+        model_version=model_version,
+        method=method,
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from training.evaluation import Evaluation, chance_level
+from training.evaluation import Evaluation, OperatingPoint, chance_level
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,111 @@ def decide_promotion(
         f"{'ok' if ece_ok else 'worse'} (ceiling {ece_ceiling:.4f})"
     )
     return decide(ba_ok and ece_ok, *reasons)
+
+
+# --- the rule for versions judged by what cameras get ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatingPolicy:
+    """Tolerances of `decide_at_threshold` (see its docstring)."""
+
+    # Confident answers may be this far below the threshold's promise (point estimate) before a
+    # version is held back; beyond the exact interval's reach it is held back whatever the tolerance.
+    promise_tolerance: float = 0.02
+    # A version may escalate this much more than production and still replace it.
+    max_escalation_increase: float = 0.02
+    # A comparison with production needs this many shared evaluation items; fewer: newer data wins.
+    min_compare_items: int = 20
+
+
+def promise_kept(point: OperatingPoint, policy: OperatingPolicy) -> tuple[bool, str]:
+    """Whether the confident answers keep the threshold's promise (accuracy ≥ threshold)."""
+    t = point.threshold
+    if point.confident == 0:
+        return True, f"no confident answers at threshold {t:.2f} (everything escalates)"
+    acc = point.confident_accuracy or 0.0
+    lo, hi = point.confident_accuracy_ci95
+    text = (
+        f"confident answers {point.confident_correct}/{point.confident} right ({acc:.4f}, "
+        f"95% CI {lo:.4f}-{hi:.4f}) at threshold {t:.2f}"
+    )
+    if hi < t:
+        return False, text + ": below the promise beyond doubt"
+    if acc < t - policy.promise_tolerance:
+        return False, text + f": more than {policy.promise_tolerance:.2f} below the promise"
+    return True, text
+
+
+def decide_at_threshold(
+    candidate: OperatingPoint,
+    production: OperatingPoint | None,
+    policy: OperatingPolicy | None = None,
+    *,
+    production_error: str | None = None,
+    candidate_labels: int = 0,
+    production_labels: int | None = None,
+) -> PromotionDecision:
+    """Promote a candidate judged on the same held-out items as production, by what cameras get:
+
+    * Its confident answers must keep the threshold's promise (`promise_kept`), first version
+      included: a version that is confidently wrong more often than promised is never promoted.
+    * No production version: promote.
+    * Production evaluated on the same items (at least `min_compare_items`): promote when production
+      breaks the promise, or the candidate escalates at most `max_escalation_increase` more (and its
+      confident accuracy is no more than the tolerance below production's).
+    * Production not comparable on enough shared items (small data, cross-validated candidate):
+      promote when the candidate learnt from more labels than production did.
+    * Production exists but could not be evaluated at all: a person decides.
+    """
+    pol = policy or OperatingPolicy()
+    legacy = PromotionPolicy()
+
+    def decide(promote: bool, *reasons: str) -> PromotionDecision:
+        return PromotionDecision(
+            promote,
+            reasons,
+            legacy,
+            candidate.model_version,
+            production.model_version if production else None,
+        )
+
+    kept, why = promise_kept(candidate, pol)
+    esc = f"escalation {candidate.escalation_rate:.4f} on {candidate.n} items ({candidate.method})"
+    if not kept:
+        return decide(False, why, esc)
+    if production_error is not None:
+        return decide(
+            False, why, esc, f"production could not be evaluated ({production_error}); a person decides"
+        )
+    if production is None:
+        if production_labels is None:
+            return decide(True, why, esc, "first version")
+        if candidate_labels > production_labels:
+            return decide(
+                True, why, esc, f"learnt from {candidate_labels} labels, production from {production_labels}"
+            )
+        return decide(
+            False, why, esc, f"not more labels than production ({candidate_labels} vs {production_labels})"
+        )
+    comparable = (
+        production.items_sha256 == candidate.items_sha256
+        and bool(candidate.items_sha256)
+        and production.n >= pol.min_compare_items
+    )
+    if not comparable:
+        if production_labels is not None and candidate_labels > production_labels:
+            return decide(
+                True, why, esc, f"learnt from {candidate_labels} labels, production from {production_labels}"
+            )
+        return decide(False, why, esc, "production could not be compared on the same items")
+    prod_kept, prod_why = promise_kept(production, pol)
+    prod_esc = f"production escalation {production.escalation_rate:.4f}"
+    if not prod_kept:
+        return decide(True, why, esc, f"production breaks the promise: {prod_why}")
+    if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase:
+        return decide(False, why, esc, prod_esc + ": the candidate escalates more")
+    cand_acc, prod_acc = candidate.confident_accuracy, production.confident_accuracy
+    if cand_acc is not None and prod_acc is not None and cand_acc < prod_acc - pol.promise_tolerance:
+        return decide(False, why, esc, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}")
+    return decide(True, why, esc, prod_esc + ": not worse")

@@ -40,7 +40,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.bundle import BundleError, PredictorMetadata
+from common.backbone import BackboneStore
+from common.bundle import BundleError, PredictorMetadata, read_metadata
 from common.confidence import softmax
 from common.ids import is_detector_id
 from common.imaging import ImageError, ImageLimits, decode_image
@@ -66,13 +67,22 @@ from training.datasets import SplitName
 from training.evaluation import (
     Evaluation,
     IncomparableModelError,
+    OperatingPoint,
+    bundle_answers,
     evaluate_bundle,
     evaluate_probabilities,
+    operating_point,
     reliability_bins,
 )
 from training.models import DigitNet, count_parameters
 from training.preprocess import InputPipeline, Normalizer, bundle_pipeline, image_to_uint8, to_nchw_uint8
-from training.promotion import PromotionDecision, PromotionPolicy, decide_promotion
+from training.promotion import (
+    OperatingPolicy,
+    PromotionDecision,
+    PromotionPolicy,
+    decide_at_threshold,
+    decide_promotion,
+)
 from training.reports import (
     CONFUSION_MATRIX,
     LEARNING_CURVES,
@@ -155,6 +165,19 @@ class TrainingOptions(BaseModel):
     max_balanced_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
     max_ece_increase: float = Field(default=0.02, ge=0, le=1)
     min_test_items: int = Field(default=20, ge=1)
+    # What a job trains (training.service.job): "auto" fits a head on the shared backbone first and,
+    # for tiny inputs with enough labels, tries the compact CNN as a second candidate; "head" and
+    # "cnn" train only that one.
+    engine: Literal["auto", "head", "cnn"] = "auto"
+    backbone: str = "efficientnet-lite0/imagenet"
+    head_folds: int = Field(default=5, ge=2, le=10)
+    oodd_rank: int = Field(default=64, ge=1, le=1024)
+    cnn_max_side: int = Field(default=64, ge=0, le=MAX_INPUT_SIDE)
+    cnn_min_labels: int = Field(default=200, ge=1)
+    # The threshold versions are judged at (default: the detector's own), and its tolerances.
+    confidence_threshold: float | None = Field(default=None, gt=0, le=1)
+    promise_tolerance: float = Field(default=0.02, ge=0, le=0.5)
+    max_escalation_increase: float = Field(default=0.02, ge=0, le=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingOptions:
@@ -168,6 +191,9 @@ class TrainingOptions(BaseModel):
 
     def promotion_policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.max_balanced_accuracy_drop, self.max_ece_increase, self.min_test_items)
+
+    def operating_policy(self) -> OperatingPolicy:
+        return OperatingPolicy(self.promise_tolerance, self.max_escalation_increase, self.min_test_items)
 
 
 Stage = Literal["prepare", "train", "calibrate", "evaluate", "write", "done"]
@@ -294,7 +320,7 @@ def choose_input_size(sides: list[int]) -> int:
     return max(step, round(side / step) * step)
 
 
-def _header(data: bytes) -> tuple[str, int] | None:
+def image_header(data: bytes) -> tuple[str, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.mode, max(img.size)
@@ -306,7 +332,7 @@ def _channels_from_modes(modes: Counter[str]) -> Channels:
     return "L" if modes and all(m in ("L", "LA", "1", "I;16", "I", "F") for m in modes) else "RGB"
 
 
-def _detector_spec(export: DatasetExport) -> DetectorSpec:
+def detector_spec(export: DatasetExport) -> DetectorSpec:
     det = export.detector
     if not is_detector_id(det.id):
         raise TrainingError(f"detector id {det.id!r} is not det_ + 27 base62 characters")
@@ -332,9 +358,9 @@ def _mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
 def prepare_data(export: DatasetExport, options: TrainingOptions | None = None) -> PreparedData:
     """Decode trainable items as the runtime would and split them by the hash of their ids."""
     opts = options or TrainingOptions()
-    spec = _detector_spec(export)
+    spec = detector_spec(export)
     items = export.trainable_items()
-    headers = {item.image_query_id: _header(export.image_bytes(item)) for item in items}
+    headers = {item.image_query_id: image_header(export.image_bytes(item)) for item in items}
     channels: Channels = opts.channels or _channels_from_modes(Counter(h[0] for h in headers.values() if h))
     side = opts.input_size or choose_input_size([h[1] for h in headers.values() if h])
     planes = len(channels)
@@ -616,7 +642,9 @@ def evaluate_candidate(data: PreparedData, calibrated: CalibratedModel, version:
     )
 
 
-def evaluate_production(data: PreparedData, production_bundle: Path) -> tuple[Evaluation | None, str | None]:
+def evaluate_production(
+    data: PreparedData, production_bundle: Path, backbone_store: BackboneStore | None = None
+) -> tuple[Evaluation | None, str | None]:
     """The production bundle on the candidate's test items, through the edge runtime; or why not."""
     try:
         evaluation = evaluate_bundle(
@@ -625,10 +653,27 @@ def evaluate_production(data: PreparedData, production_bundle: Path) -> tuple[Ev
             data.splits.y_test.numpy(),
             data.spec.labels,
             data.item_ids["test"],
+            backbone_store=backbone_store,
         )
     except (BundleError, IncomparableModelError, ImageError, OSError) as exc:
         return None, str(exc)
     return evaluation, None
+
+
+def production_operating_point(
+    data: PreparedData, production_bundle: Path, threshold: float, backbone_store: BackboneStore | None
+) -> tuple[OperatingPoint | None, str | None, int | None]:
+    """Production's answers at the threshold on the candidate's test items, and how many labels it
+    learnt from (its lineage), or why it could not be judged."""
+    try:
+        labels_then = (read_metadata(production_bundle).lineage.get("label_snapshot") or {}).get("count")
+        probs, q, version = bundle_answers(
+            production_bundle, data.test_images, data.spec.labels, backbone_store=backbone_store
+        )
+    except (BundleError, IncomparableModelError, ImageError, OSError) as exc:
+        return None, str(exc), None
+    point = operating_point(probs, q, data.splits.y_test.numpy(), threshold, data.item_ids["test"], version)
+    return point, None, labels_then
 
 
 def save_checkpoint(path: Path, model: DigitNet, data: PreparedData, version: str) -> Path:
@@ -683,11 +728,16 @@ def train_from_export(
     production_bundle: Path | None = None,
     parent_version: str | None = None,
     progress: ProgressCallback | None = None,
+    production_backbones: BackboneStore | None = None,
+    judge_at_threshold: bool = False,
 ) -> TrainingOutcome:
     """Train, calibrate, evaluate (against production when given) and write a candidate bundle.
 
     `out_dir/bundle` must not exist yet (or be empty); reports and the checkpoint are overwritten.
     `parent_version` names the version this one succeeds when no production bundle is given.
+    `production_backbones` holds a split production bundle's backbone. With `judge_at_threshold` the
+    promotion follows `training.promotion.decide_at_threshold` (what cameras get at the detector's
+    threshold) instead of the balanced-accuracy rule.
     """
     opts = options or TrainingOptions()
     clock = _Clock(progress)
@@ -716,14 +766,40 @@ def train_from_export(
         clock.report(
             "evaluate", f"production bundle {production_bundle} on the same {candidate.n} test items"
         )
-        production, production_error = evaluate_production(data, production_bundle)
+        production, production_error = evaluate_production(data, production_bundle, production_backbones)
         if production_error is not None:
             log.warning("production could not be evaluated: %s", production_error)
-    decision = decide_promotion(candidate, production, opts.promotion_policy(), production_error)
+    threshold = opts.confidence_threshold or data.spec.default_confidence_threshold
+    candidate_point = operating_point(
+        calibrated.test_probabilities,
+        calibrated.test_in_domain,
+        data.splits.y_test.numpy(),
+        threshold,
+        data.item_ids["test"],
+        version,
+    )
+    if judge_at_threshold:
+        prod_point, prod_error, prod_labels = None, None, None
+        if production_bundle is not None:
+            prod_point, prod_error, prod_labels = production_operating_point(
+                data, production_bundle, threshold, production_backbones
+            )
+        decision = decide_at_threshold(
+            candidate_point,
+            prod_point,
+            opts.operating_policy(),
+            production_error=prod_error,
+            candidate_labels=len(data.item_ids["train"]) + len(data.item_ids["val"]),
+            production_labels=prod_labels if production_bundle is not None else None,
+        )
+    else:
+        decision = decide_promotion(candidate, production, opts.promotion_policy(), production_error)
     clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
 
     metrics: dict[str, Any] = {
         **calibrated.metrics,
+        "engine": "cnn",
+        "operating_point": candidate_point.as_dict(),
         "test_balanced_accuracy": candidate.balanced_accuracy,
         "evaluation": {
             "split": "test",
@@ -743,6 +819,7 @@ def train_from_export(
         "export": data.export_info,
         "splits": {"method": "sha256(image_query_id)", **{f"n_{k}": v for k, v in n.items()}},
         "architecture": trained.info["architecture"],
+        "backbone": {"id": "digitnet/from-scratch", "sha256": None, "weights_sha256": None},
         "seed": opts.seed,
         "torch": torch.__version__,
         "device": trained.info["device"],

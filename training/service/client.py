@@ -157,11 +157,50 @@ class CloudClient:
 
     # --- exports ---------------------------------------------------------------------------------
 
-    def create_export(self, detector_id: str) -> dict[str, Any]:
+    def create_export(self, detector_id: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`request`: common.wire.dataset_export.ExportRequest as JSON (which embeddings, which images)."""
+        kwargs: dict[str, Any] = {"json": request} if request is not None else {}
         export: dict[str, Any] = self._json(
-            "POST", f"/api/v1/detectors/{detector_id}/exports", "request a dataset export"
+            "POST", f"/api/v1/detectors/{detector_id}/exports", "request a dataset export", **kwargs
         )
         return export
+
+    # --- backbones and embeddings ----------------------------------------------------------------
+
+    def backbone(self, sha256: str) -> dict[str, Any] | None:
+        """The registered backbone's info, or None when the cloud does not have it."""
+        response = self._send("GET", f"/api/v1/backbones/{sha256}", "backbone info", retry=True)
+        if response.status_code == 404:
+            return None
+        info: dict[str, Any] = self._check(response, "backbone info").json()
+        return info
+
+    def upload_backbone(self, ref_json: str, path: Path) -> None:
+        sha = json.loads(ref_json)["sha256"]
+        with path.open("rb") as fh:
+            response = self._send(
+                "PUT",
+                f"/api/v1/backbones/{sha}",
+                "register the backbone",
+                files={"file": ("backbone.onnx", fh, "application/octet-stream")},
+                data={"ref": ref_json},
+            )
+        self._check(response, "register the backbone")
+
+    def download_backbone(self, sha256: str, dest: Path) -> str:
+        return self._download(f"/api/v1/backbones/{sha256}/download", dest, "download a backbone")
+
+    def upload_embeddings(self, sha256: str, ids: list[str], vectors_npy: bytes) -> dict[str, Any]:
+        """Stores float16 embeddings (a .npy of shape (len(ids), dim)) by that backbone."""
+        response = self._send(
+            "POST",
+            f"/api/v1/backbones/{sha256}/embeddings",
+            "store embeddings",
+            files={"vectors": ("vectors.npy", vectors_npy, "application/octet-stream")},
+            data={"image_query_ids": json.dumps(ids)},
+        )
+        stored: dict[str, Any] = self._check(response, "store embeddings").json()
+        return stored
 
     def get_export(self, export_id: str) -> dict[str, Any]:
         export: dict[str, Any] = self._json(

@@ -1,8 +1,13 @@
 """One leased training job, from the dataset export to a registered (maybe promoted) model version.
 
-    export     ask the cloud for a dataset export of the detector; the cloud worker builds it
-    download   the export, and the production bundle (verified like an edge would) to compare with
-    train      training.trainer.train_from_export: prepare, train, calibrate, evaluate, write
+    backbone   the shared backbone (exported once per trainer), registered in the cloud if it is not
+    download   the production bundle (verified like an edge would) to compare with, and its backbone
+    export     ask the cloud for a dataset export of the detector with the stored embeddings by this
+               backbone and only the images that have none; the cloud worker builds it
+    train      training.head_trainer: a head on the shared backbone in seconds (new embeddings are
+               stored in the cloud as they are computed); for tiny inputs with enough labels, the
+               compact CNN (training.trainer) is tried next as a second candidate, judged on the same
+               items against what is production by then
     register   the bundle as a candidate with lineage (job, export, trainer, parent version); its
                plots and metrics.json as reports of that version
     promote    only when the trainer's rule says the candidate is not worse than production on the
@@ -20,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -32,18 +39,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
-from common.bundle import BundleError
+from common.backbone import BackboneError, BackboneStore
+from common.bundle import BundleError, read_metadata
 from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
+from training.backbones import build_backbone
 from training.dataset_export import ExportError, read_export
+from training.embeddings import Embedder
+from training.head_trainer import HeadOutcome, train_head_from_export
 from training.reports import CONFUSION_MATRIX, LEARNING_CURVES, METRICS_JSON, RELIABILITY
 from training.service.client import CloudClient, CloudError, LeaseLost
 from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
 from training.service.settings import TrainerSettings
 from training.train import resolve_device
-from training.trainer import TrainingError, TrainingOptions, TrainingOutcome, train_from_export
+from training.trainer import TrainingError, TrainingOptions, train_from_export
 
 log = logging.getLogger("training.service")
 
@@ -238,30 +250,134 @@ class JobRun:
         options = job_options(self.job.get("config") or {}, self.settings)
         device = resolve_device(options.device).type
         reporter.update(device=device)
-        reporter.stage("export", f"requesting a dataset export of {self.detector_id}")
-        export_path = self._fetch_export(work)
+        if options.engine == "cnn":
+            return self._run_cnn(work, options, None)
+        reporter.stage("backbone", f"backbone {options.backbone}")
+        backbone = build_backbone(options.backbone, self.settings.work_dir / "backbones")
+        self._ensure_backbone_registered(backbone.ref.model_dump_json(), backbone.path, backbone.ref.sha256)
         production_dir, parent_version, production_id = self._fetch_production(work)
-        outcome = train_from_export(
+        production_store = self._production_backbones(work, production_dir)
+        reporter.stage("export", f"requesting a dataset export of {self.detector_id}")
+        export_path = self._fetch_export(work, {"backbone_sha256": backbone.ref.sha256, "images": "missing"})
+        embedder = Embedder(backbone, threads=options.threads, device=device)
+        uploads = _EmbeddingUploads(self.client, backbone.ref.sha256)
+        try:
+            outcome = train_head_from_export(
+                read_export(export_path),
+                work / "out-head",
+                options,
+                embedder,
+                production_bundle=production_dir,
+                production_backbones=production_store,
+                parent_version=parent_version,
+                progress=reporter.on_training_progress,
+                on_new_embeddings=uploads.add,
+            )
+            uploads.flush()
+        finally:
+            embedder.close()
+        export_path.unlink(missing_ok=True)
+        reporter.log(
+            f"[train] head {outcome.head.params} on {outcome.data['used']} items "
+            f"({outcome.data['new_embeddings']} newly embedded) in {outcome.wall_s:.1f}s"
+        )
+        result = self._register_and_promote(
+            work,
+            outcome.bundle_dir,
+            outcome.reports_dir,
+            outcome.version,
+            outcome.promotion.promote,
+            outcome.promotion.reasons,
+            production_id,
+        )
+        if options.engine == "auto" and _cnn_due(outcome, options):
+            reporter.log("[train] tiny inputs: trying the compact CNN as a second candidate")
+            second = self._run_cnn(work, options, outcome if result.promoted else None)
+            if second.promoted:
+                return second
+        return result
+
+    def _register_and_promote(
+        self,
+        work: Path,
+        bundle_dir: Path,
+        reports_dir: Path,
+        version: str,
+        promote: bool,
+        reasons: tuple[str, ...],
+        production_id: str | None,
+    ) -> JobOutcome:
+        reporter = self.reporter
+        reporter.stage("register", f"uploading {version}")
+        model_id = self._register(work, bundle_dir, reports_dir, version, production_id)
+        promoted = False
+        if promote:
+            promoted = self._promote(model_id, version, reasons, production_id)
+        else:
+            reporter.log(f"[promote] not promoted: {'; '.join(reasons)}")
+        reporter.update(model_id=model_id, version=version, promoted=promoted)
+        return JobOutcome(self.job_id, "succeeded", model_id, version, promoted)
+
+    def _run_cnn(self, work: Path, options: TrainingOptions, head: HeadOutcome | None) -> JobOutcome:
+        """The compact CNN from every image; judged against production (the head just promoted, if any)."""
+        reporter = self.reporter
+        out = work / "out-cnn"
+        production_dir, parent_version, production_id = self._fetch_production(work / "cnn")
+        production_store = self._production_backbones(work / "cnn", production_dir)
+        export_path = self._fetch_export(work / "cnn", {"images": "all"})
+        cnn = train_from_export(
             read_export(export_path),
-            work / "out",
+            out,
             options,
             production_bundle=production_dir,
             parent_version=parent_version,
             progress=reporter.on_training_progress,
+            production_backbones=production_store,
+            judge_at_threshold=True,
         )
-        reporter.stage("register", f"uploading {outcome.version}")
-        model_id = self._register(work, outcome, production_id)
-        promoted = False
-        if outcome.promotion.promote:
-            promoted = self._promote(model_id, outcome, production_id)
-        else:
-            reporter.log(f"[promote] not promoted: {'; '.join(outcome.promotion.reasons)}")
-        reporter.update(model_id=model_id, version=outcome.version, promoted=promoted)
-        return JobOutcome(self.job_id, "succeeded", model_id, outcome.version, promoted)
+        return self._register_and_promote(
+            work,
+            cnn.bundle_dir,
+            cnn.reports_dir,
+            cnn.version,
+            cnn.promotion.promote,
+            cnn.promotion.reasons,
+            production_id,
+        )
 
-    def _fetch_export(self, work: Path) -> Path:
+    def _ensure_backbone_registered(self, ref_json: str, path: Path, sha256: str) -> None:
+        if self.client.backbone(sha256) is None:
+            self.reporter.log(f"[backbone] registering {sha256[:12]} in the cloud")
+            self.client.upload_backbone(ref_json, path)
+
+    def _production_backbones(self, work: Path, production_dir: Path | None) -> BackboneStore | None:
+        """A store holding the production bundle's backbone (downloaded and verified), when it has one."""
+        if production_dir is None:
+            return None
+        try:
+            meta = read_metadata(production_dir)
+        except BundleError:
+            return None
+        if meta.backbone is None:
+            return None
+        store = BackboneStore(work / "production-backbones")
+        cached = BackboneStore(self.settings.work_dir / "backbones" / "registry")
+        if not cached.has(meta.backbone.sha256):
+            tmp = work / "backbone.download"
+            self.client.download_backbone(meta.backbone.sha256, tmp)
+            try:
+                cached.install_file(tmp, meta.backbone)
+            except BackboneError as exc:
+                self.reporter.log(f"[download] production's backbone is unusable ({exc})")
+                return None
+            finally:
+                tmp.unlink(missing_ok=True)
+        store.install_file(cached.verify(meta.backbone.sha256), meta.backbone)
+        return store
+
+    def _fetch_export(self, work: Path, request: dict[str, Any] | None = None) -> Path:
         reporter = self.reporter
-        export = self.client.create_export(self.detector_id)
+        export = self.client.create_export(self.detector_id, request)
         export_id = export["id"]
         reporter.update(export_id=export_id)
         deadline = time.monotonic() + self.settings.export_timeout_s
@@ -279,6 +395,7 @@ class JobRun:
             self.stopping.wait(EXPORT_POLL_S)
             reporter.check()
             export = self.client.get_export(export_id)
+        work.mkdir(parents=True, exist_ok=True)
         path = work / "export.tar.gz"
         reporter.stage(
             "download", f"dataset export {export_id}: {export.get('item_count', 0)} labelled images"
@@ -299,6 +416,7 @@ class JobRun:
             return None, None, None
         version, model_id = str(info["version"]), str(info["model_version_id"])
         reporter.stage("download", f"production version {version} to compare against")
+        work.mkdir(parents=True, exist_ok=True)
         bundle_dir = work / "production"
         archive = work / "production.tar.gz"
         try:
@@ -317,10 +435,12 @@ class JobRun:
             archive.unlink(missing_ok=True)
         return bundle_dir, version, model_id
 
-    def _register(self, work: Path, outcome: TrainingOutcome, production_id: str | None) -> str:
+    def _register(
+        self, work: Path, bundle_dir: Path, reports_dir: Path, version: str, production_id: str | None
+    ) -> str:
         reporter = self.reporter
-        archive = work / "bundle.tar.gz"
-        pack_bundle(outcome.bundle_dir, archive)
+        archive = work / f"bundle-{version}.tar.gz"
+        pack_bundle(bundle_dir, archive)
         lineage = {
             "training_job_id": self.job_id,
             "export_id": reporter.snapshot().get("export_id"),
@@ -330,20 +450,24 @@ class JobRun:
         model, created = self.client.upload_model(self.detector_id, archive, lineage)
         model_id = str(model["id"])
         reporter.log(
-            f"[register] {outcome.version} is {model_id}"
+            f"[register] {version} is {model_id}"
             + ("" if created else " (this exact version was registered before)")
         )
+        uploaded = []
         for name, content_type in REPORT_FILES:
-            path = outcome.reports_dir / name
+            path = reports_dir / name
             if name == METRICS_JSON:
                 path = self._public_metrics(path, work / METRICS_JSON)
             if path.is_file():
                 self.client.upload_report(model_id, name, path, content_type)
-        reporter.log("[register] reports uploaded: " + ", ".join(name for name, _ in REPORT_FILES))
+                uploaded.append(name)
+        reporter.log("[register] reports uploaded: " + ", ".join(uploaded))
         return model_id
 
     def _public_metrics(self, path: Path, out: Path) -> Path:
         """metrics.json without the trainer's local paths, with the job it came from."""
+        if not path.is_file():
+            return path
         payload = json.loads(path.read_text())
         summary = payload.get("summary")
         if isinstance(summary, dict):
@@ -353,13 +477,64 @@ class JobRun:
         out.write_text(json.dumps(payload, indent=1))
         return out
 
-    def _promote(self, model_id: str, outcome: TrainingOutcome, production_id: str | None) -> bool:
+    def _promote(
+        self, model_id: str, version: str, reasons: tuple[str, ...], production_id: str | None
+    ) -> bool:
         reporter = self.reporter
         current = self.client.production(self.detector_id)
         current_id = str(current["model_version_id"]) if current is not None else None
         if current_id not in (production_id, model_id):
             reporter.log(f"[promote] production changed to {current_id} while this job ran; a person decides")
             return False
-        reporter.stage("promote", f"{outcome.version}: {'; '.join(outcome.promotion.reasons)}", check=False)
+        reporter.stage("promote", f"{version}: {'; '.join(reasons)}", check=False)
         self.client.promote(model_id)
         return True
+
+
+# Embeddings go to the cloud in batches of this many rows.
+UPLOAD_BATCH = 256
+
+
+class _EmbeddingUploads:
+    """Collects newly computed embeddings and stores them in the cloud in batches (best effort: a
+    failed upload only means the next job embeds those images again)."""
+
+    def __init__(self, client: CloudClient, sha256: str) -> None:
+        self.client = client
+        self.sha256 = sha256
+        self.ids: list[str] = []
+        self.rows: list[np.ndarray[Any, np.dtype[np.float16]]] = []
+        self.failed = False
+
+    def add(self, ids: list[str], vectors: np.ndarray[Any, np.dtype[np.float16]]) -> None:
+        self.ids += ids
+        self.rows.append(vectors)
+        if len(self.ids) >= UPLOAD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids or self.failed:
+            return
+        buffer = io.BytesIO()
+        np.save(buffer, np.concatenate(self.rows).astype(np.float16), allow_pickle=False)
+        try:
+            self.client.upload_embeddings(self.sha256, self.ids, buffer.getvalue())
+        except CloudError as exc:
+            self.failed = True
+            log.warning("embeddings not stored in the cloud", extra={"fields": {"error": str(exc)}})
+        self.ids, self.rows = [], []
+
+
+def _cnn_due(head: HeadOutcome, options: TrainingOptions) -> bool:
+    """Tiny inputs with enough labels, at 1x, 2x, 4x ... `cnn_min_labels` labels (milestones since
+    production's own label count), so the slow candidate runs a few times in a detector's life."""
+    side = head.data.get("median_side")
+    labels = int(head.data.get("n_fit", 0))
+    if side is None or side > options.cnn_max_side or labels < options.cnn_min_labels:
+        return False
+    before = head.production_labels or 0
+
+    def milestone(n: int) -> int:
+        return int(math.log2(n / options.cnn_min_labels)) if n >= options.cnn_min_labels else -1
+
+    return milestone(labels) > milestone(before)
