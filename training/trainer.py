@@ -174,6 +174,11 @@ class TrainingOptions(BaseModel):
     oodd_rank: int = Field(default=64, ge=1, le=1024)
     cnn_max_side: int = Field(default=64, ge=0, le=MAX_INPUT_SIDE)
     cnn_min_labels: int = Field(default=200, ge=1)
+    # Fine-tuning the backbone's last blocks (a second candidate that must beat the head): "auto" with a
+    # GPU, or on the CPU from `finetune_min_labels` labels (then at 2x, 4x ... that many).
+    finetune: Literal["auto", "never", "always"] = "auto"
+    finetune_min_labels: int = Field(default=500, ge=1)
+    finetune_epochs: int = Field(default=5, ge=1, le=100)
     # The threshold versions are judged at (default: the detector's own), and its tolerances.
     confidence_threshold: float | None = Field(default=None, gt=0, le=1)
     promise_tolerance: float = Field(default=0.02, ge=0, le=0.5)

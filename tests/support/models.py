@@ -66,3 +66,46 @@ def clone_bundle(src_bundle: Path, detector_id: str, model_root: Path, version: 
             meta,
         )
         return install_bundle(out, model_root)
+
+
+BACKBONE_CACHE = ROOT / "build" / "backbones"
+
+
+def lite0_backbone():  # -> training.backbones.BuiltBackbone
+    """The real EfficientNet-Lite0 backbone, exported once per checkout into build/backbones."""
+    from training.backbones import build_backbone
+
+    return build_backbone(cache_dir=BACKBONE_CACHE)
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fashion_embeddings(count: int):  # -> (embeddings float16 (count, D), labels (count,), images uint8)
+    """The first `count` Fashion-MNIST test images embedded by Lite0, cached under build/test-models."""
+    import numpy as np
+
+    from training.datasets import load_fashion_mnist
+    from training.embeddings import Embedder
+
+    backbone = lite0_backbone()
+    images, labels = load_fashion_mnist("t10k")
+    path = CACHE_DIR / f"fashion-{backbone.ref.sha256[:12]}-{count}.npy"
+    if not path.is_file():
+        embedder = Embedder(backbone)
+        try:
+            vectors = embedder.embeddings([png_bytes(images[i]) for i in range(count)]).vectors
+        finally:
+            embedder.close()
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vectors.astype(np.float16))
+        os.replace(tmp, path)
+    return np.load(path), labels[:count], images[:count]

