@@ -9,6 +9,7 @@ handed back (its lease expires at once) so another trainer picks it up.
 from __future__ import annotations
 
 import importlib.util
+import os
 import logging
 import signal
 import threading
@@ -146,6 +147,10 @@ def main() -> int:
 
     settings = TrainerSettings()
     configure_logging(settings.log_level)
+    if settings.nice:
+        # Training takes every core it is given; the API, review pages and the edge sharing a small
+        # machine must still answer at once, so the trainer yields the CPU to them.
+        os.nice(settings.nice)
     service = TrainerService(settings)
     service.install_signal_handlers()
     return service.run()

@@ -43,6 +43,8 @@ class TrainerSettings(BaseSettings):
     # How long to wait for the worker to build a dataset export.
     export_timeout_s: float = Field(default=1800.0, gt=0)
     http_timeout_s: float = Field(default=60.0, gt=0)
+    # Added to the process's nice value at start (0 = keep it): a trainer on a shared machine yields.
+    nice: int = Field(default=10, ge=0, le=19)
     log_level: str = "info"
 
     @field_validator("cloud_url")
