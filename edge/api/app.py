@@ -14,6 +14,7 @@ from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
 from edge.api.core.inference_client import InferenceClient, new_session
+from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.deps import EdgeState
 from edge.api.errors import ERROR_RESPONSES
@@ -62,6 +63,17 @@ def create_app(
         inference = InferenceClient(inference_http)
         config = ConfigStore(settings.config_path, settings.data_dir)
         directory = DetectorDirectory(inference, settings.detector_info_ttl_s)
+        priors = PriorBook(
+            store,
+            cloud_http,
+            link,
+            settings.api_token,
+            ttl_s=settings.prior_ttl_s,
+            wait_s=settings.prior_wait_s,
+            retry_s=settings.prior_retry_s,
+            timeout_s=settings.prior_timeout_s,
+        )
+        await priors.load()
         app.state.edge = EdgeState(
             settings=settings,
             store=store,
@@ -80,18 +92,22 @@ def create_app(
                 cloud_answers=CloudAnswers(
                     cloud_http, link, settings.api_token, settings.cloud_answer_timeout_s
                 ),
+                priors=priors,
             ),
+            priors=priors,
             metrics=metrics,
             cloud=link,
             started_at=time.time(),
         )
         sender.start()
         probe.start()
+        priors.prefetch_unserved(config.config, directory)
         try:
             yield
         finally:
             await sender.stop()
             await probe.stop()
+            await priors.close()
             await inference_http.close()
             await cloud_http.aclose()
             await store.close()

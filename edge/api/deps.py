@@ -11,6 +11,7 @@ from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
 from edge.api.core.inference_client import InferenceClient
+from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.escalation.cloud_link import CloudLink
 from edge.api.metrics import EdgeMetrics
@@ -25,6 +26,7 @@ class EdgeState:
     inference: InferenceClient
     directory: DetectorDirectory
     image_queries: ImageQueryService
+    priors: PriorBook
     metrics: EdgeMetrics
     cloud: CloudLink
     started_at: float

@@ -34,6 +34,13 @@ class EdgeSettings(BaseSettings):
     # Reading an escalated query asks the cloud for a person's answer; never longer than this.
     cloud_answer_timeout_s: float = Field(default=2.0, gt=0)
     cloud_probe_interval_s: float = Field(default=15.0, gt=0)
+    # A detector without a model answers with its label prior from the cloud (edge.api.core.priors):
+    # fresh this long, then refreshed in the background; a request waits at most prior_wait_s for a
+    # first one (else 503); after a failed fetch none is tried for prior_retry_s.
+    prior_ttl_s: float = Field(default=30.0, gt=0)
+    prior_wait_s: float = Field(default=1.0, ge=0, le=8)
+    prior_retry_s: float = Field(default=5.0, ge=0)
+    prior_timeout_s: float = Field(default=5.0, gt=0)
     # The streams service (edge/streams), whose per-stream status /status and /metrics include;
     # empty: not deployed.
     streams_url: str = "http://127.0.0.1:8720"

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from common.http import RequestLogMiddleware
+from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
 from edge.updater.core import DetectorPoller
 from edge.updater.installer import Installer
@@ -54,9 +55,10 @@ def create_app(
             installer = Installer(settings.model_root, keep=settings.keep_versions)
             await asyncio.to_thread(installer.clean_leftovers)
             registry = RegistryClient(cloud, settings.token, settings.download_timeout_s)
+            backbones = SharedBackbones(registry, installer, app.state.metrics)
             updater = Updater(
                 settings,
-                DetectorPoller(registry, InferenceClient(inference), installer),
+                DetectorPoller(registry, InferenceClient(inference), installer, backbones),
                 registry,
                 EdgeApiClient(edge_api),
                 installer,
@@ -89,7 +91,11 @@ def create_app(
     @app.get("/status", operation_id="status")
     async def status(request: Request) -> dict[str, Any]:
         updater: Updater = request.app.state.updater
-        return {"uptime_s": round(time.time() - request.app.state.started_at, 1), **updater.snapshot()}
+        backbones = await asyncio.to_thread(updater.installer.installed_backbones)
+        return {
+            "uptime_s": round(time.time() - request.app.state.started_at, 1),
+            **updater.snapshot(backbones),
+        }
 
     @app.get("/metrics", operation_id="metrics")
     async def metrics(request: Request) -> Response:

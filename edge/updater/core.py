@@ -6,13 +6,15 @@ A poll asks the cloud's `fetch-model-urls` with the ETag of its last answer:
 - 200 naming the version `current` already names: ask inference to swap (a no-op when it serves it).
 - 200 naming another version: put it in place (from disk when it is one of the kept versions, as after
   a rollback; else download, check size and sha256, unpack, verify, install atomically), then ask
-  inference to load and warm it beside the old one and swap.
+  inference to load and warm it beside the old one and swap. A split bundle's shared backbone is
+  installed first when the edge lacks it (edge.updater.backbones: once per edge, checked the same way).
 
 A version that fails verification or warm-up is rejected: `current` goes back to the previous version
 (inference never stopped serving it), the bad copy is deleted, and the rejection is kept for the status
-page and the heartbeat. The ETag of that answer is kept too, so the same bundle is not fetched again
-until the cloud's answer changes. Errors on the way (cloud or inference unreachable) change nothing
-that serves and are retried with backoff.
+page and the heartbeat; so is one whose backbone download fails its checks. The ETag of that answer
+is kept too, so the same bundle is not fetched again until the cloud's answer changes. Errors on the
+way (cloud or inference unreachable) change nothing that serves and are retried with backoff. After
+an install or a rejection, backbones that no kept version needs any more are removed.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from common.backbone import BackboneError
 from common.bundle import VERSION_RE, BundleError
 from common.wire.inference import SwapResult
 from common.wire.model_registry import ModelFetchInfo
+from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import (
     CloudError,
     DownloadRejected,
@@ -80,6 +84,12 @@ class DetectorState:
     last_error_at: float | None = None
     rejected: Rejection | None = None
     next_poll_at: float | None = None
+    delay_s: float | None = None  # the wait chosen after the last poll (edge.updater.runner)
+
+    @property
+    def has_no_model(self) -> bool:
+        """Nothing serves on this edge and the cloud has no model for it yet (or could not say)."""
+        return self.version is None and self.outcome in (Outcome.NO_MODEL, Outcome.ERROR)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -99,6 +109,7 @@ class DetectorState:
                 else None
             ),
             "next_poll_at": self.next_poll_at,
+            "delay_s": self.delay_s,
         }
 
 
@@ -122,10 +133,17 @@ class _Rejected(Exception):
 class DetectorPoller:
     """Runs one poll of one detector; the caller owns the schedule (see edge.updater.runner)."""
 
-    def __init__(self, registry: RegistryClient, inference: InferenceClient, installer: Installer) -> None:
+    def __init__(
+        self,
+        registry: RegistryClient,
+        inference: InferenceClient,
+        installer: Installer,
+        backbones: SharedBackbones | None = None,
+    ) -> None:
         self.registry = registry
         self.inference = inference
         self.installer = installer
+        self.backbones = backbones or SharedBackbones(registry, installer)
 
     async def poll_once(self, state: DetectorState) -> Outcome:
         state.polled_at = time.time()
@@ -166,21 +184,37 @@ class DetectorPoller:
         source: Source | None = None
         try:
             if deployed != info.version:
-                source = await self._put_in_place(info)
+                async with self.backbones.needed(info.backbone):
+                    source = await self._put_in_place(info)
             result = await self.inference.swap(det)
-        except (DownloadRejected, BundleError, SwapRejected) as exc:
+        except (DownloadRejected, BackboneError, BundleError, SwapRejected) as exc:
             reason = str(exc)[:MAX_ERROR_CHARS]
+            if info.backbone is not None and isinstance(exc, (DownloadRejected, BackboneError)):
+                reason = f"backbone {info.backbone.id} ({info.backbone.sha256[:12]}): {reason}"[
+                    :MAX_ERROR_CHARS
+                ]
             now = await asyncio.to_thread(self.installer.reject, det, info.version, previous)
             state.version = now
+            await self._clean_up_backbones()
             return self._record_rejection(state, fetched.etag, info.version, reason)
         state.etag = fetched.etag
         state.version = result.version
         if source is None and result.previous_version in (None, result.version):
             return Outcome.UP_TO_DATE, None  # at most warmed up what `current` already named
+        if source is not None:
+            await self._clean_up_backbones()  # an install may have pruned the last user of one
         return self._record_deploy(state, info, deployed, result, source or Source.DISK)
 
+    async def _clean_up_backbones(self) -> None:
+        """Never fails the poll: a backbone left over is removed after the next install."""
+        try:
+            await self.backbones.clean_up()
+        except OSError as exc:
+            log.warning("backbone clean-up failed", extra={"fields": {"error": str(exc)}})
+
     async def _put_in_place(self, info: ModelFetchInfo) -> Source:
-        """Make `current` name `info.version`: a kept copy when intact, else a verified download."""
+        """Make `current` name `info.version`: a kept copy when intact, else a verified download.
+        A split bundle's backbone is installed by the caller first (SharedBackbones.needed)."""
         det, version = info.detector_id, info.version
         if await asyncio.to_thread(self.installer.has_version, det, version):
             try:

@@ -28,3 +28,12 @@ class UpdaterMetrics:
             "updater_consecutive_failures", "Poll errors in a row per detector", ["detector_id"], registry=r
         )
         self.heartbeats = Counter("updater_heartbeats", "Heartbeats to the cloud", ["outcome"], registry=r)
+        self.backbone_downloads = Counter(
+            "updater_backbone_downloads",
+            "Shared backbones downloaded (installed, or rejected: wrong size or sha256)",
+            ["outcome"],
+            registry=r,
+        )
+        self.backbones_removed = Counter(
+            "updater_backbones_removed", "Shared backbones removed: no kept version needed them", registry=r
+        )

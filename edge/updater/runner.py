@@ -4,9 +4,12 @@ The edge config comes from edge-api (`GET /edge-config`, polled every `config_po
 only detectors whose edge inference config is enabled are polled. The refresh rate is
 UPDATER_REFRESH_RATE_S, or else the config's `global_config.refresh_rate`; a change wakes the loops so
 they reschedule at once. While edge-api cannot be reached the loops keep the last config they got.
+A detector that has no model on this edge yet is polled every `no_model_refresh_s` instead (5 s by
+default), so the first version promoted in the cloud arrives within seconds; once a model serves, the
+refresh rate applies.
 
 The heartbeat (`POST /api/v1/hubs/heartbeat`) reports the versions `current` names in the model root,
-edge-api's outbox depth, and the last errors and rejections. Its edge id is UPDATER_EDGE_ID or else
+the shared backbones installed, edge-api's outbox depth, and the last errors and rejections. Its edge id is UPDATER_EDGE_ID or else
 edge-api's own, so one edge never shows up as two hubs; until one of them is known no heartbeat is sent.
 
 Stopping waits up to `shutdown_grace_s` for polls under way (a download, an install, a swap) to finish.
@@ -35,6 +38,16 @@ log = logging.getLogger("updater")
 
 RECENT_ERRORS = 10
 HEARTBEAT_DETECTORS = 20
+HEARTBEAT_BACKBONES = 20
+
+
+def poll_interval(state: DetectorState, refresh_s: float, no_model_refresh_s: float) -> float:
+    """The base wait before a detector's next poll: `no_model_refresh_s` while it has no model on this
+    edge and the cloud had none either (or could not be asked), else the refresh rate. Never slower
+    than the refresh rate."""
+    if state.has_no_model:
+        return min(refresh_s, no_model_refresh_s)
+    return refresh_s
 
 
 @dataclass
@@ -169,9 +182,11 @@ class Updater:
             draw = self._draw()
             while not (loop.removed or self._stopping.is_set()):
                 rate = self.refresh_rate_s or self.settings.refresh_rate_s or 60.0
+                base = poll_interval(state, rate, self.settings.no_model_refresh_s)
                 delay = next_delay(
-                    rate, state.failures, self.settings.backoff_max_s, self.settings.jitter, draw
+                    base, state.failures, self.settings.backoff_max_s, self.settings.jitter, draw
                 )
+                state.delay_s = delay
                 remaining = started + delay - time.monotonic()
                 state.next_poll_at = time.time() + max(0.0, remaining)
                 if remaining <= 0:
@@ -226,7 +241,9 @@ class Updater:
     def edge_id(self) -> str | None:
         return self.settings.edge_id or self.edge_api_edge_id
 
-    def heartbeat_body(self, deployed: dict[str, str]) -> dict[str, Any] | None:
+    def heartbeat_body(
+        self, deployed: dict[str, str], backbones: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         edge_id = self.edge_id
         if edge_id is None:
             return None
@@ -257,6 +274,10 @@ class Updater:
                     for s in troubled
                 },
                 "recent_errors": list(self.recent_errors),
+                "backbones": [
+                    {"sha256": b["sha256"], "id": b["id"], "bytes": b["bytes"], "used_by": len(b["used_by"])}
+                    for b in (backbones or [])[:HEARTBEAT_BACKBONES]
+                ],
             }
         }
         body: dict[str, Any] = {
@@ -272,7 +293,8 @@ class Updater:
     async def heartbeat_once(self) -> bool:
         await self._ask_edge_api()
         deployed = await asyncio.to_thread(self.installer.deployed_versions)
-        body = self.heartbeat_body(deployed)
+        backbones = await asyncio.to_thread(self.installer.installed_backbones)
+        body = self.heartbeat_body(deployed, backbones)
         if body is None:
             self.heartbeat_error = "no edge id yet: edge-api has not answered and UPDATER_EDGE_ID is empty"
             self.metrics.heartbeats.labels("skipped").inc()
@@ -295,7 +317,8 @@ class Updater:
     def ready(self) -> bool:
         return self.config_fetched_at is not None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, backbones: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`backbones`: the model root's (Installer.installed_backbones), read off the event loop."""
         settings = self.settings
         return {
             "edge_id": self.edge_id,
@@ -318,6 +341,8 @@ class Updater:
                 "error": self.heartbeat_error,
                 "outbox_depth": self.outbox_depth,
             },
+            "no_model_refresh_s": settings.no_model_refresh_s,
             "detectors": [loop.state.snapshot() for loop in self._loops.values()],
+            "backbones": backbones if backbones is not None else [],
             "recent_errors": list(self.recent_errors),
         }

@@ -28,6 +28,9 @@ class UpdaterSettings(BaseSettings):
     edge_name: str = Field(default="", max_length=200)
     # Seconds between polls per detector; 0: the edge config's global_config.refresh_rate.
     refresh_rate_s: float = Field(default=0.0, ge=0, le=86400)
+    # Seconds between polls of a detector that has no model on this edge yet (never slower than the
+    # refresh rate), so the first version promoted in the cloud arrives within seconds.
+    no_model_refresh_s: float = Field(default=5.0, gt=0, le=86400)
     # Each wait is up to this share shorter than the refresh rate (never longer), so edges spread out
     # and a change still arrives within one refresh period.
     jitter: float = Field(default=0.1, ge=0, lt=1)

@@ -1,9 +1,11 @@
-"""One test per branch of the edge decision tree (DESIGN §3), through the real nginx gateway."""
+"""One test per branch of the edge decision tree (DESIGN §3), through the real nginx gateway (the
+branches of a detector without a model, answered with its label prior, are in test_no_model.py)."""
 
 from __future__ import annotations
 
 import httpx
 
+from common.ids import new_detector_id
 from tests.edge.conftest import DIGIT, NO_MODEL, SEVEN, UNKNOWN, edge_config, wait_until
 from tests.support.stack import EdgeStack
 
@@ -113,13 +115,33 @@ def test_disabled_detector_falls_back_to_the_cloud(stack: EdgeStack, digits) -> 
     assert resp.status_code == 200 and resp.json()["served_by"] == "cloud"
 
 
-def test_no_cloud_detector_without_a_model_never_reaches_the_cloud(stack: EdgeStack, digits) -> None:
+def test_no_cloud_detector_without_a_model_or_prior_is_503_and_never_falls_back(
+    stack: EdgeStack, digits
+) -> None:
+    # The cloud does not know NO_MODEL (no prior): the edge cannot answer, and must not hand it on.
     stack.put_config(edge_config(**{NO_MODEL: "no_cloud"}))
-    before = len(stack.cloud.state.requests)
+    before, posts = len(stack.cloud.state.fallbacks()), dict(stack.cloud.state.posts_per_id)
     resp = post(stack, digits[6][0], detector=NO_MODEL)
     assert resp.status_code == 503 and resp.headers["x-no-fallback"] == "1"
     assert "detail" in resp.json()
-    assert len(stack.cloud.state.requests) == before
+    assert len(stack.cloud.state.fallbacks()) == before and stack.cloud.state.posts_per_id == posts
+    assert stack.outbox_rows() == []
+
+
+def test_no_cloud_detector_without_a_model_answers_with_its_prior_as_final(stack: EdgeStack, digits) -> None:
+    detector = new_detector_id()
+    stack.cloud.set_prior(detector, ["YES", "NO"], [1, 4])
+    stack.put_config(edge_config(**{detector: "no_cloud"}))
+    before, posts = len(stack.cloud.state.fallbacks()), dict(stack.cloud.state.posts_per_id)
+    resp = post(stack, digits[6][0], detector=detector)
+    assert resp.status_code == 200, resp.text
+    iq = resp.json()
+    assert (iq["result"]["label"], iq["result"]["confidence"]) == ("NO", round(5 / 7, 6))
+    assert iq["result"]["source"] == "ALGORITHM" and iq["done_processing"] is True
+    assert iq["intellioptics"]["escalated"] is False
+    assert iq["intellioptics"]["escalation_reason"] == "cloud_escalation_disabled"
+    assert iq["id"] not in {row[0] for row in stack.outbox_rows()}
+    assert len(stack.cloud.state.fallbacks()) == before and stack.cloud.state.posts_per_id == posts
 
 
 def test_no_cloud_detector_answers_low_confidence_on_the_edge_without_escalating(

@@ -13,7 +13,9 @@ from groundlight import ExperimentalApi, Groundlight
 from groundlight.images import parse_supported_image_types
 from PIL import Image
 
+from common.ids import new_detector_id
 from tests.edge.conftest import DIGIT, SEVEN, edge_config
+from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import EdgeStack
 
 TOKEN = "io_sdktest_" + "a" * 30
@@ -117,4 +119,29 @@ def test_edge_helpers_read_and_apply_config(stack: EdgeStack, digits) -> None:
     api.edge.set_config(new, timeout_sec=30)
     got = httpx.get(f"{stack.gateway_url}/edge-config", timeout=10).json()
     assert got["global_config"]["confident_audit_rate"] == 0.25
+    stack.put_config(edge_config())
+
+
+def test_a_brand_new_detector_is_ready_after_set_config_and_ask_ml_answers_with_its_prior(
+    stack: EdgeStack, digits
+) -> None:
+    from groundlight.edge import EdgeEndpointConfig
+
+    assert isinstance(stack.cloud, FakeCloud)
+    detector = new_detector_id()  # no model anywhere, no label yet
+    stack.cloud.set_prior(detector, ["YES", "NO"], [0, 0], query="Is the bin full?")
+    api = ExperimentalApi(endpoint=stack.gateway_url, api_token=TOKEN)
+
+    # Waits for readiness: EdgeDetectorsNotReadyError if the edge never said the detector is ready.
+    api.edge.set_config(EdgeEndpointConfig.model_validate(edge_config(**{detector: "fast"})), timeout_sec=30)
+    assert api.edge.get_detector_readiness()[detector] is True
+
+    iq = api.ask_ml(detector=detector, image=digits[9][0])
+    source = iq.result.source
+    assert str(getattr(source, "value", source)) == "ALGORITHM"
+    assert label_of(iq) == "YES" and iq.result.confidence == pytest.approx(0.5)
+    assert iq.result.from_edge is True and iq.query == "Is the bin full?"
+    assert iq.id.startswith("iq_")
+    fetched = api.get_image_query(iq.id)
+    assert label_of(fetched) == "YES"
     stack.put_config(edge_config())

@@ -1,24 +1,33 @@
 """A small cloud upstream for edge tests: records what reaches it, stores escalations idempotently.
 
 It honours the contract the edge relies on (`POST /api/v1/escalations` idempotent on image_query_id;
-`GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`) and records fallback
-traffic from nginx.
+`GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`;
+`GET /edge-api/v1/detectors/{id}/prior` with the prior a test sets in `priors`, else 404;
+`GET /edge-api/v1/fetch-model-urls/{id}/` with ETag and 304 for the model a test publishes, whose
+archive and shared backbone it serves as blobs) and records fallback traffic from nginx.
 It runs in a thread so tests can read what it received, and can be stopped and restarted on the
 same port to simulate outages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.backbone import BackboneRef
+from common.bundle import DetectorMode
+from common.bundle_archive import sha256_of
+from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 from tests.support.thread_server import ThreadServer
 
 
@@ -40,10 +49,27 @@ class CloudState:
     fail_escalations_with: int | None = None
     # image_query_id -> the ImageQuery JSON that GET /device-api/v1/image-queries/{id} returns.
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # detector_id -> the DetectorPrior JSON of GET /edge-api/v1/detectors/{id}/prior (else 404).
+    priors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Seconds the prior route waits before it answers (a slow cloud).
+    prior_delay_s: float = 0.0
+    # detector_id -> the ModelFetchInfo JSON of fetch-model-urls (else 404: no production model).
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # /blobs/<name> -> bytes (model archives, backbones); each download waits `blob_delay_s` first.
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    blob_delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fallbacks(self) -> list[Recorded]:
-        return [r for r in self.requests if not r.path.startswith(("/api/v1/escalations", "/health"))]
+        """What nginx forwarded (the edge's own calls to the cloud left out)."""
+        own = ("/api/v1/escalations", "/health", "/edge-api/", "/blobs/")
+        return [r for r in self.requests if not r.path.startswith(own)]
+
+    def gets_of(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "GET" and r.path == path]
+
+    def prior_reads(self, detector_id: str) -> list[Recorded]:
+        return self.gets_of(f"/edge-api/v1/detectors/{detector_id}/prior")
 
     def reads_of(self, image_query_id: str) -> list[Recorded]:
         """GETs of one image query that reached the cloud."""
@@ -90,11 +116,48 @@ def build_app(state: CloudState) -> Starlette:
             )
         return JSONResponse(answer)
 
+    def record(request: Request) -> None:
+        with state.lock:
+            state.requests.append(
+                Recorded(request.method, request.url.path, request.url.query, dict(request.headers), b"")
+            )
+
+    async def prior(request: Request) -> JSONResponse:
+        record(request)
+        if state.prior_delay_s:
+            await asyncio.sleep(state.prior_delay_s)
+        body = state.priors.get(request.path_params["detector_id"])
+        if body is None:
+            return JSONResponse({"detail": "detector not found"}, status_code=404)
+        return JSONResponse(body)
+
+    async def fetch_model_urls(request: Request) -> Response:
+        record(request)
+        info = state.models.get(request.path_params["detector_id"])
+        if info is None:
+            return JSONResponse({"detail": "no model in production for this detector"}, status_code=404)
+        etag = '"' + hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:32] + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return JSONResponse(info, headers={"ETag": etag})
+
+    async def blob(request: Request) -> Response:
+        record(request)
+        if state.blob_delay_s:
+            await asyncio.sleep(state.blob_delay_s)
+        data = state.blobs.get(request.path_params["name"])
+        if data is None:
+            return JSONResponse({"detail": "no such blob"}, status_code=404)
+        return Response(data, media_type="application/octet-stream")
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
     return Starlette(
         routes=[
             Route("/api/v1/escalations", escalations, methods=["POST"]),
             Route("/device-api/v1/image-queries/{iq_id}", image_query, methods=["GET"]),
+            Route("/edge-api/v1/detectors/{detector_id}/prior", prior, methods=["GET"]),
+            Route("/edge-api/v1/fetch-model-urls/{detector_id}/", fetch_model_urls, methods=["GET"]),
+            Route("/blobs/{name:path}", blob, methods=["GET"]),
             Route("/health/live", live),
             Route("/{path:path}", anything, methods=methods),
         ]
@@ -110,6 +173,72 @@ class FakeCloud:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def set_prior(
+        self,
+        detector_id: str,
+        labels: list[str],
+        counts: list[int],
+        *,
+        mode: DetectorMode = DetectorMode.BINARY,
+        query: str = "Is it there?",
+        confidence_threshold: float = 0.9,
+    ) -> None:
+        """What the cloud answers to the edge's prior request for this detector."""
+        self.state.priors[detector_id] = {
+            "detector_id": detector_id,
+            "name": f"fake {detector_id[-6:]}",
+            "query": query,
+            "mode": mode.value,
+            "labels": labels,
+            "counts": counts,
+            "confidence_threshold": confidence_threshold,
+            "has_model": False,
+        }
+
+    def serve_blob(self, name: str, data: bytes) -> str:
+        """Serve `data` at /blobs/<name>; its absolute URL."""
+        self.state.blobs[name] = data
+        return f"{self.url}/blobs/{name}"
+
+    def publish_model(
+        self,
+        detector_id: str,
+        archive: Path,
+        *,
+        version: str,
+        labels: list[str],
+        mode: DetectorMode = DetectorMode.BINARY,
+        backbone: tuple[BackboneRef, bytes] | None = None,
+        announce: dict[str, Any] | None = None,
+    ) -> ModelFetchInfo:
+        """Put a bundle archive (and the backbone it needs) in production for `detector_id`, as
+        fetch-model-urls announces it; `announce` overrides fields of the backbone announcement (a
+        wrong sha256 or size)."""
+        fetch_backbone = None
+        if backbone is not None:
+            ref, data = backbone
+            fields: dict[str, Any] = {
+                "id": ref.id,
+                "sha256": ref.sha256,
+                "size_bytes": ref.bytes,
+                "download_url": self.serve_blob(f"backbones/{ref.sha256}", data),
+                **(announce or {}),
+            }
+            fetch_backbone = BackboneFetchInfo(**fields)
+        info = ModelFetchInfo(
+            detector_id=detector_id,
+            model_version_id=f"mdl_{detector_id[-8:]}{version}"[:60],
+            version=version,
+            sha256=sha256_of(archive),
+            size_bytes=archive.stat().st_size,
+            download_url=self.serve_blob(f"models/{detector_id}/{version}.tar.gz", archive.read_bytes()),
+            mode=mode,
+            labels=labels,
+            backbone=fetch_backbone,
+        )
+        self.state.models[detector_id] = info.model_dump(mode="json")
+        return info
 
     def start(self) -> FakeCloud:
         self._server.start(build_app(self.state), self.port)

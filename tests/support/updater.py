@@ -1,5 +1,6 @@
-"""Helpers for the model updater's tests: bundle archives of new versions, the cloud registry as an
-admin drives it (upload, promote, rollback), and `python -m edge.updater` as a real process."""
+"""Helpers for the model updater's tests: bundle archives of new versions (single-file, and split
+bundles on the tiny shared backbone), the cloud registry as an admin drives it (upload, promote,
+rollback), and `python -m edge.updater` as a real process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from common.backbone import BackboneRef
 from common.bundle import OODD_FILE, PRIMARY_FILE, read_metadata, read_pipeline, write_bundle
 from common.bundle_archive import pack_bundle
 from launcher.processes import ManagedProcess, free_port, wait_for_http
@@ -49,6 +51,21 @@ def bundle_archive(
             (src_bundle / OODD_FILE).read_bytes(),
             read_pipeline(src_bundle),
             meta,
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pack_bundle(bundle, out)
+    return out
+
+
+def split_bundle_archive(
+    out: Path, detector_id: str, backbone: BackboneRef, *, version: str, seed: int = 1
+) -> Path:
+    """A tar.gz of a tiny split bundle (head + OODD) that needs `backbone`."""
+    from tests.support.split_bundles import write_tiny_split_bundle  # torch: only for the tests that need it
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = write_tiny_split_bundle(
+            Path(tmp) / "bundle", detector_id, backbone, version=version, seed=seed
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         pack_bundle(bundle, out)

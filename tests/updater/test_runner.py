@@ -1,5 +1,6 @@
 """The updater's schedule, in process against a real cloud: which detectors the edge config makes it
-poll, where the refresh rate comes from, backoff while the cloud is unreachable, and the heartbeat."""
+poll, where the refresh rate comes from, backoff while the cloud is unreachable, the fast polls of a
+detector that has no model yet (against the fake cloud), and the heartbeat."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.bundle import read_metadata
 from common.edge_config import parse_edge_config
 from common.ids import new_detector_id
 from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
-from edge.updater.core import DetectorPoller, Outcome
+from edge.updater.core import DetectorPoller, DetectorState, Outcome
 from edge.updater.installer import Installer
 from edge.updater.metrics import UpdaterMetrics
-from edge.updater.runner import Updater
+from edge.updater.runner import Updater, poll_interval
 from edge.updater.settings import UpdaterSettings
 from launcher.processes import free_port
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
+from tests.support.fake_cloud import FakeCloud
 from tests.support.updater import Registry, bundle_archive
 
 
@@ -118,6 +121,52 @@ async def test_while_the_cloud_is_unreachable_polls_back_off(make_updater):
     assert 2 <= polls(updater, detector_id) <= 6
     assert state["consecutive_failures"] == polls(updater, detector_id)
     assert state["next_poll_at"] - state["polled_at"] >= 0.1 * 2 ** state["consecutive_failures"] * 0.9
+
+
+async def eventually(predicate: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
+    for _ in range(int(within_s / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_fast_rate_applies_only_while_no_model_serves_and_never_slows_polls_down():
+    state = DetectorState(new_detector_id())
+    assert poll_interval(state, 60.0, 5.0) == 60.0  # not polled yet
+    for outcome in (Outcome.NO_MODEL, Outcome.ERROR):
+        state.outcome = outcome
+        assert poll_interval(state, 60.0, 5.0) == 5.0
+        assert poll_interval(state, 2.0, 5.0) == 2.0
+    state.outcome, state.version = Outcome.DEPLOYED, "v1"
+    assert poll_interval(state, 60.0, 5.0) == 60.0
+    # The cloud withdrew its model, but this edge still serves one: the normal rate.
+    state.outcome = Outcome.NO_MODEL
+    assert poll_interval(state, 60.0, 5.0) == 60.0
+
+
+async def test_a_detector_without_a_model_is_polled_fast_until_its_first_model_serves(
+    make_updater, fake_cloud: FakeCloud, digit_bundle: Path, tmp_path: Path
+):
+    updater: Updater = make_updater(fake_cloud.url, no_model_refresh_s=0.05)
+    detector_id = new_detector_id()
+    updater.apply_config(config({detector_id: "default"}, refresh_rate=60.0))
+
+    # At the 60 s refresh rate this would be a single poll.
+    await eventually(lambda: polls(updater, detector_id) >= 3, "fast polls")
+    (state,) = updater.snapshot()["detectors"]
+    assert state["outcome"] == Outcome.NO_MODEL.value and state["delay_s"] == 0.05
+
+    meta = read_metadata(digit_bundle)
+    archive = bundle_archive(
+        digit_bundle, tmp_path / "first.tar.gz", version="first-1", detector_id=detector_id
+    )
+    fake_cloud.publish_model(detector_id, archive, version="first-1", labels=meta.labels, mode=meta.mode)
+    await eventually(lambda: updater.snapshot()["detectors"][0]["outcome"] == "deployed", "the first model")
+
+    (state,) = updater.snapshot()["detectors"]
+    assert state["version"] == "first-1"
+    assert state["delay_s"] == 60.0  # jitter 0: exactly the refresh rate from now on
 
 
 async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_could_not_learn(

@@ -1,4 +1,5 @@
-"""The edge decision tree after inference (DESIGN §3 steps 5–6), as a pure function."""
+"""The edge decision tree after inference (DESIGN §3 steps 5–6), and for a detector without a model
+(answered with its label prior), as pure functions."""
 
 from __future__ import annotations
 
@@ -34,16 +35,37 @@ def decide(
     if confidence >= threshold:
         audit = cloud_allowed and audit_draw < audit_rate
         return Decision(EscalationReason.AUDIT if audit else None, done_processing=True, audit=audit)
-    if config.disable_cloud_escalation:
-        return Decision(None, done_processing=True, not_escalated_because="cloud_escalation_disabled")
-    if human_review is HumanReview.NEVER:
-        return Decision(None, done_processing=True, not_escalated_because="human_review_never")
-    if (
-        seconds_since_last_escalation is not None
-        and seconds_since_last_escalation < config.min_time_between_escalations
-    ):
-        return Decision(None, done_processing=True, not_escalated_because="rate_limited")
+    blocked = _not_escalated_because(config, human_review, seconds_since_last_escalation)
+    if blocked is not None:
+        return Decision(None, done_processing=True, not_escalated_because=blocked)
     reason = (
         EscalationReason.OUT_OF_DOMAIN if in_domain < OUT_OF_DOMAIN_BELOW else EscalationReason.LOW_CONFIDENCE
     )
     return Decision(reason, done_processing=config.always_return_edge_prediction)
+
+
+def decide_without_model(
+    config: InferenceConfig, human_review: HumanReview, seconds_since_last_escalation: float | None
+) -> Decision:
+    """A detector without a model answers with its label prior, which never stands alone whatever the
+    threshold: it escalates (reason no_model) whenever a low-confidence answer would."""
+    blocked = _not_escalated_because(config, human_review, seconds_since_last_escalation)
+    if blocked is not None:
+        return Decision(None, done_processing=True, not_escalated_because=blocked)
+    return Decision(EscalationReason.NO_MODEL, done_processing=config.always_return_edge_prediction)
+
+
+def _not_escalated_because(
+    config: InferenceConfig, human_review: HumanReview, seconds_since_last_escalation: float | None
+) -> str | None:
+    """Why an answer the edge is unsure of stays on the edge (it is final then); None: escalate it."""
+    if config.disable_cloud_escalation:
+        return "cloud_escalation_disabled"
+    if human_review is HumanReview.NEVER:
+        return "human_review_never"
+    if (
+        seconds_since_last_escalation is not None
+        and seconds_since_last_escalation < config.min_time_between_escalations
+    ):
+        return "rate_limited"
+    return None

@@ -1,4 +1,9 @@
-"""Answering `POST /device-api/v1/image-queries` on the edge: DESIGN §3 from validation to outbox."""
+"""Answering `POST /device-api/v1/image-queries` on the edge: DESIGN §3 from validation to outbox.
+
+A configured, enabled detector without a model on this edge answers with its label prior (from the
+cloud, kept by edge.api.core.priors) and escalates (reason no_model) by the same rules as an answer
+the edge is unsure of; only when no prior is known at all is it 503 (the gateway asks the cloud).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from common.bundle import DetectorMode
 from common.ids import new_image_query_id
 from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
+from common.prior import label_prior
 from common.wire.device_api import (
     RESULT_TYPE_BY_MODE,
     EdgeDiagnostics,
@@ -22,13 +28,14 @@ from common.wire.device_api import (
     utc_now_iso,
 )
 from common.wire.escalation import EscalationCreate, EscalationReason
-from common.wire.inference import InferenceResult, ModelInfo
+from common.wire.priors import DetectorPrior
 from edge.api.core.config_store import ConfigStore
-from edge.api.core.decision import decide
+from edge.api.core.decision import decide, decide_without_model
 from edge.api.core.detectors import DetectorDirectory, EdgeDetector
 from edge.api.core.inference_client import InferenceClient, InferenceUnavailableError, NoModelError
 from edge.api.core.locks import KeyedLocks
 from edge.api.core.params import SubmitParams
+from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore, OutboxItem
 from edge.api.errors import BadRequestError, EdgeCannotAnswerError, NotServedHereError, OfflineOnlyError
 from edge.api.escalation.cloud_answers import CloudAnswers, awaits_a_person, with_answer
@@ -58,6 +65,7 @@ class ImageQueryService:
         edge_id: str,
         rng: Callable[[], float] = random.random,
         cloud_answers: CloudAnswers | None = None,
+        priors: PriorBook | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -69,6 +77,7 @@ class ImageQueryService:
         self._edge_id = edge_id
         self._rng = rng
         self._cloud_answers = cloud_answers
+        self._priors = priors
         self._locks = KeyedLocks()
         self._last_escalation: dict[str, float] = {}
 
@@ -117,14 +126,22 @@ class ImageQueryService:
             raise self._cannot_answer(
                 None, f"detector {params.detector_id} is not served by this edge", image
             )
-        if detector.model is None:
-            raise self._cannot_answer(detector, f"no model is installed for {params.detector_id} yet", image)
+        model = detector.model
+        prior: DetectorPrior | None = None
+        if model is None:
+            if self._priors is not None:
+                prior = await self._priors.lookup(params.detector_id)
+            if prior is None:
+                raise self._cannot_answer(
+                    detector,
+                    f"no model is installed for {params.detector_id} yet and its label prior is not known",
+                    image,
+                )
+            mode, query = prior.mode, prior.query
+        else:
+            mode, query = DetectorMode(model.mode), model.query
         no_cloud = detector.inference_config.disable_cloud_escalation
-        threshold = (
-            params.confidence_threshold
-            if params.confidence_threshold is not None
-            else detector.confidence_threshold
-        )
+        threshold = _threshold(params, detector, prior)
         iq_id = params.image_query_id or new_image_query_id()
 
         if params.want_async or params.human_review is HumanReview.ALWAYS:
@@ -138,16 +155,29 @@ class ImageQueryService:
             reason = (
                 EscalationReason.WANT_ASYNC if params.want_async else EscalationReason.HUMAN_REVIEW_ALWAYS
             )
-            iq = self._image_query(iq_id, params, detector.model, threshold, None, done=False)
+            iq = self._image_query(iq_id, params, mode, query, threshold, None, done=False)
             iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
             body = await self._record(iq, request_id, image, content_type, reason)
             self._metrics.count_image_query(params.detector_id, reason.value)
             return Answer(body)
 
+        if prior is not None:
+            return await self._answer_with_prior(
+                params, image, request_id, content_type, detector, prior, iq_id, threshold, start
+            )
+
         t_infer = time.perf_counter()
         try:
             inf = await self._inference.infer(params.detector_id, image)
-        except (NoModelError, InferenceUnavailableError) as exc:
+        except NoModelError as exc:
+            # The model went away since it was looked up (e.g. its only version was rejected).
+            prior = self._priors.known(params.detector_id) if self._priors is not None else None
+            if prior is None:
+                raise self._cannot_answer(detector, str(exc), image) from None
+            return await self._answer_with_prior(
+                params, image, request_id, content_type, detector, prior, iq_id, threshold, start
+            )
+        except InferenceUnavailableError as exc:
             raise self._cannot_answer(detector, str(exc), image) from None
         infer_ms = (time.perf_counter() - t_infer) * 1e3
 
@@ -165,7 +195,8 @@ class ImageQueryService:
         )
         if decision.escalate is not None and not decision.audit:
             self._last_escalation[params.detector_id] = now
-        iq = self._image_query(iq_id, params, detector.model, threshold, inf, done=decision.done_processing)
+        result = _result(mode, inf.label, inf.confidence)
+        iq = self._image_query(iq_id, params, mode, query, threshold, result, done=decision.done_processing)
         total_ms = (time.perf_counter() - start) * 1e3
         iq.intellioptics = EdgeDiagnostics(
             raw_confidence=inf.raw_confidence,
@@ -205,33 +236,68 @@ class ImageQueryService:
             return OfflineOnlyError(f"{why}; the detector is edge-only, so the cloud will not answer it")
         return EdgeCannotAnswerError(why)
 
+    async def _answer_with_prior(
+        self,
+        params: SubmitParams,
+        image: bytes,
+        request_id: str | None,
+        content_type: str,
+        detector: EdgeDetector,
+        prior: DetectorPrior,
+        iq_id: str,
+        threshold: float,
+        start: float,
+    ) -> Answer:
+        """No model here yet: the most frequent label so far, with its smoothed prior as confidence
+        (common.prior), escalated so that a person answers and the detector learns."""
+        # No inference looks at these bytes: check them fully, so no bad input is answered or escalated.
+        await asyncio.to_thread(decode_image, image, self._limits)
+        answer = label_prior(prior.labels, prior.counts)
+        now = time.monotonic()
+        last = self._last_escalation.get(params.detector_id)
+        decision = decide_without_model(
+            config=detector.inference_config,
+            human_review=params.human_review,
+            seconds_since_last_escalation=None if last is None else now - last,
+        )
+        if decision.escalate is not None:
+            self._last_escalation[params.detector_id] = now
+        result = _result(prior.mode, answer.label, answer.confidence)
+        iq = self._image_query(
+            iq_id, params, prior.mode, prior.query, threshold, result, done=decision.done_processing
+        )
+        total_ms = (time.perf_counter() - start) * 1e3
+        iq.intellioptics = EdgeDiagnostics(
+            model_version=None,
+            escalated=decision.escalate is not None,
+            escalation_reason=decision.escalate.value
+            if decision.escalate
+            else decision.not_escalated_because,
+            timings_ms={"edge_total": round(total_ms, 3)},
+        )
+        body = await self._record(iq, request_id, image, content_type, decision.escalate)
+        outcome = (
+            decision.escalate.value if decision.escalate else f"no_model_{decision.not_escalated_because}"
+        )
+        self._metrics.count_image_query(params.detector_id, outcome)
+        return Answer(body, server_timing=f"edge;dur={total_ms:.3f}")
+
     def _image_query(
         self,
         iq_id: str,
         params: SubmitParams,
-        model: ModelInfo,
+        mode: DetectorMode,
+        query: str,
         threshold: float,
-        inf: InferenceResult | None,
+        result: Result | None,
         done: bool,
     ) -> ImageQuery:
-        mode = DetectorMode(model.mode)
-        result_type = RESULT_TYPE_BY_MODE[mode]
-        result = None
-        if inf is not None:
-            result = Result(
-                result_type=result_type,
-                confidence=round(inf.confidence, 6),
-                source=ResultSource.ALGORITHM,
-                from_edge=True,
-                label=inf.label,
-                count=int(inf.label) if mode is DetectorMode.COUNT else None,
-            )
         return ImageQuery(
             id=iq_id,
             created_at=utc_now_iso(),
-            query=model.query,
+            query=query,
             detector_id=params.detector_id,
-            result_type=result_type,
+            result_type=RESULT_TYPE_BY_MODE[mode],
             result=result,
             patience_time=params.patience_time if params.patience_time is not None else DEFAULT_PATIENCE_S,
             confidence_threshold=threshold,
@@ -277,3 +343,23 @@ class ImageQueryService:
             self._metrics.escalations_queued.labels(item.reason).inc()
             self._on_escalation()
         return body
+
+
+def _threshold(params: SubmitParams, detector: EdgeDetector, prior: DetectorPrior | None) -> float:
+    """The request's, else the edge config's, else the model's (or, without one, the cloud's) default."""
+    if params.confidence_threshold is not None:
+        return params.confidence_threshold
+    if detector.config.confidence_threshold is None and detector.model is None and prior is not None:
+        return prior.confidence_threshold
+    return detector.confidence_threshold
+
+
+def _result(mode: DetectorMode, label: str, confidence: float) -> Result:
+    return Result(
+        result_type=RESULT_TYPE_BY_MODE[mode],
+        confidence=round(confidence, 6),
+        source=ResultSource.ALGORITHM,
+        from_edge=True,
+        label=label,
+        count=int(label) if mode is DetectorMode.COUNT and label.isdigit() else None,
+    )

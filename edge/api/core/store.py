@@ -1,4 +1,6 @@
-"""The edge's SQLite database: a local record of answered image queries and the escalation outbox.
+"""The edge's SQLite database: a local record of answered image queries, the escalation outbox, and the
+label priors of detectors without a model (edge.api.core.priors), kept so they answer after a restart
+with the cloud unreachable.
 
 Both live in one file so that recording a query and queueing its escalation is one transaction:
 a crash can never leave an escalated query without its outbox entry or the reverse. Plain records
@@ -43,6 +45,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_state_created ON outbox (state, created_at);
+CREATE TABLE IF NOT EXISTS priors (
+    detector_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    fetched_at REAL NOT NULL
+);
 """
 
 
@@ -190,6 +197,22 @@ class EdgeStore:
 
     def count_queries(self) -> int:
         return int(self.fast.execute("SELECT COUNT(*) FROM image_queries").fetchone()[0])
+
+    # -- label priors ------------------------------------------------------------------------------
+    def save_prior(self, detector_id: str, body: str, fetched_at: float) -> None:
+        self.fast.execute(
+            "INSERT INTO priors (detector_id, body, fetched_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (detector_id) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at",
+            (detector_id, body, fetched_at),
+        )
+
+    def forget_prior(self, detector_id: str) -> None:
+        self.fast.execute("DELETE FROM priors WHERE detector_id = ?", (detector_id,))
+
+    def load_priors(self) -> list[tuple[str, str, float]]:
+        """(detector_id, DetectorPrior JSON, fetched_at) of every prior kept."""
+        rows = self.fast.execute("SELECT detector_id, body, fetched_at FROM priors").fetchall()
+        return [(str(d), str(b), float(f)) for d, b, f in rows]
 
     # -- outbox ------------------------------------------------------------------------------------
     @staticmethod

@@ -14,27 +14,37 @@ router = APIRouter(prefix="/device-api/v1/detectors", tags=["detectors"])
 
 @router.get("/{detector_id}", response_model=Detector, operation_id="get_detector")
 async def get_detector(detector_id: str, state: StateDep) -> Detector:
-    """Served for detectors this edge runs (the SDK asks before waiting); others go to the cloud."""
+    """Served for detectors this edge answers (the SDK asks before waiting); others go to the cloud."""
     config: EdgeConfig = state.config.config
     try:
         detector = await state.directory.lookup(config, detector_id)
     except InferenceUnavailableError:
         detector = None
-    if detector is None or detector.model is None:
+    if detector is None:
         raise NotServedHereError(f"detector {detector_id} is not served by this edge")
     model = detector.model
-    mode = DetectorMode(model.mode)
+    if model is not None:
+        mode, name, query, labels = DetectorMode(model.mode), model.detector_name, model.query, model.labels
+        threshold = detector.confidence_threshold
+    else:
+        # No model yet: described by its label prior, which it answers with (else the cloud knows it).
+        prior = state.priors.known(detector_id) if detector.inference_config.enabled else None
+        if prior is None:
+            raise NotServedHereError(f"detector {detector_id} is not served by this edge")
+        mode, name, query, labels = prior.mode, prior.name, prior.query, prior.labels
+        configured = detector.config.confidence_threshold
+        threshold = configured if configured is not None else prior.confidence_threshold
     mode_configuration: dict[str, object] | None = None
     if mode is DetectorMode.MULTI_CLASS:
-        mode_configuration = {"class_names": model.labels, "num_classes": len(model.labels)}
+        mode_configuration = {"class_names": labels, "num_classes": len(labels)}
     elif mode is DetectorMode.COUNT:
-        mode_configuration = {"max_count": len(model.labels) - 1, "class_name": model.detector_name}
+        mode_configuration = {"max_count": len(labels) - 1, "class_name": name}
     return Detector(
         id=detector_id,
         created_at=utc_now_iso(),
-        name=model.detector_name or detector_id,
-        query=model.query,
+        name=name or detector_id,
+        query=query,
         mode=mode,
         mode_configuration=mode_configuration,
-        confidence_threshold=detector.confidence_threshold,
+        confidence_threshold=threshold,
     )

@@ -32,18 +32,27 @@ async def put_edge_config(request: Request, state: StateDep) -> dict[str, Any]:
         config = state.config.apply(data)
     except EdgeConfigError as exc:
         raise BadRequestError("invalid edge config: " + "; ".join(exc.errors)) from None
+    # Detectors without a model answer with their label prior: fetch those now, in the background.
+    state.priors.prefetch_unserved(config, state.directory)
     return config.model_dump(mode="json")
 
 
 @router.get("/edge-detector-readiness", operation_id="edge_detector_readiness")
 async def readiness(state: StateDep) -> dict[str, DetectorReadiness]:
+    """Ready: the edge answers it itself, with its model or, before it has one, with its label prior."""
+    config = state.config.config
     out = {}
-    for det in state.config.config.detectors:
+    for det in config.detectors:
         try:
             model = await state.directory.model(det.detector_id)
         except InferenceUnavailableError:
             model = None
-        out[det.detector_id] = DetectorReadiness(ready=model is not None)
+        ready = model is not None
+        if not ready and config.inference_config(det).enabled:
+            ready = state.priors.known(det.detector_id) is not None
+            if not ready:
+                state.priors.refresh_soon(det.detector_id)  # e.g. the fetch after the config failed
+        out[det.detector_id] = DetectorReadiness(ready=ready)
     return out
 
 

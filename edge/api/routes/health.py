@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from common.edge_config import redact_url
+from common.edge_config import DetectorConfig, EdgeConfig, redact_url
 from edge.api.core.inference_client import InferenceUnavailableError
 from edge.api.deps import EdgeState, StateDep
 
@@ -34,25 +34,21 @@ async def status(state: StateDep) -> dict[str, Any]:
     """One page for an operator: models, cache, outbox, cloud link."""
     depth = await state.store.run(state.store.depth)
     inference: dict[str, Any]
+    served: dict[str, str] | None
     try:
         models = await state.inference.models()
         inference = {"reachable": True, **models.model_dump(mode="json")}
+        served = {m.detector_id: m.version for m in models.models}
     except InferenceUnavailableError as exc:
         inference = {"reachable": False, "error": str(exc)}
+        served = None
     config = state.config.config
     return {
         "edge_id": state.settings.edge_id,
         "uptime_s": round(time.time() - state.started_at, 1),
         "config_source": str(state.config.source) if state.config.source else None,
         "inference": inference,
-        "detectors": [
-            {
-                "detector_id": d.detector_id,
-                "edge_inference_config": d.edge_inference_config,
-                "confidence_threshold": d.confidence_threshold,
-            }
-            for d in config.detectors
-        ],
+        "detectors": [_detector_status(state, config, d, served) for d in config.detectors],
         "outbox": {
             "pending": depth.pending,
             "dead": depth.dead,
@@ -67,6 +63,35 @@ async def status(state: StateDep) -> dict[str, Any]:
         },
         "streams": await _streams_status(state),
         "updater": await _updater_status(state),
+    }
+
+
+def _detector_status(
+    state: EdgeState, config: EdgeConfig, det: DetectorConfig, served: dict[str, str] | None
+) -> dict[str, Any]:
+    """How the edge answers one detector: with its model, with its label prior ("no model yet"), or
+    not at all (disabled, or neither known: the gateway asks the cloud)."""
+    enabled = config.inference_config(det).enabled
+    version = served.get(det.detector_id) if served is not None else None
+    prior = state.priors.snapshot(det.detector_id)
+    if version is not None:
+        model_state, answers_with = "serving", "model"
+    elif served is None:
+        model_state, answers_with = "unknown (inference unreachable)", None
+    else:
+        model_state = "no model yet"
+        answers_with = "label prior" if prior is not None else None
+    if not enabled:
+        answers_with = None
+    return {
+        "detector_id": det.detector_id,
+        "edge_inference_config": det.edge_inference_config,
+        "confidence_threshold": det.confidence_threshold,
+        "enabled": enabled,
+        "model_version": version,
+        "state": model_state if enabled else "disabled",
+        "answers_with": answers_with,
+        "prior": prior,
     }
 
 
