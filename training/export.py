@@ -1,7 +1,7 @@
 """ONNX export with a parity check: a bundle is only written if ONNX Runtime agrees with torch.
 
 The legacy TorchScript exporter (`dynamo=False`) is used on purpose: it writes one self-contained
-file quickly and needs no onnxscript. Its DeprecationWarnings are silenced for the export call only.
+file quickly and needs no onnxscript. Its warnings (deprecation, constant-folding notes) are silenced for the export call only.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _export(module: nn.Module, example: torch.Tensor, input_name: str, output_na
     dynamic = {name: {0: "batch"} for name in (input_name, *output_names)}
     module.eval()
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notes
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
             module,

@@ -162,7 +162,7 @@ def fine_tune_head(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         val_logits = predict_logits(module, val_maps)
         acc = float((val_logits.argmax(axis=1) == val_labels).mean()) if len(val_labels) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), "val_accuracy": acc})

@@ -605,6 +605,7 @@ def fine_tune_from_export(
         options.operating_policy(),
         candidate_labels=len(y_tr),
         production_labels=None,
+        require_win=True,
     )
     clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
     metrics: dict[str, Any] = {

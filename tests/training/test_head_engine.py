@@ -38,11 +38,17 @@ needs_fashion = pytest.mark.skipif(
     not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed (make test-tools)"
 )
 FOOTWEAR = ExportDetector(
-    id="det_FootwearTest000000000000000", name="footwear", query="Is this footwear?", mode="BINARY",
+    id="det_FootwearTest000000000000000",
+    name="footwear",
+    query="Is this footwear?",
+    mode="BINARY",
     labels=["YES", "NO"],
 )
 TEN = ExportDetector(
-    id="det_FashionTenTest0000000000000", name="fashion", query="Which garment?", mode="MULTI_CLASS",
+    id="det_FashionTenTest0000000000000",
+    name="fashion",
+    query="Which garment?",
+    mode="MULTI_CLASS",
     labels=[str(i) for i in range(10)],
 )
 
@@ -85,7 +91,11 @@ def test_backbone_reference_names_its_exact_bytes(backbone) -> None:  # type: ig
 
 def _small_export(tmp: Path, images: np.ndarray, labels: np.ndarray, detector: ExportDetector, **kw) -> Path:  # type: ignore[no-untyped-def]
     samples = [
-        ExportSample(_iq(i), detector.labels[0] if int(labels[i]) in FASHION_FOOTWEAR else detector.labels[1], images[i])
+        ExportSample(
+            _iq(i),
+            detector.labels[0] if int(labels[i]) in FASHION_FOOTWEAR else detector.labels[1],
+            images[i],
+        )
         if detector is FOOTWEAR
         else ExportSample(_iq(i), str(int(labels[i])), images[i])
         for i in range(len(labels))
@@ -104,7 +114,11 @@ def test_split_bundle_answers_like_torch_end_to_end(backbone, tmp_path: Path) ->
     new: list[str] = []
     try:
         outcome = train_head_from_export(
-            export, tmp_path / "out", TrainingOptions(), embedder, on_new_embeddings=lambda ids, _: new.extend(ids)
+            export,
+            tmp_path / "out",
+            TrainingOptions(),
+            embedder,
+            on_new_embeddings=lambda ids, _: new.extend(ids),
         )
     finally:
         embedder.close()
@@ -114,7 +128,9 @@ def test_split_bundle_answers_like_torch_end_to_end(backbone, tmp_path: Path) ->
     assert meta.lineage["backbone"]["sha256"] == backbone.ref.sha256
     store = BackboneStore(tmp_path / "store")
     store.install_file(backbone.path, backbone.ref)
-    runtime = ModelRuntime(outcome.bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=BackbonePool())
+    runtime = ModelRuntime(
+        outcome.bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=BackbonePool()
+    )
     blobs = [png_bytes(images[i]) for i in range(8)]
     batch = np.concatenate([runtime.preprocessor.tensor(b, ImageLimits()) for b in blobs])
     probs, _ = runtime.run_tensor(batch)
@@ -235,3 +251,44 @@ def test_promotion_keeps_the_thresholds_promise_first_version_included() -> None
     other = _point(50, 50, 60, 0.2, items="xyz")
     assert decide_at_threshold(other, good, policy, candidate_labels=200, production_labels=100).promote
     assert not decide_at_threshold(other, good, policy, candidate_labels=100, production_labels=100).promote
+
+
+@needs_fashion
+def test_fine_tuned_head_reads_the_feature_map_and_must_beat_the_head(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One short epoch: a split bundle whose head reads `feature_map`, the same OODD and test items, and
+    a verdict that needs a real win over the linear head."""
+    from training.finetune import FineTuneOptions
+    from training.head_trainer import fine_tune_from_export
+
+    vectors, labels, images = fashion_embeddings(300)
+    stored = {backbone.ref.sha256: {_iq(i): vectors[i] for i in range(300)}}
+    export = read_export(_small_export(tmp_path, images, labels, FOOTWEAR, embeddings=stored))
+    embedder = Embedder(backbone, threads=1)
+    try:
+        base = train_head_from_export(export, tmp_path / "head", TrainingOptions(), embedder)
+        tuned = fine_tune_from_export(
+            export, tmp_path / "ft", TrainingOptions(), embedder, base, finetune=FineTuneOptions(epochs=1)
+        )
+    finally:
+        embedder.close()
+    assert base.candidate.method == "holdout"
+    assert tuned.metadata.head_input == "feature_map"
+    assert tuned.candidate.items_sha256 == base.candidate.items_sha256
+    assert (tuned.bundle_dir / "oodd.onnx").read_bytes() == (base.bundle_dir / "oodd.onnx").read_bytes()
+    from training.promotion import promise_kept
+
+    won = tuned.candidate.escalation_rate <= base.candidate.escalation_rate - 0.02
+    won = won and tuned.candidate.accuracy >= base.candidate.accuracy - 0.02
+    base_kept = promise_kept(base.candidate, OperatingPolicy())[0]
+    kept = promise_kept(tuned.candidate, OperatingPolicy())[0]
+    assert tuned.promotion.promote == (kept and (won or not base_kept)), tuned.promotion.reasons
+    store = BackboneStore(tmp_path / "store")
+    store.install_file(backbone.path, backbone.ref)
+    runtime = ModelRuntime(
+        tuned.bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=BackbonePool()
+    )
+    try:
+        prediction = runtime.predict(png_bytes(images[0]), ImageLimits())
+    finally:
+        runtime.close()
+    assert prediction.label in ("YES", "NO")
