@@ -9,8 +9,8 @@ handed back (its lease expires at once) so another trainer picks it up.
 from __future__ import annotations
 
 import importlib.util
-import os
 import logging
+import os
 import signal
 import threading
 import time
