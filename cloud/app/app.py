@@ -16,6 +16,7 @@ from cloud.app.deps import CloudState
 from cloud.app.errors import ERROR_RESPONSES
 from cloud.app.routes import (
     admin,
+    backbones,
     device_account,
     device_detectors,
     device_image_queries,
@@ -27,6 +28,7 @@ from cloud.app.routes import (
     hubs,
     model_reports,
     models,
+    priors,
     review,
     training_jobs,
     web,
@@ -46,6 +48,8 @@ ROUTERS = (
     edge_accuracy,
     review,
     models,
+    backbones,
+    priors,
     model_reports,
     exports,
     hubs,

@@ -4,6 +4,7 @@ CloudError
 ├── BadRequestError     400  malformed input
 ├── NotFoundError       404
 ├── ConflictError       409  e.g. deleting the production model version
+├── PayloadTooLargeError 413 an upload over its limit (bundle, backbone, embeddings, report)
 └── UnprocessableError  422  well-formed but unusable (a bundle that fails verification)
 AuthError (auth)        401  no or unknown token / session
 ForbiddenError (auth)   403  known caller, wrong role
@@ -37,6 +38,10 @@ class NotFoundError(CloudError):
 
 class ConflictError(CloudError):
     status = 409
+
+
+class PayloadTooLargeError(CloudError):
+    status = 413
 
 
 class UnprocessableError(CloudError):

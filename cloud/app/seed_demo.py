@@ -5,8 +5,9 @@ edge escalates for them have a detector in the cloud and reach the review queue.
 created with its fixed id, and its query, mode and labels from the bundle's predictor_metadata.json,
 directly in the database (the device API would choose a new id). Its bundle is then uploaded to the
 model registry through `POST /api/v1/detectors/{id}/models`, with a short-lived admin token, and made
-the production version when the detector has none yet. Idempotent: what already exists is left as it
-is (a version promoted since stays in production).
+the production version when the detector has none yet; a split bundle's backbone (from the model
+root's backbones/) is registered first with `PUT /api/v1/backbones/{sha256}`. Idempotent: what
+already exists is left as it is (a version promoted since stays in production).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cloud.app.core.users import issue_token, revoke_token
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.db.models import Detector, ModelVersion, Role, User
 from cloud.app.settings import CloudSettings
+from common.backbone import BackboneStore
 from common.bundle import DetectorMode, PredictorMetadata, current_bundle_dir, read_metadata
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE, pack_bundle
 
@@ -133,6 +135,7 @@ async def _upload(
             async with httpx.AsyncClient(
                 base_url=cloud_url, timeout=UPLOAD_TIMEOUT_S, trust_env=False
             ) as http:
+                await _upload_backbone(http, token, bundle_dir)
                 with archive.open("rb") as data:
                     resp = await http.post(
                         f"/api/v1/detectors/{detector_id}/models",
@@ -152,6 +155,27 @@ async def _upload(
             f"the registry refused the bundle of {detector_id}: {resp.status_code} {resp.text[:300]}"
         )
     return True
+
+
+async def _upload_backbone(http: httpx.AsyncClient, token: str, bundle_dir: Path) -> None:
+    """A split bundle's backbone, from <model_root>/backbones, registered before the bundle."""
+    ref = (await asyncio.to_thread(read_metadata, bundle_dir)).backbone
+    if ref is None:
+        return
+    resolved = await asyncio.to_thread(bundle_dir.resolve)
+    store = BackboneStore.for_model_root(resolved.parent.parent)
+    path = await asyncio.to_thread(store.verify, ref.sha256)
+    data = await asyncio.to_thread(path.read_bytes)
+    resp = await http.put(
+        f"/api/v1/backbones/{ref.sha256}",
+        headers={"x-api-token": token},
+        data={"ref": ref.model_dump_json()},
+        files={"file": ("backbone.onnx", data, "application/octet-stream")},
+    )
+    if resp.status_code not in (200, 201):
+        raise SeedError(
+            f"the registry refused backbone {ref.sha256[:12]}: {resp.status_code} {resp.text[:300]}"
+        )
 
 
 async def seed_demo_detectors(

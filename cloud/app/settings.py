@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.backbone import MAX_BACKBONE_BYTES
+
 
 class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLOUD_", extra="ignore")
@@ -31,6 +33,10 @@ class CloudSettings(BaseSettings):
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
     max_image_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     model_cache_size: int = Field(default=5, ge=1)
+    # Largest backbone.onnx the registry stores (common.backbone.MAX_BACKBONE_BYTES at most).
+    max_backbone_bytes: int = Field(default=MAX_BACKBONE_BYTES, gt=0, le=MAX_BACKBONE_BYTES)
+    # Largest embeddings upload (one .npy of float16 rows plus their ids); the trainer sends batches.
+    max_embeddings_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     # First start: accounts created when the user table is empty. Empty values are generated and printed.
     bootstrap_admin_password: str = ""
@@ -43,8 +49,12 @@ class CloudSettings(BaseSettings):
     # data_dir/trainer-token; "" = no such account (an administrator can make one with the admin API).
     trainer_token_file: str | None = None
 
-    # Worker: retrain after this many new labels, or this long after the last job when labels are waiting.
-    retrain_min_labels: int = Field(default=50, ge=1)
+    # Worker (cloud.worker.jobs.retrain): the first job once every class has this many labels (COUNT:
+    # two classes); afterwards one when the new labels reach max(retrain_min_labels, ceil(retrain_growth
+    # x the labels of the last job)), or this long after the last job when any label is waiting.
+    retrain_first_min_per_class: int = Field(default=3, ge=1)
+    retrain_min_labels: int = Field(default=5, ge=1)
+    retrain_growth: float = Field(default=0.10, ge=0)
     retrain_interval_s: float = Field(default=600.0, gt=0)
     worker_poll_s: float = Field(default=2.0, gt=0)
 

@@ -92,15 +92,19 @@ async def expire_leases(state: WorkerState, report: TickReport) -> None:
         _action("export leases expired: jobs requeued", count=report.exports_requeued)
 
 
+def cadence(settings: CloudSettings) -> retrain.Cadence:
+    return retrain.Cadence(
+        first_min_per_class=settings.retrain_first_min_per_class,
+        min_labels=settings.retrain_min_labels,
+        growth=settings.retrain_growth,
+        interval_s=settings.retrain_interval_s,
+    )
+
+
 async def trigger_retraining(state: WorkerState, report: TickReport) -> None:
     settings = state.settings
     async with state.sessions() as session:
-        outcomes = await retrain.queue_due_retrains(
-            session,
-            min_labels=settings.retrain_min_labels,
-            interval_s=settings.retrain_interval_s,
-            now=datetime.now(UTC),
-        )
+        outcomes = await retrain.queue_due_retrains(session, cadence(settings), datetime.now(UTC))
     for outcome in outcomes:
         due = outcome.due
         if outcome.job_id is None:
@@ -154,7 +158,9 @@ async def run(state: WorkerState) -> None:
         "worker started",
         owner=state.owner,
         poll_s=settings.worker_poll_s,
+        retrain_first_min_per_class=settings.retrain_first_min_per_class,
         retrain_min_labels=settings.retrain_min_labels,
+        retrain_growth=settings.retrain_growth,
         retrain_interval_s=settings.retrain_interval_s,
     )
     while not state.stop.is_set():

@@ -281,7 +281,7 @@ def test_get_by_name_keeps_a_plus_and_decodes_percent_escapes(http: httpx.Client
 # --- image queries ----------------------------------------------------------------------------
 
 
-def test_query_without_a_model_has_no_result_and_waits_for_a_person(
+def test_query_without_a_model_gets_the_label_prior_and_waits_for_a_person(
     http: httpx.Client, cloud_db: TestDatabase, jpeg: bytes
 ) -> None:
     det = make_detector(http, patience_time=12.0)
@@ -289,7 +289,16 @@ def test_query_without_a_model_has_no_result_and_waits_for_a_person(
     assert resp.status_code == 200, resp.text
     iq = resp.json()
     assert iq["id"].startswith("iq_") and iq["type"] == "image_query"
-    assert iq["result"] is None and iq["result_type"] == "binary_classification"
+    # No label yet: every answer has 1/K, the first in key order (YES) answers.
+    assert iq["result"] == {
+        "result_type": "binary_classification",
+        "confidence": 0.5,
+        "source": "ALGORITHM",
+        "from_edge": False,
+        "label": "YES",
+    }
+    assert iq["result_type"] == "binary_classification"
+    assert iq["intellioptics"]["escalation_reason"] == "no_model" and iq["intellioptics"]["escalated"]
     assert iq["done_processing"] is False and iq["metadata"] == {"camera": "line-3"}
     assert iq["patience_time"] == 12.0 and iq["confidence_threshold"] == 0.9
     assert iq["query"] == det["query"] and iq["detector_id"] == det["id"]
@@ -305,7 +314,7 @@ def test_query_without_a_model_has_no_result_and_waits_for_a_person(
 def test_human_review_never_is_not_queued(http: httpx.Client, cloud_db: TestDatabase, jpeg: bytes) -> None:
     det = make_detector(http)
     iq = submit(http, det["id"], jpeg, human_review="NEVER").json()
-    assert iq["done_processing"] is True
+    assert iq["done_processing"] is True and iq["result"]["source"] == "ALGORITHM"
     assert db_scalar(cloud_db, "SELECT count(*) FROM review_items WHERE image_query_id = ?", iq["id"]) == 0
 
 
@@ -487,4 +496,6 @@ def test_bad_labels_are_refused(http: httpx.Client, jpeg: bytes, body: dict[str,
     resp = http.post(LABEL_PATH, json={"image_query_id": iq["id"], **body})
     assert resp.status_code == status, resp.text
     assert resp.json()["detail"]
-    assert http.get(f"{IQ_PATH}/{iq['id']}").json()["result"] is None
+    # Still the prior's answer: a refused label changes nothing.
+    assert http.get(f"{IQ_PATH}/{iq['id']}").json()["result"] == iq["result"]
+    assert iq["result"]["source"] == "ALGORITHM"

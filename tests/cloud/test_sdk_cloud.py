@@ -103,7 +103,8 @@ def test_wait_returns_a_human_answer_given_from_another_client(
 def test_add_label_list_and_get_image(gl: Groundlight, jpeg: bytes) -> None:
     det = gl.create_detector(unique("sdk label"), "Is this a seven?")
     iq = gl.submit_image_query(det, jpeg, wait=0, metadata={"camera": "sdk"})
-    assert iq.result is None and iq.metadata == {"camera": "sdk"}
+    assert iq.metadata == {"camera": "sdk"}
+    assert iq.result is not None and iq.result.source == "ALGORITHM"  # the prior, until a person answers
     gl.add_label(iq, "NO")
     answered = gl.get_image_query(iq.id)
     assert answered.result is not None and answered.result.label.value == "NO"
@@ -121,10 +122,12 @@ def test_client_chosen_id_and_async_submission(gl: Groundlight, jpeg: bytes) -> 
     assert pending.result is None and gl.get_image_query(pending.id).id == pending.id
 
 
-def test_ask_ml_without_a_model_returns_a_pending_query(gl: Groundlight, jpeg: bytes) -> None:
+def test_ask_ml_without_a_model_answers_at_once_with_the_label_prior(gl: Groundlight, jpeg: bytes) -> None:
+    """wait=0: the SDK does not poll, so the answer is the POST's own; a brand-new detector has one."""
     det = gl.create_detector(unique("sdk ml"), "Is this a seven?")
     iq = gl.ask_ml(det, jpeg, wait=0)
-    assert iq.result is None
+    assert iq.result is not None and iq.result.source == "ALGORITHM" and iq.result.from_edge is False
+    assert iq.result.label.value == "YES" and iq.result.confidence == pytest.approx(0.5)
 
 
 def test_multiclass_and_counting_answers(gl: Groundlight, jpeg: bytes) -> None:

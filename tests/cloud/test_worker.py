@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.db.models import Detector, ExportJob, JobStatus, ReviewItem, TrainingJob
 from cloud.app.settings import CloudSettings
+from cloud.worker.jobs.retrain import first_job_ready, labels_needed
 from cloud.worker.loop import WorkerState, close_state, make_state, tick
 from launcher.processes import ManagedProcess
 from tests.support import cloud as support
@@ -34,6 +35,8 @@ from tests.support.cloud_factories_worker import (
 )
 
 MIN_LABELS = 5
+GROWTH = 0.10
+FIRST_MIN_PER_CLASS = 3
 INTERVAL_S = 3600.0
 
 
@@ -55,7 +58,9 @@ def worker_settings(cloud_db: support.TestDatabase, data_dir: Path) -> CloudSett
     return CloudSettings(
         DATABASE_URL=cloud_db.url,
         data_dir=data_dir,
+        retrain_first_min_per_class=FIRST_MIN_PER_CLASS,
         retrain_min_labels=MIN_LABELS,
+        retrain_growth=GROWTH,
         retrain_interval_s=INTERVAL_S,
         worker_poll_s=0.2,
     )
@@ -153,31 +158,82 @@ async def test_an_expired_training_lease_is_requeued_and_a_cancelled_one_ends(
     assert rows[alive.id].status == JobStatus.RUNNING and rows[alive.id].lease_owner == "trainer-busy"
 
 
-async def test_enough_new_labels_queue_exactly_one_job_with_two_workers_ticking(
+def test_the_cadence_rules() -> None:
+    """The first job needs every class (COUNT: two) at the minimum; later ones a tenth more labels."""
+    assert first_job_ready("BINARY", ["YES", "NO"], {"YES": 3, "NO": 3}, 3)
+    assert not first_job_ready("BINARY", ["YES", "NO"], {"YES": 30, "NO": 2}, 3)
+    assert not first_job_ready("MULTI_CLASS", ["a", "b", "c"], {"a": 3, "b": 3}, 3)
+    assert first_job_ready("MULTI_CLASS", ["a", "b", "c"], {"a": 3, "b": 3, "c": 4}, 3)
+    assert not first_job_ready("COUNT", ["0", "1", "2"], {"1": 9}, 3)
+    assert first_job_ready("COUNT", ["0", "1", "2"], {"1": 3, "2": 3}, 3)
+    assert [labels_needed(n, 5, 0.1) for n in (0, 6, 30, 50, 51, 60, 100, 101)] == [5, 5, 5, 5, 6, 6, 10, 11]
+    assert labels_needed(1000, 5, 0.0) == 5
+
+
+async def test_the_first_job_comes_once_every_class_has_three_labels_with_two_workers_ticking(
     sessions: async_sessionmaker[AsyncSession], worker: WorkerState, second_worker: WorkerState
 ) -> None:
     async with sessions() as session:
         # Several detectors at once, so that the two workers overlap on some of them.
-        detectors = [await make_detector(session) for _ in range(6)]
-        for detector in detectors:
-            await add_labels(session, detector, MIN_LABELS - 1)
-            await add_labels(session, detector, 3, undone=True)  # undone labels do not count
+        binary = [await make_detector(session) for _ in range(4)]
+        for detector in binary:
+            await add_labels(session, detector, FIRST_MIN_PER_CLASS + 5, answer="YES")
+            await add_labels(session, detector, FIRST_MIN_PER_CLASS - 1, answer="NO")
+            await add_labels(session, detector, 3, undone=True, answer="NO")  # undone labels do not count
+            await add_labels(session, detector, 3, answer="UNCLEAR")  # UNCLEAR is not a class
+        multi = await make_detector(session, mode="MULTI_CLASS", labels=["red", "green", "blue"])
+        for colour, n in (("red", 3), ("green", 3), ("blue", 2)):
+            await add_labels(session, multi, n, answer=colour)
+        count = await make_detector(session, mode="COUNT", labels=["0", "1", "2", "3"])
+        await add_labels(session, count, 5, answer="1")
+        await add_labels(session, count, 2, answer="2")
+        detectors = [*binary, multi, count]
 
     await asyncio.gather(tick(worker), tick(second_worker))
     async with sessions() as session:
         for detector in detectors:
             assert await jobs_of(session, detector) == []
-            await add_labels(session, detector, 1)
+        for detector in binary:
+            await add_labels(session, detector, 1, answer="NO")
+        await add_labels(session, multi, 1, answer="blue")
+        await add_labels(session, count, 1, answer="2")
 
     for _ in range(3):
         reports = await asyncio.gather(tick(worker), tick(second_worker))
         assert not any(report.failed_steps for report in reports)
     async with sessions() as session:
-        for detector in detectors:
+        for detector in binary:
             jobs = await jobs_of(session, detector)
             assert len(jobs) == 1
             assert jobs[0].trigger == "labels" and jobs[0].status == JobStatus.QUEUED
-            assert jobs[0].labels_at_creation == MIN_LABELS
+            # Every label that was not undone, UNCLEAR included (as manual jobs count them).
+            assert jobs[0].labels_at_creation == (FIRST_MIN_PER_CLASS + 5) + FIRST_MIN_PER_CLASS + 3
+        assert [job.labels_at_creation for job in await jobs_of(session, multi)] == [9]
+        assert [job.labels_at_creation for job in await jobs_of(session, count)] == [8]
+
+
+async def test_later_jobs_wait_for_a_tenth_more_labels(
+    sessions: async_sessionmaker[AsyncSession], worker: WorkerState
+) -> None:
+    async with sessions() as session:
+        detector = await make_detector(session)
+        await add_labels(session, detector, 50, answer="YES")
+        await add_labels(session, detector, 50, answer="NO")
+        await make_training_job(
+            session, detector, status=JobStatus.SUCCEEDED, labels_at_creation=100, finished_at=now()
+        )
+        await add_labels(session, detector, 9, answer="NO")
+
+    await tick(worker)
+    async with sessions() as session:
+        assert [job.trigger for job in await jobs_of(session, detector)] == ["manual"]
+        await add_labels(session, detector, 1, answer="YES")
+
+    await tick(worker)
+    async with sessions() as session:
+        jobs = await jobs_of(session, detector)
+    assert [job.trigger for job in jobs] == ["manual", "labels"]
+    assert jobs[1].labels_at_creation == 110
 
 
 async def test_labels_counted_by_the_last_job_do_not_trigger_again(
@@ -231,6 +287,7 @@ async def test_a_few_labels_trigger_on_the_timer_only_after_the_interval(
         )
         await add_labels(session, waited, 1)
 
+        # Never trained, and not every class labelled yet: the timer does not start a first job.
         never_trained = await make_detector(session, created_at=long_ago)
         await add_labels(session, never_trained, 1)
 
@@ -247,7 +304,7 @@ async def test_a_few_labels_trigger_on_the_timer_only_after_the_interval(
         waited_jobs = await jobs_of(session, waited)
         assert [job.trigger for job in waited_jobs] == ["manual", "timer"]
         assert waited_jobs[1].labels_at_creation == 3
-        assert [job.trigger for job in await jobs_of(session, never_trained)] == ["timer"]
+        assert await jobs_of(session, never_trained) == []
         assert [job.trigger for job in await jobs_of(session, no_new_labels)] == ["manual"]
 
 
@@ -256,16 +313,29 @@ async def test_a_detector_with_an_active_job_gets_no_second_one(
 ) -> None:
     async with sessions() as session:
         detector = await make_detector(session)
-        await make_training_job(
+        running = await make_training_job(
             session, detector, status=JobStatus.RUNNING, lease_expires_at=now() + timedelta(minutes=5)
         )
-        await add_labels(session, detector, MIN_LABELS * 2)
+        await add_labels(session, detector, MIN_LABELS * 2, answer="YES")
+        await add_labels(session, detector, MIN_LABELS * 2, answer="NO")
 
-    report = await tick(worker)
-
-    assert not report.failed_steps
+    for _ in range(2):  # however often it is asked, the request coalesces with the running job
+        report = await tick(worker)
+        assert not report.failed_steps
     async with sessions() as session:
         assert [job.status for job in await jobs_of(session, detector)] == [JobStatus.RUNNING]
+        job = await session.get(TrainingJob, running.id)
+        assert job is not None
+        job.status = JobStatus.SUCCEEDED
+        job.finished_at = now()
+        await session.commit()
+
+    # Once it is done, the labels that arrived meanwhile (all of them: it was made with none) count.
+    await tick(worker)
+    async with sessions() as session:
+        jobs = await jobs_of(session, detector)
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED, JobStatus.QUEUED]
+    assert jobs[1].labels_at_creation == MIN_LABELS * 4
 
 
 async def test_a_waiting_export_is_built_by_one_of_two_workers(

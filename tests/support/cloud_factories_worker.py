@@ -107,13 +107,17 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, interval: f
 
 
 async def make_detector(
-    session: AsyncSession, *, created_at: datetime | None = None, labels: list[str] | None = None
+    session: AsyncSession,
+    *,
+    created_at: datetime | None = None,
+    labels: list[str] | None = None,
+    mode: str = "BINARY",
 ) -> Detector:
     detector = Detector(
         id=new_detector_id(),
         name="det-" + secrets.token_hex(6),
         query="Is the door closed?",
-        mode="BINARY",
+        mode=mode,
         labels=labels or ["YES", "NO"],
         created_at=created_at or now(),
     )

@@ -4,7 +4,11 @@
 Loaded runtimes stay in a small LRU keyed by (detector, bundle version directory), sized by
 `CLOUD_MODEL_CACHE_SIZE`; loads are single-flight per key and run in a worker thread, as does every
 prediction. An evicted runtime is only dropped, never closed: a request still predicting with it
-keeps its reference and finishes, and the sessions are freed when the last reference goes.
+keeps its reference and finishes, and the sessions are freed when the last reference goes (its hold
+on a shared backbone is released then too).
+
+Split bundles load their backbone from data_dir/models/backbones through one `BackbonePool` per
+process (cloud.app.core.backbones), so detectors trained on one backbone share one session.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core import registry
+from cloud.app.core import backbones, registry
 from cloud.app.deps import CloudState
+from common.backbone import BackboneStore
 from common.bundle import BundleError
 from common.imaging import ImageInfo, ImageLimits
-from common.runtime import ModelRuntime, Prediction
+from common.runtime import BackbonePool, ModelRuntime, Prediction
 
 log = logging.getLogger("cloud.answers")
 
@@ -33,8 +39,10 @@ CacheKey = tuple[str, str]
 
 
 class CloudModelCache:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, store: BackboneStore, pool: BackbonePool) -> None:
         self.capacity = capacity
+        self.store = store
+        self.pool = pool
         self._entries: OrderedDict[CacheKey, ModelRuntime] = OrderedDict()
         self._loading: dict[CacheKey, asyncio.Lock] = {}
         self._failed: dict[CacheKey, float] = {}
@@ -58,7 +66,7 @@ class CloudModelCache:
                 raise BundleError(f"bundle {bundle_dir} failed to load recently")
             start = time.perf_counter()
             try:
-                runtime = await asyncio.to_thread(_load, bundle_dir)
+                runtime = await asyncio.to_thread(_load, bundle_dir, self.store, self.pool)
             except Exception:
                 self._failed[key] = time.monotonic()
                 raise
@@ -77,7 +85,8 @@ class CloudModelCache:
                 },
             )
             while len(self._entries) > self.capacity:
-                (old_det, old_dir), _ = self._entries.popitem(last=False)
+                (old_det, old_dir), old = self._entries.popitem(last=False)
+                _release_when_dropped(old, self.pool)
                 log.info(
                     "model evicted",
                     extra={"fields": {"detector_id": old_det, "bundle": old_dir, "reason": "capacity"}},
@@ -91,18 +100,32 @@ class CloudModelCache:
         return runtime
 
     def clear(self) -> None:
+        for runtime in self._entries.values():
+            _release_when_dropped(runtime, self.pool)
         self._entries.clear()
         self._failed.clear()
 
 
-def _load(bundle_dir: Path) -> ModelRuntime:
-    runtime = ModelRuntime(bundle_dir, verify=True)
-    runtime.warmup()
+def _release_when_dropped(runtime: ModelRuntime, pool: BackbonePool) -> None:
+    """The head's hold on its shared backbone ends once nobody references the runtime any more."""
+    if runtime.backbone is not None:
+        weakref.finalize(runtime, pool.release, runtime.backbone)
+
+
+def _load(bundle_dir: Path, store: BackboneStore, pool: BackbonePool) -> ModelRuntime:
+    runtime = ModelRuntime(bundle_dir, verify=True, backbone_store=store, backbones=pool)
+    try:
+        runtime.warmup()
+    except BaseException:
+        runtime.close()
+        raise
     return runtime
 
 
 def install_model_cache(state: CloudState) -> CloudModelCache:
-    cache = CloudModelCache(state.settings.model_cache_size)
+    cache = CloudModelCache(
+        state.settings.model_cache_size, backbones.local_store(state), backbones.backbone_pool(state)
+    )
     state.extras[EXTRAS_KEY] = cache
     return cache
 
@@ -130,13 +153,14 @@ async def predict(
 ) -> Prediction | None:
     """The production model's answer, or None when the detector has no usable model yet.
 
-    An image that does not decode raises ImageError (the client's fault); a broken bundle is logged
-    and treated as no model, so the query goes to people instead of failing.
+    An image that does not decode raises ImageError (the client's fault); a broken bundle (or one
+    whose blob or backbone cannot be installed) is logged and treated as no model, so the query gets
+    the label prior and goes to people instead of failing.
     """
-    bundle_dir = await registry.production_bundle_dir(state, session, detector_id)
-    if bundle_dir is None:
-        return None
     try:
+        bundle_dir = await registry.production_bundle_dir(state, session, detector_id)
+        if bundle_dir is None:
+            return None
         runtime = await model_cache(state).get(detector_id, bundle_dir)
     except Exception as exc:  # any load failure: answer without a model rather than fail the request
         log.warning(

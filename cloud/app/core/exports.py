@@ -1,22 +1,31 @@
 """Dataset exports: a detector's labelled images as one tar.gz, built by the worker, read by training.
 
-Format (version 1; models in common.wire.dataset_export):
+Format (version 2; models in common.wire.dataset_export):
 
     exports/<detector_id>/<job_id>.tar.gz
       manifest.json                first member
-        {"format_version": 1,
+        {"format_version": 2,
          "export_id": "exp_…",
          "detector": {"id", "name", "query", "mode", "labels", "mode_configuration"},
          "created_at": "2026-01-01T00:00:00Z",
          "items": [{"image_query_id", "label", "source", "labeled_at",
-                    "image": "images/<iq_id>.<ext>", "content_type"}, ...],
-         "excluded": {"UNCLEAR": 3, "missing_image": 1}}
+                    "image": "images/<iq_id>.<ext>" or null, "content_type"}, ...],
+         "excluded": {"UNCLEAR": 3, "missing_image": 1},
+         "embeddings": {"<sha256>": {"file": "embeddings/<sha256>.npy", "dim", "dtype": "float16",
+                                     "image_query_ids": [...]}}}
+      embeddings/<sha256>.npy      float16 (len(image_query_ids), dim), rows in that order
       images/<iq_id>.<ext>         the image bytes as received (ext: jpg, png, bmp, webp, bin)
 
 One item per image query of the detector: its latest label (by time) among those not undone and
 coming from a reviewer (HUMAN) or the device API (CUSTOMER). When that label is not one of the
-detector's labels (UNCLEAR, a class removed since) or the image blob is gone, the query is left out
-and counted under `excluded`, so every item is usable for training as it is.
+detector's labels (UNCLEAR, a class removed since) the query is left out and counted under
+`excluded`; so is a query with neither its image nor an included embedding (`missing_image`), so every
+item is usable for training as it is.
+
+An export may be asked for with a `common.wire.dataset_export.ExportRequest`: with `backbone_sha256`
+the stored embeddings of the items by that backbone are included (no entry when there are none);
+with `images="missing"` an item that has one comes with `image: null`, and its image is neither
+fetched nor written. Images are compressed already, so the archive is gzipped at level 1.
 
 Jobs: `create_export` queues one (API); the worker leases the oldest with `claim_next_export`
 (SKIP LOCKED on PostgreSQL, a conditional update everywhere; an expired lease returns the job) and
@@ -38,22 +47,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
+from cloud.app.core.backbones import embeddings_of
 from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Label, LabelSource
-from cloud.app.errors import ConflictError, NotFoundError
+from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.exports import ExportJobOut
 from common.bundle import DetectorMode
 from common.ids import new_id
 from common.wire.dataset_export import (
+    EMBEDDING_DTYPE,
+    EMBEDDINGS_DIR,
     EXPORT_FORMAT_VERSION,
     IMAGES_DIR,
     MANIFEST_NAME,
     ExportDetector,
+    ExportEmbeddings,
     ExportItem,
     ExportManifest,
+    ExportRequest,
 )
 
 log = logging.getLogger("cloud.exports")
@@ -64,6 +80,8 @@ MISSING_IMAGE = "missing_image"
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/bmp": "bmp", "image/webp": "webp"}
 _FETCH_CONCURRENCY = 8
 _MAX_ERROR_CHARS = 2000
+# Images are JPEG/PNG already: a harder gzip level costs CPU and saves next to nothing.
+_GZIP_LEVEL = 1
 _FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
@@ -95,11 +113,21 @@ def _iso(moment: datetime) -> str:
 # --- API side -------------------------------------------------------------------------------------
 
 
-async def create_export(session: AsyncSession, detector_id: str, requested_by: str | None) -> ExportJob:
+async def create_export(
+    session: AsyncSession, detector_id: str, requested_by: str | None, request: ExportRequest | None = None
+) -> ExportJob:
+    """No request: every image and no embeddings. 400 for images="missing" without a backbone."""
     if await session.get(Detector, detector_id) is None:
         raise NotFoundError(f"detector {detector_id} not found")
+    if request is not None and request.images == "missing" and request.backbone_sha256 is None:
+        raise BadRequestError('images="missing" needs backbone_sha256: whose embeddings replace the images')
     job = ExportJob(
-        id=new_export_id(), detector_id=detector_id, status=JobStatus.QUEUED, requested_by=requested_by
+        id=new_export_id(),
+        detector_id=detector_id,
+        status=JobStatus.QUEUED,
+        requested_by=requested_by,
+        backbone_sha256=request.backbone_sha256 if request is not None else None,
+        images=request.images if request is not None else None,
     )
     session.add(job)
     await session.commit()
@@ -126,6 +154,8 @@ def export_out(job: ExportJob, public_url: str) -> ExportJobOut:
         created_at=_aware(job.created_at),
         finished_at=_aware(job.finished_at) if job.finished_at else None,
         download_url=f"{public_url.rstrip('/')}/api/v1/exports/{job.id}/download" if done else None,
+        backbone_sha256=job.backbone_sha256,
+        images=job.images or "all",
     )
 
 
@@ -239,7 +269,9 @@ async def latest_labels(session: AsyncSession, detector_id: str) -> list[_Labell
     return [_Labelled(*row) for row in rows]
 
 
-async def _start(sessions: async_sessionmaker[AsyncSession], job_id: str) -> ExportDetector | None:
+async def _start(
+    sessions: async_sessionmaker[AsyncSession], job_id: str
+) -> tuple[ExportDetector, ExportRequest] | None:
     """Mark a queued job running (direct calls skip the claim); None when there is nothing to do."""
     async with sessions() as session:
         job = await session.get(ExportJob, job_id)
@@ -254,7 +286,10 @@ async def _start(sessions: async_sessionmaker[AsyncSession], job_id: str) -> Exp
         if job.status == JobStatus.QUEUED:
             job.status = JobStatus.RUNNING
             await session.commit()
-        return ExportDetector(
+        request = ExportRequest(
+            backbone_sha256=job.backbone_sha256, images="missing" if job.images == "missing" else "all"
+        )
+        exported = ExportDetector(
             id=detector.id,
             name=detector.name,
             query=detector.query,
@@ -262,6 +297,7 @@ async def _start(sessions: async_sessionmaker[AsyncSession], job_id: str) -> Exp
             labels=[str(x) for x in detector.labels],
             mode_configuration=detector.mode_configuration,
         )
+        return exported, request
 
 
 async def _finish(sessions: async_sessionmaker[AsyncSession], job_id: str, **values: Any) -> None:
@@ -296,24 +332,37 @@ async def _fetch_images(
     return dict(await asyncio.gather(*(one(item) for item in labelled)))
 
 
-def _write_archive(out: Path, manifest: ExportManifest, files: dict[str, Path]) -> None:
-    """Blocking: manifest.json first, then the images in manifest order."""
+def _npy(matrix: NDArray[np.float16]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_archive(
+    out: Path, manifest: ExportManifest, files: dict[str, Path], embeddings: dict[str, bytes]
+) -> None:
+    """Blocking: manifest.json first, then the embeddings, then the images in manifest order."""
     body = json.dumps(manifest.model_dump(mode="json"), indent=1).encode()
     now = int(time.time())
-    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(MANIFEST_NAME)
-        info.size = len(body)
+
+    def member(name: str, size: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size = size
         info.mtime = now
         info.mode = 0o644
-        tar.addfile(info, io.BytesIO(body))
+        return info
+
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=_GZIP_LEVEL) as tar:
+        tar.addfile(member(MANIFEST_NAME, len(body)), io.BytesIO(body))
+        for sha, entry in manifest.embeddings.items():
+            data = embeddings[sha]
+            tar.addfile(member(entry.file, len(data)), io.BytesIO(data))
         for item in manifest.items:
+            if item.image is None:
+                continue
             src = files[item.image_query_id]
-            info = tarfile.TarInfo(item.image)
-            info.size = src.stat().st_size
-            info.mtime = now
-            info.mode = 0o644
             with src.open("rb") as fh:
-                tar.addfile(info, fh)
+                tar.addfile(member(item.image, src.stat().st_size), fh)
 
 
 async def run_export(
@@ -322,11 +371,17 @@ async def run_export(
     """Build, store and record one export. Errors mark the job failed; they are not raised."""
     job_dir = workdir / f"export-{job_id}"
     try:
-        detector = await _start(sessions, job_id)
-        if detector is None:
+        started = await _start(sessions, job_id)
+        if started is None:
             return
+        detector, request = started
         async with sessions() as session:
             labelled = await latest_labels(session, detector.id)
+            vectors = (
+                await embeddings_of(session, detector.id, request.backbone_sha256)
+                if request.backbone_sha256 is not None
+                else {}
+            )
         excluded: dict[str, int] = {}
         usable = []
         for item in labelled:
@@ -334,26 +389,39 @@ async def run_export(
                 usable.append(item)
             else:
                 excluded[item.label] = excluded.get(item.label, 0) + 1
+        # images="missing": an item whose embedding goes in needs no image, so it is not even fetched.
+        wanted = [i for i in usable if not (request.images == "missing" and i.image_query_id in vectors)]
         images_dir = job_dir / IMAGES_DIR
         await asyncio.to_thread(images_dir.mkdir, parents=True, exist_ok=True)
-        fetched = await _fetch_images(blobs, usable, images_dir)
+        fetched = await _fetch_images(blobs, wanted, images_dir)
         items: list[ExportItem] = []
         files: dict[str, Path] = {}
         for item in usable:
             path = fetched.get(item.image_query_id)
-            if path is None:
+            if path is None and item.image_query_id not in vectors:
                 excluded[MISSING_IMAGE] = excluded.get(MISSING_IMAGE, 0) + 1
                 continue
-            files[item.image_query_id] = path
+            if path is not None:
+                files[item.image_query_id] = path
             items.append(
                 ExportItem(
                     image_query_id=item.image_query_id,
                     label=item.label,
                     source=item.source,
                     labeled_at=_iso(item.labeled_at),
-                    image=f"{IMAGES_DIR}/{path.name}",
+                    image=f"{IMAGES_DIR}/{path.name}" if path is not None else None,
                     content_type=item.content_type,
                 )
+            )
+        entries: dict[str, ExportEmbeddings] = {}
+        npy: dict[str, bytes] = {}
+        embedded = [item.image_query_id for item in items if item.image_query_id in vectors]
+        if request.backbone_sha256 is not None and embedded:
+            sha = request.backbone_sha256
+            matrix = np.stack([vectors[iq_id] for iq_id in embedded]).astype(EMBEDDING_DTYPE)
+            npy[sha] = await asyncio.to_thread(_npy, matrix)
+            entries[sha] = ExportEmbeddings(
+                file=f"{EMBEDDINGS_DIR}/{sha}.npy", dim=int(matrix.shape[1]), image_query_ids=embedded
             )
         manifest = ExportManifest(
             format_version=EXPORT_FORMAT_VERSION,
@@ -362,9 +430,10 @@ async def run_export(
             created_at=_iso(_utcnow()),
             items=items,
             excluded=excluded,
+            embeddings=entries,
         )
         archive = job_dir / "export.tar.gz"
-        await asyncio.to_thread(_write_archive, archive, manifest, files)
+        await asyncio.to_thread(_write_archive, archive, manifest, files, npy)
         key = export_blob_key(detector.id, job_id)
         await blobs.put_file(key, archive, EXPORT_CONTENT_TYPE)
         await _finish(
@@ -372,7 +441,15 @@ async def run_export(
         )
         log.info(
             "export succeeded",
-            extra={"fields": {"export_id": job_id, "items": len(items), "excluded": excluded}},
+            extra={
+                "fields": {
+                    "export_id": job_id,
+                    "items": len(items),
+                    "images": len(files),
+                    "embeddings": len(embedded),
+                    "excluded": excluded,
+                }
+            },
         )
     except Exception as exc:
         log.exception("export failed", extra={"fields": {"export_id": job_id}})

@@ -1,5 +1,6 @@
-"""Image queries posted to the cloud: validate, answer with the production model when there is one,
-queue for people when the answer is not good enough, and serve them back.
+"""Image queries posted to the cloud: validate, answer with the production model when there is one
+(with the detector's label prior when there is none, so a new detector answers at once), queue for
+people when the answer is not good enough or came from the prior, and serve them back.
 
 Idempotent on the client's `image_query_id` and on its `X-Request-Id`: the row is inserted with
 ON CONFLICT DO NOTHING and read back, so concurrent retries make exactly one query, and the image is
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core import cloud_answers
+from cloud.app.core import cloud_answers, priors
 from cloud.app.core.detectors import get_detector, iso_utc
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
 from cloud.app.db.models import Detector as DetectorRow
@@ -86,15 +87,18 @@ def uncertainty_of(result: Result | None) -> float:
     return 1.0 - result.confidence
 
 
-def review_reason(params: SubmitParams, result: Result | None, threshold: float) -> str | None:
-    """Why a query goes to people, or None when the model's answer stands (human_review=NEVER: never)."""
+def review_reason(
+    params: SubmitParams, result: Result | None, threshold: float, from_prior: bool = False
+) -> str | None:
+    """Why a query goes to people, or None when the model's answer stands (human_review=NEVER: never).
+    A label prior's answer never stands alone: whatever its confidence, a person answers (no_model)."""
     if params.human_review is HumanReview.NEVER:
         return None
     if params.human_review is HumanReview.ALWAYS:
         return ReviewReason.HUMAN_REVIEW_ALWAYS
     if params.want_async:
         return ReviewReason.WANT_ASYNC
-    if result is None:
+    if result is None or from_prior:
         return ReviewReason.NO_MODEL
     if result.confidence is None or result.confidence < threshold:
         return ReviewReason.LOW_CONFIDENCE
@@ -157,8 +161,12 @@ async def submit_image_query(
     if prediction is None:
         # Nothing decoded the pixels yet; a reviewer must never be shown bytes that do not decode.
         await asyncio.to_thread(check_decodes, image, limits, info)
-    result = model_result(detector, prediction) if prediction is not None else None
-    reason = review_reason(params, result, threshold)
+    result: Result | None = None
+    if prediction is not None:
+        result = model_result(detector, prediction)
+    elif not params.want_async:
+        result = priors.prior_result(await priors.detector_prior(session, detector))
+    reason = review_reason(params, result, threshold, from_prior=prediction is None)
     total_ms = (time.perf_counter() - start) * 1e3
     diagnostics = _diagnostics(prediction, reason, total_ms)
 
@@ -205,9 +213,9 @@ async def submit_image_query(
 async def answer_in_background(
     state: CloudState, image_query_id: str, detector_id: str, image: bytes, info: ImageInfo | None
 ) -> None:
-    """After a want_async submission was answered `result: null`: add the model's answer so that
-    `wait_for_ml_result` sees one. A person's answer that arrived first is never overwritten, and the
-    query stays queued for review."""
+    """After a want_async submission was answered `result: null`: add the model's answer (the label
+    prior's without a model) so that `wait_for_ml_result` sees one. A person's answer that arrived
+    first is never overwritten, and the query stays queued for review."""
     try:
         async with state.sessions() as session:
             detector = await session.get(DetectorRow, detector_id)
@@ -217,9 +225,10 @@ async def answer_in_background(
             prediction = await cloud_answers.predict(
                 state, session, detector_id, image, image_limits(state), info
             )
-            if prediction is None:
-                return
-            result = model_result(detector, prediction)
+            if prediction is not None:
+                result = model_result(detector, prediction)
+            else:
+                result = priors.prior_result(await priors.detector_prior(session, detector))
             queued = row.human_review != HumanReview.NEVER.value
             diagnostics = _diagnostics(prediction, ReviewReason.WANT_ASYNC if queued else None, 0.0)
             diagnostics.timings_ms.pop("cloud_total", None)

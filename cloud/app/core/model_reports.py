@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
-from cloud.app.core.registry import PayloadTooLargeError, get_model
+from cloud.app.core.registry import get_model
 from cloud.app.db.models import ModelVersion
-from cloud.app.errors import BadRequestError, NotFoundError
+from cloud.app.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from cloud.app.schemas.model_reports import ModelReportList, ModelReportOut, ReportName
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

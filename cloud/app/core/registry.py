@@ -9,6 +9,11 @@ Statuses: candidate (registered), production (the detector's alias; exactly one 
 (was production). Promote moves the alias and stamps `promoted_at`; rollback moves it back to the
 version promoted most recently before the current one and leaves the stamps alone, so repeated
 rollbacks walk back through the promotion history. The production version cannot be deleted.
+
+Split bundles (head + OODD, common.bundle schema 2) name a shared backbone by sha256; the registry
+takes one only when that backbone is registered (cloud.app.core.backbones), and edges learn where to
+fetch it from `fetch-model-urls`. Every upload is run once (warm-up, through the same ModelRuntime that
+answers queries) before it is stored, so a graph that does not load or run is refused.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.blobstore import BlobStore
-from cloud.app.db.models import Detector, ModelStatus, ModelVersion
+from cloud.app.core import backbones
+from cloud.app.db.models import Backbone, Detector, ModelStatus, ModelVersion
 from cloud.app.deps import CloudState
-from cloud.app.errors import CloudError, ConflictError, NotFoundError, UnprocessableError
+from cloud.app.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnprocessableError
 from cloud.app.schemas.models import ModelVersionDetail, ModelVersionOut
+from common.backbone import BackboneStore
 from common.bundle import (
     BundleError,
     Manifest,
@@ -50,17 +57,14 @@ from common.bundle_archive import (
     unpack_bundle,
 )
 from common.ids import new_id
-from common.wire.model_registry import ModelFetchInfo
+from common.runtime import BackbonePool, ModelRuntime
+from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 
 log = logging.getLogger("cloud.registry")
 
 NO_MODEL_YET = "no model for this detector yet"
 # Installed production bundles the cloud answers with: the active one and the one before it.
 KEEP_INSTALLED = 2
-
-
-class PayloadTooLargeError(CloudError):
-    status = 413
 
 
 def new_model_id() -> str:
@@ -99,6 +103,7 @@ class PreparedBundle:
     archive: Path
     sha256: str
     size_bytes: int
+    bundle_dir: Path
 
 
 def prepare_bundle(upload: Path, work_dir: Path) -> PreparedBundle:
@@ -119,8 +124,24 @@ def prepare_bundle(upload: Path, work_dir: Path) -> PreparedBundle:
         detail = str(exc).replace(f"{bundle_dir}: ", "").replace(str(bundle_dir), "bundle")
         raise UnprocessableError(f"bundle rejected: {detail}") from None
     return PreparedBundle(
-        manifest, metadata, pipeline, canonical, sha256_of(canonical), canonical.stat().st_size
+        manifest, metadata, pipeline, canonical, sha256_of(canonical), canonical.stat().st_size, bundle_dir
     )
+
+
+def warm_up(bundle_dir: Path, store: BackboneStore, pool: BackbonePool) -> None:
+    """Blocking: load the bundle (backbone from `store` through `pool`) and run it once; 422 otherwise."""
+    runtime: ModelRuntime | None = None
+    try:
+        # verify=True also checks that metadata and manifest name the same backbone (check_backbone).
+        runtime = ModelRuntime(bundle_dir, verify=True, backbone_store=store, backbones=pool)
+        runtime.warmup()
+    except Exception as exc:  # onnxruntime raises its own types for graphs that do not load or run
+        detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BundleError) else str(exc)
+        detail = detail.replace(f"{bundle_dir}: ", "").replace(str(bundle_dir), "bundle")
+        raise UnprocessableError(f"bundle rejected: it does not run: {detail[:500]}") from None
+    finally:
+        if runtime is not None:
+            runtime.close()
 
 
 def _check_fits_detector(prepared: PreparedBundle, detector: Detector) -> None:
@@ -150,7 +171,41 @@ def _predictor_summary(prepared: PreparedBundle) -> dict[str, Any]:
         "oodd": meta.oodd.model_dump(mode="json"),
         "created_at": meta.created_at,
         "pipeline": prepared.pipeline.model_dump(mode="json"),
+        # Split bundles: the shared backbone (common.backbone.BackboneRef) and which output the head reads.
+        "backbone": meta.backbone.model_dump(mode="json") if meta.backbone is not None else None,
+        "head_input": meta.head_input if meta.backbone is not None else None,
     }
+
+
+def backbone_sha(row: ModelVersion) -> str | None:
+    """The sha256 of the backbone a registered split bundle needs; None for a single-file bundle."""
+    backbone = (row.manifest or {}).get("backbone")
+    sha = backbone.get("sha256") if isinstance(backbone, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+async def _check_backbone_registered(session: AsyncSession, prepared: PreparedBundle) -> None:
+    needed = prepared.manifest.backbone
+    if needed is None:
+        return
+    row = await session.get(Backbone, needed.sha256)
+    if row is None:
+        raise UnprocessableError(
+            f"bundle needs backbone {needed.sha256} ({needed.id}), which is not registered; "
+            f"upload it first with PUT /api/v1/backbones/{needed.sha256}"
+        )
+    ref = prepared.metadata.backbone
+    if ref is None or ref.sha256 != needed.sha256:
+        raise UnprocessableError(
+            "bundle rejected: predictor_metadata.json and manifest.json name different backbones"
+        )
+    registered = backbones.stored_ref(row)
+    if row.size_bytes != needed.bytes or ref.embedding_dim != registered.embedding_dim:
+        raise UnprocessableError(
+            f"bundle describes backbone {needed.sha256} differently from its registration "
+            f"({needed.bytes} bytes, embedding_dim {ref.embedding_dim}; registered: "
+            f"{row.size_bytes} bytes, embedding_dim {registered.embedding_dim})"
+        )
 
 
 async def get_detector(session: AsyncSession, detector_id: str, *, lock: bool = False) -> Detector:
@@ -183,8 +238,8 @@ def _same_or_conflict(existing: ModelVersion, prepared: PreparedBundle) -> Model
 
 
 async def register_bundle(
+    state: CloudState,
     session: AsyncSession,
-    blobs: BlobStore,
     detector_id: str,
     upload: Path,
     work_dir: Path,
@@ -192,7 +247,8 @@ async def register_bundle(
     promote: bool = False,
     lineage: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, bool]:
-    """Verify and store an uploaded bundle archive. Returns (row, created)."""
+    """Verify, warm up and store an uploaded bundle archive. Returns (row, created)."""
+    blobs = state.blobs
     detector = await get_detector(session, detector_id)
     prepared = await asyncio.to_thread(prepare_bundle, upload, work_dir)
     _check_fits_detector(prepared, detector)
@@ -204,6 +260,13 @@ async def register_bundle(
         if promote:
             await promote_model(session, row.id)
         return row, False
+
+    await _check_backbone_registered(session, prepared)
+    if prepared.manifest.backbone is not None:
+        await backbones.ensure_installed(state, session, prepared.manifest.backbone.sha256)
+    await asyncio.to_thread(
+        warm_up, prepared.bundle_dir, backbones.local_store(state), backbones.backbone_pool(state)
+    )
 
     row = ModelVersion(
         id=new_model_id(),
@@ -391,6 +454,15 @@ async def fetch_info(session: AsyncSession, detector_id: str, public_url: str) -
         await get_detector(session, detector_id)  # an unknown detector says so
         raise NotFoundError(NO_MODEL_YET)
     predictor = row.predictor
+    ref = predictor.get("backbone")
+    backbone = None
+    if isinstance(ref, dict):
+        backbone = BackboneFetchInfo(
+            id=str(ref["id"]),
+            sha256=str(ref["sha256"]),
+            size_bytes=int(ref["bytes"]),
+            download_url=backbones.download_url(public_url, str(ref["sha256"])),
+        )
     return ModelFetchInfo(
         detector_id=detector_id,
         model_version_id=row.id,
@@ -401,12 +473,14 @@ async def fetch_info(session: AsyncSession, detector_id: str, public_url: str) -
         mode=predictor["mode"],
         labels=[str(x) for x in predictor.get("labels", [])],
         pipeline=predictor.get("pipeline", {}),
+        backbone=backbone,
     )
 
 
-def fetch_etag(model_id: str, sha256: str) -> str:
-    """Strong: the same version with the same bytes, and nothing else, has this tag."""
-    return '"' + hashlib.sha256(f"{model_id}:{sha256}".encode()).hexdigest()[:32] + '"'
+def fetch_etag(model_id: str, sha256: str, backbone_sha256: str | None = None) -> str:
+    """Strong: the same version with the same bytes (and the same backbone), and nothing else, has this tag."""
+    key = f"{model_id}:{sha256}" + (f":{backbone_sha256}" if backbone_sha256 else "")
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -483,18 +557,26 @@ async def production_bundle_dir(state: CloudState, session: AsyncSession, detect
     """The verified, installed production bundle of a detector, for the cloud's own answers.
 
     Downloaded once per version into data_dir/models/<detector_id>/<version>/ (single-flight per
-    detector); afterwards a call is one small query and no blob I/O. None: no production version.
+    detector); afterwards a call is one small query and no blob I/O. A split bundle's backbone is
+    installed (verified, from its blob) into data_dir/models/backbones/<sha256>/ first. None: no
+    production version.
     """
     row = (
         await session.execute(
-            select(ModelVersion.id, ModelVersion.version, ModelVersion.sha256, ModelVersion.blob_key)
+            select(
+                ModelVersion.id,
+                ModelVersion.version,
+                ModelVersion.sha256,
+                ModelVersion.blob_key,
+                ModelVersion.manifest,
+            )
             .join(Detector, Detector.production_version_id == ModelVersion.id)
             .where(Detector.id == detector_id)
         )
     ).first()
     if row is None:
         return None
-    model_id, version, sha256, blob_key = row
+    model_id, version, sha256, blob_key, manifest = row
     cache = _installed(state)
     hit = cache.dirs.get(detector_id)
     if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
@@ -504,9 +586,12 @@ async def production_bundle_dir(state: CloudState, session: AsyncSession, detect
         hit = cache.dirs.get(detector_id)
         if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
             return hit[2]
-        model_root = state.settings.data_dir / "models"
-        final = model_root / detector_id / version
-        if not (final.is_dir() and await asyncio.to_thread(_intact, final)):
+        model_root = backbones.model_root(state)
+        needed = (manifest or {}).get("backbone")
+        if isinstance(needed, dict) and isinstance(needed.get("sha256"), str):
+            await backbones.ensure_installed(state, session, needed["sha256"])
+        final: Path = model_root / detector_id / version
+        if not await asyncio.to_thread(_intact, final):  # a missing directory is not intact either
             final = await _download_and_install(state.blobs, blob_key, sha256, model_root, version)
         cache.dirs[detector_id] = (model_id, sha256, final)
         return final

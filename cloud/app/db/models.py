@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -92,7 +93,7 @@ class Detector(Base):
     patience_time: Mapped[float] = mapped_column(Float, default=30.0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", nullable=True)
     status: Mapped[str] = mapped_column(String(10), default="ON")
-    # The registry alias edges follow; NULL = no model yet (every query goes to review).
+    # The registry alias edges follow; NULL = no model yet (queries get the label prior and go to review).
     production_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("model_versions.id", use_alter=True, name="fk_detector_production"), nullable=True
     )
@@ -342,3 +343,38 @@ class ExportJob(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # common.wire.dataset_export.ExportRequest; NULL = every image and no embeddings (format 1's content).
+    backbone_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    images: Mapped[str | None] = mapped_column(String(10), nullable=True)  # all | missing
+
+
+class Backbone(Base):
+    """A shared backbone (common.backbone) the registry knows: its bytes are the blob
+    `backbones/<sha256>.onnx`, checked to hash to `sha256` and to load in ONNX Runtime when stored."""
+
+    __tablename__ = "backbones"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # common.backbone.BackboneRef as uploaded (input and output names, embedding_dim, source, ...).
+    ref: Mapped[dict[str, Any]] = mapped_column()
+    blob_key: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageEmbedding(Base):
+    """An image's pooled embedding by one backbone, computed once (by the trainer) and kept, so a
+    retrain fits a head without decoding the image again. `vector` holds `dim` little-endian float16."""
+
+    __tablename__ = "image_embeddings"
+
+    image_query_id: Mapped[str] = mapped_column(
+        ForeignKey("image_queries.id", ondelete="CASCADE"), primary_key=True
+    )
+    backbone_sha256: Mapped[str] = mapped_column(
+        ForeignKey("backbones.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,6 +12,7 @@ from cloud.app.core import exports
 from cloud.app.deps import AdminDep, SessionDep, StateDep
 from cloud.app.routes.models import new_temp_file, temp_file_response
 from cloud.app.schemas.exports import ExportJobOut
+from common.wire.dataset_export import ExportRequest
 
 router = APIRouter(tags=["exports"])
 
@@ -23,10 +24,12 @@ router = APIRouter(tags=["exports"])
     operation_id="create_export",
 )
 async def create_export(
-    detector_id: str, admin: AdminDep, state: StateDep, session: SessionDep
+    detector_id: str, admin: AdminDep, state: StateDep, session: SessionDep, body: ExportRequest | None = None
 ) -> ExportJobOut:
-    """Queued for the worker; poll `GET /api/v1/exports/{id}` until it has succeeded."""
-    job = await exports.create_export(session, detector_id, admin.user_id)
+    """Queued for the worker; poll `GET /api/v1/exports/{id}` until it has succeeded. Without a body:
+    every image; with `backbone_sha256` the stored embeddings by that backbone come too, and with
+    `images="missing"` only the images of items that have no such embedding."""
+    job = await exports.create_export(session, detector_id, admin.user_id, body)
     return exports.export_out(job, state.settings.public_url)
 
 

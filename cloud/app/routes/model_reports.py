@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from cloud.app.core import model_reports as reports
-from cloud.app.core.registry import PayloadTooLargeError
 from cloud.app.deps import AdminDep, PrincipalDep, SessionDep, StateDep
+from cloud.app.errors import PayloadTooLargeError
 from cloud.app.routes.bodies import read_limited_body
 from cloud.app.schemas.fields import ID_PATTERN
 from cloud.app.schemas.model_reports import ModelReportList, ModelReportOut, ReportName

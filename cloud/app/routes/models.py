@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from cloud.app.core import registry
 from cloud.app.deps import AdminDep, CloudState, DeviceDep, PrincipalDep, SessionDep, StateDep
-from cloud.app.errors import BadRequestError
+from cloud.app.errors import BadRequestError, PayloadTooLargeError
 from cloud.app.schemas.models import ModelVersionDetail, ModelVersionList, ModelVersionOut
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE, MAX_ARCHIVE_BYTES
 from common.wire.model_registry import SHA256_HEADER, ModelFetchInfo
@@ -27,20 +27,20 @@ router = APIRouter(tags=["models"])
 MAX_LINEAGE_BYTES = 64 * 1024
 
 
-def _tmp_root(state: CloudState) -> Path:
+def tmp_root(state: CloudState) -> Path:
     root = state.settings.data_dir / "tmp"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def _save_upload(src: IO[bytes], dest: Path, limit: int) -> None:
+def save_upload(src: IO[bytes], dest: Path, limit: int, what: str = "bundle archive") -> None:
     """Blocking copy of the spooled upload, refusing more than `limit` bytes."""
     written = 0
     with dest.open("wb") as out:
         while chunk := src.read(1 << 20):
             written += len(chunk)
             if written > limit:
-                raise registry.PayloadTooLargeError(f"bundle archive is over the limit of {limit} bytes")
+                raise PayloadTooLargeError(f"{what} is over the limit of {limit} bytes")
             out.write(chunk)
 
 
@@ -75,14 +75,17 @@ async def upload_model(
     promote: Annotated[bool, Form(description="make it the production version at once")] = False,
     lineage: Annotated[str | None, Form(description="JSON object merged over the bundle's lineage")] = None,
 ) -> ModelVersionDetail:
-    """201 with the new version; 200 when the same version was uploaded before with the same bytes."""
+    """201 with the new version; 200 when the same version was uploaded before with the same bytes.
+
+    A split bundle is accepted only when its backbone is registered (PUT /api/v1/backbones/{sha256});
+    every bundle is run once (warm-up) before it is stored, so graphs that do not run are a 422."""
     extra_lineage = _parse_lineage(lineage)
-    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="upload-", dir=_tmp_root(state)))
+    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="upload-", dir=tmp_root(state)))
     try:
         upload = work / "upload.tar.gz"
-        await asyncio.to_thread(_save_upload, bundle.file, upload, MAX_ARCHIVE_BYTES)
+        await asyncio.to_thread(save_upload, bundle.file, upload, MAX_ARCHIVE_BYTES)
         row, created = await registry.register_bundle(
-            session, state.blobs, detector_id, upload, work, promote=promote, lineage=extra_lineage
+            state, session, detector_id, upload, work, promote=promote, lineage=extra_lineage
         )
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
@@ -150,22 +153,27 @@ async def download_model(model_id: str, device: DeviceDep, state: StateDep, sess
     return temp_file_response(
         tmp,
         f"{row.detector_id}-{row.version}.tar.gz",
-        {SHA256_HEADER: row.sha256, "ETag": registry.fetch_etag(row.id, row.sha256)},
+        {
+            SHA256_HEADER: row.sha256,
+            "ETag": registry.fetch_etag(row.id, row.sha256, registry.backbone_sha(row)),
+        },
     )
 
 
 async def new_temp_file(state: CloudState) -> Path:
     """An empty private file under data_dir/tmp for a blob on its way to a client."""
-    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix="download-", dir=_tmp_root(state))
+    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix="download-", dir=tmp_root(state))
     await asyncio.to_thread(os.close, fd)
     return Path(name)
 
 
-def temp_file_response(tmp: Path, filename: str, headers: dict[str, str] | None = None) -> FileResponse:
+def temp_file_response(
+    tmp: Path, filename: str, headers: dict[str, str] | None = None, media_type: str = ARCHIVE_CONTENT_TYPE
+) -> FileResponse:
     """Streams `tmp` and removes it once sent (or once the client has gone)."""
     return FileResponse(
         tmp,
-        media_type=ARCHIVE_CONTENT_TYPE,
+        media_type=media_type,
         filename=filename,
         headers=headers,
         background=BackgroundTask(tmp.unlink, missing_ok=True),
@@ -181,9 +189,12 @@ def temp_file_response(tmp: Path, filename: str, headers: dict[str, str] | None 
 async def fetch_model_urls(
     detector_id: str, request: Request, device: DeviceDep, state: StateDep, session: SessionDep
 ) -> Response:
-    """Edges poll this; a promote or rollback changes the ETag. 404 while there is no production model."""
+    """Edges poll this; a promote or rollback changes the ETag. 404 while there is no production model.
+    A split bundle names its `backbone`, which the edge installs (once) before the bundle."""
     info = await registry.fetch_info(session, detector_id, state.settings.public_url)
-    etag = registry.fetch_etag(info.model_version_id, info.sha256)
+    etag = registry.fetch_etag(
+        info.model_version_id, info.sha256, info.backbone.sha256 if info.backbone is not None else None
+    )
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if registry.etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)

@@ -1,8 +1,9 @@
-"""Dataset export job responses (the archive format itself is common.wire.dataset_export)."""
+"""Dataset export job responses (the request and the archive format are common.wire.dataset_export)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,3 +20,7 @@ class ExportJobOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     download_url: str | None = Field(default=None, description="set once the export has succeeded")
+    backbone_sha256: str | None = Field(default=None, description="embeddings by this backbone are included")
+    images: Literal["all", "missing"] = Field(
+        default="all", description="missing: items with an included embedding come without their image"
+    )

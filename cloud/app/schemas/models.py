@@ -25,7 +25,10 @@ class ModelVersionOut(BaseModel):
 class ModelVersionDetail(ModelVersionOut):
     download_url: str
     manifest: dict[str, Any] = Field(description="the bundle's manifest.json")
-    predictor: dict[str, Any] = Field(description="mode, labels, temperature, OODD calibration, pipeline")
+    predictor: dict[str, Any] = Field(
+        description="mode, labels, temperature, OODD calibration, pipeline; backbone (its BackboneRef) and "
+        "head_input for split bundles, null otherwise"
+    )
     metrics: dict[str, Any] = Field(description="metrics on held-out data, from predictor_metadata.json")
     lineage: dict[str, Any]
 

@@ -1,0 +1,55 @@
+"""The Alembic migrations build exactly the schema the models describe, on PostgreSQL and SQLite, and
+the newest one can be taken back and applied again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from cloud.app.db.migrate import MIGRATIONS, alembic_config
+from cloud.app.db.models import Base
+from cloud.app.settings import to_async_url
+from tests.support import cloud as support
+from tests.support.cloud_factories_worker import private_database
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.TestDatabase]:
+    yield from private_database(tmp_path_factory)
+
+
+def _diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def schema_diff(url: str) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_diff)
+    finally:
+        await engine.dispose()
+
+
+def test_migrations_match_the_models_and_step_back(database: support.TestDatabase) -> None:
+    url = to_async_url(database.url)
+    cfg = alembic_config(url)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None and (Path(MIGRATIONS) / "versions").is_dir()
+    command.upgrade(cfg, "head")
+    assert asyncio.run(schema_diff(url)) == []
+    command.downgrade(cfg, "-1")
+    assert asyncio.run(schema_diff(url)) != []  # the newest migration changed something
+    command.upgrade(cfg, "head")
+    assert asyncio.run(schema_diff(url)) == []
