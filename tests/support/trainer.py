@@ -22,6 +22,7 @@ from common.ids import new_detector_id, new_image_query_id
 from launcher.processes import ManagedProcess
 from tests.support.cloud import ROOT, CloudServer
 from tests.support.cloud_factories_registry import run_in_db
+from tests.support.models import BACKBONE_CACHE
 from training.datasets import load_mnist_5k
 
 
@@ -133,6 +134,8 @@ class Trainer:
             "TRAINER_HEARTBEAT_S": str(self.heartbeat_s or min(2.0, self.lease_s / 4)),
             "TRAINER_POLL_S": "0.2",
             "TRAINER_WORK_DIR": str(self.work_dir),
+            # The backbone is exported once per checkout, not once per test.
+            "TRAINER_BACKBONE_CACHE": str(BACKBONE_CACHE),
             "TRAINER_DEVICE": "cpu",
             # One thread each: two trainers share a small machine without spin-waiting on each other.
             "TRAINER_THREADS": "1",

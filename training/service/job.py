@@ -254,7 +254,9 @@ class JobRun:
         if options.engine == "cnn":
             return self._run_cnn(work, options, None)
         reporter.stage("backbone", f"backbone {options.backbone}")
-        backbone = build_backbone(options.backbone, self.settings.work_dir / "backbones")
+        backbone = build_backbone(
+            options.backbone, self.settings.backbone_cache or self.settings.work_dir / "backbones"
+        )
         self._ensure_backbone_registered(backbone.ref.model_dump_json(), backbone.path, backbone.ref.sha256)
         production_dir, parent_version, production_id = self._fetch_production(work)
         production_store = self._production_backbones(work, production_dir)
@@ -417,7 +419,9 @@ class JobRun:
         if meta.backbone is None:
             return None
         store = BackboneStore(work / "production-backbones")
-        cached = BackboneStore(self.settings.work_dir / "backbones" / "registry")
+        cached = BackboneStore(
+            (self.settings.backbone_cache or self.settings.work_dir / "backbones") / "registry"
+        )
         if not cached.has(meta.backbone.sha256):
             tmp = work / "backbone.download"
             self.client.download_backbone(meta.backbone.sha256, tmp)

@@ -37,6 +37,8 @@ class TrainerSettings(BaseSettings):
     # Seconds between asking for work when the queue is empty (and between checks of the credentials).
     poll_s: float = Field(default=5.0, gt=0)
     work_dir: Path = Path(".intellioptics/trainer")
+    # Where exported backbones are kept between jobs (default: <work_dir>/backbones).
+    backbone_cache: Path | None = None
     # Defaults for a job's `device` and `threads` (a job's own config wins).
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1)
