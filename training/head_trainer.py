@@ -367,9 +367,14 @@ def train_head_from_export(
         method = "cross_validation"
     evaluation = evaluate_probabilities(probs, y_eval, labels, eval_ids if holdout else ())
     head_onnx, oodd_onnx = _export_graphs(head, oodd, data.x[:PARITY_ROWS])
+    created_at = utc_now_iso()
+    # The answers, the backbone, the labels and the moment: a retrain on the same labels is a new
+    # version with its own record (its metadata differs), never a clash with an earlier upload.
     key = (
         behaviour_key(embedder.backbone.pipeline, spec, head.temperature, oodd.calibration())
         + ref.sha256.encode()
+        + export.label_snapshot().sha256.encode()
+        + str(time.time_ns()).encode()
     )
     version = version_id(head_onnx, oodd_onnx, key)
     candidate = operating_point(probs, q, y_eval, threshold, eval_ids, version, method)
@@ -392,7 +397,7 @@ def train_head_from_export(
         production,
         options.operating_policy(),
         production_error=production_error,
-        candidate_labels=len(y_fit),
+        candidate_labels=len(data.ids),
         production_labels=production_labels if production_bundle is not None else None,
     )
     clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
@@ -429,7 +434,7 @@ def train_head_from_export(
     snapshot = export.label_snapshot()
     lineage: dict[str, Any] = {
         "parent_version": production.model_version if production is not None else parent_version,
-        "label_snapshot": {**snapshot.as_dict(), "count": len(y_fit)},
+        "label_snapshot": snapshot.as_dict(),
         "code": CODE_REF,
         "code_version": code_version(),
         "training_config": options.model_dump(mode="json"),
@@ -451,7 +456,7 @@ def train_head_from_export(
         oodd=oodd.calibration(),
         metrics=metrics,
         lineage=lineage,
-        created_at=utc_now_iso(),
+        created_at=created_at,
         backbone=ref,
         head_input="embedding",
     )
@@ -592,6 +597,7 @@ def fine_tune_from_export(
         behaviour_key(embedder.backbone.pipeline, spec, tuned.temperature, base.oodd.calibration())
         + ref.sha256.encode()
         + b"feature_map"
+        + str(time.time_ns()).encode()
     )
     version = version_id(head_onnx, oodd_onnx, key)
     candidate = operating_point(probs, q, y_te, threshold, te_ids, version, "holdout")

@@ -794,7 +794,7 @@ def train_from_export(
             prod_point,
             opts.operating_policy(),
             production_error=prod_error,
-            candidate_labels=len(data.item_ids["train"]) + len(data.item_ids["val"]),
+            candidate_labels=data.snapshot.count,
             production_labels=prod_labels if production_bundle is not None else None,
         )
     else:

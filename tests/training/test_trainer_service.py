@@ -29,7 +29,9 @@ from tests.support.trainer import LabelledDetector, Trainer, job, labelled_detec
 pytestmark = pytest.mark.slow
 
 # Small and quick: two epochs of a compact CNN on ~170 training images take a few seconds on a CPU.
-QUICK = {"epochs": 2, "patience": None, "min_test_items": 10, "seed": 0}
+# The compact-CNN engine: these tests follow epochs (progress, cancel, a trainer killed mid-job);
+# tests/training/test_trainer_service_head.py covers the head engine on the shared backbone.
+QUICK = {"engine": "cnn", "epochs": 2, "patience": None, "min_test_items": 10, "seed": 0}
 JOB_TIMEOUT_S = 180.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -382,6 +382,7 @@ class JobRun:
         out = work / "out-cnn"
         production_dir, parent_version, production_id = self._fetch_production(work / "cnn")
         production_store = self._production_backbones(work / "cnn", production_dir)
+        reporter.stage("export", f"requesting a dataset export of {self.detector_id} with every image")
         export_path = self._fetch_export(work / "cnn", {"images": "all"})
         cnn = train_from_export(
             read_export(export_path),
@@ -600,7 +601,7 @@ def _finetune_due(head: HeadOutcome, options: TrainingOptions, device: str) -> b
         return False  # tiny inputs: the compact CNN is their second candidate
     if device == "cuda":
         return True
-    labels = int(head.data.get("n_fit", 0))
+    labels = int(head.data.get("used", 0))
     return _milestone(labels, options.finetune_min_labels) > _milestone(
         head.production_labels or 0, options.finetune_min_labels
     )
@@ -610,7 +611,7 @@ def _cnn_due(head: HeadOutcome, options: TrainingOptions) -> bool:
     """Tiny inputs with enough labels, at 1x, 2x, 4x ... `cnn_min_labels` labels (milestones since
     production's own label count), so the slow candidate runs a few times in a detector's life."""
     side = head.data.get("median_side")
-    labels = int(head.data.get("n_fit", 0))
+    labels = int(head.data.get("used", 0))
     if side is None or side > options.cnn_max_side or labels < options.cnn_min_labels:
         return False
     before = head.production_labels or 0
