@@ -7,6 +7,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.backbones import BuiltBackbone
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / "build" / "test-models"
@@ -71,7 +75,7 @@ def clone_bundle(src_bundle: Path, detector_id: str, model_root: Path, version: 
 BACKBONE_CACHE = ROOT / "build" / "backbones"
 
 
-def lite0_backbone():  # -> training.backbones.BuiltBackbone
+def lite0_backbone() -> BuiltBackbone:
     """The real EfficientNet-Lite0 backbone, exported once per checkout into build/backbones."""
     from training.backbones import build_backbone
 

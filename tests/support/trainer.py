@@ -102,6 +102,7 @@ def start_worker(cloud: CloudServer) -> ManagedProcess:
             "CLOUD_DATA_DIR": str(cloud.data_dir),
             "CLOUD_WORKER_POLL_S": "0.2",
             "CLOUD_RETRAIN_MIN_LABELS": "1000000000",
+            "CLOUD_RETRAIN_FIRST_MIN_PER_CLASS": "1000000000",
             "CLOUD_RETRAIN_INTERVAL_S": "1000000000",
             "CLOUD_LOG_LEVEL": "warning",
         },
