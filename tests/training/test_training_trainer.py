@@ -27,6 +27,7 @@ from common.bundle import (
 from common.confidence import softmax
 from common.imaging import ImageLimits
 from common.runtime import ModelRuntime
+from common.wire.dataset_export import EXPORT_FORMAT_VERSION
 from training.builder import calibrate_and_export
 from training.dataset_export import read_export
 from training.models import DigitNet
@@ -151,7 +152,8 @@ def test_metadata_records_evaluation_promotion_and_lineage(binary_run: Run) -> N
     assert lineage["code_version"] and lineage["code_version"] != "unknown"
     assert lineage["training_config"] == TINY.model_dump(mode="json")
     assert (
-        lineage["export"]["format_version"] == 1 and lineage["splits"]["method"] == "sha256(image_query_id)"
+        lineage["export"]["format_version"] == export.manifest.format_version == EXPORT_FORMAT_VERSION
+        and lineage["splits"]["method"] == "sha256(image_query_id)"
     )
 
 

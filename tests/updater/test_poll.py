@@ -61,14 +61,22 @@ class Detector:
         self.id = registry.add_detector_for(bundle, new_detector_id())
 
     def publish(self, version: str, *, promote: bool = True, primary_from: Path | None = None) -> str:
+        """Upload a version; with `primary_from`, the registry ends up holding a bundle that verifies but
+        fails warm-up (the upload itself refuses those, so the archive is swapped in afterwards)."""
         archive = bundle_archive(
-            self.bundle,
-            self.workdir / f"{version}.tar.gz",
-            version=version,
-            detector_id=self.id,
-            primary_from=primary_from,
+            self.bundle, self.workdir / f"{version}.tar.gz", version=version, detector_id=self.id
         )
-        return self.registry.upload(self.id, archive, promote=promote)
+        model_id = self.registry.upload(self.id, archive, promote=promote)
+        if primary_from is not None:
+            broken = bundle_archive(
+                self.bundle,
+                self.workdir / f"{version}-broken.tar.gz",
+                version=version,
+                detector_id=self.id,
+                primary_from=primary_from,
+            )
+            self.registry.replace_archive(model_id, self.id, version, broken)
+        return model_id
 
 
 @pytest.fixture
