@@ -22,7 +22,7 @@ from edge.api.escalation.cloud_answers import CloudAnswers
 from edge.api.escalation.cloud_link import CloudLink
 from edge.api.escalation.sender import CloudProbe, OutboxSender
 from edge.api.metrics import EdgeMetrics
-from edge.api.routes import account, detectors, edge_config, health, image_queries
+from edge.api.routes import account, detectors, edge_config, health, image_queries, outbox
 from edge.api.settings import EdgeSettings
 
 DB_FILE = "edge.sqlite3"
@@ -97,6 +97,7 @@ def create_app(
             priors=priors,
             metrics=metrics,
             cloud=link,
+            outbox=sender,
             started_at=time.time(),
         )
         sender.start()
@@ -113,7 +114,7 @@ def create_app(
             await store.close()
 
     app = FastPathApp(title="IntelliOptics edge API", version="0.1.0", lifespan=lifespan)
-    for module in (image_queries, detectors, account, edge_config, health):
+    for module in (image_queries, detectors, account, edge_config, health, outbox):
         app.include_router(module.router)
     install_error_handlers(app, ERROR_RESPONSES)
     app.add_middleware(RequestLogMiddleware, service="edge-api")

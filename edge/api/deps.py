@@ -14,6 +14,7 @@ from edge.api.core.inference_client import InferenceClient
 from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.sender import OutboxSender
 from edge.api.metrics import EdgeMetrics
 from edge.api.settings import EdgeSettings
 
@@ -29,6 +30,7 @@ class EdgeState:
     priors: PriorBook
     metrics: EdgeMetrics
     cloud: CloudLink
+    outbox: OutboxSender
     started_at: float
 
 

@@ -72,6 +72,13 @@ def b64json(obj: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
 
 
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"v": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 def gif() -> bytes:
     buf = io.BytesIO()
     Image.new("P", (16, 16)).save(buf, "GIF")
@@ -206,12 +213,27 @@ def test_multiclass_and_count_detectors_keep_their_labels(http: httpx.Client, cl
         },
         {"name": "n", "query": "q", "metadata": "!!not base64!!"},
         {"name": "bad\u0000name", "query": "q"},
+        {"name": "   ", "query": "q"},
+        {"name": "\t\n", "query": "q"},
+        {"name": "n", "query": "q", "metadata": {"a": "x\u0000"}},
+        {"name": "n", "query": "q", "metadata": {"k": "x" * 1100}},
     ],
 )
 def test_malformed_detector_bodies_are_refused_with_400(http: httpx.Client, body: dict[str, Any]) -> None:
     resp = http.post(DET_PATH, json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["detail"]
+
+
+def test_detector_names_are_stored_trimmed_and_found_by_either_form(http: httpx.Client) -> None:
+    name = unique("trimmed")
+    det = make_detector(http, name=f"  {name} ")
+    assert det["name"] == name
+    for asked in (name, f"%20{name}%20%20"):  # the SDK sends a space as %20
+        found = http.get(f"{DET_PATH}?name={asked}").json()
+        assert found["count"] == 1 and found["results"][0]["id"] == det["id"], asked
+    # The same name with other spaces around it is the same name: taken.
+    assert http.post(DET_PATH, json={"name": f"{name}\t", "query": "q"}).status_code == 409
 
 
 def test_detector_metadata_is_decoded_from_the_sdks_base64(http: httpx.Client) -> None:
@@ -360,16 +382,62 @@ def test_concurrent_retries_with_one_image_query_id_make_one_query(
     iq_id = "iq_client" + secrets.token_hex(8)
 
     def post(i: int) -> httpx.Response:
-        # Different request ids (separate SDK calls) and even different bytes: the id decides.
-        return submit(http, det["id"], digits[i % 3][0], image_query_id=iq_id)
+        # Different request ids (separate SDK calls), the same image: the id decides.
+        return submit(http, det["id"], digits[1][0], image_query_id=iq_id)
 
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(post, range(10)))
     assert all(r.status_code == 200 and r.json()["id"] == iq_id for r in responses)
     assert http.get(IQ_PATH, params={"detector_id": det["id"]}).json()["count"] == 1
     assert db_scalar(cloud_db, "SELECT count(*) FROM image_queries WHERE id = ?", iq_id) == 1
-    stored = http.get(f"{IQ_PATH}/{iq_id}/image").content
-    assert stored in {digits[i][0] for i in range(3)}
+    assert http.get(f"{IQ_PATH}/{iq_id}/image").content == digits[1][0]
+
+
+def test_an_image_query_id_reused_with_another_image_or_detector_is_409(
+    http: httpx.Client, digits: list[tuple[bytes, int]]
+) -> None:
+    det, other = make_detector(http), make_detector(http)
+    iq_id = "iq_client" + secrets.token_hex(8)
+    first = submit(http, det["id"], digits[2][0], image_query_id=iq_id)
+    assert first.status_code == 200
+    another_image = submit(http, det["id"], digits[3][0], image_query_id=iq_id)
+    assert another_image.status_code == 409 and "different image" in another_image.json()["detail"]
+    another_detector = submit(http, other["id"], digits[2][0], image_query_id=iq_id)
+    assert another_detector.status_code == 409 and det["id"] in another_detector.json()["detail"]
+    assert http.get(f"{IQ_PATH}/{iq_id}/image").content == digits[2][0]
+    assert http.get(IQ_PATH, params={"detector_id": other["id"]}).json()["count"] == 0
+
+
+def test_a_request_id_reused_for_another_detector_or_image_is_409(
+    http: httpx.Client, digits: list[tuple[bytes, int]]
+) -> None:
+    det, other = make_detector(http), make_detector(http)
+    request_id = "req_uu" + secrets.token_hex(16)
+    first = submit(http, det["id"], digits[4][0], request_id=request_id)
+    assert first.status_code == 200
+    assert submit(http, det["id"], digits[4][0], request_id=request_id).json() == first.json()
+    another_detector = submit(http, other["id"], digits[4][0], request_id=request_id)
+    assert another_detector.status_code == 409, another_detector.text
+    assert det["id"] in another_detector.json()["detail"] and first.json()["id"] not in another_detector.text
+    another_image = submit(http, det["id"], digits[5][0], request_id=request_id)
+    assert another_image.status_code == 409 and "different image" in another_image.json()["detail"]
+    assert http.get(IQ_PATH, params={"detector_id": other["id"]}).json()["count"] == 0
+
+
+def test_long_request_ids_are_kept_whole(
+    http: httpx.Client, cloud_db: TestDatabase, digits: list[tuple[bytes, int]]
+) -> None:
+    det = make_detector(http)
+    shared = "req_" + secrets.token_hex(62)  # 128 characters
+    one, two = shared + "a" * 12, shared + "b" * 12
+    first = submit(http, det["id"], digits[6][0], request_id=one)
+    second = submit(http, det["id"], digits[6][0], request_id=two)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["id"] != second.json()["id"]
+    # Both are idempotency keys: each retry gets its own first answer.
+    assert submit(http, det["id"], digits[6][0], request_id=one).json()["id"] == first.json()["id"]
+    assert submit(http, det["id"], digits[6][0], request_id=two).json()["id"] == second.json()["id"]
+    assert db_scalar(cloud_db, "SELECT count(*) FROM image_queries WHERE detector_id = ?", det["id"]) == 2
 
 
 def bad_submissions(jpeg: bytes, detector_id: str) -> list[tuple[str, bytes, dict[str, str], int]]:
@@ -388,6 +456,9 @@ def bad_submissions(jpeg: bytes, detector_id: str) -> list[tuple[str, bytes, dic
             {**ok, "metadata": base64.urlsafe_b64encode(b'{"x": NaN}').decode()},
             400,
         ),
+        ("metadata with a lone surrogate", jpeg, {**ok, "metadata": b64json({"a": "\ud800"})}, 400),
+        ("metadata with NUL in a key", jpeg, {**ok, "metadata": b64json({"a\x00": 1})}, 400),
+        ("metadata nested 9 deep", jpeg, {**ok, "metadata": b64json(nested(9))}, 400),
         ("threshold not a number", jpeg, {**ok, "confidence_threshold": "abc"}, 400),
         ("threshold over 1", jpeg, {**ok, "confidence_threshold": "1.5"}, 400),
         ("patience zero", jpeg, {**ok, "patience_time": "0"}, 400),

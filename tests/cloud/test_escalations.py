@@ -172,6 +172,71 @@ def test_a_query_the_cloud_already_answered_by_fallback_gets_its_escalation_with
     assert count(cloud_db, "review_items", payload.image_query_id) == 1
 
 
+def test_an_id_held_for_another_detector_is_409_and_nothing_is_taken(
+    http: httpx.Client, cloud_db: TestDatabase, digits: list[tuple[bytes, int]]
+) -> None:
+    det, other = make_detector(http), make_detector(http)
+    first = escalation(det["id"])
+    assert post(http, first, digits[2][0]).status_code == 201
+    # Another edge (or a buggy one) escalates the same image query id under another detector.
+    stranger = escalation(other["id"]).model_copy(
+        update={
+            "image_query_id": first.image_query_id,
+            "image_query": escalation(other["id"]).image_query.model_copy(
+                update={"id": first.image_query_id}
+            ),
+        }
+    )
+    resp = post(http, stranger, digits[3][0])
+    assert resp.status_code == 409, resp.text
+    assert det["id"] in resp.json()["detail"]
+    assert http.get(f"/device-api/v1/image-queries/{first.image_query_id}/image").content == digits[2][0]
+    assert count(cloud_db, "escalations", first.image_query_id) == 1
+    assert db_scalar(cloud_db, "SELECT count(*) FROM review_items WHERE detector_id = ?", other["id"]) == 0
+
+
+def test_an_id_held_with_another_image_is_409(
+    http: httpx.Client, cloud_db: TestDatabase, digits: list[tuple[bytes, int]]
+) -> None:
+    det = make_detector(http)
+    payload = escalation(det["id"])
+    assert post(http, payload, digits[4][0]).status_code == 201
+    resp = post(http, payload, digits[5][0])
+    assert resp.status_code == 409 and "different image" in resp.json()["detail"]
+    assert post(http, payload, digits[4][0]).status_code == 200  # the true resend is still acknowledged
+    assert http.get(f"/device-api/v1/image-queries/{payload.image_query_id}/image").content == digits[4][0]
+
+
+def test_a_query_the_cloud_holds_by_fallback_for_another_detector_is_409(
+    http: httpx.Client, cloud_db: TestDatabase, jpeg: bytes
+) -> None:
+    det, other = make_detector(http), make_detector(http)
+    payload = escalation(det["id"], EscalationReason.WANT_ASYNC)
+    fallback = http.post(
+        "/device-api/v1/image-queries",
+        params={"detector_id": other["id"], "image_query_id": payload.image_query_id},
+        content=jpeg,
+    )
+    assert fallback.status_code == 200
+    resp = post(http, payload, jpeg)
+    assert resp.status_code == 409 and other["id"] in resp.json()["detail"]
+    assert count(cloud_db, "escalations", payload.image_query_id) == 0
+
+
+def test_metadata_over_the_shared_limits_is_400(http: httpx.Client, jpeg: bytes) -> None:
+    det = make_detector(http)
+    deep: dict[str, Any] = {"v": 1}
+    for _ in range(8):
+        deep = {"a": deep}
+    for metadata in (deep, {"k": "x" * 1100}):
+        payload = escalation(det["id"])
+        payload = payload.model_copy(
+            update={"image_query": payload.image_query.model_copy(update={"metadata": metadata})}
+        )
+        resp = post(http, payload, jpeg)
+        assert resp.status_code == 400 and "metadata" in resp.json()["detail"]
+
+
 def test_unknown_detector_is_404_naming_it(http: httpx.Client, jpeg: bytes) -> None:
     unknown = "det_" + "Q" * 27
     resp = post(http, escalation(unknown), jpeg)

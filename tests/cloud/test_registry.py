@@ -300,6 +300,31 @@ def test_tampered_bundle_is_unprocessable(
     assert str(tmp_path) not in resp.json()["detail"]
 
 
+def test_a_single_file_bundle_whose_primary_is_not_onnx_is_refused_and_nothing_is_kept(
+    cloud: CloudServer, admin: httpx.Client, seven_bundle: Path, tmp_path: Path
+) -> None:
+    detector_id = new_detector_id()
+    run_in_db(cloud.database_url, lambda s: ensure_detector(s, detector_id))
+    meta = read_metadata(seven_bundle).model_copy(update={"detector_id": detector_id, "version": "v1"})
+    garbage = tmp_path / "garbage"
+    # The manifest hashes the garbage correctly: only opening the graph can tell it is not ONNX.
+    write_bundle(
+        garbage,
+        b"this is not an onnx graph",
+        (seven_bundle / OODD_FILE).read_bytes(),
+        read_pipeline(seven_bundle),
+        meta,
+    )
+    resp = upload(admin, detector_id, pack_bundle_to(garbage, tmp_path / "garbage.tar.gz"), promote="true")
+    assert resp.status_code == 422, resp.text
+    assert "does not run" in resp.json()["detail"] and "primary.onnx" in resp.json()["detail"]
+    assert str(tmp_path) not in resp.json()["detail"]
+    assert admin.get(f"/api/v1/detectors/{detector_id}/models").json()["results"] == []
+    assert admin.get(f"/edge-api/v1/fetch-model-urls/{detector_id}/").status_code == 404
+    blob_dir = cloud.data_dir / "blobs" / "models" / detector_id
+    assert not blob_dir.exists() or not any(blob_dir.iterdir())
+
+
 def test_bundle_for_another_detector_is_unprocessable(
     admin: httpx.Client, demo_detectors: None, digit_bundle: Path, tmp_path: Path
 ) -> None:

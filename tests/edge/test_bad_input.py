@@ -39,6 +39,17 @@ def metadata(obj: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
 
 
+def metadata_text(text: bytes) -> str:
+    return base64.urlsafe_b64encode(text).decode()
+
+
+def deep(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {"v": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 GOOD_PARAMS = {"detector_id": DIGIT}
 
 
@@ -65,6 +76,21 @@ def cases(jpeg: bytes) -> list[tuple[str, bytes, dict[str, str], int]]:
         ("want_async not a bool", jpeg, {**GOOD_PARAMS, "want_async": "perhaps"}, 400),
         ("metadata over 1 KiB", jpeg, {**GOOD_PARAMS, "metadata": metadata({"k": "x" * 1100})}, 400),
         ("metadata not base64 json", jpeg, {**GOOD_PARAMS, "metadata": "%%%"}, 400),
+        # What the cloud would refuse must be refused here, or its escalation dies in the outbox.
+        ("metadata lone surrogate", jpeg, {**GOOD_PARAMS, "metadata": metadata({"a": "\ud800"})}, 400),
+        ("metadata lone surrogate, plain JSON", jpeg, {**GOOD_PARAMS, "metadata": '{"a":"\\ud800"}'}, 400),
+        ("metadata NUL in a value", jpeg, {**GOOD_PARAMS, "metadata": metadata({"a": "x\x00"})}, 400),
+        ("metadata NUL in a key", jpeg, {**GOOD_PARAMS, "metadata": metadata({"\x00": 1})}, 400),
+        ("metadata NaN", jpeg, {**GOOD_PARAMS, "metadata": metadata_text(b'{"x": NaN}')}, 400),
+        ("metadata Infinity", jpeg, {**GOOD_PARAMS, "metadata": metadata_text(b'{"x": 1e999}')}, 400),
+        ("metadata 40 deep", jpeg, {**GOOD_PARAMS, "metadata": metadata(deep(40))}, 400),
+        ("metadata 9 deep", jpeg, {**GOOD_PARAMS, "metadata": metadata(deep(9))}, 400),
+        (
+            "metadata 40 deep, async",
+            jpeg,
+            {**GOOD_PARAMS, "metadata": metadata(deep(40)), "want_async": "true"},
+            400,
+        ),
         ("bad image_query_id", jpeg, {**GOOD_PARAMS, "image_query_id": "nope"}, 400),
         ("truncated jpeg, async", jpeg[: len(jpeg) // 2], {**GOOD_PARAMS, "want_async": "true"}, 400),
     ]
@@ -101,6 +127,19 @@ def test_each_bad_input_gets_a_4xx_json_detail_and_never_reaches_the_cloud(
     ok = httpx.post(f"{stack.gateway_url}{IQ_PATH}", params=GOOD_PARAMS, content=digits[0][0], timeout=15)
     assert ok.status_code == 200
     assert stack.edge is not None and stack.edge.is_running()
+
+
+def test_metadata_within_every_limit_is_accepted(stack: EdgeStack, digits) -> None:
+    stack.put_config(edge_config())
+    for value in (deep(8), {"camera": "line-1", "emoji": "\U0001f600", "n": 1.5, "ok": None}):
+        resp = httpx.post(
+            f"{stack.gateway_url}{IQ_PATH}",
+            params={**GOOD_PARAMS, "metadata": metadata(value)},
+            content=digits[0][0],
+            timeout=15,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["metadata"] == value
 
 
 def test_invalid_edge_config_is_rejected_with_the_path_of_the_bad_field(stack: EdgeStack) -> None:

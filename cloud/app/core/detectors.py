@@ -19,10 +19,9 @@ from cloud.app.db.models import Detector as DetectorRow
 from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate
-from cloud.app.schemas.fields import check_json
 from common.bundle import DetectorMode
 from common.ids import is_detector_id, new_detector_id
-from common.params import decode_metadata
+from common.validation import InvalidInputError, check_metadata, decode_metadata
 from common.wire.device_api import Detector
 
 log = logging.getLogger("cloud.detectors")
@@ -32,8 +31,6 @@ BINARY_LABELS = ["YES", "NO"]
 DEFAULT_MAX_COUNT = 10
 MAX_COUNT_LIMIT = 100
 MAX_CLASSES = 100
-# The SDK base64-encodes the metadata JSON; 1024 bytes of JSON fit its 1362-character limit.
-MAX_DETECTOR_METADATA_BYTES = 1024
 
 
 def iso_utc(moment: datetime) -> str:
@@ -80,13 +77,14 @@ def mode_spec(
 
 
 def _metadata(raw: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The same rules as image-query metadata (common.validation): the SDK's base64 of at most 1024
+    bytes of JSON (its 1362-character limit), or the object itself."""
     if raw is None:
         return None
     try:
-        value = raw if isinstance(raw, dict) else decode_metadata(raw, MAX_DETECTOR_METADATA_BYTES)
-        return None if value is None else check_json(value)
-    except ValueError as exc:  # InvalidParameterError, or JSON a database cannot store
-        raise BadRequestError(f"metadata: {exc}") from None
+        return check_metadata(raw) if isinstance(raw, dict) else decode_metadata(raw)
+    except InvalidInputError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 async def create_detector(session: AsyncSession, body: DetectorCreationInput) -> DetectorRow:

@@ -3,6 +3,10 @@ it wants people to look. Idempotent on `image_query_id`, so the edge's outbox ca
 crash: every step is an insert that ignores the duplicate, the image is written only by the request
 whose query insert won, and however many copies arrive at once there is one query, one escalation
 and one review item. Audits are queued too: their answers measure the edge's accuracy later.
+
+A resend is only a resend when it names the same detector and carries the same image (sha256) as
+the query held under that id; anything else is a 409 that the edge keeps as a dead entry, never an
+acknowledgement that would drop its image.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from cloud.app.core.image_queries import (
     image_key,
     image_limits,
     insert_image_query,
+    refuse_unless_repeat,
+    sha256_of_image,
     uncertainty_of,
 )
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
@@ -31,6 +37,7 @@ from cloud.app.errors import BadRequestError, NotFoundError
 from cloud.app.schemas.fields import check_json, check_text
 from common.ids import is_image_query_id
 from common.imaging import inspect_image
+from common.validation import InvalidInputError, check_metadata
 from common.wire.device_api import HumanReview, ResultSource
 from common.wire.escalation import EscalationCreate, EscalationReason
 
@@ -65,6 +72,11 @@ def _check_consistent(payload: EscalationCreate) -> None:
     if not 0 <= iq.confidence_threshold <= 1:
         raise BadRequestError("image_query.confidence_threshold must lie in [0, 1]")
     try:
+        if iq.metadata is not None:
+            check_metadata(iq.metadata, "image_query.metadata")
+    except InvalidInputError as exc:
+        raise BadRequestError(f"escalation is not valid: {exc}") from None
+    try:
         check_json(iq.model_dump(mode="json", exclude={"result", "intellioptics"}))
         check_json(iq.result.model_dump(mode="json") if iq.result is not None else {})
         check_json(iq.intellioptics.model_dump(mode="json") if iq.intellioptics is not None else {})
@@ -88,10 +100,16 @@ def _created_at(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _refuse_unless_resend(held: ImageQueryRow, detector_id: str, image_sha256: str) -> None:
+    """409 when the query held under this id is another detector's or has another image."""
+    refuse_unless_repeat([held], detector_id, image_sha256, held.id)
+
+
 async def receive_escalation(
     state: CloudState, session: AsyncSession, payload: EscalationCreate, image: bytes
 ) -> Received:
-    """400/413/415 for a malformed entry (the edge dead-letters it), 404 for an unknown detector."""
+    """400/413/415 for a malformed entry (the edge dead-letters it), 404 for an unknown detector,
+    409 when the id is held for another detector or image (dead-lettered too)."""
     _check_consistent(payload)
     limits = image_limits(state)
     info = inspect_image(image, limits)
@@ -101,9 +119,12 @@ async def receive_escalation(
         raise NotFoundError(
             f"detector {payload.detector_id[:60]} is not known to this cloud; create it here before its edges escalate"
         ) from None
+    image_sha256 = await sha256_of_image(image)
     existing = await session.get(ImageQueryRow, payload.image_query_id)
-    if existing is not None and await session.get(Escalation, payload.image_query_id) is not None:
-        return Received(payload.image_query_id, created=False)
+    if existing is not None:
+        _refuse_unless_resend(existing, detector.id, image_sha256)
+        if await session.get(Escalation, payload.image_query_id) is not None:
+            return Received(payload.image_query_id, created=False)
     await asyncio.to_thread(check_decodes, image, limits, info)
 
     edge_iq = payload.image_query
@@ -130,6 +151,7 @@ async def receive_escalation(
         origin="edge",
         edge_id=payload.edge_id,
         request_id=None,
+        image_sha256=image_sha256,
     )
     query_created = await insert_image_query(session, row)
     if query_created:
@@ -137,8 +159,9 @@ async def receive_escalation(
         target = row
     else:
         # Another copy of this escalation won, or the query reached the cloud first through the
-        # gateway's fallback: keep that query and its image.
+        # gateway's fallback: keep that query and its image, if it is this one.
         target = await get_image_query(session, payload.image_query_id)
+        _refuse_unless_resend(target, detector.id, image_sha256)
     escalation_created = (
         await session.execute(
             insert_ignoring_duplicates(

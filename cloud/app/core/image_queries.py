@@ -2,16 +2,17 @@
 (with the detector's label prior when there is none, so a new detector answers at once), queue for
 people when the answer is not good enough or came from the prior, and serve them back.
 
-Idempotent on the client's `image_query_id` and on its `X-Request-Id`: the row is inserted with
-ON CONFLICT DO NOTHING and read back, so concurrent retries make exactly one query, and the image is
-written only by the request whose insert won.
+Idempotent on the client's `image_query_id` and on its `X-Request-Id` (kept whole, or hashed whole:
+common.validation.idempotency_key): the row is inserted with ON CONFLICT DO NOTHING and read back, so
+concurrent retries make exactly one query, and the image is written only by the request whose insert
+won. A repeat must name the same detector and carry the same image (sha256) as the first; anything
+else under either key is a 409, never the first query's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,12 +29,19 @@ from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.deps import CloudState
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import AccountMonthToDateInfo
-from cloud.app.schemas.fields import check_json
 from common.bundle import DetectorMode
 from common.ids import is_image_query_id, new_image_query_id
 from common.imaging import ImageFormat, ImageInfo, ImageLimits, decode_image, inspect_image
 from common.params import SubmitParams
 from common.runtime import Prediction
+from common.validation import (
+    EarlierQuery,
+    InvalidInputError,
+    check_metadata,
+    idempotency_key,
+    image_digest,
+    repeat_conflict,
+)
 from common.wire.device_api import (
     RESULT_TYPE_BY_MODE,
     EdgeDiagnostics,
@@ -46,8 +54,8 @@ from common.wire.device_api import (
 
 log = logging.getLogger("cloud.image_queries")
 
-# X-Request-Id values kept as idempotency keys (the SDK's are req_uu + 32 hex).
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+# Larger images are hashed off the event loop.
+_INLINE_HASH_BYTES = 1 << 20
 _EXTENSIONS = {
     ImageFormat.JPEG: "jpg",
     ImageFormat.PNG: "png",
@@ -117,17 +125,37 @@ def model_result(detector: DetectorRow, prediction: Prediction) -> Result:
     )
 
 
-async def find_image_query(
-    session: AsyncSession, image_query_id: str | None, request_id: str | None
-) -> ImageQueryRow | None:
+async def find_image_queries(
+    session: AsyncSession, image_query_id: str | None, request_key: str | None
+) -> list[ImageQueryRow]:
+    """The queries holding this id or this idempotency key: none, one, or two."""
     keys = []
     if image_query_id is not None:
         keys.append(ImageQueryRow.id == image_query_id)
-    if request_id is not None:
-        keys.append(ImageQueryRow.request_id == request_id)
+    if request_key is not None:
+        keys.append(ImageQueryRow.request_id == request_key)
     if not keys:
-        return None
-    return (await session.scalars(select(ImageQueryRow).where(or_(*keys)).limit(1))).first()
+        return []
+    return list((await session.scalars(select(ImageQueryRow).where(or_(*keys)).limit(2))).all())
+
+
+def refuse_unless_repeat(
+    rows: list[ImageQueryRow], detector_id: str, image_sha256: str, image_query_id: str | None
+) -> None:
+    """409 unless every query sharing a key with this request is the one it repeats."""
+    for row in rows:
+        earlier = EarlierQuery(row.id, row.detector_id, row.image_sha256)
+        why = repeat_conflict(
+            earlier, detector_id=detector_id, image_sha256=image_sha256, image_query_id=image_query_id
+        )
+        if why is not None:
+            raise ConflictError(why)
+
+
+async def sha256_of_image(image: bytes) -> str:
+    if len(image) > _INLINE_HASH_BYTES:
+        return await asyncio.to_thread(image_digest, image)
+    return image_digest(image)
 
 
 async def submit_image_query(
@@ -139,15 +167,16 @@ async def submit_image_query(
     info = inspect_image(image, limits)
     if params.metadata is not None:
         try:
-            check_json(params.metadata)
-        except ValueError as exc:
-            raise BadRequestError(f"metadata: {exc}") from None
+            check_metadata(params.metadata)
+        except InvalidInputError as exc:
+            raise BadRequestError(str(exc)) from None
     detector = await get_detector(session, params.detector_id)
-    if request_id is not None and not _REQUEST_ID_RE.match(request_id):
-        request_id = None  # not a usable idempotency key; the query is simply not deduplicated
-    existing = await find_image_query(session, params.image_query_id, request_id)
-    if existing is not None:
-        return Submitted(image_query_to_wire(existing), created=False)
+    request_key = idempotency_key(request_id)
+    image_sha256 = await sha256_of_image(image)
+    existing = await find_image_queries(session, params.image_query_id, request_key)
+    refuse_unless_repeat(existing, detector.id, image_sha256, params.image_query_id)
+    if existing:
+        return Submitted(image_query_to_wire(existing[0]), created=False)
 
     threshold = (
         params.confidence_threshold
@@ -189,15 +218,18 @@ async def submit_image_query(
         image_content_type=info.content_type,
         origin="cloud",
         edge_id=None,
-        request_id=request_id,
+        request_id=request_key,
+        image_sha256=image_sha256,
     )
     inserted = await insert_image_query(session, row)
     if not inserted:
         await session.rollback()
-        winner = await find_image_query(session, params.image_query_id, request_id)
-        if winner is None:
+        winners = await find_image_queries(session, params.image_query_id, request_key)
+        if not winners:
             raise ConflictError("an image query with this id or request id is being created; retry")
-        return Submitted(image_query_to_wire(winner), created=False)
+        # The rollback expired `detector`; its id is the one asked for.
+        refuse_unless_repeat(winners, params.detector_id, image_sha256, params.image_query_id)
+        return Submitted(image_query_to_wire(winners[0]), created=False)
     await state.blobs.put(row.image_key, image, info.content_type)
     if reason is not None:
         await enqueue_for_review(session, row, reason, uncertainty_of(result))

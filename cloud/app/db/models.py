@@ -122,8 +122,11 @@ class ImageQuery(Base):
     # "cloud" (posted here) or "edge" (arrived as an escalation); edge_id names the hub.
     origin: Mapped[str] = mapped_column(String(10), default="cloud")
     edge_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    # X-Request-Id of the POST that made it: a retried POST returns the same query.
+    # Idempotency key of the POST that made it (common.validation.idempotency_key of its X-Request-Id):
+    # a retried POST with the same detector and image returns the same query.
     request_id: Mapped[str | None] = mapped_column(String(140), unique=True, nullable=True)
+    # sha256 of the image bytes, which a repeat under either key must match; NULL for older rows.
+    image_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_image_queries_detector_created", "detector_id", "created_at"),)
 

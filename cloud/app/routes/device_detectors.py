@@ -12,6 +12,7 @@ from cloud.app.core import detectors as core
 from cloud.app.deps import DeviceDep, SessionDep, StateDep
 from cloud.app.errors import BadRequestError
 from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate, page_links
+from common.validation import InvalidInputError, check_name
 from common.wire.device_api import Detector, Page
 
 router = APIRouter(prefix="/device-api/v1/detectors", tags=["device"])
@@ -46,8 +47,12 @@ async def list_detectors(
 ) -> Page[Detector]:
     if name is not None:
         name = raw_query_value(request, "name")
-        if name is not None and ("\x00" in name or len(name) > 200):
-            raise BadRequestError("name must be at most 200 characters, without NUL")
+        if name is not None and name.strip():
+            # Names are stored as common.validation's rule leaves them, so look up the same form.
+            try:
+                name = check_name(name)
+            except InvalidInputError as exc:
+                raise BadRequestError(str(exc)) from None
     rows, count = await core.list_detectors(session, page, page_size, name)
     params = {} if name is None else {"name": name}
     next_url, previous_url = page_links(

@@ -16,7 +16,8 @@ from cloud.app.schemas.device import page_links
 from common.http import REQUEST_ID_HEADER
 from common.ids import is_detector_id
 from common.imaging import ImageTooLargeError
-from common.params import InvalidParameterError, parse_submit_params
+from common.params import InvalidParameterError
+from common.validation import parse_submit_params
 from common.wire.device_api import ImageQuery, Page
 
 router = APIRouter(prefix="/device-api/v1/image-queries", tags=["device"])
@@ -37,7 +38,8 @@ async def submit_image_query(
     request: Request, principal: DeviceDep, state: StateDep, session: SessionDep
 ) -> Response:
     """The image is the raw body; its format is read from the bytes, whatever Content-Type says.
-    A retry with the same X-Request-Id or image_query_id gets the first query back."""
+    A retry with the same X-Request-Id or image_query_id (same detector, same image) gets the first
+    query back; another detector or image under either key is 409."""
     try:
         params = parse_submit_params(request.query_params)
     except InvalidParameterError as exc:

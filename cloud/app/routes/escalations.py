@@ -1,6 +1,7 @@
 """`POST /api/v1/escalations`: what edges send from their outbox (multipart: `escalation` JSON and
 `image` bytes). 2xx means held (the edge deletes its entry); 4xx means this entry is bad (the edge
-keeps it as dead); 5xx means try again."""
+keeps it as dead), 409 among them: its id is held here for another detector or with another image;
+5xx means try again."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ _MAX_PAYLOAD_BYTES = 256 * 1024
     response_model=EscalationAck,
     status_code=201,
     operation_id="create_escalation",
-    responses={200: {"model": EscalationAck, "description": "already held (a retry)"}},
+    responses={
+        200: {"model": EscalationAck, "description": "already held (a retry)"},
+        409: {"description": "this image query id is held for another detector or with another image"},
+    },
 )
 async def create_escalation(
     request: Request, principal: DeviceDep, state: StateDep, session: SessionDep

@@ -3,12 +3,16 @@ labels, account usage, and the escalation acknowledgement (shared/groundlight-wi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.app.schemas.fields import StorableJson, StorableStr
+from common.validation import MAX_NAME_CHARS, check_name
+
+# common.validation's name rule: stored trimmed, so a lookup by the trimmed name finds it.
+DetectorName = Annotated[str, AfterValidator(check_name)]
 
 
 class DetectorCreationInput(BaseModel):
@@ -16,7 +20,9 @@ class DetectorCreationInput(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: StorableStr = Field(min_length=1, max_length=200, examples=["door-closed"])
+    name: DetectorName = Field(
+        description=f"trimmed, then 1 to {MAX_NAME_CHARS} characters", examples=["door-closed"]
+    )
     query: StorableStr = Field(min_length=1, max_length=1000, examples=["Is the door closed?"])
     group_name: StorableStr | None = Field(default=None, max_length=200)
     confidence_threshold: float = Field(default=0.9, ge=0, le=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from common.bundle import DetectorMode
 from common.ids import new_image_query_id
 from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
 from common.prior import label_prior
+from common.validation import EarlierQuery, idempotency_key, image_digest, repeat_conflict
 from common.wire.device_api import (
     RESULT_TYPE_BY_MODE,
     EdgeDiagnostics,
@@ -36,13 +38,29 @@ from edge.api.core.inference_client import InferenceClient, InferenceUnavailable
 from edge.api.core.locks import KeyedLocks
 from edge.api.core.params import SubmitParams
 from edge.api.core.priors import PriorBook
-from edge.api.core.store import EdgeStore, OutboxItem
-from edge.api.errors import BadRequestError, EdgeCannotAnswerError, NotServedHereError, OfflineOnlyError
+from edge.api.core.store import EdgeStore, OutboxItem, StoredQuery
+from edge.api.errors import (
+    BadRequestError,
+    ConflictError,
+    EdgeCannotAnswerError,
+    NotServedHereError,
+    OfflineOnlyError,
+)
 from edge.api.escalation.cloud_answers import CloudAnswers, awaits_a_person, with_answer
 from edge.api.metrics import EdgeMetrics
 
 log = logging.getLogger("edge.image_queries")
 DEFAULT_PATIENCE_S = 30.0
+# Larger images are hashed off the event loop.
+_INLINE_HASH_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What a retry of this request must match (common.validation); both None without any key."""
+
+    request_key: str | None = None
+    image_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +101,7 @@ class ImageQueryService:
 
     async def get(self, image_query_id: str) -> str:
         """The local record; for an escalated query, with the person's answer once the cloud has one."""
-        body = self._store.lookup_query(image_query_id, None)
+        body = self._store.lookup_query(image_query_id)
         if body is None:
             raise NotServedHereError(f"image query {image_query_id} is not known to this edge")
         if self._cloud_answers is None:
@@ -99,19 +117,27 @@ class ImageQueryService:
         return answered
 
     async def submit(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
-        """Idempotent on `image_query_id` and on the request id: a retry returns the first answer."""
-        key = params.image_query_id or request_id
-        if key is None:
-            return await self._answer(params, image, None)
-        async with self._locks.hold(key):
+        """Idempotent on `image_query_id` and on the request id, each checked against the detector
+        and the image: a true retry returns the first answer, anything else sharing a key is 409."""
+        request_key = idempotency_key(request_id)
+        keys = [key for key in (params.image_query_id, request_key) if key]
+        if not keys:
+            return await self._answer(params, image, Keys())
+        if len(image) > _INLINE_HASH_BYTES:
+            image_sha256 = await asyncio.to_thread(image_digest, image)
+        else:
+            image_sha256 = image_digest(image)
+        async with self._locks.hold_all(keys):
             # An indexed read on the event loop (WAL readers do not wait for the writer); under the
-            # key's lock it sees any earlier request with this key, which recorded before releasing it.
-            existing = self._store.lookup_query(params.image_query_id, request_id)
-            if existing is not None:
-                return Answer(existing, replayed=True)
-            return await self._answer(params, image, request_id)
+            # keys' locks it sees any earlier request with these keys, which recorded before releasing.
+            earlier = self._store.lookup_records(params.image_query_id, request_key)
+            for record in earlier:
+                _refuse_unless_repeat(record, params, image_sha256)
+            if earlier:
+                return Answer(earlier[0].body, replayed=True)
+            return await self._answer(params, image, Keys(request_key, image_sha256))
 
-    async def _answer(self, params: SubmitParams, image: bytes, request_id: str | None) -> Answer:
+    async def _answer(self, params: SubmitParams, image: bytes, keys: Keys) -> Answer:
         start = time.perf_counter()
         # Bytes and format only: the inference service parses the header once and enforces pixel
         # limits (its 4xx comes back as ours); paths that skip inference decode fully below.
@@ -157,13 +183,13 @@ class ImageQueryService:
             )
             iq = self._image_query(iq_id, params, mode, query, threshold, None, done=False)
             iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
-            body = await self._record(iq, request_id, image, content_type, reason)
+            body = await self._record(iq, keys, image, content_type, reason)
             self._metrics.count_image_query(params.detector_id, reason.value)
             return Answer(body)
 
         if prior is not None:
             return await self._answer_with_prior(
-                params, image, request_id, content_type, detector, prior, iq_id, threshold, start
+                params, image, keys, content_type, detector, prior, iq_id, threshold, start
             )
 
         t_infer = time.perf_counter()
@@ -175,7 +201,7 @@ class ImageQueryService:
             if prior is None:
                 raise self._cannot_answer(detector, str(exc), image) from None
             return await self._answer_with_prior(
-                params, image, request_id, content_type, detector, prior, iq_id, threshold, start
+                params, image, keys, content_type, detector, prior, iq_id, threshold, start
             )
         except InferenceUnavailableError as exc:
             raise self._cannot_answer(detector, str(exc), image) from None
@@ -214,7 +240,7 @@ class ImageQueryService:
                 "edge_total": round(total_ms, 3),
             },
         )
-        body = await self._record(iq, request_id, image, content_type, decision.escalate)
+        body = await self._record(iq, keys, image, content_type, decision.escalate)
         if decision.escalate is not None:
             outcome = decision.escalate.value
         elif inf.confidence >= threshold:
@@ -240,7 +266,7 @@ class ImageQueryService:
         self,
         params: SubmitParams,
         image: bytes,
-        request_id: str | None,
+        keys: Keys,
         content_type: str,
         detector: EdgeDetector,
         prior: DetectorPrior,
@@ -275,7 +301,7 @@ class ImageQueryService:
             else decision.not_escalated_because,
             timings_ms={"edge_total": round(total_ms, 3)},
         )
-        body = await self._record(iq, request_id, image, content_type, decision.escalate)
+        body = await self._record(iq, keys, image, content_type, decision.escalate)
         outcome = (
             decision.escalate.value if decision.escalate else f"no_model_{decision.not_escalated_because}"
         )
@@ -308,7 +334,7 @@ class ImageQueryService:
     async def _record(
         self,
         iq: ImageQuery,
-        request_id: str | None,
+        keys: Keys,
         image: bytes,
         content_type: str,
         reason: EscalationReason | None,
@@ -336,13 +362,37 @@ class ImageQueryService:
                 created_at=time.time(),
                 attempts=0,
             )
-        if item is None and self._store.try_record_inline(iq.id, request_id, iq.detector_id, body):
-            return body
-        await self._store.run(lambda: self._store.record_query(iq.id, request_id, iq.detector_id, body, item))
+        record = (iq.id, keys.request_key, iq.detector_id, keys.image_sha256, body)
+        try:
+            if item is None and self._store.try_record_inline(*record):
+                return body
+            await self._store.run(lambda: self._store.record_query(*record, item))
+        except sqlite3.IntegrityError:
+            # Unreachable while the keys' locks serialise requests (one process): a 409, never a 500.
+            raise ConflictError(
+                f"an image query with id {iq.id} or this X-Request-Id is already recorded; "
+                "send a new query with a new id"
+            ) from None
         if item is not None:
             self._metrics.escalations_queued.labels(item.reason).inc()
             self._on_escalation()
         return body
+
+
+def _refuse_unless_repeat(record: StoredQuery, params: SubmitParams, image_sha256: str) -> None:
+    earlier = EarlierQuery(
+        image_query_id=record.image_query_id,
+        detector_id=record.detector_id,
+        image_sha256=record.image_sha256,
+    )
+    why = repeat_conflict(
+        earlier,
+        detector_id=params.detector_id,
+        image_sha256=image_sha256,
+        image_query_id=params.image_query_id,
+    )
+    if why is not None:
+        raise ConflictError(why)
 
 
 def _threshold(params: SubmitParams, detector: EdgeDetector, prior: DetectorPrior | None) -> float:

@@ -1,12 +1,12 @@
-"""Query parameters of `POST /device-api/v1/image-queries` on the edge: the shared parser in
-`common.params`, with its errors raised as the edge's own 400."""
+"""Query parameters of `POST /device-api/v1/image-queries` on the edge: the shared parser (with the
+shared metadata rules of `common.validation`), its errors raised as the edge's own 400."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from common.params import InvalidParameterError, SubmitParams
-from common.params import parse_submit_params as _parse_submit_params
+from common.validation import parse_submit_params as _parse_submit_params
 from edge.api.errors import BadRequestError
 
 __all__ = ["SubmitParams", "parse_submit_params"]

@@ -9,6 +9,10 @@ escalation commits on a second connection with synchronous=FULL, which fsyncs be
 All writes go through one thread, so the two writing connections never contend; lookups by id use a
 third, read-only connection from the event loop (WAL readers neither wait for nor block writers), which
 is cheaper than a thread hop on every request.
+
+A query record keeps what a retry must match to get its answer back (common.validation): its
+detector, the sha256 of its image and the idempotency key of the request that made it (`request_id`,
+common.validation.idempotency_key: never a cut id).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ CREATE TABLE IF NOT EXISTS image_queries (
     request_id TEXT UNIQUE,
     detector_id TEXT NOT NULL,
     created_at REAL NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    image_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox (
     image_query_id TEXT PRIMARY KEY,
@@ -51,6 +56,24 @@ CREATE TABLE IF NOT EXISTS priors (
     fetched_at REAL NOT NULL
 );
 """
+
+
+# Columns added after a database may already have been created: (table, column, declaration).
+_ADDED_COLUMNS = (("image_queries", "image_sha256", "TEXT"),)
+_RECORD_COLUMNS = "id, request_id, detector_id, image_sha256, body"
+_INSERT_RECORD = (
+    "INSERT INTO image_queries (id, request_id, detector_id, image_sha256, created_at, body)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class StoredQuery:
+    image_query_id: str
+    request_key: str | None
+    detector_id: str
+    image_sha256: str | None
+    body: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,7 @@ class EdgeStore:
     def _open(self) -> None:
         self._fast = self._connect("NORMAL")
         self._fast.executescript(SCHEMA)
+        self._add_missing_columns(self._fast)
         self._durable = self._connect("FULL")
         self._reader = sqlite3.connect(
             f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
@@ -106,6 +130,14 @@ class EdgeStore:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
+
+    @staticmethod
+    def _add_missing_columns(conn: sqlite3.Connection) -> None:
+        """Bring a database made by an older edge up to SCHEMA (its rows keep NULL there)."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     async def close(self) -> None:
         def _close() -> None:
@@ -127,43 +159,49 @@ class EdgeStore:
         return self._durable
 
     # -- image query records ---------------------------------------------------------------------
-    def lookup_query(self, image_query_id: str | None, request_id: str | None) -> str | None:
-        """`find_query` from the event loop: an indexed read, no thread hop."""
-        assert self._reader is not None, "store is not open"
-        return self.find_query(image_query_id, request_id, self._reader)
+    def lookup_query(self, image_query_id: str) -> str | None:
+        """The stored JSON body of a query, from the event loop: an indexed read, no thread hop."""
+        found = self.lookup_records(image_query_id, None)
+        return found[0].body if found else None
 
-    def find_query(
-        self, image_query_id: str | None, request_id: str | None, conn: sqlite3.Connection | None = None
-    ) -> str | None:
-        """The stored JSON body of a query, by its id or by the request id that created it."""
+    def lookup_records(self, image_query_id: str | None, request_key: str | None) -> list[StoredQuery]:
+        """`find_records` from the event loop."""
+        assert self._reader is not None, "store is not open"
+        return self.find_records(image_query_id, request_key, self._reader)
+
+    def find_records(
+        self, image_query_id: str | None, request_key: str | None, conn: sqlite3.Connection | None = None
+    ) -> list[StoredQuery]:
+        """The records holding this image query id or this idempotency key (none, one, or two)."""
         conn = conn or self.fast
-        if image_query_id:
-            row = conn.execute("SELECT body FROM image_queries WHERE id = ?", (image_query_id,)).fetchone()
-            if row:
-                return str(row[0])
-        if request_id:
+        found: list[StoredQuery] = []
+        for column, value in (("id", image_query_id), ("request_id", request_key)):
+            if not value:
+                continue
             row = conn.execute(
-                "SELECT body FROM image_queries WHERE request_id = ?", (request_id,)
+                f"SELECT {_RECORD_COLUMNS} FROM image_queries WHERE {column} = ?", (value,)
             ).fetchone()
-            if row:
-                return str(row[0])
-        return None
+            if row and all(r.image_query_id != row[0] for r in found):
+                found.append(StoredQuery(str(row[0]), row[1], str(row[2]), row[3], str(row[4])))
+        return found
 
     def record_query(
         self,
         image_query_id: str,
-        request_id: str | None,
+        request_key: str | None,
         detector_id: str,
+        image_sha256: str | None,
         body: str,
         escalation: OutboxItem | None,
     ) -> None:
-        """Store the answered query, and its escalation in the same durable transaction if any."""
+        """Store the answered query, and its escalation in the same durable transaction if any.
+        sqlite3.IntegrityError when its id or key is taken."""
         conn = self.durable if escalation is not None else self.fast
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
-                "INSERT INTO image_queries (id, request_id, detector_id, created_at, body) VALUES (?, ?, ?, ?, ?)",
-                (image_query_id, request_id, detector_id, time.time(), body),
+                _INSERT_RECORD,
+                (image_query_id, request_key, detector_id, image_sha256, time.time(), body),
             )
             if escalation is not None:
                 self._insert_outbox(conn, escalation)
@@ -173,7 +211,12 @@ class EdgeStore:
             raise
 
     def try_record_inline(
-        self, image_query_id: str, request_id: str | None, detector_id: str, body: str
+        self,
+        image_query_id: str,
+        request_key: str | None,
+        detector_id: str,
+        image_sha256: str | None,
+        body: str,
     ) -> bool:
         """Record a query that escalates nothing from the event loop (no fsync, microseconds).
 
@@ -183,8 +226,8 @@ class EdgeStore:
         assert self._inline is not None, "store is not open"
         try:
             self._inline.execute(
-                "INSERT INTO image_queries (id, request_id, detector_id, created_at, body) VALUES (?, ?, ?, ?, ?)",
-                (image_query_id, request_id, detector_id, time.time(), body),
+                _INSERT_RECORD,
+                (image_query_id, request_key, detector_id, image_sha256, time.time(), body),
             )
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
@@ -260,6 +303,16 @@ class EdgeStore:
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = ? WHERE image_query_id = ?",
             (error[:500], "dead" if dead else "pending", image_query_id),
         )
+
+    def redrive(self, image_query_id: str | None = None) -> int:
+        """Dead entries (all, or one) back to pending, for the sender's next pass; how many moved.
+        Their attempt count and last error stay, so a second death is still explained."""
+        sql = "UPDATE outbox SET state = 'pending' WHERE state = 'dead'"
+        args: tuple[str, ...] = ()
+        if image_query_id is not None:
+            sql += " AND image_query_id = ?"
+            args = (image_query_id,)
+        return int(self.durable.execute(sql, args).rowcount)
 
     def depth(self) -> OutboxDepth:
         pending, dead, oldest = self.fast.execute(

@@ -1,10 +1,12 @@
 """Drains the outbox to the cloud's `POST /api/v1/escalations`.
 
-Entries leave the outbox only after the cloud acknowledges them (2xx, or 409 for one it already
-holds); the cloud is idempotent on `image_query_id`, so a crash between its ack and our delete only
-causes a harmless resend. Unreachable cloud, 5xx, 401/403, 408 and 429 back the whole sender off
-(capped exponential with jitter) and keep everything; a 4xx that names the entry itself as bad moves
-it to the `dead` state, kept and counted, never deleted.
+Entries leave the outbox only after the cloud acknowledges them (2xx); the cloud is idempotent on
+`image_query_id`, so a crash between its ack and our delete only causes a harmless resend (200).
+Unreachable cloud, 5xx, 401/403, 408 and 429 back the whole sender off (capped exponential with
+jitter) and keep everything; a 4xx that names the entry itself as bad moves it to the `dead` state,
+kept and counted (`/status`, `/metrics`), never deleted, until an operator re-drives it. A 409 is one
+of those: the cloud holds that image query id for another detector or with another image, so this
+entry was never delivered and must not pass for delivered.
 """
 
 from __future__ import annotations
@@ -135,21 +137,29 @@ class OutboxSender:
             await self._store.run(lambda: self._store.note_failure(item.image_query_id, error, dead=False))
             return False
         self._link.succeeded()
-        if resp.is_success or resp.status_code == 409:
+        if resp.is_success:
             await self._store.run(lambda: self._store.ack(item.image_query_id))
             self._metrics.escalations_sent.labels(item.reason).inc()
             return True
         error = f"cloud answered {resp.status_code}: {resp.text[:200]}"
         dead = 400 <= resp.status_code < 500 and resp.status_code not in _RETRY_STATUSES
-        self._metrics.escalation_send_failures.labels(
-            "rejected" if dead else f"http_{resp.status_code}"
-        ).inc()
+        kind = ("conflict" if resp.status_code == 409 else "rejected") if dead else f"http_{resp.status_code}"
+        self._metrics.escalation_send_failures.labels(kind).inc()
         if dead:
             log.error(
                 "escalation rejected by cloud", extra={"fields": {"iq": item.image_query_id, "error": error}}
             )
         await self._store.run(lambda: self._store.note_failure(item.image_query_id, error, dead=dead))
         return dead
+
+    async def redrive(self, image_query_id: str | None = None) -> int:
+        """Dead entries back to pending (after the cause is fixed in the cloud), sent at once."""
+        moved = await self._store.run(lambda: self._store.redrive(image_query_id))
+        if moved:
+            log.info("dead escalations re-driven", extra={"fields": {"count": moved, "iq": image_query_id}})
+            self.wake()
+        await self._refresh_depth()
+        return moved
 
     async def _refresh_depth(self) -> None:
         depth = await self._store.run(self._store.depth)

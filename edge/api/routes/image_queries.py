@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from common.http import Receive, Scope, query_dict, read_body, scope_request_id
+from common.http import Receive, Scope, query_dict, read_body
 from common.wire.device_api import ImageQuery
 from edge.api.core.params import parse_submit_params
 from edge.api.deps import EdgeState, StateDep
@@ -22,11 +22,20 @@ router = APIRouter(prefix=SUBMIT_PATH, tags=["image-queries"])
 _JSON = "application/json"
 
 
+def client_request_id(scope: Scope) -> str | None:
+    """X-Request-Id exactly as the client sent it (the logged copy is cut at 128 characters), so two
+    long ids that share a beginning stay two idempotency keys."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return bytes(value).decode("latin-1") or None
+    return None
+
+
 async def _submit(state: EdgeState, scope: Scope, receive: Receive) -> Response:
     """The image is the raw body; its format is read from the bytes, whatever Content-Type says."""
     params = parse_submit_params(query_dict(scope))
     body = await read_body(receive)
-    answer = await state.image_queries.submit(params, body, scope_request_id(scope))
+    answer = await state.image_queries.submit(params, body, client_request_id(scope))
     headers = {"Server-Timing": answer.server_timing} if answer.server_timing else None
     return Response(answer.body, media_type=_JSON, headers=headers)
 
