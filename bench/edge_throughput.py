@@ -1,6 +1,6 @@
 """Edge throughput: the model runtime in-process versus the full chain, client → nginx → edge-api → inference.
 
-    python -m bench.edge_throughput [--quick] [--output PATH] [--profile]
+    python -m bench.edge_throughput [--quick] [--output PATH] [--profile] [--only lite0]
 
 For each bundle (the 28x28 demo digit detector and a 224x224 camera-size CNN fed 640x480 JPEG frames)
 and each concurrency (1, 4, 16) it measures, in one run:
@@ -36,6 +36,18 @@ the inference service, one window each in turn for three rounds ("hops"); the `S
 of each answer (edge, inference, decode, model) and the differences between the three targets split
 a request's latency into its hops.
 
+Lite0 split bundles (`lite0`, also alone with `--only lite0`): three heads trained by the training code
+on the real EfficientNet-Lite0 backbone (built once under build/bench-models/), fed 1024 distinct
+640x480 JPEG frames (more than the embedding cache holds, so nothing is reused over time, as with a
+camera). (a) and (b) as above per concurrency give `lite0_ratio_c16`. Then `--multi-concurrency`
+closed-loop cameras each send their next frame to 1, then to all 3 detectors at once (through the
+chain, and straight to inference) and wait for every answer: `multi_detector_cost_ratio` is the time
+per image with 3 detectors over the time per image with 1 (1.0: the extra heads cost nothing; 3.0:
+no backbone reuse). The inference service's embedding-cache and backbone counters over each run are
+recorded beside it.
+
+Results are merged into the output file: keys of an earlier run that this one did not measure stay.
+
 `--quick` (1 s windows, short warm-up) is a smoke run and writes `edge_throughput.quick.json` unless
 `--output` says otherwise, so it never overwrites a real result. `--profile` instead runs the chain
 with edge-api and inference under cProfile and writes their hottest functions to
@@ -52,10 +64,13 @@ benchmark does, which flatters `ratio_c16`; the CPU ratio does not depend on tha
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import functools
+import io
 import json
+import math
 import os
 import platform
 import pstats
@@ -74,8 +89,16 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench.fixtures import BenchBundle, bench_model_root, bundle_dir, load_bundles
+from bench.fixtures import (
+    CAMERA_JPEG_QUALITY,
+    BenchBundle,
+    bench_model_root,
+    bundle_dir,
+    camera_frames,
+    load_bundles,
+)
 from bench.loadgen import (
     Caller,
     CpuMeter,
@@ -83,6 +106,7 @@ from bench.loadgen import (
     InProcessCaller,
     MeasurementProtocol,
     RawHttpCaller,
+    Sample,
     build_post,
     machine_busy_cores,
     measure,
@@ -91,8 +115,21 @@ from bench.loadgen import (
     timings_from_server_timing,
 )
 from bench.stack import BenchStack, edge_only_config
+from common.backbone import BackboneStore
+from common.bundle import (
+    BundleError,
+    DetectorMode,
+    PredictorMetadata,
+    current_bundle_dir,
+    install_bundle,
+    read_metadata,
+    read_pipeline,
+    verify_bundle,
+    write_split_bundle,
+)
 from common.imaging import ImageLimits
 from common.runtime import ModelRuntime
+from edge.inference.settings import InferenceSettings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUBMIT_PATH = "/device-api/v1/image-queries"
@@ -652,6 +689,401 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- Lite0 split bundles ---------------------------------------------------------------------------------
+
+LITE0_CACHE_DIR = Path(__file__).resolve().parents[1] / "build" / "bench-models"
+LITE0_DETECTORS = tuple(f"det_BenchLite0Head{i}".ljust(31, "0") for i in range(3))
+LITE0_TRAIN_ITEMS = 300  # Fashion-MNIST test images embedded by Lite0 (cached with the test models)
+# Four times the frames the embedding cache holds (256 by default), cycled through: frames from a
+# camera are new, so the in-process/chain ratio must not profit from reusing backbone outputs over time
+# (a frame comes round again only after ~1024 others, however the clients drift apart).
+LITE0_FRAMES = 1024
+LITE0_BASE_FRAMES = 16
+EMBEDDING_TTL_S = float(InferenceSettings.model_fields["embedding_cache_ttl_s"].default)
+
+
+class Cooldown:
+    """Waits out the embedding cache's TTL since the last HTTP run, so no run reuses another's outputs."""
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def wait(self) -> None:
+        remaining = EMBEDDING_TTL_S + 1.0 - (time.monotonic() - self.last)
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def done(self) -> None:
+        self.last = time.monotonic()
+
+
+class FanOutCaller:
+    """One image asked of several detectors at once (a connection each); done when all have answered."""
+
+    def __init__(self, callers: Sequence[RawHttpCaller]) -> None:
+        self._callers = callers
+
+    async def __call__(self) -> Sample:
+        samples = await asyncio.gather(*(call() for call in self._callers))
+        return next((s for s in samples if not s.ok), Sample(True, 200, None))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(call.aclose() for call in self._callers))
+
+
+def _lite0_usable(model_root: Path, sha256: str) -> bool:
+    if not BackboneStore.for_model_root(model_root).has(sha256):
+        return False
+    for detector_id in LITE0_DETECTORS:
+        path = current_bundle_dir(model_root, detector_id)
+        if path is None:
+            return False
+        try:
+            verify_bundle(path)
+            meta = read_metadata(path)
+        except (BundleError, ValueError, OSError):
+            return False
+        if meta.backbone is None or meta.backbone.sha256 != sha256:
+            return False
+    return True
+
+
+def lite0_model_root(rebuild: bool = False) -> Path:
+    """A model root with the real Lite0 backbone and three heads trained on it, as the trainer writes them.
+
+    Built once per backbone under build/bench-models/ (heads are fitted on cached Lite0 embeddings of
+    Fashion-MNIST images in seconds); later runs reuse it while it verifies.
+    """
+    from tests.support.models import fashion_embeddings, lite0_backbone
+    from training.datasets import FASHION_CLASSES
+    from training.head_trainer import _export_graphs
+    from training.heads import HeadOptions, fit_head
+    from training.oodd import fit_lowrank_oodd, out_of_fold_distances
+
+    backbone = lite0_backbone()
+    ref = backbone.ref
+    target = LITE0_CACHE_DIR / f"lite0-{ref.sha256[:12]}"
+    if not rebuild and _lite0_usable(target, ref.sha256):
+        return target
+    log(f"building the Lite0 split bundles under {target} (once)")
+    vectors, labels, _ = fashion_embeddings(LITE0_TRAIN_ITEMS)
+    x = np.asarray(vectors, dtype=np.float32)
+    y = np.asarray(labels, dtype=np.int64)
+    k = len(FASHION_CLASSES)
+    stats = ref.parts.get("stats")
+    columns = (int(stats[0]), int(stats[1])) if stats else None
+    LITE0_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-lite0-", dir=LITE0_CACHE_DIR))
+    try:
+        BackboneStore.for_model_root(staging).install_file(backbone.path, ref)
+        for i, detector_id in enumerate(LITE0_DETECTORS):
+            # Linear heads only (no MLP search): what a detector with a few hundred labels gets.
+            options = HeadOptions(folds=3, final_folds=3, mlp_min_items=10**9, seed=i)
+            head = fit_head(x, y, k, options, feature_columns=columns)
+            features = head.features(x)
+            present, compact = np.unique(y, return_inverse=True)
+            distances = out_of_fold_distances(features, y, head.folds, k)
+            oodd = fit_lowrank_oodd(features, compact, distances, present.size)
+            head_onnx, oodd_onnx = _export_graphs(head, oodd, x[:16])
+            meta = PredictorMetadata(
+                detector_id=detector_id,
+                version=f"v1-lite0head{i}",
+                detector_name=f"bench lite0 head {i}",
+                query="Which garment is this?",
+                mode=DetectorMode.MULTI_CLASS,
+                labels=list(FASHION_CLASSES),
+                temperature=head.temperature,
+                default_confidence_threshold=0.5,
+                oodd=oodd.calibration(),
+                backbone=ref,
+                head_input="embedding",
+            )
+            with tempfile.TemporaryDirectory(dir=LITE0_CACHE_DIR) as tmp:
+                out = Path(tmp) / "bundle"
+                write_split_bundle(out, head_onnx, oodd_onnx, backbone.pipeline, meta)
+                install_bundle(out, staging)
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def distinct_frames(n: int) -> list[bytes]:
+    """`n` different camera-size JPEG frames: the camera frames, each varied by a marked corner block."""
+    from PIL import Image, ImageDraw
+
+    bases = [Image.open(io.BytesIO(f)).convert("RGB") for f in camera_frames(LITE0_BASE_FRAMES)]
+    frames = []
+    for i in range(n):
+        img = bases[i % len(bases)].copy()
+        shade = (i * 37) % 256
+        ImageDraw.Draw(img).rectangle((0, 0, 15, 15), fill=(shade, 255 - shade, (i // len(bases)) % 256))
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=CAMERA_JPEG_QUALITY)
+        frames.append(buffer.getvalue())
+    if len(set(frames)) != n:
+        raise RuntimeError("frames are not all distinct")
+    return frames
+
+
+def inference_counters(stack: BenchStack) -> dict[str, float]:
+    """The inference service's embedding-cache lookups and backbone images so far (from /metrics)."""
+    text = httpx.get(f"{stack.inference_url}/metrics", timeout=10, trust_env=False).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "inference_embedding_cache_total":
+                name = f"embedding_{sample.labels.get('result', '')}"
+                out[name] = out.get(name, 0.0) + sample.value
+            elif sample.name in ("inference_backbone_images_total", "inference_backbone_loads_total"):
+                name = sample.name.removeprefix("inference_").removesuffix("_total")
+                out[name] = out.get(name, 0.0) + sample.value
+    return out
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
+
+
+def measure_fanout(
+    stack: BenchStack,
+    port: int,
+    path_for: Callable[[str], str],
+    detector_ids: Sequence[str],
+    frames: Sequence[bytes],
+    c: int,
+    protocol: MeasurementProtocol,
+) -> dict[str, Any]:
+    """`c` closed-loop cameras; each sends its next frame to every detector at once. Rates are images/s."""
+    meter = CpuMeter({**stack.pid_groups(), "loadgen": [os.getpid()]})
+    per_detector = [[build_post("127.0.0.1", port, path_for(d), f) for f in frames] for d in detector_ids]
+    step = max(1, len(frames) // c)
+
+    async def go() -> dict[str, Any]:
+        callers: list[Caller] = [
+            FanOutCaller([RawHttpCaller("127.0.0.1", port, requests, i * step) for requests in per_detector])
+            for i in range(c)
+        ]
+        return await measure(callers, protocol, meter)
+
+    before = inference_counters(stack)
+    result = run(go)
+    result["inference_counters"] = _delta(inference_counters(stack), before)
+    result["detectors"] = len(detector_ids)
+    stack.check_alive()
+    return result
+
+
+def run_lite0(args: argparse.Namespace) -> dict[str, Any]:
+    """Lite0 split bundles: in-process vs chain per concurrency, then the cost of asking one image of
+    three detectors on the backbone against asking it of one."""
+    protocol = QUICK if args.quick else FULL
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
+    multi_c = args.multi_concurrency
+    log("preparing the Lite0 split bundles and frames...")
+    model_root = lite0_model_root(rebuild=args.rebuild_models)
+    frames = distinct_frames(LITE0_FRAMES)
+    first = bundle_dir(model_root, LITE0_DETECTORS[0])
+    pipe, meta = read_pipeline(first), read_metadata(first)
+    bundle = BenchBundle(
+        "lite0",
+        LITE0_DETECTORS[0],
+        meta.version,
+        f"{pipe.input_width}x{pipe.input_height} {pipe.channels}, split bundle on a shared backbone",
+        frames,
+    )
+    threads = os.cpu_count() or 1
+    out: dict[str, Any] = {
+        "detector_ids": list(LITE0_DETECTORS),
+        "backbone": meta.backbone.model_dump(include={"id", "sha256", "bytes"}) if meta.backbone else None,
+        "input": bundle.input_desc,
+        "frames": len(frames),
+        "mean_frame_bytes": bundle.mean_frame_bytes,
+        "in_process": {},
+        "chain": {},
+        "multi_detector": {},
+    }
+    busy_before = wait_until_quiet(args.wait_quiet)
+    started = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-lite0-") as tmp:
+        stack = BenchStack(
+            Path(tmp), model_root, edge_only_config(list(LITE0_DETECTORS)), worker_threads=threads
+        )
+        with stack:
+            out["sanity"] = sanity_check(
+                stack,
+                [BenchBundle("lite0", d, meta.version, bundle.input_desc, frames) for d in LITE0_DETECTORS],
+            )
+            cooldown = Cooldown()
+            cooldown.done()
+            local = InProcess(model_root, bundle, threads)
+            provider = local.provider
+            try:
+                for c in concurrencies:
+                    res = local.measure(c, protocol, stack.pid_groups())
+                    out["in_process"][str(c)] = res
+                    log(f"  (a) in-process lite0  c={c:<3} {_short(res)}")
+                    cooldown.wait()
+                    before = inference_counters(stack)
+                    res = measure_http(
+                        stack,
+                        stack.gateway_port,
+                        f"{SUBMIT_PATH}?detector_id={bundle.detector_id}",
+                        bundle,
+                        c,
+                        protocol,
+                        args.client,
+                        timings_from_server_timing,
+                        edge_breakdown,
+                    )
+                    cooldown.done()
+                    res["inference_counters"] = _delta(inference_counters(stack), before)
+                    out["chain"][str(c)] = res
+                    log(f"  (b) chain      lite0  c={c:<3} {_short(res)}")
+            finally:
+                local.close()
+            targets: dict[str, tuple[int, Callable[[str], str]]] = {
+                "chain": (stack.gateway_port, lambda d: f"{SUBMIT_PATH}?detector_id={d}"),
+                "inference_direct": (stack.inference_port, lambda d: f"/infer?detector_id={d}"),
+            }
+            for name, (port, path_for) in targets.items():
+                runs: dict[str, dict[str, Any]] = {}
+                for n in (1, len(LITE0_DETECTORS)):
+                    cooldown.wait()
+                    res = measure_fanout(
+                        stack, port, path_for, LITE0_DETECTORS[:n], frames, multi_c, protocol
+                    )
+                    cooldown.done()
+                    runs[str(n)] = res
+                    log(f"  multi {name:<16} detectors={n} c={multi_c:<3} {_short(res)} (images/s)")
+                one, many = runs["1"]["throughput_rps"], runs[str(len(LITE0_DETECTORS))]["throughput_rps"]
+                ratio = round(one / many, 3) if one and many else None
+                cpu_one = _chain_cpu_ms(runs["1"])
+                cpu_many = _chain_cpu_ms(runs[str(len(LITE0_DETECTORS))])
+                cpu_ratio = round(cpu_many / cpu_one, 3) if cpu_one and cpu_many else None
+                out["multi_detector"][name] = {
+                    "by_detectors": runs,
+                    "cost_ratio": ratio,
+                    "cpu_cost_ratio": cpu_ratio,
+                }
+    out["ratio_by_concurrency"] = {
+        c: round(out["chain"][c]["throughput_rps"] / a["throughput_rps"], 3)
+        for c, a in out["in_process"].items()
+        if c in out["chain"] and a["throughput_rps"]
+    }
+    out["cpu_ms_per_request_by_concurrency"] = {
+        c: {"in_process": _inproc_cpu_ms(a), "chain": _chain_cpu_ms(out["chain"].get(c, {}))}
+        for c, a in out["in_process"].items()
+    }
+    out["cpu_ratio_by_concurrency"] = {
+        c: round(v["in_process"] / v["chain"], 3)
+        for c, v in out["cpu_ms_per_request_by_concurrency"].items()
+        if v["in_process"] and v["chain"]
+    }
+    errors = sum(r["errors_including_warmup"] for r in out["chain"].values())
+    errors += sum(
+        r["errors_including_warmup"]
+        for multi in out["multi_detector"].values()
+        for r in multi["by_detectors"].values()
+    )
+    out["setup"] = {
+        "concurrency": concurrencies,
+        "multi_concurrency": multi_c,
+        "protocol": protocol.as_dict(),
+        "quick": bool(args.quick),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "busy_cores_before_start": round(busy_before, 3),
+        "provider": provider,
+        "code": code_version(),
+        "inference_worker_threads": threads,
+        "frames": (
+            f"{LITE0_FRAMES} distinct 640x480 JPEGs cycled through, more than the embedding cache holds: "
+            "the in-process/chain ratio gets no reuse of backbone outputs over time (see inference_counters)"
+        ),
+        "multi_detector": (
+            f"{multi_c} closed-loop cameras, each sending its next frame to 1 or {len(LITE0_DETECTORS)} "
+            "detectors on the backbone at once and waiting for every answer; rates are images/s; "
+            "cost_ratio = time per image with all detectors / with one"
+        ),
+    }
+    multi_chain = out["multi_detector"].get("chain", {})
+    return {
+        "lite0_ratio_c16": out["ratio_by_concurrency"].get("16"),
+        "lite0_cpu_ratio_c16": out["cpu_ratio_by_concurrency"].get("16"),
+        "multi_detector_cost_ratio": multi_chain.get("cost_ratio"),
+        "multi_detector_cpu_cost_ratio": multi_chain.get("cpu_cost_ratio"),
+        "multi_detector_cost_ratio_note": (
+            f"time per image when one image is asked of {len(LITE0_DETECTORS)} detectors on one Lite0 "
+            f"backbone / time per image asked of one, through the chain, {multi_c} cameras "
+            "(lite0.multi_detector also has it straight to inference); 1.0 = the other heads are free, "
+            f"{len(LITE0_DETECTORS)}.0 = no reuse. multi_detector_cpu_cost_ratio: the same from CPU ms per "
+            "image of every chain process, which hardly depends on what else the machine runs; "
+            "lite0_cpu_ratio_c16 is cpu_ratio_c16 for the Lite0 split bundle"
+        ),
+        "lite0_errors_total": errors,
+        "lite0": out,
+    }
+
+
+def print_lite0_report(result: dict[str, Any]) -> None:
+    out = result.get("lite0")
+    if not out:
+        return
+    print()
+    print(
+        "| Lite0 split bundle | conc | in-process req/s | p50 ms | chain req/s | p50 ms | ratio b/a | embedding hits |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c, a in out["in_process"].items():
+        b = out["chain"].get(c, {})
+        hits = b.get("inference_counters", {}).get("embedding_hit")
+        print(
+            f"| lite0 | {c} | {_fmt(a['throughput_rps'], 1)} | {_fmt(a['p50_ms'])} "
+            f"| {_fmt(b.get('throughput_rps'), 1)} | {_fmt(b.get('p50_ms'))} "
+            f"| {_fmt(out['ratio_by_concurrency'].get(c), 3)} | {_fmt(hits, 0)} |"
+        )
+    print()
+    print(
+        "| one image asked of n detectors | n | images/s | p50 ms | CPU ms/image | backbone images | cost ratio (CPU) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, multi in out["multi_detector"].items():
+        ratio = f"{_fmt(multi['cost_ratio'], 3)} ({_fmt(multi['cpu_cost_ratio'], 3)})"
+        for n, res in multi["by_detectors"].items():
+            images = res.get("inference_counters", {}).get("backbone_images")
+            print(
+                f"| {name} | {n} | {_fmt(res['throughput_rps'], 1)} | {_fmt(res['p50_ms'])} "
+                f"| {_fmt(_chain_cpu_ms(res))} | {_fmt(images, 0)} "
+                f"| {ratio if n != '1' else ''} |"
+            )
+    print()
+    for name in (
+        "lite0_ratio_c16",
+        "lite0_cpu_ratio_c16",
+        "multi_detector_cost_ratio",
+        "multi_detector_cpu_cost_ratio",
+    ):
+        print(f"{name} = {_fmt(result.get(name), 3)}")
+    print(f"lite0 errors: {result.get('lite0_errors_total')}")
+
+
+def merge_into(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """The file's existing keys, updated with this run's (a partial run drops nothing measured before)."""
+    merged: dict[str, Any] = {}
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            loaded = json.loads(path.read_text())
+            if isinstance(loaded, dict):
+                merged = loaded
+    merged.update(result)
+    return merged
+
+
 # -- profiling -------------------------------------------------------------------------------------------
 
 
@@ -712,7 +1144,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, help="JSON path (default bench/results/edge_throughput[.quick].json)"
     )
-    parser.add_argument("--bundles", default="digit,camera", help="comma-separated: digit, camera")
+    parser.add_argument(
+        "--bundles", default="digit,camera,lite0", help="comma-separated: digit, camera, lite0"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("lite0",),
+        help="run only these cases (lite0: the split-bundle ones) and merge them into the existing JSON",
+    )
+    parser.add_argument(
+        "--multi-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="cameras for the one-image-to-several-detectors runs (lite0)",
+    )
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrencies")
     parser.add_argument(
         "--hop-concurrency", default="1", help="concurrencies for the per-hop runs ('' skips them)"
@@ -743,7 +1189,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 run_profile(args)
                 return 0
-            result = run_benchmark(args)
+            keys = ["lite0"] if args.only == "lite0" else args.bundles.split(",")
+            base = [k for k in keys if k != "lite0"]
+            result: dict[str, Any] = {}
+            if base:
+                args.bundles = ",".join(base)
+                result = run_benchmark(args)
+            if "lite0" in keys:
+                result.update(run_lite0(args))
         except KeyboardInterrupt:
             log("interrupted; everything started was stopped")
             return 130
@@ -751,10 +1204,13 @@ def main(argv: list[str] | None = None) -> int:
         "edge_throughput.quick.json" if args.quick else "edge_throughput.json"
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print_report(result)
+    output.write_text(json.dumps(merge_into(output, result), indent=2) + "\n")
+    if "bundles" in result:
+        print_report(result)
+    print_lite0_report(result)
     print(f"\nwrote {output}")
-    return 0 if result["chain_errors_total"] == 0 and result["hop_errors_total"] == 0 else 1
+    errors = [result.get(k, 0) for k in ("chain_errors_total", "hop_errors_total", "lite0_errors_total")]
+    return 0 if not any(errors) else 1
 
 
 if __name__ == "__main__":

@@ -30,15 +30,25 @@ class ModelInfo(BaseModel):
     default_confidence_threshold: float
     loaded: bool
     provider: str | None = None
-    bytes: int | None = None
+    bytes: int | None = Field(default=None, description="the loaded model's own graphs (not its backbone)")
+    backbone: str | None = Field(
+        default=None, description="sha256 of the shared backbone a split bundle runs on; null for single-file"
+    )
 
 
 class CacheStats(BaseModel):
-    entries: int
+    """The model cache's bounds and use; a shared backbone counts once, as one entry, however many
+    loaded heads run on it."""
+
+    entries: int = Field(
+        description="loaded models (heads or single-file) plus the distinct backbones they hold"
+    )
     max_entries: int
-    bytes: int
+    bytes: int = Field(description="bytes of the loaded models plus each distinct backbone's once")
     max_bytes: int
     in_use: int
+    backbones: int = Field(default=0, description="distinct backbones the loaded heads hold")
+    backbone_bytes: int = Field(default=0, description="their bytes, each counted once")
 
 
 class ModelList(BaseModel):

@@ -48,6 +48,8 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         intra_op_threads=settings.intra_op_threads,
         verify_on_load=settings.verify_on_load,
         max_batch=settings.max_batch,
+        embedding_cache_entries=settings.embedding_cache_entries,
+        embedding_cache_ttl_s=settings.embedding_cache_ttl_s,
     )
 
     @asynccontextmanager

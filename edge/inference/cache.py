@@ -5,6 +5,11 @@
   hold is only closed when the last of them releases it (memory may briefly exceed the budget).
 - Hot swap: `replace` installs a value loaded elsewhere; requests holding the old one finish on it and
   the old one is closed by its last user. A load that was under way meanwhile yields to the swap.
+- Shared parts: a value may hold something shared with other values (a split bundle's backbone, named
+  by `shared`). The limits count each distinct shared part once, as one entry and its bytes once, for
+  as long as a cached value holds it. Evicting values is the only way room is made: the shared part is
+  freed by its owner (the backbone pool) when the last value holding it closes. A lone value that fits
+  by itself is never evicted for its shared part's sake (max_entries=1 would reload it every request).
 - Events go to an observer (metrics) so this module stays free of HTTP and Prometheus.
 """
 
@@ -53,11 +58,16 @@ class NullObserver:
         pass
 
 
+# What a value shares with others: (key, bytes), e.g. (backbone sha256, backbone bytes); None: nothing.
+SharedPart = tuple[str, int] | None
+
+
 @dataclass(eq=False)
 class CacheEntry(Generic[V]):
     key: str
     value: V
     nbytes: int
+    shared: SharedPart = None
     refs: int = 0
     evicted: bool = False
     closed: bool = False
@@ -72,8 +82,10 @@ class ModelCache(Generic[V]):
         max_entries: int = 5,
         max_bytes: int = 2 * 1024**3,
         observer: CacheObserver | None = None,
+        shared: Callable[[V], SharedPart] | None = None,
     ) -> None:
         self._loader = loader
+        self._shared = shared
         self._executor = executor
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -137,7 +149,7 @@ class ModelCache(Generic[V]):
             value.close()
             future.set_result(swapped_in)
             return swapped_in
-        entry = CacheEntry(key=key, value=value, nbytes=int(value.nbytes))
+        entry = self._entry(key, value)
         old = self._entries.pop(key, None)
         if old is not None:
             self._retire(old, "replaced")
@@ -150,13 +162,17 @@ class ModelCache(Generic[V]):
     # -- replace (hot swap) ------------------------------------------------------------------------
     def replace(self, key: str, value: V) -> None:
         """Install a value loaded elsewhere; requests holding the old one finish on it."""
-        entry = CacheEntry(key=key, value=value, nbytes=int(value.nbytes))
+        entry = self._entry(key, value)
         old = self._entries.pop(key, None)
         if old is not None:
             self._retire(old, "replaced")
         self._entries[key] = entry
         self._replaced[key] = self._replaced.get(key, 0) + 1
         self._enforce_limits(protect=key)
+
+    def _entry(self, key: str, value: V) -> CacheEntry[V]:
+        shared = self._shared(value) if self._shared is not None else None
+        return CacheEntry(key=key, value=value, nbytes=int(value.nbytes), shared=shared)
 
     def invalidate(self, key: str) -> None:
         old = self._entries.pop(key, None)
@@ -165,7 +181,10 @@ class ModelCache(Generic[V]):
 
     # -- eviction ----------------------------------------------------------------------------------
     def _enforce_limits(self, protect: str | None = None) -> None:
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+        # Shared parts count too, but only evicting values frees them (with the last value holding one).
+        while self.size > self.max_entries or self.bytes > self.max_bytes:
+            if len(self._entries) == 1 and next(iter(self._entries.values())).nbytes <= self.max_bytes:
+                return  # a lone value that fits stays with what it shares: evicting it would reload both
             victim = next((e for k, e in self._entries.items() if k != protect), None)
             if victim is None:
                 return
@@ -190,8 +209,18 @@ class ModelCache(Generic[V]):
 
     # -- introspection -----------------------------------------------------------------------------
     @property
+    def size(self) -> int:
+        """What `max_entries` bounds: cached values plus the distinct shared parts they hold."""
+        return len(self._entries) + len(self.shared())
+
+    @property
     def bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        """What `max_bytes` bounds: the values' own bytes plus each distinct shared part's once."""
+        return sum(e.nbytes for e in self._entries.values()) + sum(self.shared().values())
+
+    def shared(self) -> dict[str, int]:
+        """The distinct shared parts cached values hold: key -> bytes."""
+        return {e.shared[0]: e.shared[1] for e in self._entries.values() if e.shared is not None}
 
     @property
     def in_use(self) -> int:

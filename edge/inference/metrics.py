@@ -37,11 +37,44 @@ class InferenceMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16),
             registry=r,
         )
-        self.cache_entries = Gauge("inference_cache_entries", "Models held in the cache", registry=r)
-        self.cache_bytes = Gauge("inference_cache_bytes", "Bytes of models held in the cache", registry=r)
-        # Labelled children of the per-request metrics, looked up once per detector.
+        self.cache_entries = Gauge(
+            "inference_cache_entries",
+            "Models held in the cache plus the distinct backbones they hold (what max_entries bounds)",
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "inference_cache_bytes", "Bytes of the models held in the cache, each backbone once", registry=r
+        )
+        # Shared backbones (split bundles): label = the first 12 hex of the backbone's sha256.
+        self.backbone_images = Counter(
+            "inference_backbone_images",
+            "Images of requests run through a backbone (warm-ups not counted)",
+            ["backbone"],
+            registry=r,
+        )
+        self.backbone_loads = Counter(
+            "inference_backbone_loads",
+            "Backbone sessions loaded (once while any head holds it)",
+            ["backbone"],
+            registry=r,
+        )
+        self.embedding_cache = Counter(
+            "inference_embedding_cache",
+            "Backbone output lookups: hit, miss (computed), shared (joined a computation under way)",
+            ["result"],
+            registry=r,
+        )
+        # Read when scraped: the service points them at its backbone pool and embedding cache.
+        self.backbones_loaded = Gauge("inference_backbones_loaded", "Backbone sessions loaded", registry=r)
+        self.backbone_bytes = Gauge("inference_backbone_bytes", "Bytes of the loaded backbones", registry=r)
+        self.embedding_entries = Gauge(
+            "inference_embedding_cache_entries", "Backbone outputs held in the embedding cache", registry=r
+        )
+        # Labelled children of the per-request metrics, looked up once per label value.
         self._hits: dict[str, Counter] = {}
         self._latency: dict[str, Histogram] = {}
+        self._embedding: dict[str, Counter] = {}
+        self._backbone_images: dict[str, Counter] = {}
 
     def hit(self, key: str) -> None:
         child = self._hits.get(key)
@@ -65,3 +98,18 @@ class InferenceMetrics:
 
     def evicted(self, key: str, reason: str) -> None:
         self.evictions.labels(key, reason).inc()
+
+    def embedding(self, result: str) -> None:
+        child = self._embedding.get(result)
+        if child is None:
+            child = self._embedding[result] = self.embedding_cache.labels(result)
+        child.inc()
+
+    def backbone_ran(self, sha256: str, images: int) -> None:
+        child = self._backbone_images.get(sha256)
+        if child is None:
+            child = self._backbone_images[sha256] = self.backbone_images.labels(sha256[:12])
+        child.inc(images)
+
+    def backbone_loaded(self, sha256: str) -> None:
+        self.backbone_loads.labels(sha256[:12]).inc()

@@ -1,4 +1,12 @@
-"""What the inference routes call: resolve a detector's bundle, hold it in the cache, predict off-loop."""
+"""What the inference routes call: resolve a detector's bundle, hold it in the cache, predict off-loop.
+
+Split bundles: the service owns one `BackbonePool` and the model root's `BackboneStore` and hands both
+to every runtime it opens, so all heads on one backbone share one session (loaded with the first head,
+closed by the pool when the last head holding it closes, which the cache does only after that head's
+last request). A hot swap opens the new head while the old one still holds the backbone: no reload.
+The cache counts a shared backbone once (entries and bytes); the batcher's embedding cache lets one
+image asked of several detectors on a backbone run it once.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common.backbone import BackboneStore
 from common.bundle import BundleError, current_bundle_dir, list_detectors, read_metadata
 from common.ids import is_detector_id
 from common.imaging import ImageLimits, inspect_image
-from common.runtime import ModelRuntime, Prediction, choose_providers
+from common.runtime import BackbonePool, BackboneRuntime, ModelRuntime, Prediction, choose_providers
 from common.wire.inference import CacheStats, ModelInfo, ModelList, SwapResult
-from edge.inference.batching import Batcher
-from edge.inference.cache import ModelCache
+from edge.inference.batching import Batcher, Embedding
+from edge.inference.cache import ModelCache, SharedPart
+from edge.inference.embeddings import EmbeddingCache
 from edge.inference.metrics import InferenceMetrics
 
 BUNDLE_RESOLVE_TTL_S = 1.0
@@ -39,6 +49,12 @@ class ModelSwapError(ModelLoadError):
     """The bundle `current` points at failed to load or warm up; the serving version is unchanged."""
 
 
+def shared_backbone(runtime: ModelRuntime) -> SharedPart:
+    """What a loaded runtime shares with others, for the cache's accounting: its backbone, if any."""
+    backbone = runtime.backbone
+    return (backbone.sha256, backbone.nbytes) if backbone is not None else None
+
+
 class InferenceService:
     def __init__(
         self,
@@ -52,6 +68,8 @@ class InferenceService:
         intra_op_threads: int = 1,
         verify_on_load: bool = True,
         max_batch: int = 8,
+        embedding_cache_entries: int = 256,
+        embedding_cache_ttl_s: float = 10.0,
     ) -> None:
         self.model_root = model_root
         self.limits = limits
@@ -61,11 +79,31 @@ class InferenceService:
         self._verify = verify_on_load
         self._predict_pool = ThreadPoolExecutor(worker_threads, thread_name_prefix="predict")
         self._resolved: dict[str, tuple[float, Path | None]] = {}
-        self._batcher = Batcher(self._predict_pool, worker_threads, max_batch, limits, metrics)
+        self.backbones = BackbonePool(self.providers, intra_op_threads)
+        self.backbone_store = BackboneStore.for_model_root(model_root)
+        # The session last seen per backbone: a runtime holding another object means a fresh load.
+        self._backbone_sessions: dict[str, BackboneRuntime] = {}
+        self.embeddings: EmbeddingCache[Embedding] = EmbeddingCache(
+            embedding_cache_entries, embedding_cache_ttl_s
+        )
+        self._batcher = Batcher(
+            self._predict_pool, worker_threads, max_batch, limits, metrics, self.embeddings
+        )
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.cache: ModelCache[ModelRuntime] = ModelCache(
-            self._load, self._load_pool, max_entries=max_entries, max_bytes=max_bytes, observer=metrics
+            self._load,
+            self._load_pool,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            observer=metrics,
+            shared=shared_backbone,
         )
+        # Gauges are read when /metrics is scraped (on the event loop, like every cache change).
+        metrics.cache_entries.set_function(lambda: self.cache.size)
+        metrics.cache_bytes.set_function(lambda: self.cache.bytes)
+        metrics.backbones_loaded.set_function(lambda: len(self.backbones))
+        metrics.backbone_bytes.set_function(lambda: self.backbones.nbytes)
+        metrics.embedding_entries.set_function(lambda: len(self.embeddings))
         # Hot swaps (see `swap`): one at a time per detector; a bundle that failed is not retried by
         # the background check until `current` moves again.
         self._swap_locks: dict[str, asyncio.Lock] = {}
@@ -97,15 +135,34 @@ class InferenceService:
         return self._open(self._bundle_dir(detector_id))
 
     def _open(self, bundle: Path) -> ModelRuntime:
-        """Blocking: load and warm one bundle; ModelLoadError if it cannot serve."""
+        """Blocking (the load thread, one at a time): load and warm one bundle; ModelLoadError if it
+        cannot serve. A runtime that fails its warm-up is closed, so it gives its backbone back."""
         try:
-            runtime = ModelRuntime(bundle, self.providers, self._intra_op_threads, verify=self._verify)
-            runtime.warmup()
+            runtime = ModelRuntime(
+                bundle,
+                self.providers,
+                self._intra_op_threads,
+                verify=self._verify,
+                backbone_store=self.backbone_store,
+                backbones=self.backbones,
+            )
+            self._count_backbone_load(runtime)
+            try:
+                runtime.warmup()
+            except BaseException:
+                runtime.close()
+                raise
         except BundleError as exc:
             raise ModelLoadError(str(exc)) from None
         except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
             raise ModelLoadError(f"{bundle}: {type(exc).__name__}: {exc}") from None
         return runtime
+
+    def _count_backbone_load(self, runtime: ModelRuntime) -> None:
+        backbone = runtime.backbone
+        if backbone is not None and self._backbone_sessions.get(backbone.sha256) is not backbone:
+            self._backbone_sessions[backbone.sha256] = backbone
+            self.metrics.backbone_loaded(backbone.sha256)
 
     async def infer(self, detector_id: str, image: bytes) -> Prediction:
         bundle = self._bundle_dir(detector_id)  # 400/404 before any load or decode
@@ -116,7 +173,6 @@ class InferenceService:
                 self._notice_new_version(detector_id, runtime, bundle)
             prediction = await self._batcher.submit(runtime, image, info)
         self.metrics.observe_inference(detector_id, time.perf_counter() - start)
-        self._update_gauges()
         return prediction
 
     # -- hot swap ----------------------------------------------------------------------------------
@@ -158,7 +214,6 @@ class InferenceService:
             self._failed_swaps.pop(detector_id, None)
             self._resolved[detector_id] = (time.monotonic(), bundle)
             self.cache.replace(detector_id, runtime)
-            self._update_gauges()
             log.info(
                 "model swapped",
                 extra={
@@ -208,6 +263,7 @@ class InferenceService:
             loaded=loaded is not None,
             provider=loaded.provider if loaded is not None else None,
             bytes=loaded.nbytes if loaded is not None else None,
+            backbone=meta.backbone.sha256 if meta.backbone is not None else None,
         )
 
     def list_models(self) -> ModelList:
@@ -220,17 +276,16 @@ class InferenceService:
         return ModelList(provider=self.provider, cache=self.cache_stats(), models=models)
 
     def cache_stats(self) -> CacheStats:
+        shared = self.cache.shared()
         return CacheStats(
-            entries=len(self.cache.keys()),
+            entries=self.cache.size,
             max_entries=self.cache.max_entries,
             bytes=self.cache.bytes,
             max_bytes=self.cache.max_bytes,
             in_use=self.cache.in_use,
+            backbones=len(shared),
+            backbone_bytes=sum(shared.values()),
         )
-
-    def _update_gauges(self) -> None:
-        self.metrics.cache_entries.set(len(self.cache.keys()))
-        self.metrics.cache_bytes.set(self.cache.bytes)
 
     def close(self) -> None:
         for task in list(self._background_swaps.values()):

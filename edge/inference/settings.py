@@ -26,6 +26,10 @@ class InferenceSettings(BaseSettings):
     max_image_bytes: int = Field(default=ImageLimits.max_bytes, ge=1)
     max_image_pixels: int = Field(default=ImageLimits.max_pixels, ge=1)
     max_batch: int = Field(default=8, ge=1, le=256)
+    # Backbone outputs of recent images (split bundles): one frame asked of several detectors on a
+    # backbone runs it once. 0 entries or 0 s keeps only the sharing of computations under way.
+    embedding_cache_entries: int = Field(default=256, ge=0)
+    embedding_cache_ttl_s: float = Field(default=10.0, ge=0)
     verify_on_load: bool = True
     log_level: str = "info"
 

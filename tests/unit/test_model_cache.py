@@ -166,3 +166,56 @@ async def test_replace_keeps_old_version_alive_for_its_users(pool) -> None:
         async with cache.use("a") as new:
             assert new.key == "a-v2"
     assert old.closed
+
+
+def backbone_of(model: FakeModel) -> tuple[str, int] | None:
+    """Keys "h*" are heads on one shared backbone of 1000 bytes; others share nothing."""
+    return ("backbone-1", 1000) if model.key.startswith("h") else None
+
+
+async def test_a_shared_part_counts_once_in_entries_and_bytes(pool) -> None:
+    rec = Recorder()
+    cache, _ = make_cache(pool, rec, max_entries=25, max_bytes=10**6, shared=backbone_of)
+    for k in [f"h{i}" for i in range(20)] + ["single"]:
+        async with cache.use(k):
+            pass
+    assert rec.of("evict") == []
+    assert cache.shared() == {"backbone-1": 1000}
+    assert cache.size == 21 + 1  # 21 models and the one backbone 20 of them hold
+    assert cache.bytes == 21 * 100 + 1000
+
+
+async def test_the_shared_part_takes_room_from_the_limits_and_leaves_with_its_last_holder(pool) -> None:
+    rec = Recorder()
+    cache, _ = make_cache(pool, rec, max_entries=3, max_bytes=10**6, shared=backbone_of)
+    for k in ("h1", "h2", "h3"):  # three heads and their backbone need 4 entries: the oldest goes
+        async with cache.use(k):
+            pass
+    assert rec.of("evict") == ["h1"] and cache.size == 3
+    for k in ("a", "b"):
+        async with cache.use(k):
+            pass
+    # "a" pushed out h2; "b" pushed out h3, and with it the backbone's entry and bytes.
+    assert rec.of("evict") == ["h1", "h2", "h3"]
+    assert cache.shared() == {} and cache.keys() == ["a", "b"] and cache.bytes == 200
+
+
+async def test_the_byte_budget_counts_the_shared_part_once(pool) -> None:
+    rec = Recorder()
+    cache, _ = make_cache(pool, rec, max_entries=100, max_bytes=1000 + 5 * 100, shared=backbone_of)
+    for k in [f"h{i}" for i in range(6)]:
+        async with cache.use(k):
+            pass
+    assert rec.of("evict") == ["h0"] and cache.bytes == 1500
+
+
+async def test_a_lone_head_with_its_backbone_is_not_evicted_for_the_backbone_s_sake(pool) -> None:
+    rec = Recorder()
+    cache, loads = make_cache(pool, rec, max_entries=1, shared=backbone_of)
+    for _ in range(3):
+        async with cache.use("h1"):
+            pass
+    assert loads == ["h1"] and rec.of("evict") == []
+    async with cache.use("h2"):  # a second head does not fit: the older one goes
+        pass
+    assert rec.of("evict") == ["h1"] and cache.keys() == ["h2"]
