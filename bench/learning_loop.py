@@ -1,5 +1,17 @@
 """The closed learning loop: a detector with no model learns from reviewers until the edge answers by itself.
 
+    python -m bench.learning_loop [--scenario mnist|fashion_footwear|fashion_10class|all] [--quick] ...
+
+Scenarios: `mnist` (the default; described below) and the camera-paced ones on real photographs,
+`fashion_footwear` (BINARY "Is this footwear?") and `fashion_10class` (MULTI_CLASS, the 10 Fashion-MNIST
+classes), described in bench/camera_loop.py: a fixed query rate (`--rate`, default 2/s), labels
+`--label-delay` s late (default 20), MNIST digits mixed in as out-of-domain traffic, the system's
+default retrain cadence, until `--max-labels` or `--max-seconds`. Each writes its object
+(`fashion_footwear`, `fashion_10class`) into the result JSON, keeping what else is there, and its plot
+to bench/results/learning_loop_<scenario>.png.
+
+mnist:
+
     python -m bench.learning_loop [--quick] [--queries N] [--min-labels K] [--output PATH]
 
 1. Starts the whole system with the launcher's Python API (bench/loop_stack.py: cloud API, worker,
@@ -923,18 +935,53 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+SCENARIOS = ("mnist", "fashion_footwear", "fashion_10class")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.learning_loop", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (500 queries, K=100)")
-    parser.add_argument("--queries", type=int, help="queries in all, in windows of 100 (default 5000)")
-    parser.add_argument("--min-labels", type=int, help="retrain every K labels (default 150; quick 100)")
     parser.add_argument(
-        "--ood-per-window", type=int, default=5, help="Fashion-MNIST images per 100 (default 5)"
+        "--scenario", choices=(*SCENARIOS, "all"), default="mnist", help="what to run (default mnist)"
     )
-    parser.add_argument("--refresh-rate", type=float, default=5.0, help="updater poll period, s (default 5)")
-    parser.add_argument("--concurrency", type=int, default=4, help="queries in flight (default 4)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short smoke run (mnist: 500 queries, K=100; fashion: 150 s) into learning_loop.quick.*",
+    )
+    parser.add_argument("--queries", type=int, help="mnist: queries in all, in windows of 100 (default 5000)")
+    parser.add_argument(
+        "--min-labels", type=int, help="mnist: retrain every K labels (default 150; quick 100)"
+    )
+    parser.add_argument(
+        "--ood-per-window", type=int, default=5, help="mnist: Fashion-MNIST images per 100 (default 5)"
+    )
+    parser.add_argument(
+        "--refresh-rate",
+        type=float,
+        default=None,
+        help="updater poll period, s (mnist default 5; fashion: the edge config's default)",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="mnist: queries in flight (default 4)")
+    parser.add_argument("--rate", type=float, default=2.0, help="fashion: queries per second (default 2)")
+    parser.add_argument(
+        "--label-delay", type=float, default=20.0, help="fashion: seconds from query to label (default 20)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, help="fashion: traffic time limit (default 360 footwear, 720 10-class)"
+    )
+    parser.add_argument(
+        "--max-labels", type=int, help="fashion: stop 3 windows after this many labels (default 100 / 1000)"
+    )
+    parser.add_argument(
+        "--ood-rate", type=float, default=0.05, help="fashion: share of MNIST digits (default 0.05)"
+    )
+    parser.add_argument("--window", type=int, default=50, help="fashion: queries per window (default 50)")
+    parser.add_argument("--image-size", type=int, default=112, help="fashion: image side in px (default 112)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.9, help="fashion: detector threshold (default 0.9)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--output", type=Path, help="JSON path (default bench/results/learning_loop[.quick].json)"
@@ -949,19 +996,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--queries must be at least {WINDOW}")
     if not 0 <= args.ood_per_window < WINDOW:
         parser.error(f"--ood-per-window must be 0..{WINDOW - 1}")
+    if args.rate <= 0 or args.window < 1 or args.label_delay < 0 or not 0 <= args.ood_rate < 1:
+        parser.error("--rate and --window must be positive, --label-delay >= 0, --ood-rate in [0, 1)")
+    if not 16 <= args.image_size <= 4096:
+        parser.error("--image-size must be 16..4096")
     return args
+
+
+def merged(path: Path, fresh: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """The result file with `fresh` laid in: under `key`, or (mnist, key None) as the top level while
+    every scenario object already in the file stays."""
+    report: dict[str, Any] = {}
+    if path.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            loaded = json.loads(path.read_text())
+            report = loaded if isinstance(loaded, dict) else {}
+    if key is not None:
+        report[key] = fresh
+        return report
+    return fresh | {k: report[k] for k in SCENARIOS[1:] if k in report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = args.output or RESULTS / ("learning_loop.quick.json" if args.quick else "learning_loop.json")
-    with terminate_as_interrupt():
-        report = run_benchmark(args)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, output.with_suffix(".png"))
-    print_report(report)
-    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    chosen = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    written = []
+    for name in chosen:
+        if name == "mnist":
+            mnist_args = argparse.Namespace(**vars(args))
+            if mnist_args.refresh_rate is None:
+                mnist_args.refresh_rate = 5.0
+            with terminate_as_interrupt():
+                report = run_benchmark(mnist_args)
+            output.write_text(json.dumps(merged(output, report, None), indent=1) + "\n")
+            plot(report, output.with_suffix(".png"))
+            print_report(report)
+            written.append(output.with_suffix(".png"))
+            continue
+        from bench import camera_loop
+
+        scenario = camera_loop.scenarios()[name]
+        run_args = argparse.Namespace(**vars(args))
+        if run_args.max_seconds is None:
+            run_args.max_seconds = 150.0 if args.quick else scenario.max_seconds
+        if run_args.max_labels is None:
+            run_args.max_labels = scenario.max_labels
+        with terminate_as_interrupt():
+            result = camera_loop.run_scenario(scenario, run_args)
+        output.write_text(json.dumps(merged(output, result, name), indent=1) + "\n")
+        picture = output.parent / f"{output.stem}_{name}.png"
+        camera_loop.plot_scenario(result, picture)
+        camera_loop.print_scenario(result)
+        written.append(picture)
+    print(f"\nwrote {output} and " + ", ".join(str(p) for p in written))
     return 0
 
 

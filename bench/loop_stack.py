@@ -11,7 +11,11 @@ with its model updater, inference, edge-api and the nginx gateway), here with:
   developer's shell that would change a service (EDGE_*, CLOUD_*, TRAINER_*, ...) are dropped first;
 - short periods for the loop: the worker polls every second and queues a retrain every `min_labels`
   labels (the timer trigger is pushed out of the run), the trainer asks for work every second, and
-  the updater follows the edge config's `refresh_rate`.
+  the updater follows the edge config's `refresh_rate`. With `min_labels=None` the worker, trainer
+  and updater keep the system's defaults (first job once every class has 3 labels, then every 10 %
+  more; default poll periods), as the camera-paced scenarios want;
+- `extra_env`: variables set last (e.g. TRAINER_BACKBONE_CACHE, so a trainer reuses an exported
+  backbone instead of exporting its own on the first job).
 
 No demo models are built and no demo detectors are seeded: the benchmark's detector starts with none.
 """
@@ -57,9 +61,10 @@ class LoopStack:
         state_dir: Path,
         edge_config: dict[str, Any],
         *,
-        min_labels: int,
+        min_labels: int | None,
         log_stream: IO[str],
         startup_timeout: float = 120.0,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.config_dir = state_dir / "config"
@@ -67,6 +72,7 @@ class LoopStack:
         self.min_labels = min_labels
         self.log_stream = log_stream
         self.startup_timeout = startup_timeout
+        self.extra_env = dict(extra_env or {})
         self.reviewer_password = secrets.token_urlsafe(18)
         self.ports: dict[str, int] = {}
         self.stack: LocalStack | None = None
@@ -83,20 +89,26 @@ class LoopStack:
         env.update(
             {
                 "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD": self.reviewer_password,
-                "CLOUD_RETRAIN_MIN_LABELS": str(self.min_labels),
-                # Only the label trigger: the timer would retrain on a handful of labels mid-run.
-                "CLOUD_RETRAIN_INTERVAL_S": "86400",
-                "CLOUD_WORKER_POLL_S": "1",
                 "CLOUD_LOG_LEVEL": "warning",
-                "TRAINER_POLL_S": "1",
-                "TRAINER_DEVICE": "cpu",
-                "UPDATER_CONFIG_POLL_S": "2",
                 "EDGE_LOG_LEVEL": "warning",
                 "INFERENCE_LOG_LEVEL": "warning",
                 # The gateway resolves no names here (every upstream is 127.0.0.1).
                 "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
             }
         )
+        if self.min_labels is not None:
+            env.update(
+                {
+                    "CLOUD_RETRAIN_MIN_LABELS": str(self.min_labels),
+                    # Only the label trigger: the timer would retrain on a handful of labels mid-run.
+                    "CLOUD_RETRAIN_INTERVAL_S": "86400",
+                    "CLOUD_WORKER_POLL_S": "1",
+                    "TRAINER_POLL_S": "1",
+                    "TRAINER_DEVICE": "cpu",
+                    "UPDATER_CONFIG_POLL_S": "2",
+                }
+            )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> LoopStack:
