@@ -235,6 +235,10 @@ class DatasetExport:
         """Items with a real answer (UNCLEAR skipped), in manifest order."""
         return [item for item in self.manifest.items if item.label != UNCLEAR]
 
+    def unclear_items(self) -> list[ExportItem]:
+        """Items reviewers answered UNCLEAR: what the detector should not answer with confidence."""
+        return [item for item in self.manifest.items if item.label == UNCLEAR]
+
     def image_bytes(self, item: ExportItem) -> bytes:
         try:
             return self.images[item.image_query_id]

@@ -10,7 +10,8 @@ train_head_from_export(export, out_dir, options, embedder, production_bundle=...
                its out-of-fold answer (cross-validation)
   fit          training.heads (linear or MLP chosen by cross-validation, temperature on out-of-fold
                logits), a low-rank Mahalanobis OODD on the backbone's channel statistics, calibrated
-               on out-of-fold distances
+               on out-of-fold distances and tightened where reviewers' UNCLEAR examples (what the
+               camera also shows but the detector should not answer) would pass it
   judge        the operating point at the detector's threshold (final confidence as the edge
                computes it), for the candidate and for production on the same items
   write        head.onnx and oodd.onnx (parity-checked against numpy), the split bundle, loaded
@@ -39,13 +40,19 @@ from common.confidence import in_domain_probability, softmax
 from common.imaging import ImageError, ImageLimits
 from common.runtime import BackbonePool, ModelRuntime
 from training.builder import DetectorSpec, behaviour_key, utc_now_iso, version_id
-from training.dataset_export import DatasetExport, ExportItem, item_split
+from training.dataset_export import UNCLEAR, DatasetExport, ExportItem, item_split
 from training.embeddings import Embedder
 from training.evaluation import Evaluation, OperatingPoint, evaluate_probabilities, operating_point
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
 from training.finetune import FineTuneOptions, describe, fine_tune_head
 from training.heads import FittedHead, HeadOptions, fit_head
-from training.oodd import LowRankOodd, fit_lowrank_oodd, out_of_fold_distances
+from training.oodd import (
+    LowRankOodd,
+    calibrate_with_negatives,
+    fit_lowrank_oodd,
+    in_domain_needed,
+    out_of_fold_distances,
+)
 from training.promotion import PromotionDecision, decide_at_threshold
 from training.reports import (
     CONFUSION_MATRIX,
@@ -316,6 +323,7 @@ def train_head_from_export(
     items = export.trainable_items()
     clock.report("prepare", f"{len(items)} labelled items; embedding the images without a stored embedding")
     data = _embed(export, items, embedder, label_index, on_new_embeddings, clock)
+    unclear = _embed(export, export.unclear_items(), embedder, {UNCLEAR: -1}, on_new_embeddings, clock)
     clock.lap("embed")
     present = np.unique(data.y)
     if present.size < 2:
@@ -352,6 +360,14 @@ def train_head_from_export(
     fit_present, compact = np.unique(y_fit, return_inverse=True)
     oof_distances = out_of_fold_distances(feats_fit, y_fit, head.folds, k, options.oodd_rank)
     oodd = fit_lowrank_oodd(feats_fit, compact, oof_distances, fit_present.size, options.oodd_rank)
+    need = in_domain_needed(threshold, k)
+    tightened = (
+        calibrate_with_negatives(oof_distances, oodd.distances(head.features(unclear.x)), need)
+        if need is not None and len(unclear.ids) > 0
+        else None
+    )
+    if tightened is not None:
+        oodd = dataclasses.replace(oodd, threshold=tightened.threshold, scale=tightened.scale)
     clock.lap("fit_oodd")
 
     if holdout:
@@ -428,7 +444,12 @@ def train_head_from_export(
         "test_ece_after_temperature": evaluation.ece,
         "promotion": decision.as_dict(),
         "head": {**head.params, "candidates": head.candidates, "fit_seconds": round(head.seconds, 3)},
-        "oodd": {"rank": int(oodd.components.shape[0]), "shrinkage": oodd.shrinkage},
+        "oodd": {
+            "rank": int(oodd.components.shape[0]),
+            "shrinkage": oodd.shrinkage,
+            "unclear_examples": len(unclear.ids),
+            "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
+        },
         "timings_s": clock.marks,
     }
     snapshot = export.label_snapshot()

@@ -134,6 +134,92 @@ def calibrate_logistic(
     return threshold, spread / logit
 
 
+@dataclass(frozen=True)
+class NegativeCalibration:
+    """The logistic moved so that reviewers' UNCLEAR examples fall below the confidence bar."""
+
+    threshold: float
+    scale: float
+    cut: float  # the distance where q reaches `need`
+    negatives: int
+    in_domain_cost: float  # share of in-domain (out-of-fold) distances past the cut
+    negatives_passed: float  # share of the negatives inside the cut
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "negatives": self.negatives,
+            "cut": round(self.cut, 6),
+            "in_domain_cost": round(self.in_domain_cost, 4),
+            "negatives_passed": round(self.negatives_passed, 4),
+        }
+
+
+def in_domain_needed(confidence_threshold: float, num_classes: int) -> float | None:
+    """The q an answer with top probability 1 needs to reach the threshold (see final_confidence)."""
+    chance = 1.0 / num_classes
+    if not chance < confidence_threshold < 1.0:
+        return None
+    return (confidence_threshold - chance) / (1.0 - chance)
+
+
+def calibrate_with_negatives(
+    in_domain: NDArray[np.floating],
+    negatives: NDArray[np.floating],
+    need: float,
+    quantile: float = DEFAULT_QUANTILE,
+    median_target: float = DEFAULT_MEDIAN_TARGET,
+    max_cost: float = 0.10,
+    min_negatives: int = 3,
+) -> NegativeCalibration | None:
+    """Tighten the default logistic when reviewers have marked images UNCLEAR (not this detector's).
+
+    In-domain distances alone cannot say how far away the images a camera also sees are: a threshold
+    at their 99.5th percentile lets near-domain images (a digit shown to a product detector) through
+    with full confidence. With examples of what is out of domain the cut (where q = `need`, so an
+    answer just reaches the confidence threshold) goes where it misclassifies the fewest of both,
+    weighted equally, but never below the (1 - max_cost) quantile of in-domain distances (at most
+    `max_cost` of ordinary images escalated for it) and never above the default cut. The median
+    in-domain image keeps q = `median_target`. None: too few negatives, or the default already
+    separates them as well.
+    """
+    p = np.sort(np.asarray(in_domain, dtype=np.float64))
+    n = np.sort(np.asarray(negatives, dtype=np.float64))
+    if n.size < min_negatives or p.size < 2 or not (np.isfinite(p).all() and np.isfinite(n).all()):
+        return None
+    t0, s0 = calibrate_logistic(p, quantile, median_target)
+    logit_need = math.log(need / (1.0 - need))
+    logit_median = math.log(median_target / (1.0 - median_target))
+    if logit_median <= logit_need:
+        return None
+    median = float(np.median(p))
+    default_cut = t0 - s0 * logit_need
+    lowest = max(float(np.quantile(p, 1.0 - max_cost)), median + 1e-9)
+    if default_cut <= lowest:
+        return None
+    # Candidate cuts: the bounds and the midpoints between neighbouring distances inside them.
+    values = np.unique(np.concatenate([p, n]))
+    values = values[(values > lowest) & (values < default_cut)]
+    inner = (values[:-1] + values[1:]) / 2 if values.size > 1 else np.zeros(0)
+    cuts = np.concatenate([[default_cut], inner[::-1], [lowest]])  # descending: ties go to the lenient
+
+    def error(cut: float) -> float:
+        return float(np.mean(p > cut) + np.mean(n <= cut))
+
+    errors = np.array([error(float(c)) for c in cuts])
+    best = float(cuts[int(np.argmin(errors))])  # the first minimum: the most lenient of the best
+    if best >= default_cut:
+        return None
+    scale = (best - median) / (logit_median - logit_need)
+    return NegativeCalibration(
+        threshold=best + scale * logit_need,
+        scale=scale,
+        cut=best,
+        negatives=int(n.size),
+        in_domain_cost=float(np.mean(p > best)),
+        negatives_passed=float(np.mean(n <= best)),
+    )
+
+
 def fit_oodd(
     train_features: NDArray[np.floating],
     train_labels: NDArray[np.integer],

@@ -11,8 +11,9 @@ asked for with `images="missing"` and that item's embedding by the requested bac
 a retrain of a head then reads no image it has seen before.
 
 One item per image query: the latest label that was not undone, from a reviewer (HUMAN) or from the
-device API (CUSTOMER). Items whose latest label is not one of the detector's labels (UNCLEAR, a class
-that no longer exists) or whose image is gone are left out and counted in `excluded`.
+device API (CUSTOMER). UNCLEAR items are included: trainers learn from them what the detector should
+not answer (its out-of-domain examples) and train no class on them. Items whose label is a class that
+no longer exists, or whose image is gone, are left out and counted in `excluded`.
 """
 
 from __future__ import annotations

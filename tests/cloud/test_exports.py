@@ -110,10 +110,11 @@ async def labelled_detector(
             relabelled: ("NO", "CUSTOMER"),
             undone: ("NO", "HUMAN"),
             jpeg: ("NO", "CUSTOMER"),
+            unclear: ("UNCLEAR", "HUMAN"),  # in: the trainer's out-of-domain examples
         },
         "images": images,
         "jpeg": jpeg,
-        "excluded": {"UNCLEAR": 1, "missing_image": 1},
+        "excluded": {"missing_image": 1},
     }
     return det, expected
 
@@ -155,7 +156,7 @@ async def test_run_export_writes_the_latest_labels_and_their_images(
         done = await s.get(ExportJob, job.id)
     assert done is not None
     assert done.status == JobStatus.SUCCEEDED, done.error
-    assert done.item_count == 4
+    assert done.item_count == 5  # four labelled, one UNCLEAR
     assert done.blob_key == f"exports/{detector_id}/{job.id}.tar.gz"
     assert done.finished_at is not None and done.lease_owner is None
     check_archive(await blobs.get(done.blob_key), detector_id, expected, job.id)
@@ -279,7 +280,7 @@ async def test_export_through_the_api_queues_reports_and_downloads(
 
         status = (await api.get(f"/api/v1/exports/{job['id']}")).json()
         assert status["status"] == "succeeded"
-        assert status["item_count"] == 4
+        assert status["item_count"] == 5
         assert status["download_url"] == f"{cloud.url}/api/v1/exports/{job['id']}/download"
         download = await api.get(status["download_url"])
         assert download.status_code == 200

@@ -292,3 +292,60 @@ def test_fine_tuned_head_reads_the_feature_map_and_must_beat_the_head(backbone, 
     finally:
         runtime.close()
     assert prediction.label in ("YES", "NO")
+
+
+def _camera_crop(pixels: np.ndarray, side: int = 112) -> bytes:
+    """A 28x28 grey image as a camera would send it: upscaled, RGB, JPEG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC).convert("RGB").save(
+        buffer, format="JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
+@needs_fashion
+def test_unclear_examples_tighten_the_out_of_domain_score(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Digits a reviewer answered UNCLEAR teach a footwear detector that digits are not its domain:
+    unseen digits lose their confident answers, ordinary product photos keep theirs."""
+    from common.confidence import final_confidence, softmax
+    from training.datasets import load_fashion_mnist, load_mnist_5k
+    from training.oodd import in_domain_needed
+
+    photos, labels = load_fashion_mnist("t10k")
+    digits, _ = load_mnist_5k()
+    crops = [_camera_crop(p) for p in photos[:300]]
+    embedder = Embedder(backbone, threads=1)
+    try:
+        photo_vectors = embedder.embeddings(crops[200:]).vectors
+        unseen = embedder.embeddings([_camera_crop(d) for d in digits[20:220]]).vectors
+        outcomes = {}
+        for name, unclear in (("without", []), ("with", [_camera_crop(d) for d in digits[:20]])):
+            samples = [
+                ExportSample(_iq(i), "YES" if int(labels[i]) in FASHION_FOOTWEAR else "NO", crops[i])
+                for i in range(200)
+            ] + [ExportSample(_iq(1000 + j), "UNCLEAR", d) for j, d in enumerate(unclear)]
+            path = tmp_path / f"export-{name}.tar.gz"
+            write_export(path, FOOTWEAR, samples)
+            outcomes[name] = train_head_from_export(
+                read_export(path), tmp_path / f"out-{name}", TrainingOptions(), embedder
+            )
+    finally:
+        embedder.close()
+
+    def confident(outcome, x: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+        probs = softmax(outcome.head.logits(x), outcome.head.temperature)
+        q = outcome.oodd.in_domain(outcome.head.features(x))
+        conf = [final_confidence(float(p.max()), float(qq), 2) for p, qq in zip(probs, q, strict=True)]
+        return float(np.mean(np.asarray(conf) >= 0.9))
+
+    tightened = outcomes["with"].metadata.metrics["oodd"]["tightened_by_unclear"]
+    assert outcomes["without"].metadata.metrics["oodd"]["tightened_by_unclear"] is None
+    assert tightened is not None and tightened["negatives"] == 20
+    assert in_domain_needed(0.9, 2) == pytest.approx(0.8)
+    before, after = confident(outcomes["without"], unseen), confident(outcomes["with"], unseen)
+    assert after <= 0.1 and after < before, (before, after)
+    assert confident(outcomes["with"], photo_vectors) >= 0.8

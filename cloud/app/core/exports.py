@@ -10,17 +10,18 @@ Format (version 2; models in common.wire.dataset_export):
          "created_at": "2026-01-01T00:00:00Z",
          "items": [{"image_query_id", "label", "source", "labeled_at",
                     "image": "images/<iq_id>.<ext>" or null, "content_type"}, ...],
-         "excluded": {"UNCLEAR": 3, "missing_image": 1},
+         "excluded": {"OLD_CLASS": 3, "missing_image": 1},
          "embeddings": {"<sha256>": {"file": "embeddings/<sha256>.npy", "dim", "dtype": "float16",
                                      "image_query_ids": [...]}}}
       embeddings/<sha256>.npy      float16 (len(image_query_ids), dim), rows in that order
       images/<iq_id>.<ext>         the image bytes as received (ext: jpg, png, bmp, webp, bin)
 
 One item per image query of the detector: its latest label (by time) among those not undone and
-coming from a reviewer (HUMAN) or the device API (CUSTOMER). When that label is not one of the
-detector's labels (UNCLEAR, a class removed since) the query is left out and counted under
-`excluded`; so is a query with neither its image nor an included embedding (`missing_image`), so every
-item is usable for training as it is.
+coming from a reviewer (HUMAN) or the device API (CUSTOMER). UNCLEAR items go in too: they are what
+reviewers say the detector should not answer, and the trainer calibrates its out-of-domain score on
+them. When the label is a class removed since, the query is left out and counted under `excluded`; so
+is a query with neither its image nor an included embedding (`missing_image`), so every item is usable
+as it is.
 
 An export may be asked for with a `common.wire.dataset_export.ExportRequest`: with `backbone_sha256`
 the stored embeddings of the items by that backbone are included (no entry when there are none);
@@ -54,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
 from cloud.app.core.backbones import embeddings_of
+from cloud.app.core.detectors import UNCLEAR
 from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Label, LabelSource
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.exports import ExportJobOut
@@ -385,7 +387,7 @@ async def run_export(
         excluded: dict[str, int] = {}
         usable = []
         for item in labelled:
-            if item.label in detector.labels:
+            if item.label in detector.labels or item.label == UNCLEAR:
                 usable.append(item)
             else:
                 excluded[item.label] = excluded.get(item.label, 0) + 1
