@@ -52,6 +52,7 @@ from training.oodd import (
     fit_lowrank_oodd,
     in_domain_needed,
     out_of_fold_distances,
+    quantile_for,
 )
 from training.promotion import PromotionDecision, decide_at_threshold
 from training.reports import (
@@ -359,10 +360,15 @@ def train_head_from_export(
     feats_fit = head.features(x_fit)
     fit_present, compact = np.unique(y_fit, return_inverse=True)
     oof_distances = out_of_fold_distances(feats_fit, y_fit, head.folds, k, options.oodd_rank)
-    oodd = fit_lowrank_oodd(feats_fit, compact, oof_distances, fit_present.size, options.oodd_rank)
+    quantile = quantile_for(len(y_fit))
+    oodd = fit_lowrank_oodd(
+        feats_fit, compact, oof_distances, fit_present.size, options.oodd_rank, quantile=quantile
+    )
     need = in_domain_needed(threshold, k)
     tightened = (
-        calibrate_with_negatives(oof_distances, oodd.distances(head.features(unclear.x)), need)
+        calibrate_with_negatives(
+            oof_distances, oodd.distances(head.features(unclear.x)), need, quantile=quantile
+        )
         if need is not None and len(unclear.ids) > 0
         else None
     )
@@ -447,6 +453,7 @@ def train_head_from_export(
         "oodd": {
             "rank": int(oodd.components.shape[0]),
             "shrinkage": oodd.shrinkage,
+            "quantile": quantile,
             "unclear_examples": len(unclear.ids),
             "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
         },

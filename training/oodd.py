@@ -154,6 +154,16 @@ class NegativeCalibration:
         }
 
 
+def quantile_for(n: int) -> float:
+    """Where q = 0.5 sits among in-domain distances, by how many there are: 1 - 5/n within
+    [0.9, DEFAULT_QUANTILE]. A handful of labels says little about the tail of the domain, so a young
+    detector escalates the unusual (its escalation rate is high anyway) rather than answer near-domain
+    images with full confidence; from about a thousand labels the tail is known well enough."""
+    if n <= 0:
+        return 0.9
+    return min(DEFAULT_QUANTILE, max(0.9, 1.0 - 5.0 / n))
+
+
 def in_domain_needed(confidence_threshold: float, num_classes: int) -> float | None:
     """The q an answer with top probability 1 needs to reach the threshold (see final_confidence)."""
     chance = 1.0 / num_classes

@@ -313,7 +313,7 @@ def test_unclear_examples_tighten_the_out_of_domain_score(backbone, tmp_path: Pa
     unseen digits lose their confident answers, ordinary product photos keep theirs."""
     from common.confidence import final_confidence, softmax
     from training.datasets import load_fashion_mnist, load_mnist_5k
-    from training.oodd import in_domain_needed
+    from training.oodd import in_domain_needed, quantile_for
 
     photos, labels = load_fashion_mnist("t10k")
     digits, _ = load_mnist_5k()
@@ -342,10 +342,34 @@ def test_unclear_examples_tighten_the_out_of_domain_score(backbone, tmp_path: Pa
         conf = [final_confidence(float(p.max()), float(qq), 2) for p, qq in zip(probs, q, strict=True)]
         return float(np.mean(np.asarray(conf) >= 0.9))
 
-    tightened = outcomes["with"].metadata.metrics["oodd"]["tightened_by_unclear"]
+    oodd = outcomes["with"].metadata.metrics["oodd"]
+    assert oodd["unclear_examples"] == 20 and oodd["quantile"] == pytest.approx(quantile_for(167), abs=0.02)
     assert outcomes["without"].metadata.metrics["oodd"]["tightened_by_unclear"] is None
-    assert tightened is not None and tightened["negatives"] == 20
     assert in_domain_needed(0.9, 2) == pytest.approx(0.8)
     before, after = confident(outcomes["without"], unseen), confident(outcomes["with"], unseen)
-    assert after <= 0.1 and after < before, (before, after)
+    assert after <= 0.05 and after <= before, (before, after)
     assert confident(outcomes["with"], photo_vectors) >= 0.8
+
+
+def test_negatives_move_the_cut_below_them_within_the_in_domain_budget() -> None:
+    """The calibration on its own: distances of near-domain negatives in the in-domain tail pull the
+    cut under them, never past the (1 - max_cost) quantile; negatives far out change nothing."""
+    from training.oodd import calibrate_logistic, calibrate_with_negatives
+
+    rng = np.random.default_rng(0)
+    inside = np.sqrt(rng.chisquare(30, size=400))  # like Mahalanobis distances in 30 dimensions
+    t0, s0 = calibrate_logistic(inside)
+    need = 0.8
+    default_cut = t0 - s0 * np.log(need / (1 - need))
+    near = np.quantile(inside, 0.96) + rng.uniform(0, 0.3, size=12)  # inside the default's cut
+    assert (near < default_cut).mean() > 0.5
+    tight = calibrate_with_negatives(inside, near, need)
+    assert tight is not None and tight.negatives == 12
+    assert tight.cut < near.min() + 1e-9 or tight.negatives_passed <= 0.1
+    assert tight.cut >= np.quantile(inside, 0.9) - 1e-9 and tight.in_domain_cost <= 0.1 + 1e-9
+    q_near = 1 / (1 + np.exp(-(tight.threshold - near) / tight.scale))
+    assert (q_near < need).mean() >= 0.9
+    q_median = 1 / (1 + np.exp(-(tight.threshold - np.median(inside)) / tight.scale))
+    assert q_median == pytest.approx(0.999, abs=1e-6)
+    assert calibrate_with_negatives(inside, inside.max() + 10 + np.arange(5.0), need) is None
+    assert calibrate_with_negatives(inside, near[:2], need) is None  # too few to act on
