@@ -9,8 +9,10 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from cloud.app.auth import SESSION_COOKIE
 from cloud.app.blobstore import make_blob_store
 from cloud.app.core.cloud_answers import close_model_cache, install_model_cache
+from cloud.app.core.web_sessions import close_login_gate, install_login_gate
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.deps import CloudState
 from cloud.app.errors import ERROR_RESPONSES
@@ -35,6 +37,10 @@ from cloud.app.routes import (
     web_training,
 )
 from cloud.app.settings import CloudSettings
+from cloud.app.web.same_origin import SameOriginGuard
+from cloud.app.web.security_headers import SecurityHeaders
+from common.body_limits import BodyLimitMiddleware, BodyLimits, rule
+from common.bundle_archive import MAX_ARCHIVE_BYTES
 from common.http import RequestLogMiddleware, install_error_handlers
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -73,9 +79,11 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
             settings=settings, engine=engine, sessions=make_sessionmaker(engine), blobs=blobs
         )
         install_model_cache(app.state.cloud)
+        install_login_gate(app.state.cloud)
         try:
             yield
         finally:
+            close_login_gate(app.state.cloud)
             close_model_cache(app.state.cloud)
             await blobs.close()
             await engine.dispose()
@@ -86,5 +94,28 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     STATIC_DIR.mkdir(parents=True, exist_ok=True)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_error_handlers(app, ERROR_RESPONSES)
+    # Outermost last: request log → security headers → body limits → same-origin check → routes.
+    app.add_middleware(SameOriginGuard, public_url=settings.public_url, session_cookie=SESSION_COOKIE)
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
+    app.add_middleware(SecurityHeaders, https=settings.public_url.lower().startswith("https://"))
     app.add_middleware(RequestLogMiddleware, service="cloud-api")
     return app
+
+
+# Room for multipart framing and the small form fields beside a file.
+_FRAMING_BYTES = 1024 * 1024
+
+
+def body_limits(settings: CloudSettings) -> BodyLimits:
+    """Bodies up to an image (with its escalation form) everywhere; the upload routes get room for a
+    model bundle, a backbone or a batch of embeddings, and the longer upload deadline."""
+    upload_s = settings.upload_timeout_s
+    backbone_bytes = max(settings.max_backbone_bytes, settings.max_embeddings_upload_bytes)
+    return BodyLimits(
+        max_bytes=settings.max_image_bytes + _FRAMING_BYTES,
+        timeout_s=settings.body_timeout_s,
+        rules=(
+            rule(r"/api/v1/detectors/[^/]+/models", MAX_ARCHIVE_BYTES + _FRAMING_BYTES, upload_s),
+            rule(r"/api/v1/backbones(/.*)?", backbone_bytes + _FRAMING_BYTES, upload_s),
+        ),
+    )

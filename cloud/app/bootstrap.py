@@ -1,6 +1,7 @@
 """First start: when there are no users, create an admin, a reviewer and a device API token, print
-them once, and write the token where scripts look for it. Also a `trainer` service account (admin
-role, no password) whose token goes only into `trainer_token_path`, where the trainer reads it."""
+them once, and write the token where scripts look for it. Also a `trainer` service account (role
+`trainer`: it runs training jobs and nothing else; no password) whose token goes only into
+`trainer_token_path`, where the trainer reads it."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Crede
     device = await create_user(session, "device", Role.DEVICE)
     await create_token(session, device, "device (first start)", creds.api_token)
     if settings.trainer_token_path is not None:
-        trainer = await create_user(session, "trainer", Role.ADMIN)
+        trainer = await create_user(session, "trainer", Role.TRAINER)
         creds = replace(creds, trainer_token=new_api_token())
         await create_token(session, trainer, "trainer (first start)", creds.trainer_token)
     await session.commit()

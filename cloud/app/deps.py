@@ -71,6 +71,20 @@ async def get_device(principal: PrincipalDep) -> Principal:
     return require_role(principal, Role.DEVICE)
 
 
+async def get_trainer(principal: PrincipalDep) -> Principal:
+    return require_role(principal, Role.TRAINER)
+
+
+async def get_device_or_trainer(principal: PrincipalDep) -> Principal:
+    """What an edge and the trainer both fetch: production models, backbones, the SDK's whoami."""
+    return require_role(principal, Role.DEVICE, Role.TRAINER)
+
+
+async def get_reader(principal: PrincipalDep) -> Principal:
+    """Registry and report reads for people and devices; the training service has no use for them."""
+    return require_role(principal, Role.DEVICE, Role.REVIEWER)
+
+
 async def get_reviewer(principal: PrincipalDep) -> Principal:
     return require_role(principal, Role.REVIEWER)
 
@@ -79,7 +93,10 @@ async def get_admin(principal: PrincipalDep) -> Principal:
     return require_role(principal, Role.ADMIN)
 
 
-# Devices, edges and scripts (admins pass every check).
+# Admins pass every check (cloud.app.auth.require_role); the README's role table lists each route.
 DeviceDep = Annotated[Principal, Depends(get_device)]
+TrainerDep = Annotated[Principal, Depends(get_trainer)]
+DeviceOrTrainerDep = Annotated[Principal, Depends(get_device_or_trainer)]
+ReaderDep = Annotated[Principal, Depends(get_reader)]
 ReviewerDep = Annotated[Principal, Depends(get_reviewer)]
 AdminDep = Annotated[Principal, Depends(get_admin)]

@@ -31,6 +31,27 @@ class CloudSettings(BaseSettings):
 
     review_lease_s: float = Field(default=60.0, gt=0)
     session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
+
+    # Login throttling (cloud.app.core.login_limits), counted in the database so replicas agree: this
+    # many failures within login_window_s lock a username (or a client address) for login_lockout_s.
+    login_max_failures_per_user: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    login_window_s: float = Field(default=300.0, gt=0)
+    login_lockout_s: float = Field(default=300.0, gt=0)
+    # A refused login (wrong password, locked, busy) is answered after this pause, which costs the server
+    # nothing but caps how fast one client can retry: a flood then takes little of the event loop.
+    login_refusal_delay_s: float = Field(default=1.0, ge=0, le=10)
+    # Password checks (scrypt) run on this many threads of their own, with at most password_queue more
+    # waiting; past that a login is answered 429 at once, so failed logins never starve other requests.
+    # Each thread uses at most password_cpu_share of a core (it rests between checks when busy).
+    password_workers: int = Field(default=1, ge=1, le=8)
+    password_queue: int = Field(default=8, ge=0)
+    password_cpu_share: float = Field(default=0.25, gt=0, le=1)
+
+    # Request bodies (common.body_limits): the time from the first read to the end of a body, and that
+    # time for the upload routes (model bundles, backbones, embeddings), whose bodies are large.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    upload_timeout_s: float = Field(default=600.0, gt=0)
     max_image_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     model_cache_size: int = Field(default=5, ge=1)
     # Largest backbone.onnx the registry stores (common.backbone.MAX_BACKBONE_BYTES at most).
@@ -59,6 +80,9 @@ class CloudSettings(BaseSettings):
     worker_poll_s: float = Field(default=2.0, gt=0)
 
     log_level: str = "info"
+
+    # A deleted detector can be restored for this long; then the worker purges it with its data.
+    deleted_retention_s: float = Field(default=30 * 24 * 3600.0, ge=0)
 
     @property
     def blob_root(self) -> Path:

@@ -24,7 +24,7 @@ from cloud.app.blobstore import BlobStore, make_blob_store
 from cloud.app.core.training_jobs import requeue_expired_training_jobs
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.settings import CloudSettings
-from cloud.worker.jobs import exports, leases, retrain
+from cloud.worker.jobs import exports, leases, purge, retrain
 from common.http import configure_logging
 
 log = logging.getLogger("cloud.worker")
@@ -55,6 +55,7 @@ class TickReport:
     exports_requeued: int = 0
     training_jobs_created: list[str] = field(default_factory=list)
     exports_built: list[str] = field(default_factory=list)
+    detectors_purged: list[str] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
 
 
@@ -138,7 +139,22 @@ async def build_exports(state: WorkerState, report: TickReport) -> None:
         report.exports_built.append(job_id)
 
 
-STEPS = (("leases", expire_leases), ("retrain", trigger_retraining), ("exports", build_exports))
+async def purge_deleted_detectors(
+    state: WorkerState, report: TickReport, now: datetime | None = None
+) -> None:
+    """`now` is the clock the retention is measured against (tests pass one; the loop, none)."""
+    retention_s = state.settings.deleted_retention_s
+    moment = now or datetime.now(UTC)
+    for purged in await purge.purge_deleted(state.sessions, state.blobs, retention_s, moment):
+        report.detectors_purged.append(purged.detector_id)
+
+
+STEPS = (
+    ("leases", expire_leases),
+    ("retrain", trigger_retraining),
+    ("exports", build_exports),
+    ("purge", purge_deleted_detectors),
+)
 
 
 async def tick(state: WorkerState) -> TickReport:
@@ -162,6 +178,7 @@ async def run(state: WorkerState) -> None:
         retrain_min_labels=settings.retrain_min_labels,
         retrain_growth=settings.retrain_growth,
         retrain_interval_s=settings.retrain_interval_s,
+        deleted_retention_s=settings.deleted_retention_s,
     )
     while not state.stop.is_set():
         await tick(state)

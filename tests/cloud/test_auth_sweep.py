@@ -1,7 +1,8 @@
-"""Every route of the cloud API refuses callers without valid credentials, and every route that needs a
-role refuses the other roles. The routes come from the running cloud's OpenAPI document and the roles
-from the app's own route table (which role dependency each route declares), so that routes added later
-are swept without editing this file.
+"""Every route of the cloud API refuses callers without valid credentials, and each identity (admin,
+reviewer, trainer, device) gets exactly the routes the role matrix below gives it: 403 on the others.
+The routes come from the running cloud's OpenAPI document; every one must have a cell in the matrix
+(a route added later fails here until someone decides who may call it), and the role dependencies the
+app's route table declares must say the same as the matrix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from fastapi.routing import iter_route_contexts
 
 from cloud.app.app import create_app
 from cloud.app.db.models import Role
-from cloud.app.deps import get_admin, get_device, get_principal, get_reviewer
+from cloud.app.deps import (
+    get_admin,
+    get_device,
+    get_device_or_trainer,
+    get_principal,
+    get_reader,
+    get_reviewer,
+    get_trainer,
+)
 from cloud.app.settings import CloudSettings
 from tests.support import cloud as support
 from tests.support.cloud import REVIEWER_PASSWORD, CloudServer
@@ -34,8 +43,84 @@ ROLE_DEPENDENCIES: dict[Callable[..., Any], frozenset[Role]] = {
     get_admin: frozenset({Role.ADMIN}),
     get_reviewer: frozenset({Role.ADMIN, Role.REVIEWER}),
     get_device: frozenset({Role.ADMIN, Role.DEVICE}),
+    get_trainer: frozenset({Role.ADMIN, Role.TRAINER}),
+    get_device_or_trainer: frozenset({Role.ADMIN, Role.DEVICE, Role.TRAINER}),
+    get_reader: frozenset({Role.ADMIN, Role.DEVICE, Role.REVIEWER}),
 }
 ANY_ROLE = frozenset(Role)
+LETTERS = {"A": Role.ADMIN, "R": Role.REVIEWER, "T": Role.TRAINER, "D": Role.DEVICE}
+
+# Who may call what (the README's role table): A admin, R reviewer, T trainer, D device.
+MATRIX: dict[tuple[str, str], str] = {
+    ("GET", "/device-api/v1/me"): "ATD",
+    ("GET", "/device-api/v1/api-tokens/by-snippet/{snippet}"): "AD",
+    ("GET", "/device-api/v1/month-to-date-account-info"): "AD",
+    ("POST", "/device-api/v1/detectors"): "AD",
+    ("GET", "/device-api/v1/detectors"): "AD",
+    ("GET", "/device-api/v1/detectors/{detector_id}"): "AD",
+    ("PATCH", "/device-api/v1/detectors/{detector_id}"): "A",
+    ("DELETE", "/device-api/v1/detectors/{detector_id}"): "A",
+    ("POST", "/device-api/v1/image-queries"): "AD",
+    ("GET", "/device-api/v1/image-queries"): "AD",
+    ("GET", "/device-api/v1/image-queries/{image_query_id}"): "AD",
+    ("GET", "/device-api/v1/image-queries/{image_query_id}/image"): "AD",
+    ("POST", "/device-api/v1/labels"): "AD",
+    ("POST", "/api/v1/escalations"): "AD",
+    ("GET", "/edge-api/v1/detectors/{detector_id}/prior"): "AD",
+    ("POST", "/api/v1/hubs/heartbeat"): "AD",
+    ("GET", "/api/v1/detectors/{detector_id}/edge-accuracy"): "ARD",
+    ("GET", "/api/v1/review/queues"): "AR",
+    ("POST", "/api/v1/review/claim"): "AR",
+    ("POST", "/api/v1/review/items/{item_id}/heartbeat"): "AR",
+    ("POST", "/api/v1/review/items/{item_id}/answer"): "AR",
+    ("POST", "/api/v1/review/items/{item_id}/skip"): "AR",
+    ("POST", "/api/v1/review/items/{item_id}/release"): "AR",
+    ("POST", "/api/v1/review/undo"): "AR",
+    ("GET", "/api/v1/review/items/{item_id}/image"): "AR",
+    ("GET", "/api/v1/review/stats"): "AR",
+    ("POST", "/api/v1/detectors/{detector_id}/models"): "AT",
+    ("GET", "/api/v1/detectors/{detector_id}/models"): "ARD",
+    ("POST", "/api/v1/detectors/{detector_id}/models/rollback"): "A",
+    ("GET", "/api/v1/models/{model_id}"): "ARD",
+    ("POST", "/api/v1/models/{model_id}/promote"): "AT",
+    ("DELETE", "/api/v1/models/{model_id}"): "A",
+    ("GET", "/api/v1/models/{model_id}/download"): "ATD",
+    ("GET", "/edge-api/v1/fetch-model-urls/{detector_id}/"): "ATD",
+    ("POST", "/api/v1/models/{model_id}/reports/{name}"): "AT",
+    ("GET", "/api/v1/models/{model_id}/reports"): "ARD",
+    ("GET", "/api/v1/models/{model_id}/reports/{name}"): "ARD",
+    ("PUT", "/api/v1/backbones/{sha256}"): "AT",
+    ("GET", "/api/v1/backbones/{sha256}"): "ARTD",
+    ("GET", "/api/v1/backbones/{sha256}/download"): "ATD",
+    ("POST", "/api/v1/backbones/{sha256}/embeddings"): "AT",
+    ("POST", "/api/v1/detectors/{detector_id}/exports"): "AT",
+    ("GET", "/api/v1/exports/{export_id}"): "AT",
+    ("GET", "/api/v1/exports/{export_id}/download"): "AT",
+    ("POST", "/api/v1/training-jobs"): "A",
+    ("GET", "/api/v1/training-jobs"): "ATD",
+    ("POST", "/api/v1/training-jobs/lease"): "AT",
+    ("GET", "/api/v1/training-jobs/{job_id}"): "ATD",
+    ("GET", "/api/v1/training-jobs/{job_id}/logs"): "ATD",
+    ("POST", "/api/v1/training-jobs/{job_id}/cancel"): "A",
+    ("POST", "/api/v1/training-jobs/{job_id}/heartbeat"): "AT",
+    ("POST", "/api/v1/training-jobs/{job_id}/complete"): "AT",
+    ("POST", "/api/v1/training-jobs/{job_id}/fail"): "AT",
+    ("GET", "/api/v1/hubs"): "A",
+    ("GET", "/api/v1/hubs/{hub_id}"): "A",
+    ("GET", "/api/v1/admin/users"): "A",
+    ("POST", "/api/v1/admin/users"): "A",
+    ("POST", "/api/v1/admin/users/{user_id}/deactivate"): "A",
+    ("GET", "/api/v1/admin/tokens"): "A",
+    ("POST", "/api/v1/admin/tokens"): "A",
+    ("POST", "/api/v1/admin/tokens/{token_id}/revoke"): "A",
+    ("GET", "/api/v1/admin/detectors/deleted"): "A",
+    ("POST", "/api/v1/admin/detectors/{detector_id}/restore"): "A",
+    ("GET", "/api/v1/audit"): "A",
+}
+
+
+def matrix_roles(method: str, path: str) -> frozenset[Role]:
+    return frozenset(LETTERS[letter] for letter in MATRIX[(method, path)])
 
 
 @dataclass(frozen=True)
@@ -182,18 +267,43 @@ def test_every_protected_route_declares_who_may_call_it(operations: list[Operati
     assert not undeclared, f"no credential dependency: {undeclared}"
 
 
-@pytest.mark.parametrize("role", [Role.REVIEWER, Role.DEVICE])
-def test_routes_refuse_roles_they_do_not_serve(
+def test_every_documented_route_has_a_cell_in_the_role_matrix(operations: list[Operation]) -> None:
+    documented = {(op.method, op.path) for op in operations}
+    missing = sorted(f"{m} {p}" for m, p in documented - set(MATRIX))
+    stale = sorted(f"{m} {p}" for m, p in set(MATRIX) - documented)
+    assert not missing, f"no cell in MATRIX (decide who may call them): {missing}"
+    assert not stale, f"MATRIX names routes the cloud no longer documents: {stale}"
+
+
+def test_the_route_dependencies_say_what_the_matrix_says(operations: list[Operation]) -> None:
+    """A role dependency this file does not know reads as `any role` and fails here."""
+    differ = [
+        f"{op}: dependencies {sorted(r.value for r in op.roles or ())}, "
+        f"matrix {sorted(r.value for r in matrix_roles(op.method, op.path))}"
+        for op in operations
+        if (op.method, op.path) in MATRIX and op.roles != matrix_roles(op.method, op.path)
+    ]
+    assert not differ, "\n".join(differ)
+
+
+def served(resp: httpx.Response) -> bool:
+    """Past the credential check: whatever the route makes of a request with placeholder values."""
+    return resp.status_code not in (401, 403)
+
+
+@pytest.mark.parametrize("role", [Role.REVIEWER, Role.TRAINER, Role.DEVICE, Role.ADMIN])
+def test_each_role_gets_its_routes_and_a_403_on_every_other(
     cloud: CloudServer, operations: list[Operation], tokens: Tokens, role: Role
 ) -> None:
-    """Admin routes refuse reviewers and devices; reviewer routes refuse devices; device routes
-    refuse reviewers."""
-    token = tokens.reviewer if role is Role.REVIEWER else tokens.device
-    closed = [op for op in operations if op.roles is not None and role not in op.roles]
-    assert closed
-    with cloud.client(token) as caller:
+    cells = [op for op in operations if (op.method, op.path) in MATRIX]
+    assert len(cells) == len(operations)  # every route is swept (the test above names any that is not)
+    closed = [op for op in cells if role not in matrix_roles(op.method, op.path)]
+    opened = [op for op in cells if role in matrix_roles(op.method, op.path)]
+    assert opened and (closed or role is Role.ADMIN)
+    with cloud.client(tokens.of(role)) as caller:
         failures = sweep(caller, closed, lambda resp: resp.status_code == 403)
-    assert not failures, f"served a {role.value} token:\n" + "\n".join(failures)
+        failures += [f"refused: {f}" for f in sweep(caller, opened, served)]
+    assert not failures, f"as a {role.value}:\n" + "\n".join(failures)
 
 
 def test_admin_routes_refuse_a_reviewer_signed_in_with_a_browser_session(

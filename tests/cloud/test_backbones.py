@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from tests.support.cloud_factories_registry import (
     run_in_db,
     token_for,
 )
+from tests.support.cloud_factories_worker import purge_deleted_detectors
 from tests.support.split_bundles import TINY_DIM, export_tiny_backbone, write_tiny_split_bundle
 
 # Small, so that "too big" costs a few hundred kilobytes; the tiny test backbone is a few kilobytes.
@@ -570,7 +572,7 @@ def test_an_export_with_images_missing_carries_embeddings_instead_of_images(
             ("NO", True),  # 2: only its image
             ("YES", False),  # 3: embedded, image gone: still usable
             ("NO", False),  # 4: neither: left out
-            ("UNCLEAR", True),  # 5: not a training label
+            ("UNCLEAR", True),  # 5: an out-of-domain example, with its image
             (None, True),  # 6: never labelled
         ],
     )
@@ -588,13 +590,21 @@ def test_an_export_with_images_missing_carries_embeddings_instead_of_images(
     assert names[0] == "manifest.json"
     assert manifest.format_version == 2
     items = {item.image_query_id: item for item in manifest.items}
-    assert sorted(items) == sorted([ids[0], ids[1], ids[2], ids[3]])
-    assert {i: items[i].label for i in items} == {ids[0]: "YES", ids[1]: "NO", ids[2]: "NO", ids[3]: "YES"}
+    assert sorted(items) == sorted([ids[0], ids[1], ids[2], ids[3], ids[5]])
+    assert {i: items[i].label for i in items} == {
+        ids[0]: "YES",
+        ids[1]: "NO",
+        ids[2]: "NO",
+        ids[3]: "YES",
+        ids[5]: "UNCLEAR",
+    }
     assert {i for i in items if items[i].image is None} == set(embedded)
     assert items[ids[2]].image == f"images/{ids[2]}.png"
-    assert sorted(n for n in names if n.startswith("images/")) == [f"images/{ids[2]}.png"]
+    assert sorted(n for n in names if n.startswith("images/")) == sorted(
+        [f"images/{ids[2]}.png", f"images/{ids[5]}.png"]
+    )
     assert files[f"images/{ids[2]}.png"] == png_bytes(102)
-    assert manifest.excluded == {"missing_image": 1, "UNCLEAR": 1}
+    assert manifest.excluded == {"missing_image": 1}
 
     assert list(manifest.embeddings) == [backbone.sha]
     entry = manifest.embeddings[backbone.sha]
@@ -615,11 +625,13 @@ def test_an_export_with_images_missing_carries_embeddings_instead_of_images(
     full_items = {item.image_query_id: item for item in full.items}
     assert full_items[ids[0]].image is not None and full_items[ids[3]].image is None
     assert sorted(full.embeddings[backbone.sha].image_query_ids) == sorted(embedded)
-    assert sum(name.startswith("images/") for name in full_files) == 3
+    assert sum(name.startswith("images/") for name in full_files) == 4  # 0, 1, 2 and the UNCLEAR 5
 
     # No body: format 2 without embeddings, every image that exists (as format 1 held).
     _, plain, _ = read_export(build_export(cloud, admin, detector_id, None, tmp_path))
-    assert plain.embeddings == {} and sorted(i.image_query_id for i in plain.items) == sorted(ids[:3])
+    assert plain.embeddings == {} and sorted(i.image_query_id for i in plain.items) == sorted(
+        [*ids[:3], ids[5]]
+    )
     job = admin.get(f"/api/v1/exports/{plain.export_id}").json()
     assert job["backbone_sha256"] is None and job["images"] == "all"
 
@@ -636,14 +648,14 @@ def test_export_requests_are_checked(admin: httpx.Client, cloud: CloudServer) ->
 
 
 def test_embeddings_go_with_their_image_query(admin: httpx.Client, cloud: CloudServer, tiny: Any) -> None:
-    """ON DELETE CASCADE: deleting a detector removes its queries' embeddings."""
+    """ON DELETE CASCADE: purging a deleted detector removes its queries' embeddings; until the purge,
+    a restore would bring them back."""
     backbone = registered(admin, tiny(44))
     detector_id, ids = labelled_queries(cloud, [("YES", True)] * 2)
     assert post_embeddings(admin, backbone.sha, ids, npy(vectors_for(2))).json()["stored"] == 2
-    with cloud.client() as device:
-        assert device.delete(f"/device-api/v1/detectors/{detector_id}").status_code == 204
+    assert admin.delete(f"/device-api/v1/detectors/{detector_id}").status_code == 204
 
-    async def count(session: AsyncSession) -> int:
+    async def count(session: AsyncSession) -> tuple[int, bool]:
         from sqlalchemy import func, select
 
         from cloud.app.db.models import ImageEmbedding
@@ -653,7 +665,9 @@ def test_embeddings_go_with_their_image_query(admin: httpx.Client, cloud: CloudS
                 select(func.count()).select_from(ImageEmbedding).where(ImageEmbedding.image_query_id.in_(ids))
             )
         ).scalar_one()
-        assert await session.get(Detector, detector_id) is None
-        return n
+        return n, await session.get(Detector, detector_id) is not None
 
-    assert run_in_db(cloud.database_url, count) == 0
+    assert run_in_db(cloud.database_url, count) == (2, True)
+    later = datetime.now(UTC) + timedelta(days=31)
+    assert detector_id in purge_deleted_detectors(cloud.database_url, cloud.data_dir, later)
+    assert run_in_db(cloud.database_url, count) == (0, False)

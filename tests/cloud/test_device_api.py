@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.support.cloud import DEVICE_TOKEN, CloudServer, use_sqlite
+from tests.support.cloud_factories_registry import run_in_db, token_for
 
 if TYPE_CHECKING:
     from tests.support.cloud import TestDatabase
@@ -94,6 +95,13 @@ def png(size: int = 32) -> bytes:
 @pytest.fixture(scope="module")
 def http(cloud: CloudServer) -> Iterator[httpx.Client]:
     with cloud.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def admin(cloud: CloudServer) -> Iterator[httpx.Client]:
+    """A script with an admin's token: detector updates and deletions are an admin's."""
+    with cloud.client(run_in_db(cloud.database_url, lambda s: token_for(s, "admin"))) as client:
         yield client
 
 
@@ -250,23 +258,27 @@ def test_a_taken_name_answers_409_even_when_two_creates_race(http: httpx.Client)
     assert http.post(DET_PATH, json=body).json()["detail"]
 
 
-def test_unknown_detector_is_404_and_delete_removes_one(http: httpx.Client, jpeg: bytes) -> None:
+def test_unknown_detector_is_404_and_delete_removes_one(
+    http: httpx.Client, admin: httpx.Client, jpeg: bytes
+) -> None:
     assert http.get(f"{DET_PATH}/det_{'A' * 27}").status_code == 404
     assert http.get(f"{DET_PATH}/not-an-id").status_code == 404
     det = make_detector(http)
     iq = submit(http, det["id"], jpeg).json()
-    assert http.delete(f"{DET_PATH}/{det['id']}").status_code == 204
+    assert http.delete(f"{DET_PATH}/{det['id']}").status_code == 403
+    assert admin.delete(f"{DET_PATH}/{det['id']}").status_code == 204
     assert http.get(f"{DET_PATH}/{det['id']}").status_code == 404
     assert http.get(f"{IQ_PATH}/{iq['id']}").status_code == 404
-    assert http.delete(f"{DET_PATH}/{det['id']}").status_code == 404
+    assert admin.delete(f"{DET_PATH}/{det['id']}").status_code == 404
 
 
-def test_detector_threshold_and_status_can_be_updated(http: httpx.Client) -> None:
+def test_detector_threshold_and_status_can_be_updated(http: httpx.Client, admin: httpx.Client) -> None:
     det = make_detector(http)
-    updated = http.patch(f"{DET_PATH}/{det['id']}", json={"confidence_threshold": 0.75}).json()
+    assert http.patch(f"{DET_PATH}/{det['id']}", json={"confidence_threshold": 0.75}).status_code == 403
+    updated = admin.patch(f"{DET_PATH}/{det['id']}", json={"confidence_threshold": 0.75}).json()
     assert updated["confidence_threshold"] == 0.75
-    assert http.patch(f"{DET_PATH}/{det['id']}", json={"status": "OFF"}).json()["status"] == "OFF"
-    assert http.patch(f"{DET_PATH}/{det['id']}", json={"confidence_threshold": 2}).status_code == 400
+    assert admin.patch(f"{DET_PATH}/{det['id']}", json={"status": "OFF"}).json()["status"] == "OFF"
+    assert admin.patch(f"{DET_PATH}/{det['id']}", json={"confidence_threshold": 2}).status_code == 400
 
 
 def test_detector_list_pages_with_absolute_links(http: httpx.Client, cloud: CloudServer) -> None:

@@ -13,6 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -53,3 +54,46 @@ def test_migrations_match_the_models_and_step_back(database: support.TestDatabas
     assert asyncio.run(schema_diff(url)) != []  # the newest migration changed something
     command.upgrade(cfg, "head")
     assert asyncio.run(schema_diff(url)) == []
+
+
+# The revision that gives the first start's `trainer` service account the trainer role.
+TRAINER_ROLE_REVISION = "0004"
+
+
+async def _sql(url: str, *statements: str) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            rows: list[Any] = []
+            for statement in statements:
+                result = await connection.execute(text(statement))
+                rows = list(result.all()) if result.returns_rows else rows
+            return rows
+    finally:
+        await engine.dispose()
+
+
+def test_an_existing_trainer_account_becomes_a_trainer(database: support.TestDatabase) -> None:
+    """Databases from before the trainer role: the token-only `trainer` account the first start made
+    an admin is a trainer after the upgrade (and an admin again after a downgrade); people stay admins."""
+    url = to_async_url(database.url)
+    cfg = alembic_config(url)
+    before = ScriptDirectory.from_config(cfg).get_revision(TRAINER_ROLE_REVISION).down_revision
+    assert isinstance(before, str)
+    command.upgrade(cfg, "head")
+    command.downgrade(cfg, before)
+    users = "INSERT INTO users (id, username, email, role, password_hash, is_active, created_at) VALUES "
+    asyncio.run(
+        _sql(
+            url,
+            users + "('usr_t', 'trainer', 't@x', 'admin', NULL, TRUE, CURRENT_TIMESTAMP)",
+            users + "('usr_a', 'root', 'a@x', 'admin', 'scrypt$x', TRUE, CURRENT_TIMESTAMP)",
+        )
+    )
+    roles = "SELECT username, role FROM users WHERE id IN ('usr_t', 'usr_a') ORDER BY username"
+    command.upgrade(cfg, "head")
+    assert asyncio.run(_sql(url, roles)) == [("root", "admin"), ("trainer", "trainer")]
+    command.downgrade(cfg, before)
+    assert asyncio.run(_sql(url, roles)) == [("root", "admin"), ("trainer", "admin")]
+    command.upgrade(cfg, "head")
+    asyncio.run(_sql(url, "DELETE FROM users WHERE id IN ('usr_t', 'usr_a')"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from groundlight import Groundlight, NotFoundError
+from groundlight_openapi_client.exceptions import ForbiddenException
 from sqlalchemy import select
 
 from cloud.app.core.users import create_token
@@ -67,7 +68,7 @@ def test_constructor_handshake_and_whoami(gl: Groundlight) -> None:
     assert usage.iqs >= 0 and usage.active_detectors >= 0
 
 
-def test_detector_lifecycle(gl: Groundlight) -> None:
+def test_detector_lifecycle(gl: Groundlight, admin_gl: Groundlight) -> None:
     name = unique("sdk door")
     det = gl.create_detector(name, "Is the door closed?", confidence_threshold=0.8, patience_time=20)
     assert det.id.startswith("det_") and det.confidence_threshold == 0.8 and det.patience_time == 20
@@ -78,9 +79,18 @@ def test_detector_lifecycle(gl: Groundlight) -> None:
     assert listed.count >= 1 and det.id in {d.id for d in listed.results}
     with pytest.raises(NotFoundError):
         gl.get_detector_by_name(unique("absent"))
-    gl.delete_detector(det)
+    with pytest.raises(ForbiddenException):
+        gl.delete_detector(det)
+    with pytest.raises(ForbiddenException):
+        gl.update_detector_confidence_threshold(det, 0.5)
+    admin_gl.update_detector_confidence_threshold(det, 0.5)
+    assert gl.get_detector(det.id).confidence_threshold == 0.5
+    admin_gl.delete_detector(det)
     with pytest.raises(NotFoundError):
         gl.get_detector(det.id)
+    assert det.id not in {d.id for d in gl.list_detectors(page=1, page_size=100).results}
+    # The name is free again at once.
+    assert gl.create_detector(name, "Is the door closed?").id != det.id
 
 
 def test_get_or_create_creates_a_missing_detector(gl: Groundlight) -> None:
@@ -160,9 +170,20 @@ async def _admin_token(database_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def admin_http(cloud: CloudServer) -> Iterator[httpx.Client]:
-    with cloud.client(token=asyncio.run(_admin_token(cloud.database_url))) as client:
+def admin_token(cloud: CloudServer) -> str:
+    return asyncio.run(_admin_token(cloud.database_url))
+
+
+@pytest.fixture(scope="module")
+def admin_http(cloud: CloudServer, admin_token: str) -> Iterator[httpx.Client]:
+    with cloud.client(token=admin_token) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def admin_gl(cloud: CloudServer, admin_token: str) -> Groundlight:
+    """A script with an admin's token: it may update and delete detectors, which cameras may not."""
+    return Groundlight(endpoint=cloud.url, api_token=admin_token)
 
 
 def upload_production_model(
@@ -232,11 +253,16 @@ def test_an_async_query_gets_the_model_answer_after_the_response(
 
 
 def test_a_detector_with_a_production_model_can_be_deleted(
-    gl: Groundlight, admin_http: httpx.Client, demo_models: Path, jpeg: bytes, tmp_path: Path
+    gl: Groundlight,
+    admin_gl: Groundlight,
+    admin_http: httpx.Client,
+    demo_models: Path,
+    jpeg: bytes,
+    tmp_path: Path,
 ) -> None:
     det = gl.create_detector(unique("sdk doomed"), "Is this digit a 7?")
     upload_production_model(admin_http, demo_models, det.id, tmp_path)
     gl.ask_ml(det, jpeg, wait=0)
-    gl.delete_detector(det)
+    admin_gl.delete_detector(det)
     with pytest.raises(NotFoundError):
         gl.get_detector(det.id)

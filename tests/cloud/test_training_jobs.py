@@ -48,8 +48,8 @@ def admin(cloud: CloudServer, tokens: Tokens) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def trainer(cloud: CloudServer) -> Iterator[httpx.Client]:
-    with cloud.client() as client:  # the device token
+def trainer(cloud: CloudServer, tokens: Tokens) -> Iterator[httpx.Client]:
+    with cloud.client(tokens.trainer) as client:
         yield client
 
 
@@ -142,13 +142,13 @@ def test_jobs_are_created_by_admins_for_known_detectors(
 
 @pytest.mark.usefixtures("empty_queue")
 def test_concurrent_leases_never_hand_out_one_job_twice(
-    cloud_db: support.TestDatabase, admin: httpx.Client, cloud: CloudServer
+    cloud_db: support.TestDatabase, admin: httpx.Client, cloud: CloudServer, tokens: Tokens
 ) -> None:
     created = {create_job(admin, new_detector(cloud_db))["id"] for _ in range(6)}
 
     def lease_once(index: int) -> tuple[str, str | None]:
         owner = f"trainer-{index}"
-        with cloud.client() as client:
+        with cloud.client(tokens.trainer) as client:
             job = lease(client, owner)
         return owner, job["id"] if job else None
 
@@ -157,7 +157,7 @@ def test_concurrent_leases_never_hand_out_one_job_twice(
     leased = [job_id for _, job_id in results if job_id is not None]
     assert len(leased) == len(set(leased)), results
     assert set(leased) == created
-    with cloud.client() as client:
+    with cloud.client(tokens.trainer) as client:
         for owner, job_id in results:
             if job_id is not None:
                 job = client.get(f"{JOBS}/{job_id}").json()

@@ -30,7 +30,9 @@ from cloud.app.db.models import (
     Role,
     TrainingJob,
 )
-from cloud.app.settings import to_async_url
+from cloud.app.settings import CloudSettings, to_async_url
+from cloud.worker.loop import TickReport, close_state, make_state
+from cloud.worker.loop import purge_deleted_detectors as purge_step
 from common.ids import new_detector_id, new_id, new_image_query_id
 from tests.support.cloud import DEVICE_TOKEN, TestDatabase
 
@@ -61,11 +63,21 @@ def now() -> datetime:
 class Tokens:
     admin: str
     reviewer: str
+    trainer: str
     device: str = DEVICE_TOKEN
+
+    def of(self, role: Role) -> str:
+        return {
+            Role.ADMIN: self.admin,
+            Role.REVIEWER: self.reviewer,
+            Role.TRAINER: self.trainer,
+            Role.DEVICE: self.device,
+        }[role]
 
 
 def seed_tokens(database_url: str) -> Tokens:
-    """An admin and a reviewer with API tokens (first start gives the admin only a password)."""
+    """An admin, a reviewer and a trainer with API tokens (first start gives the admin only a password,
+    and the trainer's token goes to a file only when the cloud is told where)."""
 
     async def seed() -> Tokens:
         async with sessions_for(database_url) as sessions, sessions() as session:
@@ -74,9 +86,11 @@ def seed_tokens(database_url: str) -> Tokens:
             reviewer = await create_user(
                 session, f"reviewer-{tag}", Role.REVIEWER, "reviewer-password-" + tag
             )
+            trainer = await create_user(session, f"trainer-{tag}", Role.TRAINER)
             tokens = Tokens(
                 admin=await create_token(session, admin, "tests"),
                 reviewer=await create_token(session, reviewer, "tests"),
+                trainer=await create_token(session, trainer, "tests"),
             )
             await session.commit()
             return tokens
@@ -217,3 +231,19 @@ async def make_export_job(session: AsyncSession, detector: Detector) -> ExportJo
     session.add(job)
     await session.commit()
     return job
+
+
+def purge_deleted_detectors(database_url: str, data_dir: Path, now: datetime) -> list[str]:
+    """One run of the worker's purge step against a cloud's database and local blob store, with its
+    clock at `now` (the retention is the default one); the ids of the detectors it purged."""
+
+    async def purge() -> list[str]:
+        state = make_state(CloudSettings(DATABASE_URL=database_url, data_dir=data_dir))
+        try:
+            report = TickReport()
+            await purge_step(state, report, now=now)
+            return report.detectors_purged
+        finally:
+            await close_state(state)
+
+    return asyncio.run(purge())

@@ -339,13 +339,13 @@ def test_cancel_from_the_training_page_stops_the_job_within_an_epoch(
 # --- credentials ----------------------------------------------------------------------------------------
 
 
-def test_a_trainer_whose_token_is_not_an_admin_leases_nothing(
+def test_a_trainer_with_a_device_token_leases_nothing(
     cloud: CloudServer, admin: httpx.Client, tmp_path: Path
 ) -> None:
     detector = labelled_detector(cloud, n=20)
     with Trainer(cloud, DEVICE_TOKEN, tmp_path / "work") as trainer:
         job_id = create_job(admin, detector.id, QUICK)
-        eventually(lambda: "is not an admin" in trainer.output(), timeout=60)
+        eventually(lambda: "(role device), which may not run training jobs" in trainer.output(), timeout=60)
         assert job(admin, job_id)["status"] == "queued"
         assert trainer.process is not None and trainer.process.is_running()
     assert admin.post(f"/api/v1/training-jobs/{job_id}/cancel").json()["status"] == "cancelled"
@@ -431,10 +431,12 @@ def test_training_and_compare_pages_show_versions_and_their_plots(
         tab.close()
 
 
-def test_the_trainer_token_file_holds_an_admin_service_account(
+def test_the_trainer_token_file_holds_a_trainer_role_service_account(
     cloud: CloudServer, trainer_token: str
 ) -> None:
     with cloud.client(trainer_token) as http:
         me = http.get("/device-api/v1/me").json()
-    assert me["username"] == "trainer" and me["is_superuser"] is True
+        assert http.get("/api/v1/admin/users").status_code == 403
+        assert http.get("/api/v1/review/queues").status_code == 403
+    assert me["username"] == "trainer" and me["role"] == "trainer" and me["is_superuser"] is False
     assert (cloud.data_dir / "trainer-token").stat().st_mode & 0o077 == 0

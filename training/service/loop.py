@@ -1,7 +1,7 @@
 """The trainer's main loop: make sure the credentials can do the job, lease, run, repeat.
 
 The process never exits on its own for a problem it can wait out (no token yet, the cloud down, a token
-without the admin role, torch missing): it logs what is wrong once, keeps checking every `poll_s`, and
+whose role may not run training jobs, torch missing): it logs what is wrong once, keeps checking every `poll_s`, and
 leases nothing until it could finish what it leases. SIGTERM or SIGINT stops it; a job in progress is
 handed back (its lease expires at once) so another trainer picks it up.
 """
@@ -25,6 +25,16 @@ log = logging.getLogger("training.service")
 MAX_BACKOFF_S = 60.0
 # Credentials found good are checked again after this long (or at once after a failed lease).
 RECHECK_CREDENTIALS_S = 60.0
+# Cloud roles whose tokens may lease, report and upload (the `trainer` service account's, or an admin's).
+TRAINING_ROLES = frozenset({"trainer", "admin"})
+
+
+def role_of(me: dict[str, object]) -> str:
+    """The role the cloud reports; a cloud that reports none only tells admins apart."""
+    role = me.get("role")
+    if isinstance(role, str) and role:
+        return role
+    return "admin" if me.get("is_superuser") else ""
 
 
 class TrainerService:
@@ -46,13 +56,13 @@ class TrainerService:
                 log.info("ready: leasing training jobs", extra={"fields": {"owner": self.settings.owner}})
 
     def ready(self) -> bool:
-        """A token that the cloud accepts and that may queue exports and register models."""
+        """A token that the cloud accepts and whose role may run training jobs."""
         if time.monotonic() < self._ready_until:
             return True
         if not self.settings.token():
             self._note(
                 f"no API token ({self.settings.token_source()}): set TRAINER_API_TOKEN or "
-                "TRAINER_API_TOKEN_FILE to an admin-role token (the cloud's `trainer` service account)"
+                "TRAINER_API_TOKEN_FILE to a trainer-role token (the cloud's `trainer` service account)"
             )
             return False
         try:
@@ -60,10 +70,11 @@ class TrainerService:
         except CloudError as exc:
             self._note(f"cannot use the cloud at {self.settings.cloud_url}: {exc}")
             return False
-        if not me.get("is_superuser"):
+        role = role_of(me)
+        if role not in TRAINING_ROLES:
             self._note(
-                f"the API token belongs to {me.get('username')!r}, which is not an admin: a trainer must "
-                "queue exports and register models; give it the `trainer` service account's token"
+                f"the API token belongs to {me.get('username')!r} (role {role or 'unknown'}), which may "
+                "not run training jobs; give it the `trainer` service account's token"
             )
             return False
         self._note("")

@@ -27,7 +27,7 @@ class TrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINER_", extra="ignore", env_ignore_empty=True)
 
     cloud_url: str = "http://127.0.0.1:8000"
-    # An admin-role API token (the `trainer` service account); TRAINER_API_TOKEN wins over the file.
+    # A trainer-role API token (the `trainer` service account); TRAINER_API_TOKEN wins over the file.
     api_token: SecretStr = SecretStr("")
     api_token_file: Path | None = None
     owner: str = Field(default_factory=default_owner, max_length=MAX_OWNER_CHARS, pattern=OWNER_PATTERN)

@@ -1,4 +1,5 @@
-"""Detectors: create (names are unique), read, list, update and delete, and their wire form.
+"""Detectors: create (names are unique), read, list, update, and their wire form. Deleted detectors
+(cloud.app.core.detector_lifecycle) are not found here: every lookup and list leaves them out.
 
 A detector's `labels` column is what a human may answer besides UNCLEAR: YES/NO for BINARY, the
 class names for MULTI_CLASS, "0".."max_count" for COUNT. Training and review both read it.
@@ -6,25 +7,22 @@ class names for MULTI_CLASS, "0".."max_count" for COUNT. Training and review bot
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.blobstore import BlobStore
+from cloud.app.auth import Principal
+from cloud.app.core.audit import AuditAction, record
 from cloud.app.db.models import Detector as DetectorRow
-from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate
 from common.bundle import DetectorMode
 from common.ids import is_detector_id, new_detector_id
 from common.validation import InvalidInputError, check_metadata, decode_metadata
 from common.wire.device_api import Detector
-
-log = logging.getLogger("cloud.detectors")
 
 UNCLEAR = "UNCLEAR"
 BINARY_LABELS = ["YES", "NO"]
@@ -87,7 +85,9 @@ def _metadata(raw: str | dict[str, Any] | None) -> dict[str, Any] | None:
         raise BadRequestError(str(exc)) from None
 
 
-async def create_detector(session: AsyncSession, body: DetectorCreationInput) -> DetectorRow:
+async def create_detector(
+    session: AsyncSession, body: DetectorCreationInput, actor: Principal
+) -> DetectorRow:
     """409 on a taken name, also when two creates race (the unique index decides)."""
     mode, mode_configuration, labels = mode_spec(body.mode, body.mode_configuration)
     row = DetectorRow(
@@ -105,6 +105,9 @@ async def create_detector(session: AsyncSession, body: DetectorCreationInput) ->
         created_at=datetime.now(UTC),
     )
     session.add(row)
+    record(
+        session, actor, AuditAction.DETECTOR_CREATE, "detector", row.id, {"name": row.name, "mode": row.mode}
+    )
     try:
         await session.commit()
     except IntegrityError:
@@ -114,8 +117,9 @@ async def create_detector(session: AsyncSession, body: DetectorCreationInput) ->
 
 
 async def get_detector(session: AsyncSession, detector_id: str) -> DetectorRow:
+    """404 for an unknown id and for a deleted detector alike."""
     row = await session.get(DetectorRow, detector_id) if is_detector_id(detector_id) else None
-    if row is None:
+    if row is None or row.deleted_at is not None:
         raise NotFoundError(f"detector {detector_id[:60]} not found")
     return row
 
@@ -124,7 +128,9 @@ async def list_detectors(
     session: AsyncSession, page: int, page_size: int, name: str | None = None
 ) -> tuple[list[DetectorRow], int]:
     """Newest first; `name` filters to the exact name (at most one, names are unique)."""
-    where = [] if name is None else [DetectorRow.name == name]
+    where: list[ColumnElement[bool]] = [DetectorRow.deleted_at.is_(None)]
+    if name is not None:
+        where.append(DetectorRow.name == name)
     count = (await session.execute(select(func.count()).select_from(DetectorRow).where(*where))).scalar_one()
     rows = (
         await session.scalars(
@@ -138,31 +144,20 @@ async def list_detectors(
     return list(rows), int(count)
 
 
-async def update_detector(session: AsyncSession, detector_id: str, patch: DetectorUpdate) -> DetectorRow:
+async def update_detector(
+    session: AsyncSession, detector_id: str, patch: DetectorUpdate, actor: Principal
+) -> DetectorRow:
     row = await get_detector(session, detector_id)
-    if patch.confidence_threshold is not None:
-        row.confidence_threshold = patch.confidence_threshold
-    if patch.patience_time is not None:
-        row.patience_time = patch.patience_time
-    if patch.status is not None:
-        row.status = patch.status
+    changes: dict[str, Any] = {}
+    for field in ("confidence_threshold", "patience_time", "status"):
+        value = getattr(patch, field)
+        if value is not None and value != getattr(row, field):
+            changes[field] = {"from": getattr(row, field), "to": value}
+            setattr(row, field, value)
+    if changes:
+        record(session, actor, AuditAction.DETECTOR_UPDATE, "detector", row.id, {"name": row.name, **changes})
     await session.commit()
     return row
-
-
-async def delete_detector(session: AsyncSession, blobs: BlobStore, detector_id: str) -> None:
-    """Rows go with the detector (ON DELETE CASCADE); its images are removed from the blob store after."""
-    await get_detector(session, detector_id)
-    keys = (
-        await session.scalars(select(ImageQueryRow.image_key).where(ImageQueryRow.detector_id == detector_id))
-    ).all()
-    await session.execute(delete(DetectorRow).where(DetectorRow.id == detector_id))
-    await session.commit()
-    for key in keys:
-        try:
-            await blobs.delete(key)
-        except Exception:  # a leftover image is harmless; the detector is gone either way
-            log.warning("could not delete image blob", extra={"fields": {"key": key}})
 
 
 def detector_to_wire(row: DetectorRow) -> Detector:

@@ -204,7 +204,11 @@ def _trials(mode: str, rows: Iterable[Any]) -> tuple[list[Trial], int]:
 
 async def edge_accuracy(session: AsyncSession, detector_id: str) -> EdgeAccuracyOut:
     """The edge's accuracy on this detector's answered audits (404 for an unknown detector)."""
-    detector = (await session.execute(select(_det.c.id, _det.c.mode).where(_det.c.id == detector_id))).first()
+    detector = (
+        await session.execute(
+            select(_det.c.id, _det.c.mode).where(_det.c.id == detector_id, _det.c.deleted_at.is_(None))
+        )
+    ).first()
     if detector is None:
         await session.commit()
         raise NotFoundError(f"detector {detector_id} not found")

@@ -119,7 +119,8 @@ async def create_export(
     session: AsyncSession, detector_id: str, requested_by: str | None, request: ExportRequest | None = None
 ) -> ExportJob:
     """No request: every image and no embeddings. 400 for images="missing" without a backbone."""
-    if await session.get(Detector, detector_id) is None:
+    detector = await session.get(Detector, detector_id)
+    if detector is None or detector.deleted_at is not None:
         raise NotFoundError(f"detector {detector_id} not found")
     if request is not None and request.images == "missing" and request.backbone_sha256 is None:
         raise BadRequestError('images="missing" needs backbone_sha256: whose embeddings replace the images')
@@ -138,8 +139,10 @@ async def create_export(
 
 
 async def get_export(session: AsyncSession, export_id: str) -> ExportJob:
+    """A deleted detector's exports are hidden with it."""
     job = await session.get(ExportJob, export_id)
-    if job is None:
+    detector = await session.get(Detector, job.detector_id) if job is not None else None
+    if job is None or detector is None or detector.deleted_at is not None:
         raise NotFoundError(f"export {export_id} not found")
     return job
 
@@ -283,7 +286,7 @@ async def _start(
         if job.status in _FINISHED:
             return None
         detector = await session.get(Detector, job.detector_id)
-        if detector is None:
+        if detector is None or detector.deleted_at is not None:
             raise NotFoundError(f"detector {job.detector_id} no longer exists")
         if job.status == JobStatus.QUEUED:
             job.status = JobStatus.RUNNING

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, null, or_, select, update
+from sqlalchemy import ColumnElement, func, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.core import cloud_answers, priors
@@ -252,7 +252,7 @@ async def answer_in_background(
         async with state.sessions() as session:
             detector = await session.get(DetectorRow, detector_id)
             row = await session.get(ImageQueryRow, image_query_id)
-            if detector is None or row is None or row.done_processing:
+            if detector is None or detector.deleted_at is not None or row is None or row.done_processing:
                 return
             prediction = await cloud_answers.predict(
                 state, session, detector_id, image, image_limits(state), info
@@ -310,8 +310,19 @@ async def insert_image_query(session: AsyncSession, row: ImageQueryRow) -> bool:
     return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
+def _live() -> ColumnElement[bool]:
+    """Queries of detectors that are not deleted (a deleted detector's queries are hidden with it)."""
+    return ImageQueryRow.detector_id.in_(select(DetectorRow.id).where(DetectorRow.deleted_at.is_(None)))
+
+
 async def get_image_query(session: AsyncSession, image_query_id: str) -> ImageQueryRow:
-    row = await session.get(ImageQueryRow, image_query_id) if is_image_query_id(image_query_id) else None
+    row = (
+        (
+            await session.execute(select(ImageQueryRow).where(ImageQueryRow.id == image_query_id, _live()))
+        ).scalar_one_or_none()
+        if is_image_query_id(image_query_id)
+        else None
+    )
     if row is None:
         raise NotFoundError(f"image query {image_query_id[:120]} not found")
     return row
@@ -321,7 +332,9 @@ async def list_image_queries(
     session: AsyncSession, page: int, page_size: int, detector_id: str | None = None
 ) -> tuple[list[ImageQueryRow], int]:
     """Newest first, optionally for one detector."""
-    where = [] if detector_id is None else [ImageQueryRow.detector_id == detector_id]
+    where = [_live()]
+    if detector_id is not None:
+        where.append(ImageQueryRow.detector_id == detector_id)
     count = (
         await session.execute(select(func.count()).select_from(ImageQueryRow).where(*where))
     ).scalar_one()
@@ -373,6 +386,10 @@ async def month_to_date_usage(session: AsyncSession) -> AccountMonthToDateInfo:
         )
     ).scalar_one()
     active = (
-        await session.execute(select(func.count()).select_from(DetectorRow).where(DetectorRow.status == "ON"))
+        await session.execute(
+            select(func.count())
+            .select_from(DetectorRow)
+            .where(DetectorRow.status == "ON", DetectorRow.deleted_at.is_(None))
+        )
     ).scalar_one()
     return AccountMonthToDateInfo(iqs=int(iqs), escalations=int(escalations), active_detectors=int(active))

@@ -32,8 +32,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloud.app.auth import Principal
 from cloud.app.blobstore import BlobStore
 from cloud.app.core import backbones
+from cloud.app.core.audit import AuditAction, record
 from cloud.app.db.models import Backbone, Detector, ModelStatus, ModelVersion
 from cloud.app.deps import CloudState
 from cloud.app.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnprocessableError
@@ -209,7 +211,8 @@ async def _check_backbone_registered(session: AsyncSession, prepared: PreparedBu
 
 
 async def get_detector(session: AsyncSession, detector_id: str, *, lock: bool = False) -> Detector:
-    stmt = select(Detector).where(Detector.id == detector_id)
+    """A deleted detector is not found: its registry is hidden with it until a restore."""
+    stmt = select(Detector).where(Detector.id == detector_id, Detector.deleted_at.is_(None))
     if lock:  # serialises alias changes per detector on PostgreSQL; SQLite has one writer anyway
         stmt = stmt.with_for_update()
     detector = (await session.execute(stmt)).scalar_one_or_none()
@@ -244,6 +247,7 @@ async def register_bundle(
     upload: Path,
     work_dir: Path,
     *,
+    actor: Principal,
     promote: bool = False,
     lineage: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, bool]:
@@ -258,7 +262,7 @@ async def register_bundle(
     if existing is not None:
         row = _same_or_conflict(existing, prepared)
         if promote:
-            await promote_model(session, row.id)
+            await promote_model(session, row.id, actor)
         return row, False
 
     await _check_backbone_registered(session, prepared)
@@ -295,7 +299,9 @@ async def register_bundle(
     await blobs.put_file(row.blob_key, prepared.archive, ARCHIVE_CONTENT_TYPE)
     if promote:
         locked = await get_detector(session, detector_id, lock=True)
+        previous = locked.production_version_id
         await _set_production(session, locked, row, stamp=True)
+        _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
     await session.commit()
     log.info(
         "model registered",
@@ -315,7 +321,13 @@ async def register_bundle(
 
 
 async def get_model(session: AsyncSession, model_id: str) -> ModelVersion:
-    row = await session.get(ModelVersion, model_id)
+    row = (
+        await session.execute(
+            select(ModelVersion)
+            .join(Detector, Detector.id == ModelVersion.detector_id)
+            .where(ModelVersion.id == model_id, Detector.deleted_at.is_(None))
+        )
+    ).scalar_one_or_none()
     if row is None:
         raise NotFoundError(f"model version {model_id} not found")
     return row
@@ -341,18 +353,27 @@ async def _set_production(
     detector.production_version_id = target.id
 
 
-async def promote_model(session: AsyncSession, model_id: str) -> ModelVersion:
+def _audit_alias(
+    session: AsyncSession, actor: Principal, action: AuditAction, row: ModelVersion, previous: str | None
+) -> None:
+    detail = {"detector_id": row.detector_id, "version": row.version, "previous_model_id": previous}
+    record(session, actor, action, "model", row.id, detail)
+
+
+async def promote_model(session: AsyncSession, model_id: str, actor: Principal) -> ModelVersion:
     row = await get_model(session, model_id)
     detector = await get_detector(session, row.detector_id, lock=True)
     if detector.production_version_id == row.id and row.status == ModelStatus.PRODUCTION:
         return row  # already the alias: promoting again changes nothing
+    previous = detector.production_version_id
     await _set_production(session, detector, row, stamp=True)
+    _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
     await session.commit()
     log.info("model promoted", extra={"fields": {"detector_id": row.detector_id, "model_id": row.id}})
     return row
 
 
-async def rollback_model(session: AsyncSession, detector_id: str) -> ModelVersion:
+async def rollback_model(session: AsyncSession, detector_id: str, actor: Principal) -> ModelVersion:
     """Back to the version promoted most recently before the current production one."""
     detector = await get_detector(session, detector_id, lock=True)
     if detector.production_version_id is None:
@@ -371,6 +392,7 @@ async def rollback_model(session: AsyncSession, detector_id: str) -> ModelVersio
     if target is None:
         raise ConflictError(f"detector {detector_id} has no earlier promoted version to roll back to")
     await _set_production(session, detector, target, stamp=False)
+    _audit_alias(session, actor, AuditAction.MODEL_ROLLBACK, target, current.id)
     await session.commit()
     log.info(
         "model rolled back",
@@ -379,7 +401,7 @@ async def rollback_model(session: AsyncSession, detector_id: str) -> ModelVersio
     return target
 
 
-async def delete_model(session: AsyncSession, blobs: BlobStore, model_id: str) -> None:
+async def delete_model(session: AsyncSession, blobs: BlobStore, model_id: str, actor: Principal) -> None:
     row = await get_model(session, model_id)
     detector = await get_detector(session, row.detector_id, lock=True)
     if detector.production_version_id == row.id or row.status == ModelStatus.PRODUCTION:
@@ -388,7 +410,9 @@ async def delete_model(session: AsyncSession, blobs: BlobStore, model_id: str) -
             "promote another version or roll back first"
         )
     blob_key = row.blob_key
+    detail = {"detector_id": row.detector_id, "version": row.version, "sha256": row.sha256}
     await session.delete(row)
+    record(session, actor, AuditAction.MODEL_DELETE, "model", model_id, detail)
     await session.commit()
     # After the commit: a failed blob delete leaves an orphan blob, never a row without its blob.
     try:
@@ -442,7 +466,7 @@ async def production_model(session: AsyncSession, detector_id: str) -> ModelVers
         await session.execute(
             select(ModelVersion)
             .join(Detector, Detector.production_version_id == ModelVersion.id)
-            .where(Detector.id == detector_id)
+            .where(Detector.id == detector_id, Detector.deleted_at.is_(None))
         )
     ).scalar_one_or_none()
 
@@ -571,7 +595,7 @@ async def production_bundle_dir(state: CloudState, session: AsyncSession, detect
                 ModelVersion.manifest,
             )
             .join(Detector, Detector.production_version_id == ModelVersion.id)
-            .where(Detector.id == detector_id)
+            .where(Detector.id == detector_id, Detector.deleted_at.is_(None))
         )
     ).first()
     if row is None:

@@ -570,7 +570,14 @@ async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
             update(_ri)
             .where(_ri.c.id == last.id, _ri.c.status == _ANSWERED, _ri.c.answered_by == user_id)
             .values(
-                status=ReviewStatus.PENDING.value,
+                # Held, not pending, when its detector was deleted meanwhile: it stays out of the queue.
+                status=case(
+                    (
+                        exists().where(_det.c.id == _ri.c.detector_id, _det.c.deleted_at.is_not(None)),
+                        ReviewStatus.HELD.value,
+                    ),
+                    else_=ReviewStatus.PENDING.value,
+                ),
                 answered_by=None,
                 answered_at=None,
                 answer=None,
@@ -635,7 +642,9 @@ async def queue_summaries(session: AsyncSession, user_id: str) -> list[QueueSumm
         )
     }
     detectors = await session.execute(
-        select(_det.c.id, _det.c.name, _det.c.query, _det.c.mode).order_by(_det.c.name)
+        select(_det.c.id, _det.c.name, _det.c.query, _det.c.mode)
+        .where(_det.c.deleted_at.is_(None))
+        .order_by(_det.c.name)
     )
     await session.commit()
     return [

@@ -162,7 +162,9 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 async def detector_overview(session: AsyncSession, detector_id: str, recent: int = 25) -> DetectorOverview:
-    det = (await session.execute(select(_det).where(_det.c.id == detector_id))).first()
+    det = (
+        await session.execute(select(_det).where(_det.c.id == detector_id, _det.c.deleted_at.is_(None)))
+    ).first()
     if det is None:
         raise NotFoundError(f"detector {detector_id} not found")
     pending = (

@@ -21,6 +21,8 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloud.app.auth import Principal
+from cloud.app.core.audit import AuditAction, record
 from cloud.app.db.models import Detector, JobStatus, Label, ModelVersion, TrainingJob
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from common.ids import new_id
@@ -53,9 +55,12 @@ async def create_training_job(
     trigger: str = "manual",
     config: dict[str, Any] | None = None,
     labels_at_creation: int | None = None,
+    audited_by: Principal | None = None,
 ) -> TrainingJob:
-    """Queues a job (committed). ConflictError when the detector already has a queued or running one."""
-    if await session.get(Detector, detector_id) is None:
+    """Queues a job (committed). ConflictError when the detector already has a queued or running one.
+    `audited_by`: the admin who asked (the worker's own jobs are not administrative changes)."""
+    detector = await session.get(Detector, detector_id)
+    if detector is None or detector.deleted_at is not None:
         raise NotFoundError(f"detector {detector_id} not found")
     if labels_at_creation is None:
         labels_at_creation = await count_labels(session, detector_id)
@@ -71,6 +76,9 @@ async def create_training_job(
         cancel_requested=False,
     )
     session.add(job)
+    if audited_by is not None:
+        detail = {"detector_id": detector_id, "trigger": trigger}
+        record(session, audited_by, AuditAction.TRAINING_JOB_CREATE, "training_job", job.id, detail)
     try:
         await session.commit()
     except IntegrityError as exc:
@@ -212,7 +220,9 @@ async def fail_training_job(session: AsyncSession, job_id: str, owner: str, erro
     return await get_training_job(session, job_id)
 
 
-async def cancel_training_job(session: AsyncSession, job_id: str) -> TrainingJob:
+async def cancel_training_job(
+    session: AsyncSession, job_id: str, audited_by: Principal | None = None
+) -> TrainingJob:
     """A queued job is cancelled at once; a running one is asked to stop (its trainer sees
     `cancel_requested` in the answer to its next heartbeat). Cancelling a cancelled job is a no-op."""
     now = datetime.now(UTC)
@@ -239,11 +249,40 @@ async def cancel_training_job(session: AsyncSession, job_id: str) -> TrainingJob
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        await session.commit()
         if _rowcount(changed) == 1:
+            if audited_by is not None:
+                detail = {"detector_id": job.detector_id, "was": job.status}
+                record(session, audited_by, AuditAction.TRAINING_JOB_CANCEL, "training_job", job_id, detail)
+            await session.commit()
             return await get_training_job(session, job_id)
+        await session.rollback()
         # It changed state meanwhile (leased, finished): look again.
     raise ConflictError(f"training job {job_id} keeps changing state; try again")
+
+
+async def stop_detector_jobs(session: AsyncSession, detector_id: str, why: str) -> None:
+    """Its queued job is cancelled and its running one asked to stop, as a cancel would (not
+    committed: part of the caller's change, a detector's deletion)."""
+    now = datetime.now(UTC)
+    await session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.detector_id == detector_id, TrainingJob.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            logs=_append_log(_log_line(now, f"cancelled while queued: {why}")),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.detector_id == detector_id, TrainingJob.status == JobStatus.RUNNING)
+        .values(cancel_requested=True, logs=_append_log(_log_line(now, f"cancel requested: {why}")))
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def requeue_expired_training_jobs(

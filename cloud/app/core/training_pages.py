@@ -127,7 +127,7 @@ class TrainingOverview:
 
 async def _detector(session: AsyncSession, detector_id: str) -> Detector:
     detector = await session.get(Detector, detector_id)
-    if detector is None:
+    if detector is None or detector.deleted_at is not None:
         raise NotFoundError(f"detector {detector_id} not found")
     return detector
 

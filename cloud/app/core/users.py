@@ -1,6 +1,9 @@
 """Users and API tokens. Tokens are shown once, at creation; only their sha256 and a short snippet
 are stored. Deactivating a user or revoking a token takes effect at once in this process and within
-the credential cache's TTL (`cloud.app.auth.PRINCIPAL_CACHE_TTL_S`) in the other replicas."""
+the credential cache's TTL (`cloud.app.auth.PRINCIPAL_CACHE_TTL_S`) in the other replicas.
+
+`audited_by` names the admin whose request it is (the audit log); the first start and the demo
+seeding make accounts and tokens of their own without one."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.auth import forget_digest, forget_user
+from cloud.app.auth import Principal, forget_digest, forget_user
+from cloud.app.core.audit import AuditAction, record
 from cloud.app.db.models import ApiToken, Role, User
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.security import hash_password, new_api_token, new_token_id, new_user_id, token_digest
@@ -65,15 +69,30 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
 
 
 async def add_user(
-    session: AsyncSession, username: str, role: Role, password: str | None, email: str = ""
+    session: AsyncSession,
+    username: str,
+    role: Role,
+    password: str | None,
+    email: str = "",
+    audited_by: Principal | None = None,
 ) -> User:
-    """An account made by an administrator: people get a password, devices get none (they use tokens)."""
+    """An account made by an administrator: people get a password, devices and trainers get none
+    (they use tokens)."""
     if role in ROLES_WITH_PASSWORD and not password:
         raise BadRequestError(f"a {role.value} needs a password")
     if role not in ROLES_WITH_PASSWORD and password:
-        raise BadRequestError("device accounts sign in with API tokens, not passwords")
+        raise BadRequestError(f"{role.value} accounts sign in with API tokens, not passwords")
     try:
         user = await create_user(session, username, role, password, email)
+        if audited_by is not None:
+            record(
+                session,
+                audited_by,
+                AuditAction.USER_CREATE,
+                "user",
+                user.id,
+                {"username": username, "role": role.value},
+            )
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
@@ -81,7 +100,7 @@ async def add_user(
     return user
 
 
-async def deactivate_user(session: AsyncSession, user_id: str) -> User:
+async def deactivate_user(session: AsyncSession, user_id: str, audited_by: Principal | None = None) -> User:
     """Keeps the row (labels and tokens refer to it); the last active admin cannot be deactivated."""
     user = await get_user(session, user_id)
     if user.is_active and user.role == Role.ADMIN:
@@ -98,6 +117,8 @@ async def deactivate_user(session: AsyncSession, user_id: str) -> User:
         .values(is_active=False)
         .execution_options(synchronize_session=False)
     )
+    if audited_by is not None and user.is_active:
+        record(session, audited_by, AuditAction.USER_DEACTIVATE, "user", user_id, {"username": user.username})
     await session.commit()
     forget_user(user_id)
     await session.refresh(user)
@@ -111,17 +132,24 @@ async def list_tokens(session: AsyncSession, user_id: str | None = None) -> Sequ
     return [(token, user) for token, user in (await session.execute(query)).all()]
 
 
-async def issue_token(session: AsyncSession, user_id: str, name: str) -> tuple[ApiToken, User, str]:
+async def issue_token(
+    session: AsyncSession, user_id: str, name: str, audited_by: Principal | None = None
+) -> tuple[ApiToken, User, str]:
     """A new token for an active user; the raw value is returned here and never again."""
     user = await get_user(session, user_id)
     if not user.is_active:
         raise ConflictError(f"user {user.username} is deactivated")
     token, raw = await _add_token(session, user, name)
+    if audited_by is not None:
+        detail = {"name": name, "user_id": user.id, "username": user.username, "snippet": token.snippet}
+        record(session, audited_by, AuditAction.TOKEN_CREATE, "token", token.id, detail)
     await session.commit()
     return token, user, raw
 
 
-async def revoke_token(session: AsyncSession, token_id: str) -> tuple[ApiToken, User]:
+async def revoke_token(
+    session: AsyncSession, token_id: str, audited_by: Principal | None = None
+) -> tuple[ApiToken, User]:
     """Idempotent: revoking twice keeps the first revocation time."""
     row = (
         await session.execute(
@@ -138,6 +166,14 @@ async def revoke_token(session: AsyncSession, token_id: str) -> tuple[ApiToken, 
             .values(revoked_at=datetime.now(UTC))
             .execution_options(synchronize_session=False)
         )
+        if audited_by is not None:
+            detail = {
+                "name": token.name,
+                "user_id": user.id,
+                "username": user.username,
+                "snippet": token.snippet,
+            }
+            record(session, audited_by, AuditAction.TOKEN_REVOKE, "token", token_id, detail)
         await session.commit()
         forget_digest(token.token_hash)
         await session.refresh(token)

@@ -38,6 +38,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     REVIEWER = "reviewer"
     DEVICE = "device"  # cameras, edges, scripts: device API, edge API, escalations
+    TRAINER = "trainer"  # the training service: leases jobs, reads exports, uploads what it trained
 
 
 class User(Base):
@@ -79,6 +80,11 @@ class WebSession(Base):
 
 
 class Detector(Base):
+    """Deleting one only marks it (`deleted_at`, `deleted_by`): it is hidden everywhere, an admin can
+    restore it for `CloudSettings.deleted_retention_s`, and the worker purges it after that. While it
+    is deleted its name is kept in `deleted_name` and `name` holds a tombstone that no live name can
+    equal (cloud.app.core.detector_lifecycle), so the name is free for a new detector at once."""
+
     __tablename__ = "detectors"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -98,6 +104,9 @@ class Detector(Base):
         ForeignKey("model_versions.id", use_alter=True, name="fk_detector_production"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(40), nullable=True)  # a user id
+    deleted_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class ImageQuery(Base):
@@ -149,6 +158,8 @@ class Escalation(Base):
 class ReviewStatus(StrEnum):
     PENDING = "pending"
     ANSWERED = "answered"
+    # Pending, but its detector is deleted: out of the queue until the detector is restored.
+    HELD = "held"
 
 
 class ReviewItem(Base):
@@ -381,3 +392,43 @@ class ImageEmbedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """One administrative change: who (the user, or NULL for the worker), what, when, to what, and the
+    details that make it readable later (the detector's name, the version promoted, ...)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    actor_name: Mapped[str] = mapped_column(String(100))
+    actor_role: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(60))  # cloud.app.core.audit.AuditAction
+    target_type: Mapped[str] = mapped_column(String(40))
+    target_id: Mapped[str] = mapped_column(String(120))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at", "id"),
+        Index("ix_audit_events_target", "target_type", "target_id"),
+    )
+
+
+class LoginAttempt(Base):
+    """A login attempt whose password was wrong, or is being checked: the login throttle counts these
+    per username and per client address (cloud.app.core.login_limits). Both are kept as sha256, so
+    what people mistype as a username is not stored; rows older than the window are deleted."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "user" | "address"
+    subject: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_login_attempts_subject", "kind", "subject", "at"),
+        Index("ix_login_attempts_at", "at"),
+    )

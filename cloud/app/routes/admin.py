@@ -1,4 +1,5 @@
-"""Administration: user accounts and API tokens (admins only)."""
+"""Administration (admins only): user accounts, API tokens, deleted detectors (list, restore), and,
+included from cloud.app.routes.audit, the audit log."""
 
 from __future__ import annotations
 
@@ -6,35 +7,49 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from cloud.app.core import users
-from cloud.app.deps import AdminDep, SessionDep
-from cloud.app.schemas.admin import TokenCreate, TokenCreated, TokenPublic, UserCreate, UserPublic
+from cloud.app.core import detector_lifecycle, users
+from cloud.app.core.detectors import detector_to_wire
+from cloud.app.deps import AdminDep, SessionDep, StateDep
+from cloud.app.routes import audit
+from cloud.app.schemas.admin import (
+    DeletedDetector,
+    DetectorRestore,
+    TokenCreate,
+    TokenCreated,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+)
 from cloud.app.schemas.fields import ID_PATTERN
+from common.wire.device_api import Detector
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+accounts = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
 UserId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 TokenId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
+DetectorId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 
 
-@router.get("/users")
+@accounts.get("/users")
 async def list_users(session: SessionDep, admin: AdminDep) -> list[UserPublic]:
     return [UserPublic.model_validate(user) for user in await users.list_users(session)]
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED)
+@accounts.post("/users", status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, session: SessionDep, admin: AdminDep) -> UserPublic:
-    user = await users.add_user(session, body.username, body.role, body.password, body.email)
+    user = await users.add_user(
+        session, body.username, body.role, body.password, body.email, audited_by=admin
+    )
     return UserPublic.model_validate(user)
 
 
-@router.post("/users/{user_id}/deactivate")
+@accounts.post("/users/{user_id}/deactivate")
 async def deactivate_user(user_id: UserId, session: SessionDep, admin: AdminDep) -> UserPublic:
     """Its tokens and sessions stop working at once; the account and its history stay."""
-    return UserPublic.model_validate(await users.deactivate_user(session, user_id))
+    return UserPublic.model_validate(await users.deactivate_user(session, user_id, audited_by=admin))
 
 
-@router.get("/tokens")
+@accounts.get("/tokens")
 async def list_tokens(
     session: SessionDep,
     admin: AdminDep,
@@ -43,14 +58,62 @@ async def list_tokens(
     return [TokenPublic.of(token, user) for token, user in await users.list_tokens(session, user_id)]
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+@accounts.post("/tokens", status_code=status.HTTP_201_CREATED)
 async def create_token(body: TokenCreate, session: SessionDep, admin: AdminDep) -> TokenCreated:
     """The answer holds the token itself; it is stored hashed and cannot be shown again."""
-    token, user, raw = await users.issue_token(session, body.user_id, body.name)
+    token, user, raw = await users.issue_token(session, body.user_id, body.name, audited_by=admin)
     return TokenCreated.issued(token, user, raw)
 
 
-@router.post("/tokens/{token_id}/revoke")
+@accounts.post("/tokens/{token_id}/revoke")
 async def revoke_token(token_id: TokenId, session: SessionDep, admin: AdminDep) -> TokenPublic:
-    token, user = await users.revoke_token(session, token_id)
+    token, user = await users.revoke_token(session, token_id, audited_by=admin)
     return TokenPublic.of(token, user)
+
+
+@accounts.get("/detectors/deleted")
+async def list_deleted_detectors(
+    session: SessionDep, state: StateDep, admin: AdminDep
+) -> list[DeletedDetector]:
+    """Most recently deleted first; each can be restored until its `purge_after`."""
+    retention_s = state.settings.deleted_retention_s
+    return [
+        DeletedDetector(
+            id=row.id,
+            name=row.deleted_name or row.name,
+            query=row.query,
+            mode=row.mode,
+            deleted_at=detector_lifecycle.aware(row.deleted_at),
+            deleted_by=row.deleted_by,
+            purge_after=detector_lifecycle.purge_after(row, retention_s),
+        )
+        for row in await detector_lifecycle.list_deleted_detectors(session)
+        if row.deleted_at is not None
+    ]
+
+
+@accounts.post(
+    "/detectors/{detector_id}/restore",
+    responses={
+        404: {"description": "no deleted detector has this id"},
+        409: {"description": "its name is taken now (give another), or its retention is over"},
+    },
+)
+async def restore_detector(
+    detector_id: DetectorId,
+    session: SessionDep,
+    state: StateDep,
+    admin: AdminDep,
+    body: DetectorRestore | None = None,
+) -> Detector:
+    """Back with its image queries, labels, models and pending review items."""
+    row = await detector_lifecycle.restore_detector(
+        session, detector_id, admin, state.settings.deleted_retention_s, body.name if body else None
+    )
+    return detector_to_wire(row)
+
+
+# What cloud.app.app includes: the routes above and the audit log (its own prefix).
+router = APIRouter()
+router.include_router(accounts)
+router.include_router(audit.router)

@@ -1,6 +1,6 @@
-"""Backbone registry routes: register (admin; the trainer's service account), read (anyone signed in),
-download (devices: edges install a split bundle's backbone from here), and the embedding store
-(admin). The logic is in cloud.app.core.backbones.
+"""Backbone registry routes: register (the trainer), read (anyone signed in), download (devices: edges
+install a split bundle's backbone from here; the trainer), and the embedding store (the trainer).
+The logic is in cloud.app.core.backbones.
 
 Bodies are multipart, parsed here rather than by FastAPI so that the size limits apply before the
 parts are spooled and the id list of a large embeddings batch is not cut at Starlette's 1 MB per field.
@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from cloud.app.core import backbones
-from cloud.app.deps import AdminDep, DeviceDep, PrincipalDep, SessionDep, StateDep
+from cloud.app.deps import DeviceOrTrainerDep, PrincipalDep, SessionDep, StateDep, TrainerDep
 from cloud.app.errors import BadRequestError, PayloadTooLargeError
 from cloud.app.routes.models import new_temp_file, save_upload, temp_file_response, tmp_root
 from cloud.app.schemas.backbones import BackboneOut, EmbeddingsStored
@@ -97,7 +97,7 @@ def _file_part(form: FormData, name: str) -> UploadFile:
     ),
 )
 async def register_backbone(
-    sha256: Sha256, request: Request, admin: AdminDep, state: StateDep, session: SessionDep
+    sha256: Sha256, request: Request, trainer: TrainerDep, state: StateDep, session: SessionDep
 ) -> Response:
     """201 when stored, 200 when this sha256 was registered before (the stored row is returned)."""
     limit = state.settings.max_backbone_bytes
@@ -128,7 +128,7 @@ async def get_backbone(
     responses={200: {"content": {backbones.BACKBONE_CONTENT_TYPE: {}}, "description": "backbone.onnx"}},
 )
 async def download_backbone(
-    sha256: Sha256, device: DeviceDep, state: StateDep, session: SessionDep
+    sha256: Sha256, device: DeviceOrTrainerDep, state: StateDep, session: SessionDep
 ) -> Response:
     """The stored backbone.onnx, with its sha256 in `x-content-sha256` (it is also its name)."""
     tmp = await new_temp_file(state)
@@ -166,7 +166,7 @@ async def download_backbone(
     ),
 )
 async def store_embeddings(
-    sha256: Sha256, request: Request, admin: AdminDep, state: StateDep, session: SessionDep
+    sha256: Sha256, request: Request, trainer: TrainerDep, state: StateDep, session: SessionDep
 ) -> EmbeddingsStored:
     """Rows that exist are kept; ids this cloud does not know are listed in `unknown`."""
     limit = state.settings.max_embeddings_upload_bytes

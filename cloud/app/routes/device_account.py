@@ -6,10 +6,10 @@ from fastapi import APIRouter
 
 from cloud.app.core.image_queries import month_to_date_usage
 from cloud.app.db.models import Role, User
-from cloud.app.deps import DeviceDep, SessionDep
+from cloud.app.deps import DeviceDep, DeviceOrTrainerDep, SessionDep
 from cloud.app.errors import NotFoundError
-from cloud.app.schemas.device import AccountMonthToDateInfo
-from common.wire.device_api import Me, UserGroup
+from cloud.app.schemas.device import AccountMe, AccountMonthToDateInfo
+from common.wire.device_api import UserGroup
 
 router = APIRouter(prefix="/device-api", tags=["device"])
 
@@ -17,12 +17,17 @@ router = APIRouter(prefix="/device-api", tags=["device"])
 _GROUP = UserGroup(id=1, name="intellioptics")
 
 
-@router.get("/v1/me", response_model=Me, operation_id="device_whoami")
-async def whoami(principal: DeviceDep, session: SessionDep) -> Me:
+@router.get("/v1/me", response_model=AccountMe, operation_id="device_whoami")
+async def whoami(principal: DeviceOrTrainerDep, session: SessionDep) -> AccountMe:
+    """Also the trainer's check that its token works and has a role that may run training jobs."""
     user = await session.get(User, principal.user_id)
     email = user.email if user is not None and user.email else f"{principal.username}@intellioptics.local"
-    return Me(
-        email=email, username=principal.username, group=_GROUP, is_superuser=principal.role is Role.ADMIN
+    return AccountMe(
+        email=email,
+        username=principal.username,
+        group=_GROUP,
+        is_superuser=principal.role is Role.ADMIN,
+        role=principal.role,
     )
 
 

@@ -1,4 +1,6 @@
-"""Detectors on the device API: create, get, list (also by name), update, delete."""
+"""Detectors on the device API: create, get, list (also by name); update and delete (the SDK's
+update_detector_* and delete_detector) are an admin's: a camera's token changes nothing it cannot undo.
+Deletion is soft (cloud.app.core.detector_lifecycle): restore with POST /api/v1/admin/detectors/{id}/restore."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from cloud.app.core import detector_lifecycle
 from cloud.app.core import detectors as core
-from cloud.app.deps import DeviceDep, SessionDep, StateDep
+from cloud.app.deps import AdminDep, DeviceDep, SessionDep, StateDep
 from cloud.app.errors import BadRequestError
 from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate, page_links
 from common.validation import InvalidInputError, check_name
@@ -32,7 +35,7 @@ def raw_query_value(request: Request, key: str) -> str | None:
 
 @router.post("", response_model=Detector, status_code=201, operation_id="device_create_detector")
 async def create_detector(body: DetectorCreationInput, principal: DeviceDep, session: SessionDep) -> Detector:
-    return core.detector_to_wire(await core.create_detector(session, body))
+    return core.detector_to_wire(await core.create_detector(session, body, principal))
 
 
 @router.get("", response_model=Page[Detector], operation_id="device_list_detectors")
@@ -70,14 +73,15 @@ async def get_detector(detector_id: str, principal: DeviceDep, session: SessionD
 
 @router.patch("/{detector_id}", response_model=Detector, operation_id="device_update_detector")
 async def update_detector(
-    detector_id: str, body: DetectorUpdate, principal: DeviceDep, session: SessionDep
+    detector_id: str, body: DetectorUpdate, admin: AdminDep, session: SessionDep
 ) -> Detector:
-    return core.detector_to_wire(await core.update_detector(session, detector_id, body))
+    return core.detector_to_wire(await core.update_detector(session, detector_id, body, admin))
 
 
 @router.delete("/{detector_id}", status_code=204, operation_id="device_delete_detector")
 async def delete_detector(
-    detector_id: str, principal: DeviceDep, state: StateDep, session: SessionDep
+    detector_id: str, admin: AdminDep, state: StateDep, session: SessionDep
 ) -> Response:
-    await core.delete_detector(session, state.blobs, detector_id)
+    """Hidden at once, restorable for CLOUD_DELETED_RETENTION_S, then purged with its data."""
+    await detector_lifecycle.delete_detector(session, detector_id, admin, state.settings.deleted_retention_s)
     return Response(status_code=204)

@@ -1,5 +1,5 @@
-"""Reports of a model version: the trainer uploads its plots and metrics.json (admins), anyone signed
-in reads them (the review pages show them as images). The logic is in cloud.app.core.model_reports."""
+"""Reports of a model version: the trainer uploads its plots and metrics.json, people and devices read
+them (the review pages show them as images). The logic is in cloud.app.core.model_reports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from cloud.app.core import model_reports as reports
-from cloud.app.deps import AdminDep, PrincipalDep, SessionDep, StateDep
+from cloud.app.deps import ReaderDep, SessionDep, StateDep, TrainerDep
 from cloud.app.errors import PayloadTooLargeError
 from cloud.app.routes.bodies import read_limited_body
 from cloud.app.schemas.fields import ID_PATTERN
@@ -30,7 +30,7 @@ async def upload_model_report(
     model_id: ModelId,
     name: ReportName,
     request: Request,
-    admin: AdminDep,
+    trainer: TrainerDep,
     state: StateDep,
     session: SessionDep,
 ) -> ModelReportOut:
@@ -41,7 +41,7 @@ async def upload_model_report(
 
 @router.get("/api/v1/models/{model_id}/reports", operation_id="list_model_reports")
 async def list_model_reports(
-    model_id: ModelId, principal: PrincipalDep, state: StateDep, session: SessionDep
+    model_id: ModelId, principal: ReaderDep, state: StateDep, session: SessionDep
 ) -> ModelReportList:
     return await reports.list_reports(session, state.blobs, model_id)
 
@@ -53,7 +53,7 @@ async def list_model_reports(
     responses={200: {"content": {"image/png": {}, "application/json": {}}, "description": "the file"}},
 )
 async def get_model_report(
-    model_id: ModelId, name: ReportName, principal: PrincipalDep, state: StateDep, session: SessionDep
+    model_id: ModelId, name: ReportName, principal: ReaderDep, state: StateDep, session: SessionDep
 ) -> Response:
     data, content_type = await reports.read_report(session, state.blobs, model_id, name)
     return Response(

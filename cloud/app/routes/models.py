@@ -1,5 +1,8 @@
 """Model registry routes: upload, list, details, promote, rollback, delete, download, and the edge's
-`fetch-model-urls` poll (ETag + 304). The logic is in cloud.app.core.registry."""
+`fetch-model-urls` poll (ETag + 304). The logic is in cloud.app.core.registry.
+
+The trainer uploads and promotes what it trained and downloads what is production (to compare);
+rollback and delete stay an admin's."""
 
 from __future__ import annotations
 
@@ -16,7 +19,15 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from cloud.app.core import registry
-from cloud.app.deps import AdminDep, CloudState, DeviceDep, PrincipalDep, SessionDep, StateDep
+from cloud.app.deps import (
+    AdminDep,
+    CloudState,
+    DeviceOrTrainerDep,
+    ReaderDep,
+    SessionDep,
+    StateDep,
+    TrainerDep,
+)
 from cloud.app.errors import BadRequestError, PayloadTooLargeError
 from cloud.app.schemas.models import ModelVersionDetail, ModelVersionList, ModelVersionOut
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE, MAX_ARCHIVE_BYTES
@@ -68,7 +79,7 @@ def _parse_lineage(raw: str | None) -> dict[str, Any] | None:
 async def upload_model(
     detector_id: str,
     response: Response,
-    admin: AdminDep,
+    trainer: TrainerDep,
     state: StateDep,
     session: SessionDep,
     bundle: Annotated[UploadFile, File(description="the bundle as a tar.gz (common.bundle_archive)")],
@@ -85,7 +96,7 @@ async def upload_model(
         upload = work / "upload.tar.gz"
         await asyncio.to_thread(save_upload, bundle.file, upload, MAX_ARCHIVE_BYTES)
         row, created = await registry.register_bundle(
-            state, session, detector_id, upload, work, promote=promote, lineage=extra_lineage
+            state, session, detector_id, upload, work, actor=trainer, promote=promote, lineage=extra_lineage
         )
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
@@ -96,7 +107,7 @@ async def upload_model(
 @router.get(
     "/api/v1/detectors/{detector_id}/models", response_model=ModelVersionList, operation_id="list_models"
 )
-async def list_models(detector_id: str, principal: PrincipalDep, session: SessionDep) -> ModelVersionList:
+async def list_models(detector_id: str, principal: ReaderDep, session: SessionDep) -> ModelVersionList:
     detector, rows = await registry.list_models(session, detector_id)
     return ModelVersionList(
         detector_id=detector.id,
@@ -112,12 +123,12 @@ async def list_models(detector_id: str, principal: PrincipalDep, session: Sessio
 )
 async def rollback_model(detector_id: str, admin: AdminDep, session: SessionDep) -> ModelVersionOut:
     """The alias goes back to the version promoted before the current one; 409 when there is none."""
-    return registry.model_out(await registry.rollback_model(session, detector_id))
+    return registry.model_out(await registry.rollback_model(session, detector_id, admin))
 
 
 @router.get("/api/v1/models/{model_id}", response_model=ModelVersionDetail, operation_id="get_model")
 async def get_model(
-    model_id: str, principal: PrincipalDep, state: StateDep, session: SessionDep
+    model_id: str, principal: ReaderDep, state: StateDep, session: SessionDep
 ) -> ModelVersionDetail:
     return registry.model_detail(await registry.get_model(session, model_id), state.settings.public_url)
 
@@ -125,14 +136,14 @@ async def get_model(
 @router.post(
     "/api/v1/models/{model_id}/promote", response_model=ModelVersionOut, operation_id="promote_model"
 )
-async def promote_model(model_id: str, admin: AdminDep, session: SessionDep) -> ModelVersionOut:
-    return registry.model_out(await registry.promote_model(session, model_id))
+async def promote_model(model_id: str, trainer: TrainerDep, session: SessionDep) -> ModelVersionOut:
+    return registry.model_out(await registry.promote_model(session, model_id, trainer))
 
 
 @router.delete("/api/v1/models/{model_id}", status_code=204, operation_id="delete_model")
 async def delete_model(model_id: str, admin: AdminDep, state: StateDep, session: SessionDep) -> Response:
     """409 for the production version; the blob goes with the row."""
-    await registry.delete_model(session, state.blobs, model_id)
+    await registry.delete_model(session, state.blobs, model_id, admin)
     return Response(status_code=204)
 
 
@@ -142,7 +153,9 @@ async def delete_model(model_id: str, admin: AdminDep, state: StateDep, session:
     response_class=FileResponse,
     responses={200: {"content": {ARCHIVE_CONTENT_TYPE: {}}, "description": "the bundle tar.gz"}},
 )
-async def download_model(model_id: str, device: DeviceDep, state: StateDep, session: SessionDep) -> Response:
+async def download_model(
+    model_id: str, device: DeviceOrTrainerDep, state: StateDep, session: SessionDep
+) -> Response:
     """The stored tar.gz, with its sha256 in `x-content-sha256` so the client can check what it got."""
     tmp = await new_temp_file(state)
     try:
@@ -187,7 +200,7 @@ def temp_file_response(
     responses={304: {"description": "If-None-Match matched: the production version is unchanged"}},
 )
 async def fetch_model_urls(
-    detector_id: str, request: Request, device: DeviceDep, state: StateDep, session: SessionDep
+    detector_id: str, request: Request, device: DeviceOrTrainerDep, state: StateDep, session: SessionDep
 ) -> Response:
     """Edges poll this; a promote or rollback changes the ETag. 404 while there is no production model.
     A split bundle names its `backbone`, which the edge installs (once) before the bundle."""

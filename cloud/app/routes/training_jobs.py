@@ -1,5 +1,6 @@
-"""Training jobs: administrators queue and cancel them; trainers (device tokens) lease them, report
-progress with heartbeats, and finish them."""
+"""Training jobs: administrators queue and cancel them; the trainer (its `trainer`-role token) leases
+them, reports progress with heartbeats, and finishes them. Devices (scripts, benchmarks) may follow
+a job, not run one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from cloud.app.core import training_jobs as jobs
 from cloud.app.db.models import JobStatus
-from cloud.app.deps import AdminDep, DeviceDep, SessionDep
+from cloud.app.deps import AdminDep, DeviceOrTrainerDep, SessionDep, TrainerDep
 from cloud.app.schemas.fields import ID_PATTERN
 from cloud.app.schemas.training_jobs import (
     HeartbeatAck,
@@ -32,14 +33,16 @@ JobId = Annotated[str, Path(max_length=60, pattern=ID_PATTERN)]
 async def create_training_job(
     body: TrainingJobCreate, session: SessionDep, admin: AdminDep
 ) -> TrainingJobPublic:
-    job = await jobs.create_training_job(session, body.detector_id, trigger="manual", config=body.config)
+    job = await jobs.create_training_job(
+        session, body.detector_id, trigger="manual", config=body.config, audited_by=admin
+    )
     return TrainingJobPublic.of(job)
 
 
 @router.get("")
 async def list_training_jobs(
     session: SessionDep,
-    caller: DeviceDep,
+    caller: DeviceOrTrainerDep,
     detector_id: Annotated[str | None, Query(max_length=40, pattern=ID_PATTERN)] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -58,7 +61,7 @@ async def list_training_jobs(
     responses={204: {"description": "no job is waiting"}},
 )
 async def lease_training_job(
-    body: LeaseRequest, session: SessionDep, caller: DeviceDep
+    body: LeaseRequest, session: SessionDep, caller: TrainerDep
 ) -> Response | TrainingJobPublic:
     """The oldest queued job (or a running one whose lease expired), now leased to `owner`."""
     job = await jobs.lease_training_job(session, body.owner, body.lease_s)
@@ -68,24 +71,28 @@ async def lease_training_job(
 
 
 @router.get("/{job_id}")
-async def get_training_job(job_id: JobId, session: SessionDep, caller: DeviceDep) -> TrainingJobPublic:
+async def get_training_job(
+    job_id: JobId, session: SessionDep, caller: DeviceOrTrainerDep
+) -> TrainingJobPublic:
     return TrainingJobPublic.of(await jobs.get_training_job(session, job_id))
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
-async def get_training_job_logs(job_id: JobId, session: SessionDep, caller: DeviceDep) -> PlainTextResponse:
+async def get_training_job_logs(
+    job_id: JobId, session: SessionDep, caller: DeviceOrTrainerDep
+) -> PlainTextResponse:
     return PlainTextResponse((await jobs.get_training_job(session, job_id)).logs)
 
 
 @router.post("/{job_id}/cancel")
 async def cancel_training_job(job_id: JobId, session: SessionDep, admin: AdminDep) -> TrainingJobPublic:
     """Queued: cancelled now. Running: `cancel_requested` is set and the trainer stops."""
-    return TrainingJobPublic.of(await jobs.cancel_training_job(session, job_id))
+    return TrainingJobPublic.of(await jobs.cancel_training_job(session, job_id, audited_by=admin))
 
 
 @router.post("/{job_id}/heartbeat", responses={409: {"description": "the lease is not yours"}})
 async def heartbeat_training_job(
-    job_id: JobId, body: JobHeartbeat, session: SessionDep, caller: DeviceDep
+    job_id: JobId, body: JobHeartbeat, session: SessionDep, caller: TrainerDep
 ) -> HeartbeatAck:
     job = await jobs.heartbeat_training_job(
         session, job_id, body.owner, progress=body.progress, log_lines=body.log_lines, lease_s=body.lease_s
@@ -95,7 +102,7 @@ async def heartbeat_training_job(
 
 @router.post("/{job_id}/complete", responses={409: {"description": "the lease is not yours"}})
 async def complete_training_job(
-    job_id: JobId, body: JobComplete, session: SessionDep, caller: DeviceDep
+    job_id: JobId, body: JobComplete, session: SessionDep, caller: TrainerDep
 ) -> TrainingJobPublic:
     job = await jobs.complete_training_job(session, job_id, body.owner, body.result_version_id)
     return TrainingJobPublic.of(job)
@@ -103,6 +110,6 @@ async def complete_training_job(
 
 @router.post("/{job_id}/fail", responses={409: {"description": "the lease is not yours"}})
 async def fail_training_job(
-    job_id: JobId, body: JobFail, session: SessionDep, caller: DeviceDep
+    job_id: JobId, body: JobFail, session: SessionDep, caller: TrainerDep
 ) -> TrainingJobPublic:
     return TrainingJobPublic.of(await jobs.fail_training_job(session, job_id, body.owner, body.error))

@@ -6,7 +6,8 @@ a browser session: without one they redirect to /login (303), so a bookmark just
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, status
 from starlette.responses import RedirectResponse, Response
@@ -43,36 +44,50 @@ async def login(
     username: Annotated[str, Form(max_length=100)] = "",
     password: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    created = await web_sessions.start_session(session, username, password, state.settings.session_ttl_s)
-    if created is None:
-        return _page(
-            request,
-            "login.html",
-            None,
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            error="Wrong username or password.",
-            username=username,
-        )
+    address = request.client.host if request.client else ""
+    gate = web_sessions.login_gate(state)
+    ttl_s = state.settings.session_ttl_s
+    created = await web_sessions.start_session(session, gate, username, password, address, ttl_s)
+    if isinstance(created, web_sessions.LoginRefused):
+        await asyncio.sleep(state.settings.login_refusal_delay_s)
+        return _refused(request, created, username)
     response = RedirectResponse("/ui/queues", status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
-        SESSION_COOKIE,
-        created.cookie,
-        max_age=int(state.settings.session_ttl_s),
-        httponly=True,
-        samesite="lax",
-        secure=state.settings.public_url.startswith("https://"),
-        path="/",
+        SESSION_COOKIE, created.cookie, max_age=int(ttl_s), **session_cookie_flags(request, state)
     )
     return response
 
 
+def _refused(request: Request, refused: web_sessions.LoginRefused, username: str) -> Response:
+    """The login page again with why: one message for wrong and unknown, 429 with Retry-After else."""
+    if refused.reason == "credentials":
+        code, error, headers = status.HTTP_401_UNAUTHORIZED, "Wrong username or password.", {}
+    else:
+        wait = refused.retry_after_s
+        code, headers = status.HTTP_429_TOO_MANY_REQUESTS, {"Retry-After": str(wait)}
+        if refused.reason == "locked":
+            error = f"Too many failed attempts. Try again in {wait} s."
+        else:
+            error = "The server is busy checking other logins. Try again in a moment."
+    response = _page(request, "login.html", None, status_code=code, error=error, username=username)
+    response.headers.update(headers)
+    return response
+
+
+def session_cookie_flags(request: Request, state: StateDep) -> dict[str, Any]:
+    """HttpOnly and SameSite=Lax always; Secure when browsers reach us over HTTPS: the public URL says
+    so, or the request came in over it (directly, or through a trusted proxy's X-Forwarded-Proto)."""
+    https = state.settings.public_url.lower().startswith("https://") or request.url.scheme == "https"
+    return {"httponly": True, "samesite": "lax", "secure": https, "path": "/"}
+
+
 @router.post("/logout")
-async def logout(request: Request, session: SessionDep) -> Response:
+async def logout(request: Request, state: StateDep, session: SessionDep) -> Response:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         await web_sessions.end_session(session, cookie)
     response = _to_login()
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, **session_cookie_flags(request, state))
     return response
 
 

@@ -1,11 +1,12 @@
-"""Bodies of the administration API: users and API tokens. A token's secret appears only in the
-answer to its creation."""
+"""Bodies of the administration API: users, API tokens and deleted detectors. A token's secret
+appears only in the answer to its creation."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.app.db.models import ApiToken, Role, User
+from cloud.app.schemas.device import DetectorName
 from cloud.app.schemas.fields import ID_PATTERN, StorableStr, UtcDatetime
 
 
@@ -20,7 +21,8 @@ class UserCreate(BaseModel):
         default=None,
         min_length=8,
         max_length=200,
-        description="required for admin and reviewer (they sign in to the web pages); refused for device",
+        description="required for admin and reviewer (they sign in to the web pages); refused for device "
+        "and trainer (tokens only)",
     )
     email: StorableStr = Field(default="", max_length=200)
 
@@ -75,3 +77,23 @@ class TokenCreated(TokenPublic):
     @classmethod
     def issued(cls, token: ApiToken, user: User, raw: str) -> TokenCreated:
         return cls(**TokenPublic.of(token, user).model_dump(), token=raw)
+
+
+class DeletedDetector(BaseModel):
+    """A soft-deleted detector: restorable until `purge_after`, when the worker removes it for good."""
+
+    id: str
+    name: str = Field(description="the name it had (it may belong to a newer detector by now)")
+    query: str
+    mode: str
+    deleted_at: UtcDatetime
+    deleted_by: str | None = Field(description="the user who deleted it")
+    purge_after: UtcDatetime
+
+
+class DetectorRestore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: DetectorName | None = Field(
+        default=None, description="restore under this name (its own was taken since); default: its own"
+    )

@@ -74,7 +74,11 @@ def labels_needed(labels_at_last_job: int, min_labels: int, growth: float) -> in
 
 async def find_due_retrains(session: AsyncSession, cadence: Cadence, now: datetime) -> list[RetrainDue]:
     detectors = (
-        await session.execute(select(Detector.id, Detector.created_at, Detector.mode, Detector.labels))
+        await session.execute(
+            select(Detector.id, Detector.created_at, Detector.mode, Detector.labels).where(
+                Detector.deleted_at.is_(None)
+            )
+        )
     ).all()
     label_totals = (
         select(Label.detector_id, func.count()).where(Label.undone_at.is_(None)).group_by(Label.detector_id)
