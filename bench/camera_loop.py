@@ -249,7 +249,10 @@ class CameraLoop:
         self.cloud = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"x-api-token": token}, timeout=30, trust_env=False
         )
-        self.reviewer = httpx.AsyncClient(base_url=stack.cloud_url, timeout=30, trust_env=False)
+        # A browser's session sends its Origin with every write; the cloud refuses cookie writes without.
+        self.reviewer = httpx.AsyncClient(
+            base_url=stack.cloud_url, headers={"Origin": stack.cloud_url}, timeout=30, trust_env=False
+        )
         self.edge_versions: list[tuple[float, str | None]] = []
         self.jobs_seen: dict[str, dict[str, Any]] = {}
         self.jobs_seen_at: dict[str, dict[str, float]] = {}

@@ -277,7 +277,10 @@ class Loop:
         self.cloud = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"x-api-token": token}, timeout=30, trust_env=False
         )
-        self.reviewer = httpx.AsyncClient(base_url=stack.cloud_url, timeout=30, trust_env=False)
+        # A browser's session sends its Origin with every write; the cloud refuses cookie writes without.
+        self.reviewer = httpx.AsyncClient(
+            base_url=stack.cloud_url, headers={"Origin": stack.cloud_url}, timeout=30, trust_env=False
+        )
         self.jobs_seen: dict[str, dict[str, Any]] = {}
         self.waits: list[dict[str, Any]] = []
 

@@ -94,7 +94,10 @@ class Connection:
 
     def __init__(self, host: str, port: int, cookie: str) -> None:
         self.host, self.port = host, port
-        self._head = f"Host: {host}:{port}\r\nCookie: {SESSION_COOKIE}={cookie}\r\n"
+        # Origin, as a browser sends it: the cloud refuses cookie-authenticated writes without one.
+        self._head = (
+            f"Host: {host}:{port}\r\nOrigin: http://{host}:{port}\r\nCookie: {SESSION_COOKIE}={cookie}\r\n"
+        )
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
