@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
-    && mkdir -p /app /data/edge \
+    && mkdir -p /app /data/edge /data/secrets \
     && chown -R intellioptics /data
 WORKDIR /app
 
@@ -20,6 +20,7 @@ RUN pip install . && rm -rf /app/build
 
 USER intellioptics
 # The escalation outbox (SQLite) must survive restarts: it is the only copy until the cloud acknowledges.
-VOLUME ["/data/edge"]
+# /data/secrets: the internal token the edge's services share (created by the first to start).
+VOLUME ["/data/edge", "/data/secrets"]
 EXPOSE 8718
 CMD ["python", "-m", "edge.api"]

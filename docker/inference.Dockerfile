@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
-    && mkdir -p /app /data/models \
+    && mkdir -p /app /data/models /data/secrets \
     && chown -R intellioptics /data
 WORKDIR /app
 
@@ -21,6 +21,7 @@ COPY edge ./edge
 RUN pip install . && rm -rf /app/build
 
 USER intellioptics
-VOLUME ["/data/models"]
+# /data/secrets: the internal token the edge's services share (created by the first to start).
+VOLUME ["/data/models", "/data/secrets"]
 EXPOSE 8001
 CMD ["python", "-m", "edge.inference"]

@@ -8,7 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --system --uid 10001 --home-dir /app intellioptics && mkdir -p /app
+RUN useradd --system --uid 10001 --home-dir /app intellioptics \
+    && mkdir -p /app /data/secrets \
+    && chown -R intellioptics /data
 WORKDIR /app
 
 # The base dependencies only: no torch at run time.
@@ -18,5 +20,7 @@ COPY edge ./edge
 RUN pip install . && rm -rf /app/build
 
 USER intellioptics
+# The internal token the edge's services share (created by the first to start).
+VOLUME ["/data/secrets"]
 EXPOSE 8720
 CMD ["python", "-m", "edge.streams"]

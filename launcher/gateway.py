@@ -20,13 +20,25 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-from launcher.processes import LineSink, ManagedProcess, ProcessError, wait_for_port
+from launcher.processes import LineSink, ManagedProcess, ProcessError, free_port, wait_for_port
+from launcher.tls import CertificateError, ensure_certificate
 
 NGINX_DIR = Path(__file__).resolve().parents[1] / "nginx"
 TEMPLATE_PATH = NGINX_DIR / "gateway.conf.template"
 MAIN_CONF_PATH = NGINX_DIR / "nginx.conf"
 
-PLACEHOLDERS = ("GATEWAY_PORT", "EDGE_API_UPSTREAM", "CLOUD_URL", "NGINX_LOCAL_RESOLVERS")
+PLACEHOLDERS = (
+    "GATEWAY_PORT",
+    "GATEWAY_TLS_PORT",
+    "GATEWAY_TLS_CERT",
+    "GATEWAY_TLS_KEY",
+    "EDGE_API_UPSTREAM",
+    "CLOUD_URL",
+    "NGINX_LOCAL_RESOLVERS",
+)
+DEFAULT_TLS_PORT = 30143
+# Where a gateway without certificate paths of its own keeps its self-signed one (in its prefix).
+TLS_DIR = "tls"
 
 _UPSTREAM = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 _LEFTOVER = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)\}?")
@@ -69,10 +81,20 @@ def render_gateway(
     edge_api_upstream: str,
     cloud_url: str,
     resolvers: str | None = None,
+    *,
+    tls_port: int = DEFAULT_TLS_PORT,
+    tls_cert: Path = Path("/data/tls/gateway.crt"),
+    tls_key: Path = Path("/data/tls/gateway.key"),
 ) -> str:
     """Fill the gateway template; nginx's own (lower-case) `$variables` are left alone."""
-    if not 0 < gateway_port < 65536:
-        raise GatewayConfigError(f"GATEWAY_PORT must be a TCP port, got {gateway_port}")
+    for name, port in (("GATEWAY_PORT", gateway_port), ("GATEWAY_TLS_PORT", tls_port)):
+        if not 0 < port < 65536:
+            raise GatewayConfigError(f"{name} must be a TCP port, got {port}")
+    if tls_port == gateway_port:
+        raise GatewayConfigError("GATEWAY_TLS_PORT must differ from GATEWAY_PORT")
+    for name, path in (("GATEWAY_TLS_CERT", tls_cert), ("GATEWAY_TLS_KEY", tls_key)):
+        if any(c in str(path) for c in " ;{}'\"$"):
+            raise GatewayConfigError(f"{name} must be a plain path, got {str(path)!r}")
     if not _UPSTREAM.match(edge_api_upstream):
         raise GatewayConfigError(f"EDGE_API_UPSTREAM must be host:port, got {edge_api_upstream!r}")
     if "$$" in template_text:
@@ -80,6 +102,9 @@ def render_gateway(
         raise GatewayConfigError("the gateway template must not contain '$$'")
     values = {
         "GATEWAY_PORT": str(gateway_port),
+        "GATEWAY_TLS_PORT": str(tls_port),
+        "GATEWAY_TLS_CERT": str(tls_cert),
+        "GATEWAY_TLS_KEY": str(tls_key),
         "EDGE_API_UPSTREAM": edge_api_upstream,
         "CLOUD_URL": normalize_cloud_url(cloud_url),
         "NGINX_LOCAL_RESOLVERS": resolvers if resolvers is not None else local_resolvers(),
@@ -131,11 +156,13 @@ def check_config(prefix: Path, *, nginx_bin: str | None = None) -> None:
 
 
 class NginxGateway:
-    """A running gateway on `port`, in front of `edge_api_upstream`, falling back to `cloud_url`.
+    """A running gateway on `port` (HTTP) and `tls_port` (HTTPS), in front of `edge_api_upstream`,
+    falling back to `cloud_url`.
 
-    Use as a context manager (or call start/stop): start() renders and checks the config, runs nginx
-    and returns once the port accepts connections; stop() quits nginx gracefully, killing it if it
-    lingers.
+    Use as a context manager (or call start/stop): start() makes the self-signed certificate if there
+    is none yet (launcher.tls), renders and checks the config, runs nginx and returns once the ports
+    accept connections; stop() quits nginx gracefully, killing it if it lingers. Without a TLS port a
+    free one is taken; without certificate paths the certificate lives in `<prefix>/tls/`.
     """
 
     def __init__(
@@ -150,9 +177,15 @@ class NginxGateway:
         nginx_bin: str | None = None,
         output: LineSink | None = None,
         startup_timeout: float = 10.0,
+        tls_port: int | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
         self.prefix = prefix
         self.port = port
+        self.tls_port = tls_port if tls_port is not None else free_port()
+        self.tls_cert = (tls_cert or prefix / TLS_DIR / "gateway.crt").absolute()
+        self.tls_key = (tls_key or prefix / TLS_DIR / "gateway.key").absolute()
         self.edge_api_upstream = edge_api_upstream
         self.cloud_url = cloud_url
         self.resolvers = resolvers
@@ -166,6 +199,10 @@ class NginxGateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
     def render(self) -> str:
         return render_gateway(
             self.template_path.read_text(),
@@ -173,12 +210,19 @@ class NginxGateway:
             self.edge_api_upstream,
             self.cloud_url,
             self.resolvers,
+            tls_port=self.tls_port,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
         )
 
     def start(self) -> Self:
         if self.process is not None:
             raise ProcessError("the gateway was already started")
         binary = self.nginx_bin or nginx_binary()
+        try:
+            ensure_certificate(self.tls_cert, self.tls_key)
+        except CertificateError as exc:
+            raise GatewayConfigError(str(exc)) from None
         write_prefix(self.prefix, self.render())
         check_config(self.prefix, nginx_bin=binary)
         self.process = ManagedProcess(
@@ -215,7 +259,8 @@ class NginxGateway:
                     f"nginx did not start in {self.startup_timeout:.0f} s:\n{process.output_tail()}"
                 )
             time.sleep(0.02)
-        wait_for_port("127.0.0.1", self.port, timeout=self.startup_timeout, process=process)
+        for port in (self.port, self.tls_port):
+            wait_for_port("127.0.0.1", port, timeout=self.startup_timeout, process=process)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return self.process.stop(timeout) if self.process is not None else None

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from edge.api.settings import ADMIN_TOKEN_FILE
 from launcher.gateway import NginxGateway
 from launcher.local import LocalLayout, LocalService, local_services
 from launcher.processes import (
@@ -36,6 +37,7 @@ from launcher.services import (
     CLOUD_API,
     CLOUD_NAMES,
     DEMO_MODELS,
+    EDGE_API,
     GATEWAY,
     Service,
 )
@@ -169,6 +171,9 @@ class LocalStack:
             resolvers=self.options.environ.get("NGINX_LOCAL_RESOLVERS") or None,
             output=prefixed_printer(service.name, self.stream, self.width),
             startup_timeout=self.options.startup_timeout,
+            tls_port=int(service.env["GATEWAY_TLS_PORT"]),
+            tls_cert=Path(service.env["GATEWAY_TLS_CERT"]),
+            tls_key=Path(service.env["GATEWAY_TLS_KEY"]),
         )
 
     def start(self, stop_event: threading.Event) -> None:
@@ -210,6 +215,15 @@ class LocalStack:
         for service in self.services.values():
             if service.port is not None:
                 lines.append(f"  {service.name:<{self.width}}http://127.0.0.1:{service.port}")
+            env = service.env
+            if service.name == GATEWAY and "GATEWAY_TLS_PORT" in env:
+                lines.append(
+                    f"  {'':<{self.width}}https://127.0.0.1:{env['GATEWAY_TLS_PORT']} "
+                    f"(certificate {env.get('GATEWAY_TLS_CERT')})"
+                )
+            if service.name == EDGE_API and "EDGE_DATA_DIR" in env and not env.get("EDGE_ADMIN_TOKEN"):
+                token_file = Path(env["EDGE_DATA_DIR"]) / ADMIN_TOKEN_FILE
+                lines.append(f"  {'edge operator':<{self.width}}token in {token_file}")
         cloud = self.cloud
         if cloud is not None:
             url = f"http://127.0.0.1:{cloud.port}"

@@ -35,6 +35,13 @@ API_TOKEN_VARIABLE = "INTELLIOPTICS_API_TOKEN"
 
 MODEL_ROOT = "/data/models"
 EDGE_API_DATA = "/data/edge"
+# The internal token the edge's services share (common.internal_auth): whichever starts first creates
+# it in this volume, which only they mount.
+EDGE_SECRETS = "/data/secrets"
+INTERNAL_TOKEN_FILE = f"{EDGE_SECRETS}/internal-token"
+# The gateway's TLS certificate and key (self-signed at first start unless you put yours there).
+GATEWAY_TLS = "/data/tls"
+GATEWAY_TLS_PORT = 30143
 CLOUD_DATA = "/data/cloud"
 # Where the cloud's first start writes the device API token (locally: .intellioptics/api-token).
 CLOUD_TOKEN_FILE = f"{CLOUD_DATA}/api-token"
@@ -54,7 +61,9 @@ class Service:
 
     `port` is the container port the service listens on, `port_env` the variable that sets it, and
     `publish_host` the host interface compose publishes it on ("" for all interfaces: cameras reach
-    the gateway and edges the cloud from the network; internal services only from the box itself).
+    the gateway and edges the cloud from the network; edge-api only from the box itself).
+    `published=False` keeps a service on the container network only (the edge's internal services);
+    `extra_ports` are further container ports published like `port` (the gateway's HTTPS).
     A `one_shot` service is a job that runs to completion (compose profile `profiles`) instead of a
     server. A service with an `image` runs that stock image and no Dockerfile of ours; `local=False`
     keeps it out of the launcher (the database: a local run uses the embedded SQLite, or
@@ -68,6 +77,8 @@ class Service:
     port: int | None = None
     port_env: str | None = None
     publish_host: str = "127.0.0.1"
+    published: bool = True
+    extra_ports: tuple[int, ...] = ()
     health_path: str | None = None
     volumes: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
     binds: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
@@ -82,11 +93,12 @@ class Service:
     @property
     def compose_ports(self) -> list[str]:
         """The `ports:` entries compose needs for this service."""
-        if self.port is None or self.one_shot:
+        if self.port is None or self.one_shot or not self.published:
             return []
+        ports = (self.port, *self.extra_ports)
         if self.publish_host:
-            return [f"{self.publish_host}:{self.port}:{self.port}"]
-        return [f"{self.port}:{self.port}"]
+            return [f"{self.publish_host}:{p}:{p}" for p in ports]
+        return [f"{p}:{p}" for p in ports]
 
 
 # --- edge (docker-compose.edge.yml) --------------------------------------------------------------------
@@ -108,12 +120,14 @@ INFERENCE_SERVICE = Service(
             "INFERENCE_HOST": "0.0.0.0",
             "INFERENCE_PORT": "8001",
             "INFERENCE_MODEL_ROOT": MODEL_ROOT,
+            "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
         }
     ),
     port=8001,
     port_env="INFERENCE_PORT",
+    published=False,
     health_path="/health/live",
-    volumes=_frozen({MODEL_ROOT: "edge-models"}),
+    volumes=_frozen({MODEL_ROOT: "edge-models", EDGE_SECRETS: "edge-secrets"}),
     dockerfile="docker/inference.Dockerfile",
 )
 
@@ -133,12 +147,16 @@ EDGE_API_SERVICE = Service(
             "EDGE_DATA_DIR": EDGE_API_DATA,
             "EDGE_UPDATER_URL": "http://updater:8721",
             "EDGE_STREAMS_URL": "http://streams:8720",
+            # The edge operator's token; when empty, the one the first start wrote to
+            # <EDGE_DATA_DIR>/admin-token.
+            "EDGE_ADMIN_TOKEN": "${INTELLIOPTICS_EDGE_ADMIN_TOKEN:-}",
+            "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
         }
     ),
     port=8718,
     port_env="EDGE_PORT",
     health_path="/health/live",
-    volumes=_frozen({EDGE_API_DATA: "edge-api-data"}),
+    volumes=_frozen({EDGE_API_DATA: "edge-api-data", EDGE_SECRETS: "edge-secrets"}),
     binds=_frozen({CONFIG_DIR: "./config"}),
     depends_on=(INFERENCE,),
     dockerfile="docker/edge-api.Dockerfile",
@@ -158,12 +176,14 @@ UPDATER_SERVICE = Service(
             "UPDATER_MODEL_ROOT": MODEL_ROOT,
             "UPDATER_INFERENCE_URL": "http://inference:8001",
             "UPDATER_EDGE_API_URL": "http://edge-api:8718",
+            "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
         }
     ),
     port=8721,
     port_env="UPDATER_PORT",
+    published=False,
     health_path="/health/live",
-    volumes=_frozen({MODEL_ROOT: "edge-models"}),
+    volumes=_frozen({MODEL_ROOT: "edge-models", EDGE_SECRETS: "edge-secrets"}),
     depends_on=(INFERENCE, EDGE_API),
     dockerfile="docker/updater.Dockerfile",
 )
@@ -175,6 +195,9 @@ GATEWAY_SERVICE = Service(
     environment=_frozen(
         {
             "GATEWAY_PORT": "30101",
+            "GATEWAY_TLS_PORT": str(GATEWAY_TLS_PORT),
+            "GATEWAY_TLS_CERT": f"{GATEWAY_TLS}/gateway.crt",
+            "GATEWAY_TLS_KEY": f"{GATEWAY_TLS}/gateway.key",
             "EDGE_API_UPSTREAM": "edge-api:8718",
             "CLOUD_URL": CLOUD_URL,
         }
@@ -182,7 +205,9 @@ GATEWAY_SERVICE = Service(
     port=30101,
     port_env="GATEWAY_PORT",
     publish_host="",
+    extra_ports=(GATEWAY_TLS_PORT,),
     health_path="/health/live",
+    volumes=_frozen({GATEWAY_TLS: "gateway-tls"}),
     depends_on=(EDGE_API,),
     dockerfile="docker/gateway.Dockerfile",
 )
@@ -199,11 +224,14 @@ STREAMS_SERVICE = Service(
             "STREAMS_EDGE_API_URL": "http://edge-api:8718",
             "STREAMS_SUBMIT_URL": "http://gateway:30101",
             "STREAMS_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
         }
     ),
     port=8720,
     port_env="STREAMS_PORT",
+    published=False,
     health_path="/health/live",
+    volumes=_frozen({EDGE_SECRETS: "edge-secrets"}),
     depends_on=(EDGE_API, GATEWAY),
     dockerfile="docker/streams.Dockerfile",
 )

@@ -19,7 +19,7 @@ from launcher.processes import ManagedProcess, free_port
 from tests.support import cloud as support
 from tests.support.cloud import DEVICE_TOKEN, ROOT, CloudServer
 from tests.support.cloud_factories_worker import private_database
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN_TOKEN, EdgeStack
 from tests.support.trainer import Trainer, digit_images
 from tests.support.updater import start_updater, updater_status
 
@@ -115,8 +115,8 @@ def test_a_new_detector_answers_at_once_and_learns_from_its_first_labels(
     iq = on_cloud.wait_for_ml_result(iq, timeout_sec=5)
     assert iq.result is not None and _source(iq) == "ALGORITHM"
 
-    # The edge: set_config returns only when the edge says the detector is ready.
-    api = ExperimentalApi(endpoint=stack.gateway_url, api_token=DEVICE_TOKEN)
+    # The edge: set_config (the edge operator's) returns only when the edge says the detector is ready.
+    api = ExperimentalApi(endpoint=stack.gateway_url, api_token=ADMIN_TOKEN)
     config = {
         "global_config": {"confident_audit_rate": 0.0, "refresh_rate": 60},
         "edge_inference_configs": {"learn": {"min_time_between_escalations": 0.001}},

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ def claim_in_review(reviewer: httpx.Client, iq_id: str, timeout: float = 60.0) -
 def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, digits, photos) -> None:
     ports = {
         "GATEWAY_PORT": free_port(),
+        "GATEWAY_TLS_PORT": free_port(),
         "EDGE_PORT": free_port(),
         "INFERENCE_PORT": free_port(),
         "CLOUD_PORT": free_port(),
@@ -94,11 +96,23 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
                 f"@{image}",
                 "-H",
                 "Content-Type: image/jpeg",
+                "-H",
+                f"x-api-token: {token}",
                 f"{gateway}/device-api/v1/image-queries?detector_id={DIGIT}",
             )
         )
         assert iq["id"].startswith("iq_") and iq["detector_id"] == DIGIT
         assert iq["result"]["label"] in [str(i) for i in range(10)]
+        # Without a token the gateway refuses; over HTTPS (its own certificate) it answers the same.
+        refused = httpx.get(f"{gateway}/device-api/v1/image-queries/{iq['id']}")
+        assert refused.status_code == 401, refused.text
+        cert = ROOT / ".intellioptics" / "data" / "tls" / "gateway.crt"
+        over_tls = httpx.get(
+            f"https://127.0.0.1:{ports['GATEWAY_TLS_PORT']}/device-api/v1/image-queries/{iq['id']}",
+            headers={"x-api-token": token},
+            verify=ssl.create_default_context(cafile=str(cert)),
+        )
+        assert over_tls.status_code == 200 and over_tls.json()["id"] == iq["id"], over_tls.text
 
         # The loop through make run's own stack: a photo is out of domain for the digit detector, so the
         # edge escalates it; the reviewer answers it in the cloud, and the edge then returns that answer.
@@ -110,12 +124,14 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
                 f"@{photo}",
                 "-H",
                 "Content-Type: image/jpeg",
+                "-H",
+                f"x-api-token: {token}",
                 f"{gateway}/device-api/v1/image-queries?detector_id={DIGIT}",
             )
         )
         assert unsure["intellioptics"]["escalated"] is True, unsure
         creds = json.loads((tmp_path / "cloud" / "credentials.json").read_text())
-        with httpx.Client(base_url=cloud, timeout=30) as reviewer:
+        with httpx.Client(base_url=cloud, timeout=30, headers={"Origin": cloud}) as reviewer:
             login = reviewer.post(
                 "/login",
                 data={"username": creds["reviewer_username"], "password": creds["reviewer_password"]},
@@ -124,7 +140,8 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
             item = claim_in_review(reviewer, unsure["id"])
             answered = reviewer.post(f"/api/v1/review/items/{item['id']}/answer", json={"label": "3"})
             assert answered.status_code == 200, answered.text
-        for base, headers in ((gateway, {}), (cloud, {"x-api-token": token})):
+        for base in (gateway, cloud):
+            headers = {"x-api-token": token}
             result = httpx.get(f"{base}/device-api/v1/image-queries/{unsure['id']}", headers=headers).json()[
                 "result"
             ]

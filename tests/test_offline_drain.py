@@ -26,7 +26,7 @@ import pytest
 from cloud.app.seed_demo import DEMO_DETECTOR_IDS, DEMO_DIGIT_ID, DEMO_SEVEN_ID
 from tests.support import cloud as cloud_support
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 QUERIES = 500
@@ -79,7 +79,7 @@ def escalation_count(database: cloud_support.TestDatabase) -> int:
 
 def outbox_metric(edge: EdgeStack) -> float | None:
     """edge_outbox_pending from edge-api's /metrics."""
-    text = httpx.get(f"{edge.edge_url}/metrics", timeout=10).text
+    text = httpx.get(f"{edge.edge_url}/metrics", headers=ADMIN, timeout=10).text
     found = re.search(r"^edge_outbox_pending (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else None
 
@@ -149,15 +149,24 @@ def test_offline_queries_drain_exactly_once_through_a_sigkill(
     digits: list[tuple[bytes, int]],
 ) -> None:
     assert wait_for(
-        lambda: httpx.get(f"{edge.edge_url}/status", timeout=10).json()["cloud"]["reachable"] is True,
+        lambda: (
+            httpx.get(f"{edge.edge_url}/status", headers=ADMIN, timeout=10).json()["cloud"]["reachable"]
+            is True
+        ),
         "the edge to reach the cloud",
     )
     assert escalation_count(database) == 0
+    # The camera was at work before the outage: the edge has the cloud's word on its token.
+    me = httpx.get(f"{edge.gateway_url}/device-api/v1/me", headers={"x-api-token": DEVICE_TOKEN}, timeout=10)
+    assert me.status_code == 200, me.text
 
     # -- the cloud goes away ------------------------------------------------------------------------
     cloud.stop()
     wait_for(
-        lambda: httpx.get(f"{edge.edge_url}/status", timeout=10).json()["cloud"]["reachable"] is False,
+        lambda: (
+            httpx.get(f"{edge.edge_url}/status", headers=ADMIN, timeout=10).json()["cloud"]["reachable"]
+            is False
+        ),
         "the edge to notice the cloud is gone",
     )
 
@@ -191,7 +200,7 @@ def test_offline_queries_drain_exactly_once_through_a_sigkill(
     # Everything is queued; the edge says so in /status, /metrics and its log.
     rows = edge.outbox_rows()
     assert sorted(r[0] for r in rows) == sorted(ids) and {r[2] for r in rows} == {"pending"}
-    status = httpx.get(f"{edge.edge_url}/status", timeout=10).json()
+    status = httpx.get(f"{edge.edge_url}/status", headers=ADMIN, timeout=10).json()
     assert status["cloud"]["reachable"] is False and status["cloud"]["last_error"]
     assert status["outbox"]["pending"] == QUERIES and status["outbox"]["dead"] == 0
     assert status["outbox"]["alarm"] is True
@@ -218,7 +227,7 @@ def test_offline_queries_drain_exactly_once_through_a_sigkill(
 
     edge.start_edge()  # same data directory
     wait_for(lambda: not edge.outbox_rows(), "the outbox to drain", timeout=300, interval=0.5)
-    status = httpx.get(f"{edge.edge_url}/status", timeout=10).json()
+    status = httpx.get(f"{edge.edge_url}/status", headers=ADMIN, timeout=10).json()
     assert status["outbox"] == {"pending": 0, "dead": 0, "oldest_pending_age_s": None, "alarm": False}
     assert status["cloud"]["reachable"] is True
     wait_for(lambda: outbox_metric(edge) == 0, "edge_outbox_pending back to zero")

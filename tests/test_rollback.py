@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from common.bundle import current_bundle_dir
+from tests.support.stack import ADMIN
 from tests.support.updater import UpdaterEdge, bundle_archive, updater_edge, updater_status
 
 DIGIT = "det_DemoWhichDigit0000000000000"
@@ -87,7 +88,7 @@ def test_the_heartbeat_and_edge_api_status_report_what_the_edge_serves(edge: Upd
     assert hub["online"] is True and hub["outbox_depth"] == 0
     assert hub["info"]["updater"]["refresh_rate_s"] == REFRESH_S
 
-    status = httpx.get(f"{edge.stack.edge_url}/status", timeout=10).json()
+    status = httpx.get(f"{edge.stack.edge_url}/status", headers=ADMIN, timeout=10).json()
     assert status["updater"]["service"]["reachable"] is True
     assert [d["version"] for d in status["updater"]["detectors"] if d["detector_id"] == DIGIT] == [served]
 

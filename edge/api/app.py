@@ -1,4 +1,4 @@
-"""Composition root of edge-api: settings → store, clients, services → routes."""
+"""Composition root of edge-api: settings → store, clients, services, authenticator → routes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from common.body_limits import BodyLimits, limit_bodies
 from common.http import FastPathApp, RequestLogMiddleware, install_error_handlers
+from common.internal_auth import internal_headers
+from edge.api.auth.admin_token import resolve_admin_token
+from edge.api.auth.authenticator import Authenticator
+from edge.api.auth.cloud_check import CloudTokenCheck
+from edge.api.auth.local_tokens import LocalTokenBook
+from edge.api.auth.verdicts import VerdictCache
 from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
@@ -35,12 +42,16 @@ def create_app(
     """The cloud transport is injectable so tests can point the cloud link anywhere without patching."""
     settings = settings or EdgeSettings()
     metrics = EdgeMetrics()
+    internal_token = settings.resolved_internal_token()
+    admin_token = resolve_admin_token(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = EdgeStore(settings.data_dir / DB_FILE)
         await store.open()
-        inference_http = new_session(settings.inference_url, settings.inference_timeout_s)
+        inference_http = new_session(
+            settings.inference_url, settings.inference_timeout_s, internal_headers(internal_token)
+        )
         cloud_http = httpx.AsyncClient(
             base_url=settings.cloud_url,
             timeout=httpx.Timeout(settings.cloud_timeout_s, connect=3.0),
@@ -74,6 +85,17 @@ def create_app(
             timeout_s=settings.prior_timeout_s,
         )
         await priors.load()
+        verdicts = VerdictCache(store, settings.token_cache_size)
+        await verdicts.load()
+        auth = Authenticator(
+            internal_token=internal_token,
+            admin_token=admin_token,
+            local=LocalTokenBook(settings.local_tokens_path),
+            cache=verdicts,
+            cloud=CloudTokenCheck(cloud_http, settings.token_verify_timeout_s),
+            ttl_s=settings.token_ttl_s,
+            negative_ttl_s=settings.token_negative_ttl_s,
+        )
         app.state.edge = EdgeState(
             settings=settings,
             store=store,
@@ -99,6 +121,8 @@ def create_app(
             cloud=link,
             outbox=sender,
             started_at=time.time(),
+            auth=auth,
+            internal_token=internal_token,
         )
         sender.start()
         probe.start()
@@ -106,6 +130,7 @@ def create_app(
         try:
             yield
         finally:
+            await auth.close()
             await sender.stop()
             await probe.stop()
             await priors.close()
@@ -120,5 +145,9 @@ def create_app(
     app.add_middleware(RequestLogMiddleware, service="edge-api")
     app.add_fast_path(
         "POST", image_queries.SUBMIT_PATH, image_queries.submit_endpoint, ERROR_RESPONSES, service="edge-api"
+    )
+    # Last: it wraps the fast path too. An image plus room for the query string's worth of headers.
+    limit_bodies(
+        app, BodyLimits(max_bytes=settings.max_image_bytes + 1024**2, timeout_s=settings.body_timeout_s)
     )
     return app

@@ -2,6 +2,8 @@
 
 EdgeError
 ├── BadRequestError           400  malformed parameter (never forwarded to the cloud)
+├── UnauthorizedError         401  no token, or one nobody vouches for (the SDK raises ApiTokenError)
+├── ForbiddenError            403  a known caller without the rights for this route
 ├── NotServedHereError        404  a route/object the edge does not own → gateway asks the cloud
 ├── EdgeCannotAnswerError     503  detector not configured, disabled or without a model → cloud
 │   └── OfflineOnlyError      503 + X-No-Fallback  same, for a no_cloud detector
@@ -28,6 +30,14 @@ class EdgeError(Exception):
 
 class BadRequestError(EdgeError):
     status = 400
+
+
+class UnauthorizedError(EdgeError):
+    status = 401
+
+
+class ForbiddenError(EdgeError):
+    status = 403
 
 
 class NotServedHereError(EdgeError):

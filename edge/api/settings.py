@@ -4,13 +4,18 @@ import socket
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from common.imaging import ImageLimits
+from common.internal_auth import InternalTokenSettings
+
+ADMIN_TOKEN_FILE = "admin-token"
+LOCAL_TOKENS_FILE = "tokens.json"
 
 
-class EdgeSettings(BaseSettings):
-    """Environment variables EDGE_*; the README's settings table documents each."""
+class EdgeSettings(InternalTokenSettings):
+    """Environment variables EDGE_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings table
+    documents each."""
 
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
 
@@ -23,6 +28,8 @@ class EdgeSettings(BaseSettings):
     config_path: Path = Path("config/edge-config.yaml")
     data_dir: Path = Path(".intellioptics/data/edge")
     max_image_bytes: int = Field(default=ImageLimits.max_bytes, ge=1)
+    # A request body must arrive within this many seconds (408 otherwise): slow clients hold no connection.
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_image_pixels: int = Field(default=ImageLimits.max_pixels, ge=1)
     inference_timeout_s: float = Field(default=8.0, gt=0)
     detector_info_ttl_s: float = Field(default=5.0, ge=0)
@@ -48,7 +55,27 @@ class EdgeSettings(BaseSettings):
     # The model updater (edge/updater), whose per-detector status /status includes; empty: not deployed.
     updater_url: str = "http://127.0.0.1:8721"
     updater_timeout_s: float = Field(default=1.0, gt=0)
+    # Who may call (edge.api.auth): the edge operator's token (the variable, else the file's first line;
+    # by default <data_dir>/admin-token, created at first start), locally accepted device tokens
+    # (sha256 hashes, managed with `python -m edge.api.tokens`), and how long the cloud's verdict on a
+    # device token is kept: a positive one `token_ttl_s` (then re-checked in the background, and kept
+    # while the cloud is unreachable), a negative one `token_negative_ttl_s`.
+    admin_token: str = ""
+    admin_token_file: Path | None = None
+    local_tokens_file: Path | None = None
+    token_ttl_s: float = Field(default=3600.0, gt=0)
+    token_negative_ttl_s: float = Field(default=30.0, ge=0)
+    token_cache_size: int = Field(default=10_000, ge=1)
+    token_verify_timeout_s: float = Field(default=3.0, gt=0, le=8)
     log_level: str = "info"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.admin_token_file or self.data_dir / ADMIN_TOKEN_FILE
+
+    @property
+    def local_tokens_path(self) -> Path:
+        return self.local_tokens_file or self.data_dir / LOCAL_TOKENS_FILE
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.responses import Response
 
+from common.body_limits import BodyLimits, limit_bodies
 from common.http import FastPathApp, RequestLogMiddleware, install_error_handlers, json_error
 from common.imaging import ImageError
+from common.internal_auth import InternalTokenRefused, guard_plain
 from edge.inference.metrics import InferenceMetrics
 from edge.inference.routes import INFER_PATH, infer_endpoint, router
 from edge.inference.routes_models import router as models_router
@@ -32,6 +34,7 @@ ERROR_STATUS: dict[type[Exception], Callable[[Exception], Response]] = {
     InvalidDetectorIdError: lambda exc: json_error(400, str(exc)),
     ModelNotFoundError: lambda exc: json_error(404, str(exc)),
     ModelLoadError: lambda exc: json_error(503, f"model could not be loaded: {exc}"),
+    InternalTokenRefused: lambda exc: json_error(401, str(exc)),
 }
 
 
@@ -60,9 +63,15 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     app = FastPathApp(title="IntelliOptics inference", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
+    app.state.internal_token = internal_token = settings.resolved_internal_token()
     app.include_router(router)
     app.include_router(models_router)
     install_error_handlers(app, ERROR_STATUS)
     app.add_middleware(RequestLogMiddleware, service="inference")
-    app.add_fast_path("POST", INFER_PATH, infer_endpoint, ERROR_STATUS, service="inference")
+    app.add_fast_path(
+        "POST", INFER_PATH, guard_plain(infer_endpoint, internal_token), ERROR_STATUS, service="inference"
+    )
+    limit_bodies(
+        app, BodyLimits(max_bytes=settings.max_image_bytes + 1024**2, timeout_s=settings.body_timeout_s)
+    )
     return app

@@ -1,4 +1,5 @@
-"""HTTP routes of the inference service; thin, the work is in service.py.
+"""HTTP routes of the inference service; thin, the work is in service.py. Every route but
+`/health/*` answers only callers with the internal token (common.internal_auth).
 
 `POST /infer` is on every image query, so the app serves it through `infer_endpoint`, a plain ASGI
 endpoint ahead of FastAPI's stack (common.http.FastPathApp); the FastAPI route below declares it for
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from common.http import Receive, Scope, query_dict, read_body
+from common.internal_auth import InternalOnly
 from common.wire.inference import InferenceResult, ModelInfo, ModelList
 from edge.inference.service import InferenceService, InvalidDetectorIdError
 
@@ -70,7 +72,7 @@ async def infer_endpoint(scope: Scope, receive: Receive) -> Response:
     return await _infer(service, detector_id, await read_body(receive))
 
 
-@router.post(INFER_PATH, response_model=InferenceResult, operation_id="infer")
+@router.post(INFER_PATH, response_model=InferenceResult, operation_id="infer", dependencies=[InternalOnly])
 async def infer(
     request: Request,
     service: ServiceDep,
@@ -79,12 +81,14 @@ async def infer(
     return await _infer(service, detector_id, await request.body())
 
 
-@router.get("/models", response_model=ModelList, operation_id="list_models")
+@router.get("/models", response_model=ModelList, operation_id="list_models", dependencies=[InternalOnly])
 async def list_models(service: ServiceDep) -> ModelList:
     return service.list_models()
 
 
-@router.get("/models/{detector_id}", response_model=ModelInfo, operation_id="get_model")
+@router.get(
+    "/models/{detector_id}", response_model=ModelInfo, operation_id="get_model", dependencies=[InternalOnly]
+)
 async def get_model(detector_id: str, service: ServiceDep) -> ModelInfo:
     return service.model_info(detector_id)
 
@@ -101,6 +105,6 @@ async def ready(service: ServiceDep) -> Response:
     return JSONResponse({"status": "ready", "provider": service.provider})
 
 
-@router.get("/metrics", operation_id="metrics")
+@router.get("/metrics", operation_id="metrics", dependencies=[InternalOnly])
 async def metrics(service: ServiceDep) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Path
 from starlette.responses import Response
 
 from common.http import json_error
+from common.internal_auth import InternalOnly
 from common.wire.inference import SwapResult
 from edge.inference.routes import MAX_DETECTOR_ID_CHARS, ServiceDep
 from edge.inference.service import ModelSwapError
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[InternalOnly])
 
 
 @router.post(

@@ -5,13 +5,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from common.imaging import ImageLimits
+from common.internal_auth import InternalTokenSettings
 
 
-class InferenceSettings(BaseSettings):
-    """Environment variables INFERENCE_*; the README's settings table documents each."""
+class InferenceSettings(InternalTokenSettings):
+    """Environment variables INFERENCE_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings
+    table documents each."""
 
     model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
 
@@ -24,6 +26,7 @@ class InferenceSettings(BaseSettings):
     intra_op_threads: int = Field(default=1, ge=1)
     worker_threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
     max_image_bytes: int = Field(default=ImageLimits.max_bytes, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_image_pixels: int = Field(default=ImageLimits.max_pixels, ge=1)
     max_batch: int = Field(default=8, ge=1, le=256)
     # Backbone outputs of recent images (split bundles): one frame asked of several detectors on a

@@ -10,6 +10,7 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 from common.http import configure_logging, serve
+from common.log_redaction import install_secret_redaction
 from edge.streams.app import create_app
 from edge.streams.settings import StreamsSettings
 
@@ -17,6 +18,7 @@ from edge.streams.settings import StreamsSettings
 def main() -> None:
     settings = StreamsSettings()
     configure_logging(settings.log_level)
+    install_secret_redaction()
     serve(create_app(settings), settings.host, settings.port, grace_s=5)
 
 

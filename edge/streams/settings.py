@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from common.internal_auth import InternalTokenSettings
 
 
-class StreamsSettings(BaseSettings):
-    """Environment variables STREAMS_*; the README's settings table documents each."""
+class StreamsSettings(InternalTokenSettings):
+    """Environment variables STREAMS_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings
+    table documents each."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
 
@@ -17,7 +20,8 @@ class StreamsSettings(BaseSettings):
     # Where frames are posted as image queries; empty means edge_api_url. Point it at the gateway to
     # give frames exactly the cameras' path, cloud fallback included.
     submit_url: str = ""
-    # Sent as x-api-token, which the cloud needs when the gateway falls back to it.
+    # Sent as x-api-token with frames: the cloud needs a device token when the gateway falls back to
+    # it (the edge itself also takes the internal token, sent with every frame).
     api_token: str = ""
     config_poll_s: float = Field(default=3.0, gt=0, le=3600)
     submit_timeout_s: float = Field(default=10.0, gt=0)

@@ -21,10 +21,14 @@ from typing import Any
 import httpx
 
 from common.edge_config import EdgeConfigError, StreamConfig, parse_edge_config, redact_url
+from common.internal_auth import internal_headers
 from edge.streams.sources import kind_of
 from edge.streams.worker import EdgeClient, StreamWorker
 
 log = logging.getLogger("edge.streams")
+
+# edge-api's edge config with the cameras' credentials, for the edge's own services only.
+CONFIG_PATH = "/internal/edge-config"
 
 
 class StreamSupervisor:
@@ -96,11 +100,18 @@ class StreamSupervisor:
 
 
 class ConfigPoller:
-    """Polls edge-api's `GET /edge-config` and applies its `streams:` to the supervisor."""
+    """Polls edge-api's edge config and applies its `streams:` to the supervisor.
 
-    def __init__(self, supervisor: StreamSupervisor, edge_api_url: str, interval_s: float) -> None:
+    It reads the internal route, the only one that keeps the cameras' passwords in their URLs (every
+    other answer redacts them), with the internal token.
+    """
+
+    def __init__(
+        self, supervisor: StreamSupervisor, edge_api_url: str, interval_s: float, internal_token: str = ""
+    ) -> None:
         self._supervisor = supervisor
         self.url = edge_api_url
+        self._headers = internal_headers(internal_token)
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
         self._applied: list[StreamConfig] | None = None
@@ -119,7 +130,10 @@ class ConfigPoller:
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(
-            base_url=self.url, timeout=httpx.Timeout(5.0, connect=2.0), trust_env=False
+            base_url=self.url,
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            headers=self._headers,
+            trust_env=False,
         ) as http:
             while True:
                 await self.poll_once(http)
@@ -127,9 +141,9 @@ class ConfigPoller:
 
     async def poll_once(self, http: httpx.AsyncClient) -> None:
         try:
-            response = await http.get("/edge-config")
+            response = await http.get(CONFIG_PATH)
             if response.status_code != 200:
-                raise ValueError(f"edge-api answered {response.status_code} to GET /edge-config")
+                raise ValueError(f"edge-api answered {response.status_code} to GET {CONFIG_PATH}")
             config = parse_edge_config(response.json())
         except httpx.HTTPError as exc:
             self._failed(f"edge-api unreachable at {self.url}: {type(exc).__name__}")

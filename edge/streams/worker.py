@@ -26,6 +26,7 @@ import cv2
 import httpx
 
 from common.edge_config import StreamConfig, redact_url
+from common.internal_auth import internal_headers
 from edge.streams.gating import MotionGate, thumbnail
 from edge.streams.sources import Frame, SourceError, SourceKind, kind_of, open_source
 
@@ -71,8 +72,12 @@ class EdgeClient:
     """Posts frames to edge-api (or the gateway) over one keep-alive connection pool shared by all
     streams; thread-safe."""
 
-    def __init__(self, base_url: str, timeout_s: float, api_token: str = "") -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float, api_token: str = "", internal_token: str = ""
+    ) -> None:
+        # The device token for the cloud (a gateway fallback), the internal token for the edge itself.
         headers = {"x-api-token": api_token} if api_token else {}
+        headers.update(internal_headers(internal_token))
         self.base_url = base_url
         self._http = httpx.Client(
             base_url=base_url,

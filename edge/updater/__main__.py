@@ -4,6 +4,7 @@ UPDATER_HOST:UPDATER_PORT. SIGTERM lets a poll under way finish (UPDATER_SHUTDOW
 from __future__ import annotations
 
 from common.http import configure_logging, serve
+from common.log_redaction import install_secret_redaction
 from edge.updater.app import create_app
 from edge.updater.settings import UpdaterSettings
 
@@ -11,6 +12,7 @@ from edge.updater.settings import UpdaterSettings
 def main() -> None:
     settings = UpdaterSettings()
     configure_logging(settings.log_level)
+    install_secret_redaction()
     serve(create_app(settings), settings.host, settings.port, grace_s=5)
 
 

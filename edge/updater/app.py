@@ -1,6 +1,6 @@
 """Composition root of the updater: settings → HTTP clients → installer → poller → schedule, plus a
 small HTTP side (`/health/live`, `/health/ready`, `/status`, `/metrics`) that edge-api's /status
-includes."""
+includes. Status and metrics answer the edge's own services only (the internal token)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from common.body_limits import BodyLimits, limit_bodies
 from common.http import RequestLogMiddleware
+from common.internal_auth import InternalOnly, internal_headers
 from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
 from edge.updater.core import DetectorPoller
@@ -25,12 +27,18 @@ from edge.updater.runner import Updater
 from edge.updater.settings import UpdaterSettings
 
 
-def _client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+def _client(
+    base_url: str,
+    timeout_s: float,
+    transport: httpx.AsyncBaseTransport | None,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
     # trust_env=False: a proxy configured in the environment must not intercept the edge's own hops.
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
         transport=transport,
+        headers=headers,
         trust_env=False,
     )
 
@@ -39,6 +47,9 @@ def create_app(
     settings: UpdaterSettings | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
     settings = settings or UpdaterSettings()
+    internal_token = settings.resolved_internal_token()
+    # Inference and edge-api answer the edge's own services only: they see the internal token.
+    own = internal_headers(internal_token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,10 +58,10 @@ def create_app(
                 _client(settings.cloud_url, settings.cloud_timeout_s, transport)
             )
             inference = await stack.enter_async_context(
-                _client(settings.inference_url, settings.swap_timeout_s, transport)
+                _client(settings.inference_url, settings.swap_timeout_s, transport, own)
             )
             edge_api = await stack.enter_async_context(
-                _client(settings.edge_api_url, settings.edge_api_timeout_s, transport)
+                _client(settings.edge_api_url, settings.edge_api_timeout_s, transport, own)
             )
             installer = Installer(settings.model_root, keep=settings.keep_versions)
             await asyncio.to_thread(installer.clean_leftovers)
@@ -75,6 +86,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = UpdaterMetrics()
     app.state.started_at = time.time()
+    app.state.internal_token = internal_token
 
     @app.get("/health/live", operation_id="live")
     async def live() -> dict[str, str]:
@@ -88,7 +100,7 @@ def create_app(
             return JSONResponse({"status": "not ready", "detail": detail}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/status", operation_id="status")
+    @app.get("/status", operation_id="status", dependencies=[InternalOnly])
     async def status(request: Request) -> dict[str, Any]:
         updater: Updater = request.app.state.updater
         backbones = await asyncio.to_thread(updater.installer.installed_backbones)
@@ -97,9 +109,11 @@ def create_app(
             **updater.snapshot(backbones),
         }
 
-    @app.get("/metrics", operation_id="metrics")
+    @app.get("/metrics", operation_id="metrics", dependencies=[InternalOnly])
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestLogMiddleware, service="updater")
+    # GET routes only: any body is small, and it must arrive at once.
+    limit_bodies(app, BodyLimits(max_bytes=64 * 1024, timeout_s=10.0))
     return app

@@ -5,8 +5,9 @@ only detectors whose edge inference config is enabled are polled. The refresh ra
 UPDATER_REFRESH_RATE_S, or else the config's `global_config.refresh_rate`; a change wakes the loops so
 they reschedule at once. While edge-api cannot be reached the loops keep the last config they got.
 A detector that has no model on this edge yet is polled every `no_model_refresh_s` instead (5 s by
-default), so the first version promoted in the cloud arrives within seconds; once a model serves, the
-refresh rate applies.
+default), so the first version promoted in the cloud arrives within seconds; so is one whose last
+version arrived less than `young_model_window_s` ago (10 min by default), so a detector that is still
+learning gets each retrain at once; otherwise the refresh rate applies.
 
 The heartbeat (`POST /api/v1/hubs/heartbeat`) reports the versions `current` names in the model root,
 the shared backbones installed, edge-api's outbox depth, and the last errors and rejections. Its edge id is UPDATER_EDGE_ID or else
@@ -41,12 +42,24 @@ HEARTBEAT_DETECTORS = 20
 HEARTBEAT_BACKBONES = 20
 
 
-def poll_interval(state: DetectorState, refresh_s: float, no_model_refresh_s: float) -> float:
+def poll_interval(
+    state: DetectorState,
+    refresh_s: float,
+    no_model_refresh_s: float,
+    young_model_window_s: float = 0.0,
+    now: float | None = None,
+) -> float:
     """The base wait before a detector's next poll: `no_model_refresh_s` while it has no model on this
-    edge and the cloud had none either (or could not be asked), else the refresh rate. Never slower
-    than the refresh rate."""
+    edge and the cloud had none either (or could not be asked), and for `young_model_window_s` after a
+    new version was deployed here (a detector that is learning gets a version every few dozen labels;
+    each is worth having within seconds, and a 304 costs the cloud next to nothing); else the refresh
+    rate. Never slower than the refresh rate."""
     if state.has_no_model:
         return min(refresh_s, no_model_refresh_s)
+    if young_model_window_s > 0 and state.deployed_at is not None:
+        age = (time.time() if now is None else now) - state.deployed_at
+        if age < young_model_window_s:
+            return min(refresh_s, no_model_refresh_s)
     return refresh_s
 
 
@@ -182,7 +195,9 @@ class Updater:
             draw = self._draw()
             while not (loop.removed or self._stopping.is_set()):
                 rate = self.refresh_rate_s or self.settings.refresh_rate_s or 60.0
-                base = poll_interval(state, rate, self.settings.no_model_refresh_s)
+                base = poll_interval(
+                    state, rate, self.settings.no_model_refresh_s, self.settings.young_model_window_s
+                )
                 delay = next_delay(
                     base, state.failures, self.settings.backoff_max_s, self.settings.jitter, draw
                 )

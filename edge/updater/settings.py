@@ -3,11 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from common.internal_auth import InternalTokenSettings
 
 
-class UpdaterSettings(BaseSettings):
-    """Environment variables UPDATER_*; the README's settings table documents each."""
+class UpdaterSettings(InternalTokenSettings):
+    """Environment variables UPDATER_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings
+    table documents each."""
 
     model_config = SettingsConfigDict(env_prefix="UPDATER_", extra="ignore")
 
@@ -31,6 +34,8 @@ class UpdaterSettings(BaseSettings):
     # Seconds between polls of a detector that has no model on this edge yet (never slower than the
     # refresh rate), so the first version promoted in the cloud arrives within seconds.
     no_model_refresh_s: float = Field(default=5.0, gt=0, le=86400)
+    # For this long after a new version was deployed, poll as often as without a model (0: never).
+    young_model_window_s: float = Field(default=600.0, ge=0, le=86400)
     # Each wait is up to this share shorter than the refresh rate (never longer), so edges spread out
     # and a change still arrives within one refresh period.
     jitter: float = Field(default=0.1, ge=0, lt=1)

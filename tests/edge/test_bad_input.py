@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.edge.conftest import DIGIT, UNKNOWN, edge_config
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 
@@ -115,7 +115,7 @@ def test_each_bad_input_gets_a_4xx_json_detail_and_never_reaches_the_cloud(
             f"{stack.gateway_url}{IQ_PATH}",
             params=params,
             content=body,
-            headers={"Content-Type": "image/jpeg"},
+            headers={"Content-Type": "image/jpeg", **DEVICE},
             timeout=15,
         )
         assert resp.status_code == status, f"{name}: {resp.status_code} {resp.text}"
@@ -124,7 +124,9 @@ def test_each_bad_input_gets_a_4xx_json_detail_and_never_reaches_the_cloud(
     assert len(stack.cloud.state.requests) == before_requests, "bad input was forwarded to the cloud"
     assert stack.outbox_rows() == []
     # The service keeps serving.
-    ok = httpx.post(f"{stack.gateway_url}{IQ_PATH}", params=GOOD_PARAMS, content=digits[0][0], timeout=15)
+    ok = httpx.post(
+        f"{stack.gateway_url}{IQ_PATH}", params=GOOD_PARAMS, content=digits[0][0], headers=DEVICE, timeout=15
+    )
     assert ok.status_code == 200
     assert stack.edge is not None and stack.edge.is_running()
 
@@ -136,6 +138,7 @@ def test_metadata_within_every_limit_is_accepted(stack: EdgeStack, digits) -> No
             f"{stack.gateway_url}{IQ_PATH}",
             params={**GOOD_PARAMS, "metadata": metadata(value)},
             content=digits[0][0],
+            headers=DEVICE,
             timeout=15,
         )
         assert resp.status_code == 200, resp.text
@@ -144,7 +147,7 @@ def test_metadata_within_every_limit_is_accepted(stack: EdgeStack, digits) -> No
 
 def test_invalid_edge_config_is_rejected_with_the_path_of_the_bad_field(stack: EdgeStack) -> None:
     bad = {"detectors": [{"detector_id": DIGIT, "confidence_threshold": 7}]}
-    resp = httpx.put(f"{stack.gateway_url}/edge-config", json=bad, timeout=10)
+    resp = httpx.put(f"{stack.gateway_url}/edge-config", json=bad, headers=ADMIN, timeout=10)
     assert resp.status_code == 400 and "detectors.0.confidence_threshold" in resp.json()["detail"]
-    current = httpx.get(f"{stack.gateway_url}/edge-config", timeout=10).json()
+    current = httpx.get(f"{stack.gateway_url}/edge-config", headers=ADMIN, timeout=10).json()
     assert any(d["detector_id"] == DIGIT for d in current["detectors"])

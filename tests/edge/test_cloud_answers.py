@@ -16,7 +16,7 @@ import pytest
 from launcher.processes import free_port
 from tests.edge.conftest import DIGIT, edge_config, wait_until
 from tests.support.fake_cloud import FakeCloud
-from tests.support.stack import EdgeStack
+from tests.support.stack import DEVICE, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 TOKEN = "io_edgetokenforcloudanswers_" + "a" * 16
@@ -36,7 +36,11 @@ def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def post(stack: EdgeStack, image: bytes, **params: str) -> dict[str, Any]:
     resp = httpx.post(
-        f"{stack.gateway_url}{IQ_PATH}", params={"detector_id": DIGIT, **params}, content=image, timeout=15
+        f"{stack.gateway_url}{IQ_PATH}",
+        params={"detector_id": DIGIT, **params},
+        content=image,
+        headers=DEVICE,
+        timeout=15,
     )
     assert resp.status_code == 200, resp.text
     iq: dict[str, Any] = resp.json()
@@ -44,7 +48,7 @@ def post(stack: EdgeStack, image: bytes, **params: str) -> dict[str, Any]:
 
 
 def get(stack: EdgeStack, iq_id: str) -> httpx.Response:
-    return httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq_id}", timeout=15)
+    return httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq_id}", headers=DEVICE, timeout=15)
 
 
 def escalated(stack: EdgeStack, image: bytes) -> dict[str, Any]:

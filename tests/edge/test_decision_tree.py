@@ -7,7 +7,7 @@ import httpx
 
 from common.ids import new_detector_id
 from tests.edge.conftest import DIGIT, NO_MODEL, SEVEN, UNKNOWN, edge_config, wait_until
-from tests.support.stack import EdgeStack
+from tests.support.stack import DEVICE, INTERNAL, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 
@@ -17,7 +17,7 @@ def post(stack: EdgeStack, image: bytes, detector: str = DIGIT, **params: str) -
         f"{stack.gateway_url}{IQ_PATH}",
         params={"detector_id": detector, **params},
         content=image,
-        headers={"Content-Type": "image/jpeg"},
+        headers={"Content-Type": "image/jpeg", **DEVICE},
         timeout=15,
     )
 
@@ -25,7 +25,11 @@ def post(stack: EdgeStack, image: bytes, detector: str = DIGIT, **params: str) -
 def infer_direct(stack: EdgeStack, image: bytes, detector: str = DIGIT) -> dict:
     """What the inference service itself computes for these bytes."""
     resp = httpx.post(
-        f"{stack.inference_url}/infer", params={"detector_id": detector}, content=image, timeout=15
+        f"{stack.inference_url}/infer",
+        params={"detector_id": detector},
+        content=image,
+        headers=INTERNAL,
+        timeout=15,
     )
     assert resp.status_code == 200, resp.text
     return resp.json()
@@ -189,5 +193,5 @@ def test_rate_limit_between_escalations_is_per_detector(stack: EdgeStack, digits
 def test_get_image_query_returns_the_edge_record(stack: EdgeStack, digits) -> None:
     stack.put_config(edge_config())
     iq = post(stack, digits[18][0]).json()
-    got = httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq['id']}", timeout=10)
+    got = httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq['id']}", headers=DEVICE, timeout=10)
     assert got.status_code == 200 and got.json() == iq

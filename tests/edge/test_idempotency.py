@@ -10,7 +10,7 @@ import secrets
 import httpx
 
 from tests.edge.conftest import DIGIT, SEVEN, assert_delivered_once, edge_config, wait_until
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 
@@ -22,7 +22,7 @@ def post(
         f"{stack.gateway_url}{IQ_PATH}",
         params={"detector_id": DIGIT, **params},
         content=image,
-        headers=headers,
+        headers={**DEVICE, **(headers or {})},
         timeout=15,
     )
 
@@ -133,16 +133,20 @@ def test_an_escalation_the_cloud_refuses_with_409_is_dead_visible_and_can_be_red
         iq_id = "iq_client" + secrets.token_hex(8)
         assert post(stack, digits[30][0], image_query_id=iq_id, want_async="true").status_code == 200
         wait_until(lambda: outbox_state(stack, iq_id) == "dead", what="the refused escalation to die")
-        status = httpx.get(f"{stack.gateway_url}/status", timeout=10).json()
+        status = httpx.get(f"{stack.gateway_url}/status", headers=ADMIN, timeout=10).json()
         assert status["outbox"]["dead"] >= 1
-        metrics = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{stack.gateway_url}/metrics", headers=ADMIN, timeout=10).text
         assert "edge_outbox_dead 0.0" not in metrics and 'kind="conflict"' in metrics
     finally:
         stack.cloud.state.fail_escalations_with = None
     # Once the cause is fixed in the cloud, an operator sends it again.
-    redriven = httpx.post(f"{stack.gateway_url}/outbox/redrive", params={"image_query_id": iq_id}, timeout=10)
+    redriven = httpx.post(
+        f"{stack.gateway_url}/outbox/redrive", params={"image_query_id": iq_id}, headers=ADMIN, timeout=10
+    )
     assert redriven.status_code == 200 and redriven.json()["redriven"] == 1
     wait_until(lambda: iq_id in stack.cloud.state.escalations, what="the re-driven escalation")
     wait_until(lambda: outbox_state(stack, iq_id) is None, what="the outbox entry to leave")
-    bad = httpx.post(f"{stack.gateway_url}/outbox/redrive", params={"image_query_id": "nope"}, timeout=10)
+    bad = httpx.post(
+        f"{stack.gateway_url}/outbox/redrive", params={"image_query_id": "nope"}, headers=ADMIN, timeout=10
+    )
     assert bad.status_code == 400 and bad.json()["detail"]

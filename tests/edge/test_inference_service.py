@@ -14,7 +14,7 @@ from common.bundle import PRIMARY_FILE, current_bundle_dir
 from launcher.processes import ManagedProcess, free_port
 from tests.edge.conftest import DIGIT
 from tests.support.models import clone_bundle
-from tests.support.stack import start_inference
+from tests.support.stack import INTERNAL, start_inference
 
 
 def detector_id(name: str) -> str:
@@ -47,7 +47,7 @@ def service(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", headers=INTERNAL, timeout=10).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -57,7 +57,9 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def infer(url: str, detector: str, image: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/infer", params={"detector_id": detector}, content=image, timeout=30)
+    return httpx.post(
+        f"{url}/infer", params={"detector_id": detector}, content=image, headers=INTERNAL, timeout=30
+    )
 
 
 def test_round_robin_over_8_detectors_with_capacity_5_evicts_exactly_lru(service: str, digits) -> None:
@@ -71,7 +73,7 @@ def test_round_robin_over_8_detectors_with_capacity_5_evicts_exactly_lru(service
         assert metric(service, "inference_cache_misses_total", detector_id=det) == 3
         assert metric(service, "inference_cache_hits_total", detector_id=det) == 0
         assert metric(service, "inference_cache_evictions_total", detector_id=det) == evicted.count(det)
-    models = httpx.get(f"{service}/models", timeout=10).json()
+    models = httpx.get(f"{service}/models", headers=INTERNAL, timeout=10).json()
     loaded = {m["detector_id"] for m in models["models"] if m["loaded"]}
     assert loaded == set(sequence[-5:])
     assert models["cache"]["entries"] == 5 and models["cache"]["max_entries"] == 5

@@ -23,7 +23,7 @@ from launcher.processes import free_port
 from tests.edge.conftest import DIGIT, assert_delivered_once, edge_config, wait_until
 from tests.support.fake_cloud import FakeCloud
 from tests.support.models import clone_bundle, copy_model_root
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 # Short enough for a test to see a refresh and a model's arrival, long enough to be cached between calls.
@@ -64,7 +64,7 @@ def post(
         f"{url or stack.gateway_url}{IQ_PATH}",
         params={"detector_id": detector, **params},
         content=image,
-        headers={"Content-Type": "image/jpeg"},
+        headers={"Content-Type": "image/jpeg", **DEVICE},
         timeout=15,
     )
 
@@ -77,14 +77,14 @@ def answer(stack: EdgeStack, image: bytes, detector: str, **params: str) -> dict
 
 
 def readiness(stack: EdgeStack) -> dict[str, Any]:
-    resp = httpx.get(f"{stack.gateway_url}/edge-detector-readiness", timeout=10)
+    resp = httpx.get(f"{stack.gateway_url}/edge-detector-readiness", headers=DEVICE, timeout=10)
     assert resp.status_code == 200, resp.text
     ready: dict[str, Any] = resp.json()
     return ready
 
 
 def detector_status(stack: EdgeStack, detector: str) -> dict[str, Any]:
-    status = httpx.get(f"{stack.edge_url}/status", timeout=10).json()
+    status = httpx.get(f"{stack.edge_url}/status", headers=ADMIN, timeout=10).json()
     (entry,) = [d for d in status["detectors"] if d["detector_id"] == detector]
     return entry  # type: ignore[no-any-return]
 
@@ -119,7 +119,7 @@ def test_a_detector_without_a_model_answers_with_its_prior_and_escalates_once_th
     assert sent["reason"] == "no_model" and sent["image_query"]["result"]["label"] == "NO"
     assert cloud.state.images[iq["id"]] == image
     # The stored record is what a later read returns.
-    got = httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq['id']}", timeout=10).json()
+    got = httpx.get(f"{stack.gateway_url}{IQ_PATH}/{iq['id']}", headers=DEVICE, timeout=10).json()
     assert got["result"] == result
 
 
@@ -230,7 +230,9 @@ def test_readiness_and_status_report_a_detector_whose_prior_is_known(
     assert (status["prior"]["label"], status["prior"]["counts"]) == ("NO", [0, 3])
     assert detector_status(stack, DIGIT)["state"] == "serving"
     # The SDK's get_detector (asked before it waits for an answer) is served from the prior too.
-    got = httpx.get(f"{stack.gateway_url}/device-api/v1/detectors/{detector}", timeout=10).json()
+    got = httpx.get(
+        f"{stack.gateway_url}/device-api/v1/detectors/{detector}", headers=DEVICE, timeout=10
+    ).json()
     assert got["id"] == detector and got["mode"] == "BINARY" and got["query"] == "Is it there?"
 
 

@@ -14,8 +14,9 @@ import pytest
 from common.ids import new_detector_id
 from launcher.processes import free_port
 from tests.edge.conftest import edge_config, wait_until
+from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
-from tests.support.stack import EdgeStack
+from tests.support.stack import DEVICE, EdgeStack
 
 IQ_PATH = "/device-api/v1/image-queries"
 DETECTOR = new_detector_id()
@@ -26,7 +27,12 @@ def offline_stack(demo_models: Path, tmp_path: Path) -> Iterator[EdgeStack]:
     """The cloud is not started: each test starts it when it wants one."""
     cloud = FakeCloud(free_port())
     s = EdgeStack(
-        tmp_path, demo_models, cloud, edge_env={"EDGE_PRIOR_TTL_S": "0.2", "EDGE_PRIOR_RETRY_S": "0.1"}
+        tmp_path,
+        demo_models,
+        cloud,
+        edge_env={"EDGE_PRIOR_TTL_S": "0.2", "EDGE_PRIOR_RETRY_S": "0.1"},
+        # A box that boots offline accepts the cameras its local token file lists.
+        local_tokens=(DEVICE_TOKEN,),
     )
     s.start(edge_config(**{DETECTOR: "fast"}))
     yield s
@@ -37,7 +43,11 @@ def offline_stack(demo_models: Path, tmp_path: Path) -> Iterator[EdgeStack]:
 def ask(stack: EdgeStack, image: bytes) -> httpx.Response:
     """Straight to edge-api: its own answer, without the gateway's fallback."""
     return httpx.post(
-        f"{stack.edge_url}{IQ_PATH}", params={"detector_id": DETECTOR}, content=image, timeout=15
+        f"{stack.edge_url}{IQ_PATH}",
+        params={"detector_id": DETECTOR},
+        content=image,
+        headers=DEVICE,
+        timeout=15,
     )
 
 
@@ -52,7 +62,11 @@ def prior_answer(stack: EdgeStack, image: bytes) -> dict[str, Any]:
 
 
 def ready(stack: EdgeStack) -> bool:
-    return bool(httpx.get(f"{stack.edge_url}/edge-detector-readiness", timeout=10).json()[DETECTOR]["ready"])
+    return bool(
+        httpx.get(f"{stack.edge_url}/edge-detector-readiness", headers=DEVICE, timeout=10).json()[DETECTOR][
+            "ready"
+        ]
+    )
 
 
 def test_a_prior_fetched_once_answers_with_the_cloud_down_and_after_a_restart(

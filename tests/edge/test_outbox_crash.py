@@ -9,14 +9,15 @@ import pytest
 
 from launcher.processes import free_port
 from tests.edge.conftest import DIGIT, edge_config, wait_until
+from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
-from tests.support.stack import EdgeStack
+from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
 
 @pytest.fixture
 def offline_stack(demo_models: Path, tmp_path: Path):
     cloud = FakeCloud(free_port())  # not started: the cloud is down
-    s = EdgeStack(tmp_path, demo_models, cloud)
+    s = EdgeStack(tmp_path, demo_models, cloud, local_tokens=(DEVICE_TOKEN,))
     s.start(edge_config())
     yield s
     s.stop()
@@ -29,6 +30,7 @@ def submit_async(s: EdgeStack, image: bytes) -> str:
         f"{s.edge_url}/device-api/v1/image-queries",
         params={"detector_id": DIGIT, "want_async": "true"},
         content=image,
+        headers=DEVICE,
         timeout=15,
     )
     assert resp.status_code == 200, resp.text
@@ -44,6 +46,7 @@ def test_outbox_survives_sigkill_and_drains_exactly_once(offline_stack: EdgeStac
             f"{s.edge_url}/device-api/v1/image-queries",
             params={"detector_id": DIGIT, "confidence_threshold": "1.0"},
             content=image,
+            headers=DEVICE,
             timeout=15,
         )
         assert resp.status_code == 200, resp.text
@@ -51,7 +54,7 @@ def test_outbox_survives_sigkill_and_drains_exactly_once(offline_stack: EdgeStac
         ids.append(resp.json()["id"])
     # Offline: everything is kept, and the edge says the cloud is unreachable.
     assert {row[0] for row in s.outbox_rows()} == set(ids)
-    status = httpx.get(f"{s.edge_url}/status", timeout=10).json()
+    status = httpx.get(f"{s.edge_url}/status", headers=ADMIN, timeout=10).json()
     assert status["outbox"]["pending"] == len(ids) and status["cloud"]["reachable"] is False
 
     s.kill_edge()
@@ -73,7 +76,7 @@ def test_cloud_rejecting_an_escalation_keeps_it_as_dead_not_deleted(offline_stac
     s.cloud.start()
     iq_id = submit_async(s, digits[0][0])
     wait_until(lambda: (iq_id, "want_async", "dead") in s.outbox_rows(), what="dead-lettered entry")
-    assert httpx.get(f"{s.edge_url}/status", timeout=10).json()["outbox"]["dead"] == 1
+    assert httpx.get(f"{s.edge_url}/status", headers=ADMIN, timeout=10).json()["outbox"]["dead"] == 1
 
 
 def test_cloud_5xx_is_retried_until_accepted(offline_stack: EdgeStack, digits) -> None:

@@ -24,7 +24,7 @@ from tests.edge.conftest import DIGIT, wait_until
 from tests.edge.test_inference_service import metric
 from tests.support.models import clone_bundle
 from tests.support.split_bundles import install_tiny_backbone, install_tiny_split_bundle
-from tests.support.stack import start_inference
+from tests.support.stack import INTERNAL, start_inference
 
 
 def detector_id(name: str) -> str:
@@ -75,11 +75,13 @@ def png(seed: int) -> bytes:
 
 
 def infer(url: str, detector: str, image: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/infer", params={"detector_id": detector}, content=image, timeout=30)
+    return httpx.post(
+        f"{url}/infer", params={"detector_id": detector}, content=image, headers=INTERNAL, timeout=30
+    )
 
 
 def models(url: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(f"{url}/models", timeout=10).json()
+    body: dict[str, object] = httpx.get(f"{url}/models", headers=INTERNAL, timeout=10).json()
     return body
 
 
@@ -155,7 +157,7 @@ def test_a_head_swap_under_load_drops_no_request_and_keeps_the_backbone(served: 
 
     def client(n: int) -> list[tuple[int, str]]:
         out = []
-        with httpx.Client(base_url=served.url, timeout=30, trust_env=False) as http:
+        with httpx.Client(base_url=served.url, headers=INTERNAL, timeout=30, trust_env=False) as http:
             i = 0
             while not stop.is_set():
                 det = SWAPPED if i % 2 == 0 else HEADS[(n + i) % len(HEADS)]
@@ -171,7 +173,9 @@ def test_a_head_swap_under_load_drops_no_request_and_keeps_the_backbone(served: 
         futures = [pool.submit(client, n) for n in range(8)]
         wait_until(lambda: answered[0] >= 80, timeout=120, what="load before the swap")
         install_tiny_split_bundle(served.root, SWAPPED, served.backbone, version="v2-tinyhead0002", seed=999)
-        swap = httpx.post(f"{served.url}/models/{SWAPPED}/swap", timeout=60, trust_env=False)
+        swap = httpx.post(
+            f"{served.url}/models/{SWAPPED}/swap", headers=INTERNAL, timeout=60, trust_env=False
+        )
         assert swap.status_code == 200, swap.text
         assert swap.json()["swapped"] is True and swap.json()["version"] == "v2-tinyhead0002"
         at_swap = answered[0]
@@ -196,6 +200,6 @@ def test_a_single_file_bundle_beside_them_still_works(served: Served, digits) ->
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["detector_id"] == SINGLE and body["label"] in body["labels"] and len(body["labels"]) == 10
-    info = httpx.get(f"{served.url}/models/{SINGLE}", timeout=10).json()
+    info = httpx.get(f"{served.url}/models/{SINGLE}", headers=INTERNAL, timeout=10).json()
     assert info["loaded"] is True and info["backbone"] is None
     assert models(served.url)["cache"]["backbones"] == 1  # type: ignore[index]

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from launcher.gateway import (
     write_prefix,
 )
 from launcher.processes import ProcessError, free_port
+from launcher.tls import ensure_certificate
 
 TOKEN = "intellioptics_abcdefghijklmnop"
 DETECTOR = "det_2bQwM1aR5nXkYVh0pLs6Ee3Uq9C"
@@ -190,8 +192,9 @@ def test_a_no_fallback_answer_is_a_503_and_the_cloud_sees_nothing(client, edge, 
     assert cloud.requests == []
 
 
-@pytest.mark.parametrize("status", [400, 401, 413, 415, 429, 500])
+@pytest.mark.parametrize("status", [400, 401, 403, 413, 415, 429, 500])
 def test_other_edge_statuses_pass_through_with_their_body(client, edge, cloud, status):
+    """A refused token (401) or a missing right (403) is edge-api's last word: no cloud retry."""
     body = json.dumps({"detail": f"edge says {status}"}).encode()
     edge.answer(status, body)
 
@@ -224,6 +227,99 @@ def test_edge_only_routes_are_never_sent_to_the_cloud(client, edge, cloud, path,
     assert response.json() == {"detail": "edge only"}
     assert edge.requests[0].path == path
     assert cloud.requests == []
+
+
+@pytest.mark.parametrize("path", ["/internal/edge-config", "/internal/anything"])
+def test_the_edge_s_internal_routes_are_not_served_by_the_gateway(client, edge, cloud, path):
+    response = client.get(path, headers={"x-api-token": TOKEN, "x-internal-token": "guess"})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "not found"}
+    assert edge.requests == cloud.requests == []
+
+
+# --- HTTPS ---------------------------------------------------------------------------------------------
+
+
+def trusting(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def tls_client(gw: NginxGateway) -> httpx.Client:
+    return httpx.Client(base_url=gw.tls_url, verify=trusting(gw.tls_cert), trust_env=False, timeout=10)
+
+
+def test_https_serves_the_same_routes_with_the_self_signed_certificate(gateway, edge, cloud):
+    with tls_client(gateway) as https:
+        response = post_image(https)
+
+    assert response.status_code == 200 and response.json() == {"from": "edge"}
+    (seen,) = edge.requests
+    assert seen.headers["x-api-token"] == TOKEN
+    assert seen.headers["x-forwarded-proto"] == "https"
+    assert cloud.requests == []
+
+
+def test_an_https_fallback_hands_the_caller_s_token_to_the_cloud(gateway, edge, cloud):
+    edge.answer(503)
+    with tls_client(gateway) as https:
+        response = post_image(https)
+
+    assert response.status_code == 200 and response.json() == {"from": "cloud"}
+    (seen,) = cloud.requests
+    assert seen.headers["x-api-token"] == TOKEN and seen.body == IMAGE
+
+
+def test_the_certificate_names_the_loopback_addresses_and_is_kept_across_starts(tmp_path, edge, cloud):
+    first = start_gateway(tmp_path / "gw", f"127.0.0.1:{edge.port}", cloud.url)
+    cert = first.tls_cert.read_bytes()
+    first.stop()
+    again = start_gateway(tmp_path / "gw", f"127.0.0.1:{edge.port}", cloud.url)
+    try:
+        assert again.tls_cert.read_bytes() == cert
+        assert oct(again.tls_key.stat().st_mode & 0o777) == "0o600"
+        with httpx.Client(
+            base_url=f"https://localhost:{again.tls_port}", verify=trusting(again.tls_cert), trust_env=False
+        ) as https:
+            assert https.get("/health/live").status_code == 200
+    finally:
+        again.stop()
+
+
+def test_an_operator_certificate_is_used_as_given(tmp_path, edge, cloud):
+    cert, key = tmp_path / "mine.crt", tmp_path / "mine.key"
+    ensure_certificate(cert, key)
+    mine = cert.read_bytes()
+    gw = NginxGateway(
+        tmp_path / "gw",
+        port=free_port(),
+        edge_api_upstream=f"127.0.0.1:{edge.port}",
+        cloud_url=cloud.url,
+        tls_cert=cert,
+        tls_key=key,
+    ).start()
+    try:
+        with tls_client(gw) as https:
+            assert https.get("/health/live").status_code == 200
+        assert cert.read_bytes() == mine and not (tmp_path / "gw" / "tls").exists()
+    finally:
+        gw.stop()
+
+
+def test_a_certificate_without_its_key_is_refused(tmp_path, edge, cloud):
+    cert = tmp_path / "only.crt"
+    ensure_certificate(cert, tmp_path / "only.key")
+    (tmp_path / "only.key").unlink()
+    gw = NginxGateway(
+        tmp_path / "gw",
+        port=free_port(),
+        edge_api_upstream=f"127.0.0.1:{edge.port}",
+        cloud_url=cloud.url,
+        tls_cert=cert,
+        tls_key=tmp_path / "only.key",
+    )
+    with pytest.raises(GatewayConfigError, match="give both"):
+        gw.start()
 
 
 def test_a_body_over_the_gateway_limit_is_refused_with_json(gateway, edge, cloud):
@@ -355,6 +451,9 @@ def test_stop_ends_nginx_and_its_workers(tmp_path, edge):
 def test_the_template_renders_like_the_image_s_envsubst_does():
     values = {
         "GATEWAY_PORT": "30101",
+        "GATEWAY_TLS_PORT": "30143",
+        "GATEWAY_TLS_CERT": "/data/tls/gateway.crt",
+        "GATEWAY_TLS_KEY": "/data/tls/gateway.key",
         "EDGE_API_UPSTREAM": "edge-api:8718",
         "CLOUD_URL": "https://api.example.com",
         "NGINX_LOCAL_RESOLVERS": "127.0.0.11",
@@ -384,14 +483,23 @@ def test_the_template_uses_only_known_placeholders_and_lower_case_nginx_variable
 
 
 def test_the_rendered_config_passes_nginx_t(tmp_path):
+    cert, key = tmp_path / "tls" / "gateway.crt", tmp_path / "tls" / "gateway.key"
+    assert ensure_certificate(cert, key) is True
     conf = render_gateway(
-        TEMPLATE_PATH.read_text(), 30101, "edge-api:8718", "https://api.example.com/", "127.0.0.11"
+        TEMPLATE_PATH.read_text(),
+        30101,
+        "edge-api:8718",
+        "https://api.example.com/",
+        "127.0.0.11",
+        tls_cert=cert,
+        tls_key=key,
     )
     # nginx -t resolves the edge-api upstream name, which only exists inside compose.
     check_config(write_prefix(tmp_path, conf.replace("edge-api:8718", "127.0.0.1:8718")))
 
     assert "proxy_pass https://api.example.com$request_uri;" in conf
     assert "listen 30101;" in conf
+    assert "listen 30143 ssl;" in conf and f"ssl_certificate {cert};" in conf
     assert "resolver 127.0.0.11 valid=30s;" in conf
 
 
@@ -415,6 +523,21 @@ def test_nginx_t_reports_a_broken_config(tmp_path):
 def test_bad_gateway_settings_are_refused(port, upstream, cloud_url):
     with pytest.raises(GatewayConfigError):
         render_gateway(TEMPLATE_PATH.read_text(), port, upstream, cloud_url, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        {"tls_port": 0},
+        {"tls_port": 70000},
+        {"tls_port": 30101},
+        {"tls_cert": Path("/data/tls/my cert.pem")},
+        {"tls_key": Path("/data/tls/key;pem")},
+    ],
+)
+def test_bad_tls_settings_are_refused(tls):
+    with pytest.raises(GatewayConfigError):
+        render_gateway(TEMPLATE_PATH.read_text(), 30101, "h:1", "http://c", "r", **tls)
 
 
 def test_unknown_placeholders_are_refused():

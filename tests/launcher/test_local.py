@@ -38,10 +38,12 @@ def mapped(environ: dict[str, str] | None = None, layout: LocalLayout = LAYOUT):
 def test_by_default_services_talk_over_loopback_on_their_compose_ports():
     services = mapped()
 
+    internal_token_file = str(DATA / "secrets" / "internal-token")
     assert services[INFERENCE].env == {
         "INFERENCE_HOST": "127.0.0.1",
         "INFERENCE_PORT": "8001",
         "INFERENCE_MODEL_ROOT": str(DATA / "models"),
+        "INTELLIOPTICS_INTERNAL_TOKEN_FILE": internal_token_file,
     }
     assert services[EDGE_API].env == {
         "EDGE_HOST": "127.0.0.1",
@@ -53,9 +55,14 @@ def test_by_default_services_talk_over_loopback_on_their_compose_ports():
         "EDGE_DATA_DIR": str(DATA / "edge"),
         "EDGE_UPDATER_URL": "http://127.0.0.1:8721",
         "EDGE_STREAMS_URL": "http://127.0.0.1:8720",
+        "EDGE_ADMIN_TOKEN": "",
+        "INTELLIOPTICS_INTERNAL_TOKEN_FILE": internal_token_file,
     }
     assert services[GATEWAY].env == {
         "GATEWAY_PORT": "30101",
+        "GATEWAY_TLS_PORT": "30143",
+        "GATEWAY_TLS_CERT": str(DATA / "tls" / "gateway.crt"),
+        "GATEWAY_TLS_KEY": str(DATA / "tls" / "gateway.key"),
         "EDGE_API_UPSTREAM": "127.0.0.1:8718",
         "CLOUD_URL": "http://127.0.0.1:8000",
     }
@@ -88,6 +95,16 @@ def test_the_local_cloud_keeps_its_data_where_the_cloud_run_by_hand_does():
     assert services[CLOUD_API].directories == services[CLOUD_WORKER].directories == [CLOUD_DATA]
     assert services[CLOUD_API].argv == [sys.executable, "-m", "cloud.app"]
     assert services[CLOUD_WORKER].argv == [sys.executable, "-m", "cloud.worker"]
+
+
+def test_the_edge_s_services_share_one_internal_token_file_and_the_gateway_keeps_its_certificate():
+    services = mapped()
+    edge_python = [INFERENCE, EDGE_API, UPDATER, STREAMS]
+
+    files = {services[name].env["INTELLIOPTICS_INTERNAL_TOKEN_FILE"] for name in edge_python}
+    assert files == {str(DATA / "secrets" / "internal-token")}
+    assert all(DATA / "secrets" in services[name].directories for name in edge_python)
+    assert DATA / "tls" in services[GATEWAY].directories
 
 
 def test_the_cloud_port_moves_the_cloud_and_every_url_that_points_at_it():
@@ -161,7 +178,7 @@ def test_data_and_config_directories_can_move(tmp_path):
     layout = LocalLayout(repo_root=REPO, data_dir=tmp_path / "d", config_dir=tmp_path / "c")
     services = mapped(layout=layout)
 
-    assert services[INFERENCE].directories == [tmp_path / "d" / "models"]
+    assert services[INFERENCE].directories == [tmp_path / "d" / "models", tmp_path / "d" / "secrets"]
     assert services[EDGE_API].env["EDGE_DATA_DIR"] == str(tmp_path / "d" / "edge")
     assert services[EDGE_API].env["EDGE_CONFIG_PATH"] == str(tmp_path / "c" / "edge-config.yaml")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -96,6 +97,7 @@ def options(tmp_path: Path, **kwargs) -> RunOptions:
         "INFERENCE_PORT": str(free_port()),
         "EDGE_PORT": str(free_port()),
         "GATEWAY_PORT": str(free_port()),
+        "GATEWAY_TLS_PORT": str(free_port()),
         "CLOUD_PORT": str(free_port()),
         **kwargs.pop("environ", {}),
     }
@@ -125,11 +127,18 @@ def test_the_stack_starts_in_order_serves_through_the_gateway_and_stops_cleanly(
         stack.start(threading.Event())
         pids = {name: process.pid for name, process in stack.processes().items()}
         response = httpx.get(f"http://127.0.0.1:{opts.environ['GATEWAY_PORT']}/health/live", trust_env=False)
+        cert = tmp_path / ".intellioptics" / "data" / "tls" / "gateway.crt"
+        over_tls = httpx.get(
+            f"https://127.0.0.1:{opts.environ['GATEWAY_TLS_PORT']}/health/live",
+            verify=ssl.create_default_context(cafile=str(cert)),
+            trust_env=False,
+        )
     finally:
         stack.stop()
 
     assert [name for name in pids] == [CLOUD_API, CLOUD_WORKER, INFERENCE, EDGE_API, "gateway"]
     assert response.status_code == 200
+    assert over_tls.status_code == 200 and over_tls.json()["path"] == "/health/live"
     assert response.json()["path"] == "/health/live"
     assert all(pid is not None and gone(pid) for pid in pids.values())
     assert stack.running == []

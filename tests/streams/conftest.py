@@ -19,7 +19,7 @@ import yaml
 
 from launcher.processes import ManagedProcess, free_port, wait_for_http
 from tests.support.fake_cloud import FakeCloud
-from tests.support.stack import ROOT, EdgeStack
+from tests.support.stack import ADMIN, DEVICE, INTERNAL, INTERNAL_ENV, ROOT, EdgeStack
 
 DIGIT = "det_DemoWhichDigit0000000000000"
 SEVEN = "det_DemoIsThisASeven00000000000"
@@ -88,6 +88,7 @@ class StreamsService:
                 "STREAMS_SUBMIT_URL": self.submit_url,
                 "STREAMS_CONFIG_POLL_S": str(POLL_S),
                 "STREAMS_LOG_LEVEL": "warning",
+                **INTERNAL_ENV,
             },
             cwd=ROOT,
         ).start()
@@ -100,7 +101,7 @@ class StreamsService:
             self.process = None
 
     def status(self) -> dict[str, Any]:
-        resp = httpx.get(f"{self.url}/status", timeout=5, trust_env=False)
+        resp = httpx.get(f"{self.url}/status", headers=INTERNAL, timeout=5, trust_env=False)
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         return body
@@ -137,13 +138,15 @@ class StreamsStack:
         self.edge.put_config(config)
 
     def edge_status(self) -> dict[str, Any]:
-        resp = httpx.get(f"{self.edge.gateway_url}/status", timeout=10, trust_env=False)
+        resp = httpx.get(f"{self.edge.gateway_url}/status", headers=ADMIN, timeout=10, trust_env=False)
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         return body
 
     def image_query(self, iq_id: str) -> dict[str, Any]:
-        resp = httpx.get(f"{self.edge.edge_url}/device-api/v1/image-queries/{iq_id}", timeout=10)
+        resp = httpx.get(
+            f"{self.edge.edge_url}/device-api/v1/image-queries/{iq_id}", headers=DEVICE, timeout=10
+        )
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         return body

@@ -12,6 +12,7 @@ import pytest
 
 from tests.streams.conftest import DIGIT, StreamsStack, edge_config, start_streams_stack, stream
 from tests.support.rtsp import RtspSource, rtsp_tools_missing
+from tests.support.stack import ADMIN
 
 pytestmark = pytest.mark.skipif(rtsp_tools_missing() is not None, reason=rtsp_tools_missing() or "")
 
@@ -54,7 +55,7 @@ def rtsp_stack(
 
 def submitted_iqs(stack: StreamsStack) -> float:
     """edge-api's own count of image queries it answered for the demo detector."""
-    text = httpx.get(f"{stack.edge.edge_url}/metrics", timeout=10).text
+    text = httpx.get(f"{stack.edge.edge_url}/metrics", headers=ADMIN, timeout=10).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -93,7 +94,7 @@ def test_rtsp_frames_become_image_queries_at_the_configured_rate(rtsp_stack: Str
     assert iq["result"]["from_edge"] is True and iq["result"]["label"] is not None
 
     # edge-api's /status through the gateway reports the stream.
-    status = httpx.get(f"{rtsp_stack.edge.gateway_url}/status", timeout=10).json()
+    status = httpx.get(f"{rtsp_stack.edge.gateway_url}/status", headers=ADMIN, timeout=10).json()
     [cam] = status["streams"]["streams"]
     assert cam["name"] == "gate-cam" and cam["connected"] is True and cam["frames_submitted"] > 0
 

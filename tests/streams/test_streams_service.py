@@ -12,6 +12,7 @@ import numpy as np
 from edge.streams.gating import difference, thumbnail
 from launcher.processes import free_port
 from tests.streams.conftest import DIGIT, NO_MODEL, SEVEN, StreamsStack, edge_config, stream, write_image
+from tests.support.stack import ADMIN
 
 
 def digit_frame(data: bytes) -> np.ndarray:
@@ -110,7 +111,7 @@ def test_bad_sources_show_their_error_and_other_streams_keep_running(
     assert streams_stack.edge_status()["streams"]["service"]["reachable"] is True
 
     # And the gateway's /metrics carries the per-stream counters.
-    metrics = httpx.get(f"{streams_stack.edge.gateway_url}/metrics", timeout=10).text
+    metrics = httpx.get(f"{streams_stack.edge.gateway_url}/metrics", headers=ADMIN, timeout=10).text
     assert f'edge_stream_connected{{detector_id="{DIGIT}",stream="good"}} 1.0' in metrics
     assert f'edge_stream_connected{{detector_id="{DIGIT}",stream="refused"}} 0.0' in metrics
     assert 'edge_stream_connect_failures_total{detector_id="' + DIGIT + '",stream="refused"}' in metrics
@@ -154,12 +155,12 @@ def test_put_edge_config_adds_changes_and_removes_streams_without_restart(
     # An invalid stream is rejected with the path of the bad field and changes nothing.
     bad = edge_config({**stream("one", folder), "detector_id": "det_NotConfiguredOnThisEdge0000"})
     bad["streams"].append(stream("x", "ftp://camera/feed", fps=60))
-    resp = httpx.put(f"{streams_stack.edge.edge_url}/edge-config", json=bad, timeout=10)
+    resp = httpx.put(f"{streams_stack.edge.edge_url}/edge-config", json=bad, headers=ADMIN, timeout=10)
     assert resp.status_code == 400
     detail = resp.json()["detail"]
     assert "streams.1.url" in detail and "streams.1.fps" in detail, detail
     bad["streams"].pop()
-    resp = httpx.put(f"{streams_stack.edge.edge_url}/edge-config", json=bad, timeout=10)
+    resp = httpx.put(f"{streams_stack.edge.edge_url}/edge-config", json=bad, headers=ADMIN, timeout=10)
     assert resp.status_code == 400 and "streams.0.detector_id" in resp.json()["detail"]
     assert [s["name"] for s in svc.status()["streams"]] == ["one"]
 

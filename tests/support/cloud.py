@@ -123,7 +123,8 @@ class CloudServer:
 
     def login(self, username: str = "reviewer", password: str = REVIEWER_PASSWORD) -> httpx.Client:
         """A client holding a reviewer's (or admin's) session cookie, as a browser would."""
-        client = httpx.Client(base_url=self.url, timeout=30)
+        # A browser sends its Origin with each write; the cloud refuses cookie writes without one.
+        client = httpx.Client(base_url=self.url, timeout=30, headers={"Origin": self.url})
         resp = client.post("/login", data={"username": username, "password": password})
         assert resp.status_code in (200, 303), resp.text
         return client

@@ -1,6 +1,8 @@
 """A small cloud upstream for edge tests: records what reaches it, stores escalations idempotently.
 
-It honours the contract the edge relies on (`POST /api/v1/escalations` idempotent on image_query_id;
+It honours the contract the edge relies on (`GET /device-api/v1/me`: 200 for the tokens in `tokens`,
+DEVICE_TOKEN and FAKE_ADMIN_TOKEN to start with, else 401; `POST /api/v1/escalations` idempotent on
+image_query_id;
 `GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`;
 `GET /edge-api/v1/detectors/{id}/prior` with the prior a test sets in `priors`, else 404;
 `GET /edge-api/v1/fetch-model-urls/{id}/` with ETag and 304 for the model a test publishes, whose
@@ -28,7 +30,21 @@ from common.backbone import BackboneRef
 from common.bundle import DetectorMode
 from common.bundle_archive import sha256_of
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
+from tests.support.cloud import DEVICE_TOKEN
 from tests.support.thread_server import ThreadServer
+
+# A token the fake cloud knows as an admin's (the edge makes such a caller an edge operator).
+FAKE_ADMIN_TOKEN = "io_fakecloudadmin_" + "b" * 24
+ME_PATH = "/device-api/v1/me"
+
+
+def me_body(username: str, *, admin: bool = False) -> dict[str, Any]:
+    return {
+        "email": f"{username}@fake.cloud",
+        "username": username,
+        "group": {"id": 1, "name": "fake"},
+        "is_superuser": admin,
+    }
 
 
 @dataclass
@@ -58,6 +74,16 @@ class CloudState:
     # /blobs/<name> -> bytes (model archives, backbones); each download waits `blob_delay_s` first.
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_delay_s: float = 0.0
+    # x-api-token -> the Me JSON of GET /device-api/v1/me (any other token: 401).
+    tokens: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            DEVICE_TOKEN: me_body("device"),
+            FAKE_ADMIN_TOKEN: me_body("admin", admin=True),
+        }
+    )
+    # Token -> how many times /me was asked about it (kept out of `requests`: not traffic the
+    # tests look at).
+    me_calls: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fallbacks(self) -> list[Recorded]:
@@ -97,6 +123,15 @@ def build_app(state: CloudState) -> Starlette:
 
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    async def me(request: Request) -> JSONResponse:
+        token = request.headers.get("x-api-token", "")
+        with state.lock:
+            state.me_calls[token] = state.me_calls.get(token, 0) + 1
+            body = state.tokens.get(token)
+        if body is None:
+            return JSONResponse({"detail": "invalid API token"}, status_code=401)
+        return JSONResponse(body)
 
     async def anything(request: Request) -> JSONResponse:
         body = await request.body()
@@ -159,6 +194,7 @@ def build_app(state: CloudState) -> Starlette:
             Route("/edge-api/v1/fetch-model-urls/{detector_id}/", fetch_model_urls, methods=["GET"]),
             Route("/blobs/{name:path}", blob, methods=["GET"]),
             Route("/health/live", live),
+            Route(ME_PATH, me, methods=["GET"]),
             Route("/{path:path}", anything, methods=methods),
         ]
     )
@@ -195,6 +231,15 @@ class FakeCloud:
             "confidence_threshold": confidence_threshold,
             "has_model": False,
         }
+
+    def accept_token(self, token: str, username: str = "camera", *, admin: bool = False) -> None:
+        """Make `token` a device (or admin) token the cloud vouches for."""
+        with self.state.lock:
+            self.state.tokens[token] = me_body(username, admin=admin)
+
+    def revoke_token(self, token: str) -> None:
+        with self.state.lock:
+            self.state.tokens.pop(token, None)
 
     def serve_blob(self, name: str, data: bytes) -> str:
         """Serve `data` at /blobs/<name>; its absolute URL."""

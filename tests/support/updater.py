@@ -22,7 +22,7 @@ from common.bundle_archive import pack_bundle
 from launcher.processes import ManagedProcess, free_port, wait_for_http
 from tests.support.cloud import DEVICE_TOKEN, CloudServer, TestDatabase
 from tests.support.cloud_factories_registry import ensure_detector_for_bundle, run_in_db, token_for
-from tests.support.stack import EdgeStack
+from tests.support.stack import INTERNAL, INTERNAL_ENV, EdgeStack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,6 +190,7 @@ def start_updater(
             "UPDATER_CONFIG_POLL_S": "0.5",
             "UPDATER_HEARTBEAT_INTERVAL_S": "1",
             "UPDATER_LOG_LEVEL": "info",
+            **INTERNAL_ENV,
             **env,
         },
         cwd=ROOT,
@@ -200,7 +201,7 @@ def start_updater(
 
 
 def updater_status(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/status", timeout=10, trust_env=False)
+    response = httpx.get(f"{url}/status", headers=INTERNAL, timeout=10, trust_env=False)
     assert response.status_code == 200, response.text
     status: dict[str, Any] = response.json()
     return status

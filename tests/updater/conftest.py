@@ -12,7 +12,7 @@ import pytest
 from common.bundle import current_bundle_dir
 from launcher.processes import free_port
 from tests.support.cloud import CloudServer
-from tests.support.stack import start_inference
+from tests.support.stack import INTERNAL, start_inference
 from tests.support.updater import Registry, registry_cloud
 
 DIGIT = "det_DemoWhichDigit0000000000000"
@@ -66,6 +66,7 @@ def served_version(inference_url: str, detector_id: str, image: bytes) -> str:
         f"{inference_url}/infer",
         params={"detector_id": detector_id},
         content=image,
+        headers=INTERNAL,
         timeout=30,
         trust_env=False,
     )

@@ -24,6 +24,7 @@ from edge.updater.installer import Installer
 from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
 from tests.support.split_bundles import export_tiny_backbone
+from tests.support.stack import INTERNAL
 from tests.support.updater import split_bundle_archive
 from tests.updater.conftest import served_version
 
@@ -35,7 +36,7 @@ async def poller(fake_cloud: FakeCloud, inference: str, model_root: Path) -> Asy
     """One poller for the test: every detector's polls share its backbones, as in the updater."""
     async with (
         httpx.AsyncClient(base_url=fake_cloud.url, timeout=30, trust_env=False) as cloud,
-        httpx.AsyncClient(base_url=inference, timeout=60, trust_env=False) as inf,
+        httpx.AsyncClient(base_url=inference, headers=INTERNAL, timeout=60, trust_env=False) as inf,
     ):
         registry = RegistryClient(cloud, lambda: DEVICE_TOKEN, download_timeout_s=60)
         yield DetectorPoller(registry, InferenceClient(inf), Installer(model_root, keep=2))

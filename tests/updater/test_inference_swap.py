@@ -18,7 +18,7 @@ import pytest
 from common.bundle import OODD_FILE, PRIMARY_FILE, install_bundle, read_metadata, read_pipeline, write_bundle
 from launcher.processes import free_port
 from tests.support.models import clone_bundle
-from tests.support.stack import start_inference
+from tests.support.stack import INTERNAL, start_inference
 from tests.updater.conftest import served_version
 
 
@@ -54,7 +54,7 @@ def served(swap_service: tuple[str, Path], digit_bundle: Path, request: pytest.F
 
 
 def swap(url: str, det: str) -> httpx.Response:
-    return httpx.post(f"{url}/models/{det}/swap", timeout=60, trust_env=False)
+    return httpx.post(f"{url}/models/{det}/swap", headers=INTERNAL, timeout=60, trust_env=False)
 
 
 def install_broken(digit_bundle: Path, seven_bundle: Path, served: Served, version: str) -> None:
@@ -99,7 +99,7 @@ def test_a_swap_serves_the_new_current_from_the_next_request_on(served, digit_bu
     body = response.json()
     assert (body["version"], body["previous_version"], body["swapped"]) == ("b", "a", True)
     assert served_version(url, det, image) == "b"
-    model = httpx.get(f"{url}/models/{det}", timeout=10).json()
+    model = httpx.get(f"{url}/models/{det}", headers=INTERNAL, timeout=10).json()
     assert model["version"] == "b" and model["loaded"] is True
 
 
@@ -156,7 +156,7 @@ def test_requests_in_flight_during_swaps_all_succeed_on_the_old_or_the_new_versi
 
     def client(n: int) -> list[tuple[int, str]]:
         out = []
-        with httpx.Client(base_url=url, timeout=30, trust_env=False) as http:
+        with httpx.Client(base_url=url, headers=INTERNAL, timeout=30, trust_env=False) as http:
             while not stop.is_set():
                 response = http.post("/infer", params={"detector_id": det}, content=images[n % 8])
                 out.append((response.status_code, response.json().get("model_version", response.text)))

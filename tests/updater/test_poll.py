@@ -18,6 +18,7 @@ from edge.updater.core import DetectorPoller, DetectorState, Outcome, Source, ne
 from edge.updater.installer import Installer
 from launcher.processes import free_port
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
+from tests.support.stack import INTERNAL
 from tests.support.updater import Registry, bundle_archive
 from tests.updater.conftest import served_version
 
@@ -37,7 +38,9 @@ class Poller:
         async def once() -> Outcome:
             async with (
                 httpx.AsyncClient(base_url=self.cloud_url, timeout=30, trust_env=False) as cloud,
-                httpx.AsyncClient(base_url=self.inference_url, timeout=60, trust_env=False) as inference,
+                httpx.AsyncClient(
+                    base_url=self.inference_url, headers=INTERNAL, timeout=60, trust_env=False
+                ) as inference,
             ):
                 registry = RegistryClient(cloud, lambda: self.token, download_timeout_s=60)
                 poller = DetectorPoller(registry, InferenceClient(inference), self.installer)
@@ -202,7 +205,7 @@ def test_a_first_version_that_fails_warm_up_leaves_no_model_installed(
     assert poller.poll(state) is Outcome.REJECTED
     assert current(model_root, detector.id) is None
     assert versions_on_disk(model_root, detector.id) == set()
-    assert httpx.get(f"{inference}/models/{detector.id}", timeout=10).status_code == 404
+    assert httpx.get(f"{inference}/models/{detector.id}", headers=INTERNAL, timeout=10).status_code == 404
 
 
 def test_an_install_that_inference_could_not_swap_in_is_finished_on_a_later_poll(

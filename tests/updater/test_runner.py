@@ -23,6 +23,7 @@ from edge.updater.settings import UpdaterSettings
 from launcher.processes import free_port
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
 from tests.support.fake_cloud import FakeCloud
+from tests.support.stack import INTERNAL
 from tests.support.updater import Registry, bundle_archive
 
 
@@ -45,7 +46,7 @@ async def make_updater(inference: str, model_root: Path) -> AsyncIterator[Callab
         values = {"model_root": model_root, "jitter": 0.0, "shutdown_grace_s": 5.0, **settings}
         s = UpdaterSettings(cloud_url=cloud_url, api_token=DEVICE_TOKEN, **values)  # type: ignore[arg-type]
         cloud, inf, edge_api = (
-            httpx.AsyncClient(base_url=url, timeout=10, trust_env=False)
+            httpx.AsyncClient(base_url=url, headers=INTERNAL, timeout=10, trust_env=False)
             for url in (cloud_url, inference, f"http://127.0.0.1:{free_port()}")
         )
         clients.extend([cloud, inf, edge_api])
@@ -148,7 +149,7 @@ def test_the_fast_rate_applies_only_while_no_model_serves_and_never_slows_polls_
 async def test_a_detector_without_a_model_is_polled_fast_until_its_first_model_serves(
     make_updater, fake_cloud: FakeCloud, digit_bundle: Path, tmp_path: Path
 ):
-    updater: Updater = make_updater(fake_cloud.url, no_model_refresh_s=0.05)
+    updater: Updater = make_updater(fake_cloud.url, no_model_refresh_s=0.05, young_model_window_s=0.0)
     detector_id = new_detector_id()
     updater.apply_config(config({detector_id: "default"}, refresh_rate=60.0))
 
@@ -166,7 +167,7 @@ async def test_a_detector_without_a_model_is_polled_fast_until_its_first_model_s
 
     (state,) = updater.snapshot()["detectors"]
     assert state["version"] == "first-1"
-    assert state["delay_s"] == 60.0  # jitter 0: exactly the refresh rate from now on
+    assert state["delay_s"] == 60.0  # jitter 0: exactly the refresh rate from now on (no young window)
 
 
 async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_could_not_learn(
@@ -197,3 +198,14 @@ async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_coul
     assert "edge-api not answering" in hub["info"]["updater"]["edge_api_error"]
     assert states[unknown]["outcome"] == Outcome.NO_MODEL.value
     assert "not found" in states[unknown]["detail"]
+
+
+def test_a_freshly_deployed_version_keeps_the_fast_rate_for_the_young_model_window():
+    state = DetectorState(new_detector_id())
+    state.outcome, state.version, state.deployed_at = Outcome.DEPLOYED, "v2", 1000.0
+    assert poll_interval(state, 60.0, 5.0, 600.0, now=1000.0 + 599) == 5.0  # still learning
+    assert poll_interval(state, 60.0, 5.0, 600.0, now=1000.0 + 601) == 60.0  # settled
+    assert poll_interval(state, 2.0, 5.0, 600.0, now=1001.0) == 2.0  # never slower than the rate
+    assert poll_interval(state, 60.0, 5.0, 0.0, now=1001.0) == 60.0  # window off
+    state.deployed_at = None  # deployed before this process started
+    assert poll_interval(state, 60.0, 5.0, 600.0, now=1001.0) == 60.0

@@ -14,6 +14,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import quote, urlsplit
@@ -217,9 +218,19 @@ class InferenceHttp:
     """Keep-alive HTTP/1.1 connections to the inference service, reused last-in first-out."""
 
     def __init__(
-        self, base_url: str, timeout_s: float, connect_timeout_s: float = 2.0, limit: int = 128
+        self,
+        base_url: str,
+        timeout_s: float,
+        connect_timeout_s: float = 2.0,
+        limit: int = 128,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(base_url)
+        # Sent with every request (the internal token), prebuilt like the rest of the head.
+        self._extra = b"".join(
+            b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        )
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._idle: deque[_Connection] = deque()
@@ -228,10 +239,11 @@ class InferenceHttp:
 
     def head(self, method: str, target: str, body_len: int | None) -> bytes:
         length = b"" if body_len is None else b"Content-Length: %d\r\n" % body_len
-        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n" % (
             method.encode("ascii"),
             target.encode("ascii"),
             self._host,
+            self._extra,
             length,
         )
 
@@ -288,8 +300,8 @@ class InferenceHttp:
 _TRANSPORT_ERRORS = (OSError, TimeoutError, ConnectionError)
 
 
-def new_session(base_url: str, timeout_s: float) -> InferenceHttp:
-    return InferenceHttp(base_url, timeout_s)
+def new_session(base_url: str, timeout_s: float, headers: Mapping[str, str] | None = None) -> InferenceHttp:
+    return InferenceHttp(base_url, timeout_s, headers=headers)
 
 
 class InferenceClient:

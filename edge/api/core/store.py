@@ -1,6 +1,7 @@
 """The edge's SQLite database: a local record of answered image queries, the escalation outbox, and the
-label priors of detectors without a model (edge.api.core.priors), kept so they answer after a restart
-with the cloud unreachable.
+label priors of detectors without a model (edge.api.core.priors) and the device tokens the cloud
+vouched for (edge.api.auth.verdicts, by sha256 only), kept so they answer after a restart with the
+cloud unreachable.
 
 Both live in one file so that recording a query and queueing its escalation is one transaction:
 a crash can never leave an escalated query without its outbox entry or the reverse. Plain records
@@ -55,6 +56,14 @@ CREATE TABLE IF NOT EXISTS priors (
     body TEXT NOT NULL,
     fetched_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS token_verdicts (
+    token_sha256 TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT NOT NULL,
+    checked_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -86,6 +95,18 @@ class OutboxItem:
     content_type: str
     created_at: float
     attempts: int
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    """The cloud's word on one device token, by its sha256 (the token itself is never stored)."""
+
+    token_sha256: str
+    role: str
+    username: str
+    email: str
+    checked_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -256,6 +277,37 @@ class EdgeStore:
         """(detector_id, DetectorPrior JSON, fetched_at) of every prior kept."""
         rows = self.fast.execute("SELECT detector_id, body, fetched_at FROM priors").fetchall()
         return [(str(d), str(b), float(f)) for d, b, f in rows]
+
+    # -- device tokens the cloud vouched for ------------------------------------------------------
+    def save_verdict(self, row: VerdictRow, keep: int) -> None:
+        """Keep one verdict (by token hash) and at most `keep` in all, the most recently checked."""
+        self.fast.execute(
+            "INSERT INTO token_verdicts (token_sha256, role, username, email, checked_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token_sha256) DO UPDATE SET role = excluded.role,"
+            " username = excluded.username, email = excluded.email, checked_at = excluded.checked_at,"
+            " expires_at = excluded.expires_at",
+            (row.token_sha256, row.role, row.username, row.email, row.checked_at, row.expires_at),
+        )
+        self.fast.execute(
+            "DELETE FROM token_verdicts WHERE token_sha256 NOT IN"
+            " (SELECT token_sha256 FROM token_verdicts ORDER BY checked_at DESC LIMIT ?)",
+            (keep,),
+        )
+
+    def forget_verdict(self, token_sha256: str) -> None:
+        self.fast.execute("DELETE FROM token_verdicts WHERE token_sha256 = ?", (token_sha256,))
+
+    def load_verdicts(self, limit: int) -> list[VerdictRow]:
+        """The kept verdicts, the most recently checked last (at most `limit`)."""
+        rows = self.fast.execute(
+            "SELECT token_sha256, role, username, email, checked_at, expires_at FROM token_verdicts"
+            " ORDER BY checked_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            VerdictRow(str(t), str(r), str(u), str(e), float(c), float(x))
+            for t, r, u, e, c, x in reversed(rows)
+        ]
 
     # -- outbox ------------------------------------------------------------------------------------
     @staticmethod

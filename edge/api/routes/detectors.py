@@ -6,13 +6,13 @@ from common.bundle import DetectorMode
 from common.edge_config import EdgeConfig
 from common.wire.device_api import Detector, utc_now_iso
 from edge.api.core.inference_client import InferenceUnavailableError
-from edge.api.deps import StateDep
+from edge.api.deps import DEVICE, StateDep
 from edge.api.errors import NotServedHereError
 
 router = APIRouter(prefix="/device-api/v1/detectors", tags=["detectors"])
 
 
-@router.get("/{detector_id}", response_model=Detector, operation_id="get_detector")
+@router.get("/{detector_id}", response_model=Detector, operation_id="get_detector", dependencies=[DEVICE])
 async def get_detector(detector_id: str, state: StateDep) -> Detector:
     """Served for detectors this edge answers (the SDK asks before waiting); others go to the cloud."""
     config: EdgeConfig = state.config.config

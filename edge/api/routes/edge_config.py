@@ -1,4 +1,9 @@
-"""The SDK's edge helpers (`ExperimentalApi.edge`): config, readiness, upstream."""
+"""The SDK's edge helpers (`ExperimentalApi.edge`): config, readiness, upstream.
+
+Reading and changing the edge config is for the edge operator (it names cameras and their
+credentials); camera passwords are redacted in every answer (edge.api.core.config_secrets). The
+streams service reads the config with the passwords from the internal route.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,26 @@ from fastapi import APIRouter, Request
 
 from common.edge_config import EdgeConfigError
 from common.wire.device_api import DetectorReadiness, EdgeInfo
+from edge.api.core.config_secrets import RedactedSecretError, redacted_config, restore_secrets
 from edge.api.core.inference_client import InferenceUnavailableError
-from edge.api.deps import StateDep
+from edge.api.deps import DEVICE, INTERNAL, OPERATOR, StateDep
 from edge.api.errors import BadRequestError
 
 router = APIRouter(tags=["edge"])
 
 
-@router.get("/edge-config", operation_id="get_edge_config")
+@router.get("/edge-config", operation_id="get_edge_config", dependencies=[OPERATOR])
 async def get_edge_config(state: StateDep) -> dict[str, Any]:
+    return redacted_config(state.config.config)
+
+
+@router.get("/internal/edge-config", operation_id="get_edge_config_with_secrets", dependencies=[INTERNAL])
+async def get_edge_config_with_secrets(state: StateDep) -> dict[str, Any]:
+    """The streams service needs the cameras' credentials; nobody else gets them."""
     return state.config.config.model_dump(mode="json")
 
 
-@router.put("/edge-config", operation_id="put_edge_config")
+@router.put("/edge-config", operation_id="put_edge_config", dependencies=[OPERATOR])
 async def put_edge_config(request: Request, state: StateDep) -> dict[str, Any]:
     """Validated in full, then applied without restart; 400 lists every bad field by its path."""
     try:
@@ -29,15 +41,17 @@ async def put_edge_config(request: Request, state: StateDep) -> dict[str, Any]:
     except ValueError:
         raise BadRequestError("body must be a JSON edge config") from None
     try:
-        config = state.config.apply(data)
+        config = state.config.apply(restore_secrets(data, state.config.config))
+    except RedactedSecretError as exc:
+        raise BadRequestError(f"invalid edge config: {exc}") from None
     except EdgeConfigError as exc:
         raise BadRequestError("invalid edge config: " + "; ".join(exc.errors)) from None
     # Detectors without a model answer with their label prior: fetch those now, in the background.
     state.priors.prefetch_unserved(config, state.directory)
-    return config.model_dump(mode="json")
+    return redacted_config(config)
 
 
-@router.get("/edge-detector-readiness", operation_id="edge_detector_readiness")
+@router.get("/edge-detector-readiness", operation_id="edge_detector_readiness", dependencies=[DEVICE])
 async def readiness(state: StateDep) -> dict[str, DetectorReadiness]:
     """Ready: the edge answers it itself, with its model or, before it has one, with its label prior."""
     config = state.config.config
@@ -56,6 +70,6 @@ async def readiness(state: StateDep) -> dict[str, DetectorReadiness]:
     return out
 
 
-@router.get("/edge-info", response_model=EdgeInfo, operation_id="edge_info")
+@router.get("/edge-info", response_model=EdgeInfo, operation_id="edge_info", dependencies=[DEVICE])
 async def edge_info(state: StateDep) -> EdgeInfo:
     return EdgeInfo(upstream_endpoint=state.settings.cloud_url)

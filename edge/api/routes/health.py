@@ -9,8 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from common.edge_config import DetectorConfig, EdgeConfig, redact_url
+from common.internal_auth import internal_headers
 from edge.api.core.inference_client import InferenceUnavailableError
-from edge.api.deps import EdgeState, StateDep
+from edge.api.deps import OPERATOR, EdgeState, StateDep
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +30,7 @@ async def ready(state: StateDep) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/status", operation_id="status")
+@router.get("/status", operation_id="status", dependencies=[OPERATOR])
 async def status(state: StateDep) -> dict[str, Any]:
     """One page for an operator: models, cache, outbox, cloud link."""
     depth = await state.store.run(state.store.depth)
@@ -98,7 +99,10 @@ def _detector_status(
 async def _ask_streams(state: EdgeState, path: str) -> httpx.Response:
     timeout = state.settings.streams_timeout_s
     async with httpx.AsyncClient(
-        base_url=state.settings.streams_url, timeout=timeout, trust_env=False
+        base_url=state.settings.streams_url,
+        timeout=timeout,
+        headers=internal_headers(state.internal_token),
+        trust_env=False,
     ) as client:
         return await client.get(path)
 
@@ -149,7 +153,10 @@ async def _updater_status(state: EdgeState) -> dict[str, Any]:
         }
     try:
         async with httpx.AsyncClient(
-            base_url=url, timeout=state.settings.updater_timeout_s, trust_env=False
+            base_url=url,
+            timeout=state.settings.updater_timeout_s,
+            headers=internal_headers(state.internal_token),
+            trust_env=False,
         ) as client:
             response = await client.get("/status")
         if response.status_code == 200:
@@ -160,7 +167,7 @@ async def _updater_status(state: EdgeState) -> dict[str, Any]:
     return {"service": {"url": url, "reachable": False, "error": error}}
 
 
-@router.get("/metrics", operation_id="metrics")
+@router.get("/metrics", operation_id="metrics", dependencies=[OPERATOR])
 async def metrics(state: StateDep) -> Response:
     """edge-api's metrics, followed by the streams service's (edge_stream_*) when it answers, so the
     gateway's one /metrics covers both."""

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from common.http import Receive, Scope, query_dict, read_body
 from common.wire.device_api import ImageQuery
 from edge.api.core.params import parse_submit_params
-from edge.api.deps import EdgeState, StateDep
+from edge.api.deps import DEVICE, EdgeState, StateDep
 
 SUBMIT_PATH = "/device-api/v1/image-queries"
 
@@ -41,7 +41,9 @@ async def _submit(state: EdgeState, scope: Scope, receive: Receive) -> Response:
 
 
 async def submit_endpoint(scope: Scope, receive: Receive) -> Response:
+    """The fast path skips FastAPI's dependencies, so it asks the authenticator itself."""
     state: EdgeState = scope["app"].state.edge
+    await state.auth.authenticate_scope(scope)
     return await _submit(state, scope, receive)
 
 
@@ -49,6 +51,7 @@ async def submit_endpoint(scope: Scope, receive: Receive) -> Response:
     "",
     response_model=ImageQuery,
     operation_id="submit_image_query",
+    dependencies=[DEVICE],
     openapi_extra={
         "requestBody": {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
     },
@@ -58,6 +61,8 @@ async def submit_image_query(request: Request, state: StateDep) -> Response:
     return await _submit(state, request.scope, request.receive)
 
 
-@router.get("/{image_query_id}", response_model=ImageQuery, operation_id="get_image_query")
+@router.get(
+    "/{image_query_id}", response_model=ImageQuery, operation_id="get_image_query", dependencies=[DEVICE]
+)
 async def get_image_query(image_query_id: str, state: StateDep) -> Response:
     return Response(await state.image_queries.get(image_query_id), media_type=_JSON)

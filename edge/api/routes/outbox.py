@@ -1,5 +1,5 @@
 """Operator call for escalations the cloud refused: once the cause is fixed there (a detector
-created, a conflicting query removed), `POST /outbox/redrive` sends the dead entries again."""
+created, a conflicting query removed), `POST /outbox/redrive` sends the dead entries again. Operator scope (edge.api.auth)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from common.ids import is_image_query_id
-from edge.api.deps import StateDep
+from edge.api.deps import OPERATOR, StateDep
 from edge.api.errors import BadRequestError
 
 router = APIRouter(prefix="/outbox", tags=["outbox"])
@@ -21,7 +21,7 @@ class Redriven(BaseModel):
     dead: int
 
 
-@router.post("/redrive", response_model=Redriven, operation_id="redrive_outbox")
+@router.post("/redrive", response_model=Redriven, operation_id="redrive_outbox", dependencies=[OPERATOR])
 async def redrive(
     state: StateDep,
     image_query_id: Annotated[
