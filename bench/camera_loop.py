@@ -249,6 +249,12 @@ class CameraLoop:
         self.cloud = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"x-api-token": token}, timeout=30, trust_env=False
         )
+        self.operator = httpx.AsyncClient(
+            base_url=stack.gateway_url,
+            headers={"x-api-token": stack.edge_admin_token},
+            timeout=30,
+            trust_env=False,
+        )
         # A browser's session sends its Origin with every write; the cloud refuses cookie writes without.
         self.reviewer = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"Origin": stack.cloud_url}, timeout=30, trust_env=False
@@ -262,7 +268,7 @@ class CameraLoop:
         return time.monotonic() - self.t0
 
     async def aclose(self) -> None:
-        for client in (self.device, self.cloud, self.reviewer):
+        for client in (self.device, self.cloud, self.reviewer, self.operator):
             await client.aclose()
 
     async def setup(self) -> None:
@@ -284,7 +290,7 @@ class CameraLoop:
         if resp.status_code != 201:
             raise RuntimeError(f"creating the detector failed: HTTP {resp.status_code} {resp.text[:300]}")
         self.detector_id = resp.json()["id"]
-        config = (await self.device.get("/edge-config")).json()
+        config = (await self.operator.get("/edge-config")).json()
         config["detectors"] = [
             d for d in config.get("detectors", []) if d.get("detector_id") != self.detector_id
         ] + [
@@ -294,7 +300,7 @@ class CameraLoop:
                 "confidence_threshold": self.args.threshold,
             }
         ]
-        resp = await self.device.put("/edge-config", json=config)
+        resp = await self.operator.put("/edge-config", json=config)
         if resp.status_code != 200:
             raise RuntimeError(f"PUT /edge-config failed: HTTP {resp.status_code} {resp.text[:300]}")
         log(f"detector {self.detector_id} ({self.scenario.mode}) created and added to the edge config")
@@ -440,7 +446,7 @@ class CameraLoop:
     async def watch_edge(self) -> None:
         while True:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                resp = await self.device.get("/status")
+                resp = await self.operator.get("/status")
                 version = None
                 for model in (resp.json().get("inference") or {}).get("models") or []:
                     if model.get("detector_id") == self.detector_id:

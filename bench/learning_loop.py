@@ -277,6 +277,12 @@ class Loop:
         self.cloud = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"x-api-token": token}, timeout=30, trust_env=False
         )
+        self.operator = httpx.AsyncClient(
+            base_url=stack.gateway_url,
+            headers={"x-api-token": stack.edge_admin_token},
+            timeout=30,
+            trust_env=False,
+        )
         # A browser's session sends its Origin with every write; the cloud refuses cookie writes without.
         self.reviewer = httpx.AsyncClient(
             base_url=stack.cloud_url, headers={"Origin": stack.cloud_url}, timeout=30, trust_env=False
@@ -285,7 +291,7 @@ class Loop:
         self.waits: list[dict[str, Any]] = []
 
     async def aclose(self) -> None:
-        for client in (self.device, self.cloud, self.reviewer):
+        for client in (self.device, self.cloud, self.reviewer, self.operator):
             await client.aclose()
 
     # setup
@@ -308,7 +314,7 @@ class Loop:
         if resp.status_code != 201:
             raise RuntimeError(f"creating the detector failed: HTTP {resp.status_code} {resp.text[:300]}")
         self.detector_id = resp.json()["id"]
-        config = (await self.device.get("/edge-config")).json()
+        config = (await self.operator.get("/edge-config")).json()
         config["detectors"] = [
             d for d in config.get("detectors", []) if d.get("detector_id") != self.detector_id
         ] + [
@@ -318,7 +324,7 @@ class Loop:
                 "confidence_threshold": THRESHOLD,
             }
         ]
-        resp = await self.device.put("/edge-config", json=config)
+        resp = await self.operator.put("/edge-config", json=config)
         if resp.status_code != 200:
             raise RuntimeError(f"PUT /edge-config failed: HTTP {resp.status_code} {resp.text[:300]}")
         log(f"detector {self.detector_id} created in the cloud and added to the edge config")
@@ -417,7 +423,7 @@ class Loop:
         return str(resp.json()["version"])
 
     async def edge_version(self) -> str | None:
-        resp = await self.device.get("/status")
+        resp = await self.operator.get("/status")
         resp.raise_for_status()
         for model in (resp.json().get("inference") or {}).get("models") or []:
             if model.get("detector_id") == self.detector_id:

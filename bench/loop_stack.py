@@ -74,6 +74,8 @@ class LoopStack:
         self.startup_timeout = startup_timeout
         self.extra_env = dict(extra_env or {})
         self.reviewer_password = secrets.token_urlsafe(18)
+        # The edge operator's token (edge config, status): chosen here, so the bench can send it.
+        self.edge_admin_token = secrets.token_urlsafe(24)
         self.ports: dict[str, int] = {}
         self.stack: LocalStack | None = None
         self.stop_event = threading.Event()
@@ -89,6 +91,8 @@ class LoopStack:
         env.update(
             {
                 "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD": self.reviewer_password,
+                "EDGE_ADMIN_TOKEN": self.edge_admin_token,
+                "INTELLIOPTICS_EDGE_ADMIN_TOKEN": self.edge_admin_token,
                 "CLOUD_LOG_LEVEL": "warning",
                 "EDGE_LOG_LEVEL": "warning",
                 "INFERENCE_LOG_LEVEL": "warning",
