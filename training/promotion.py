@@ -153,8 +153,9 @@ def decide_at_threshold(
       included: a version that is confidently wrong more often than promised is never promoted.
     * No production version: promote.
     * Production evaluated on the same items (at least `min_compare_items`): promote when production
-      breaks the promise, or the candidate escalates at most `max_escalation_increase` more (and its
-      confident accuracy is no more than the tolerance below production's).
+      breaks the promise, or the candidate escalates `max_escalation_increase` less, or escalates
+      about as much (within that margin) with confident accuracy no more than the tolerance below
+      production's.
     * Production not comparable on enough shared items (small data, cross-validated candidate):
       promote when the candidate learnt from more labels than production did.
     * Production exists but could not be evaluated at all: a person decides.
@@ -220,6 +221,11 @@ def decide_at_threshold(
         return decide(True, why, esc, prod_esc + ": the candidate wins")
     if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase:
         return decide(False, why, esc, prod_esc + ": the candidate escalates more")
+    if candidate.escalation_rate < production.escalation_rate - pol.max_escalation_increase:
+        # Both keep the promise and the candidate answers more itself: cameras get more confident
+        # answers that are as right as promised (production's higher accuracy on its few confident
+        # answers is no reason to keep escalating the rest).
+        return decide(True, why, esc, prod_esc + ": the candidate escalates less")
     cand_acc, prod_acc = candidate.confident_accuracy, production.confident_accuracy
     if cand_acc is not None and prod_acc is not None and cand_acc < prod_acc - pol.promise_tolerance:
         return decide(False, why, esc, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}")

@@ -251,6 +251,14 @@ def test_promotion_keeps_the_thresholds_promise_first_version_included() -> None
     other = _point(50, 50, 60, 0.2, items="xyz")
     assert decide_at_threshold(other, good, policy, candidate_labels=200, production_labels=100).promote
     assert not decide_at_threshold(other, good, policy, candidate_labels=100, production_labels=100).promote
+    # A young production: all 4 of its confident answers right, the rest (93 %) escalated. A candidate
+    # with 30 of 33 confident answers right (promise kept) that escalates far less replaces it.
+    young = _point(4, 4, 60, 0.93)
+    learner = _point(33, 30, 60, 0.45)
+    assert decide_at_threshold(learner, young, policy).promote
+    # About as many escalations: then confident accuracy must not drop by more than the tolerance.
+    peer = _point(33, 30, 60, 0.92)
+    assert not decide_at_threshold(peer, young, policy).promote
 
 
 @needs_fashion
