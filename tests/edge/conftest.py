@@ -51,7 +51,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str =
 
 
 def assert_delivered_once(stack: EdgeStack, iq_id: str) -> None:
-    """The escalation reached the cloud, left the outbox, and was posted exactly once."""
+    """The escalation reached the cloud, left the outbox, and was taken exactly once (posts the cloud
+    refused and the edge retried do not count)."""
     wait_until(lambda: iq_id in stack.cloud.state.escalations, what=f"escalation {iq_id} at the cloud")
     wait_until(lambda: not stack.outbox_rows(), what="outbox to drain")
-    assert stack.cloud.state.posts_per_id[iq_id] == 1
+    assert stack.cloud.state.accepted_per_id[iq_id] == 1

@@ -288,13 +288,15 @@ def test_a_service_that_never_gets_healthy_fails_the_start_and_leaves_nothing(tm
         port_env="EDGE_PORT",
         health_path="/health/live",
     )
-    opts = options(tmp_path, services=services, startup_timeout=1.0)
+    opts = options(
+        tmp_path, services=services, startup_timeout=5.0
+    )  # room for the healthy fakes on a busy machine
 
     status = run(opts, output)
 
     assert status == 1
     log = output.getvalue()
-    assert "cannot start" in log and "not healthy" in log and "stuck" in log
+    assert "cannot start" in log and "not healthy" in log and "stuck" in log, log
     assert "stopped edge-api" in log and "stopped inference" in log
     assert "starting gateway" not in log
 

@@ -62,6 +62,8 @@ class CloudState:
     escalations: dict[str, dict[str, Any]] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
     posts_per_id: dict[str, int] = field(default_factory=dict)
+    # Posts taken (not refused by `fail_escalations_with`): a duplicate counts, a retried failure not.
+    accepted_per_id: dict[str, int] = field(default_factory=dict)
     fail_escalations_with: int | None = None
     # image_query_id -> the ImageQuery JSON that GET /device-api/v1/image-queries/{id} returns.
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -115,6 +117,7 @@ def build_app(state: CloudState) -> Starlette:
             state.posts_per_id[iq_id] = state.posts_per_id.get(iq_id, 0) + 1
             if state.fail_escalations_with is not None:
                 return JSONResponse({"detail": "injected failure"}, status_code=state.fail_escalations_with)
+            state.accepted_per_id[iq_id] = state.accepted_per_id.get(iq_id, 0) + 1
             if iq_id in state.escalations:
                 return JSONResponse({"image_query_id": iq_id, "created": False}, status_code=200)
             state.escalations[iq_id] = payload
