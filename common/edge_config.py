@@ -124,7 +124,7 @@ class StreamConfig(BaseModel):
         if scheme in ("rtsp", "rtsps", "http", "https") and not urlsplit(value).hostname:
             raise ValueError("has no host")
         try:
-            urlsplit(value).port  # parsed lazily: an out-of-range port would fail later, when shown
+            _ = urlsplit(value).port  # parsed lazily: an out-of-range port would fail later, when shown
         except ValueError:
             raise ValueError("has a port that is not a number from 0 to 65535") from None
         return value
