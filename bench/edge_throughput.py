@@ -13,6 +13,11 @@ and each concurrency (1, 4, 16) it measures, in one run:
 (b) the chain: `concurrency` closed-loop clients, each with one keep-alive connection, POST the frame
     to the nginx gateway (`/device-api/v1/image-queries`); every answer must be a 200.
 
+Every request carries the credential its target needs, as in production: a device token
+(`x-api-token`, listed in edge-api's local token file, since the cloud is dead) to the gateway and
+edge-api, the internal token (`x-internal-token`) to the inference service. The headers are part of
+the pre-encoded requests, so they add nothing to the load generator's per-request cost.
+
 The load generator is one uvloop event loop in this process with a minimal HTTP/1.1 client (tens of
 microseconds per request; `--client httpx` swaps in httpx.AsyncClient for comparison). While the chain
 is measured this process runs nothing else (its in-process model and predict threads sit idle, and
@@ -210,17 +215,25 @@ class InProcess:
 
 
 def http_callers(
-    client: str, port: int, path: str, frames: Sequence[bytes], c: int, timings: Callable[..., Any]
+    client: str,
+    port: int,
+    path: str,
+    frames: Sequence[bytes],
+    c: int,
+    timings: Callable[..., Any],
+    headers: dict[str, str],
 ) -> tuple[list[Caller], httpx.AsyncClient | None]:
+    """`headers`: the credential the target port needs (encoded into every pre-built request)."""
     step = max(1, len(frames) // c)
     if client == "raw":
-        requests = [build_post("127.0.0.1", port, path, f) for f in frames]
+        requests = [build_post("127.0.0.1", port, path, f, headers=headers) for f in frames]
         return [RawHttpCaller("127.0.0.1", port, requests, i * step, timings) for i in range(c)], None
     limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
     shared = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30.0, trust_env=False
     )
-    return [HttpxCaller(shared, path, frames, i * step, timings) for i in range(c)], shared
+    callers: list[Caller] = [HttpxCaller(shared, path, frames, i * step, timings, headers) for i in range(c)]
+    return callers, shared
 
 
 def measure_http(
@@ -239,7 +252,7 @@ def measure_http(
     meter = CpuMeter(groups)
 
     async def go() -> dict[str, Any]:
-        callers, shared = http_callers(client, port, path, bundle.frames, c, timings)
+        callers, shared = http_callers(client, port, path, bundle.frames, c, timings, stack.headers_for(port))
         try:
             return await measure(callers, protocol, meter, breakdown, on_windows)
         finally:
@@ -254,7 +267,9 @@ def measure_http(
 def sanity_check(stack: BenchStack, bundles: Sequence[BenchBundle]) -> dict[str, Any]:
     """One request per detector through the gateway: 200, an edge answer, not escalated."""
     seen: dict[str, Any] = {}
-    with httpx.Client(base_url=stack.gateway_url, timeout=60.0, trust_env=False) as client:
+    with httpx.Client(
+        base_url=stack.gateway_url, headers=stack.device_headers, timeout=60.0, trust_env=False
+    ) as client:
         for b in bundles:
             resp = client.post(SUBMIT_PATH, params={"detector_id": b.detector_id}, content=b.frames[0])
             if resp.status_code != 200:
@@ -680,6 +695,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "inference_intra_op_threads": 1,
             "edge_config": "edge_only: always_return_edge_prediction, disable_cloud_escalation, audit rate 0",
             "cloud": "dead port (nothing should reach it)",
+            "auth": (
+                "device token (local token file) to the gateway and edge-api, internal token to "
+                "inference; a fresh pair per stack"
+            ),
         },
         "sanity": sanity,
         "bundles": per_bundle,
@@ -832,7 +851,12 @@ def distinct_frames(n: int) -> list[bytes]:
 
 def inference_counters(stack: BenchStack) -> dict[str, float]:
     """The inference service's embedding-cache lookups and backbone images so far (from /metrics)."""
-    text = httpx.get(f"{stack.inference_url}/metrics", timeout=10, trust_env=False).text
+    resp = httpx.get(
+        f"{stack.inference_url}/metrics", headers=stack.internal_headers, timeout=10, trust_env=False
+    )
+    if resp.status_code != 200:
+        raise RuntimeError(f"inference /metrics answered {resp.status_code}: {resp.text[:300]}")
+    text = resp.text
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -860,7 +884,10 @@ def measure_fanout(
 ) -> dict[str, Any]:
     """`c` closed-loop cameras; each sends its next frame to every detector at once. Rates are images/s."""
     meter = CpuMeter({**stack.pid_groups(), "loadgen": [os.getpid()]})
-    per_detector = [[build_post("127.0.0.1", port, path_for(d), f) for f in frames] for d in detector_ids]
+    headers = stack.headers_for(port)
+    per_detector = [
+        [build_post("127.0.0.1", port, path_for(d), f, headers=headers) for f in frames] for d in detector_ids
+    ]
     step = max(1, len(frames) // c)
 
     async def go() -> dict[str, Any]:

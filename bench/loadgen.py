@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -319,11 +319,25 @@ class InProcessCaller:
         return None
 
 
-def build_post(host: str, port: int, path: str, body: bytes, content_type: str = "image/jpeg") -> bytes:
+def build_post(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str = "image/jpeg",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """One complete request, encoded once: `headers` (credentials, say) go into the bytes sent."""
+    extra = ""
+    for name, value in (headers or {}).items():
+        if any(c in name or c in value for c in "\r\n") or ":" in name:
+            raise ValueError(f"header {name!r} cannot be sent as is")
+        extra += f"{name}: {value}\r\n"
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         f"Content-Type: {content_type}\r\n"
+        f"{extra}"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"
     ).encode("latin-1")
@@ -449,18 +463,20 @@ class HttpxCaller:
         bodies: Sequence[bytes],
         offset: int,
         timings: TimingSource | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         self._path = path
         self._bodies = bodies
         self._next = offset
         self._timings = timings
+        self._headers = {"Content-Type": "image/jpeg", **(headers or {})}
 
     async def __call__(self) -> Sample:
         body = self._bodies[self._next % len(self._bodies)]
         self._next += 1
         try:
-            resp = await self._client.post(self._path, content=body, headers={"Content-Type": "image/jpeg"})
+            resp = await self._client.post(self._path, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
             return Sample(False, 0, None, type(exc).__name__)
         if resp.status_code != 200:

@@ -5,6 +5,11 @@ reproducible whatever the caller's shell exports. The cloud URL points at a port
 the benchmark's detectors are edge-only, so nothing should ever go there, and if something did it
 would come back as an error and be counted.
 
+Credentials are made per stack: an internal token that inference and edge-api share (the only
+header inference answers), a device token listed in edge-api's local token file (so it is accepted
+with the cloud dead) and an operator token. `headers_for(port)` is what a request to one of the
+stack's ports must carry.
+
 With `profile_dir`, both Python services run under `bench.profiled`: `start_profiling` and
 `stop_profiling` bracket the steady-state load, and one `.prof` file per service lands there.
 """
@@ -12,6 +17,7 @@ With `profile_dir`, both Python services run under `bench.profiled`: `start_prof
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import time
@@ -22,11 +28,15 @@ from typing import Any, Self
 import yaml
 
 from bench.loadgen import process_group_pids
+from common.internal_auth import INTERNAL_TOKEN_HEADER
+from edge.api.auth.local_tokens import add_token, read_tokens, token_digest
+from edge.api.settings import LOCAL_TOKENS_FILE
 from launcher.gateway import NginxGateway
 from launcher.processes import ManagedProcess, free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 _SCRUB = ("EDGE_", "INFERENCE_", "GATEWAY_", "GROUNDLIGHT_", "INTELLIOPTICS_")
+DEVICE_TOKEN_HEADER = "x-api-token"
 
 
 def edge_only_config(detector_ids: list[str]) -> dict[str, Any]:
@@ -66,6 +76,9 @@ class BenchStack:
         self.edge_port = free_port()
         self.gateway_port = free_port()
         self.dead_cloud_port = free_port()
+        self.internal_token = secrets.token_urlsafe(32)
+        self.device_token = secrets.token_urlsafe(32)
+        self.admin_token = secrets.token_urlsafe(32)
         self.inference: ManagedProcess | None = None
         self.edge: ManagedProcess | None = None
         self.gateway: NginxGateway | None = None
@@ -81,6 +94,33 @@ class BenchStack:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "edge-data"
+
+    @property
+    def device_headers(self) -> dict[str, str]:
+        """What a camera sends (to the gateway or straight to edge-api)."""
+        return {DEVICE_TOKEN_HEADER: self.device_token}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The edge operator's header (edge-api's /status, /metrics, /edge-config)."""
+        return {DEVICE_TOKEN_HEADER: self.admin_token}
+
+    @property
+    def internal_headers(self) -> dict[str, str]:
+        """What the edge's own services send each other (the only caller inference answers)."""
+        return {INTERNAL_TOKEN_HEADER: self.internal_token}
+
+    def headers_for(self, port: int) -> dict[str, str]:
+        """The credential header a request to one of this stack's ports needs."""
+        if port in (self.gateway_port, self.edge_port):
+            return self.device_headers
+        if port == self.inference_port:
+            return self.internal_headers
+        raise ValueError(f"port {port} is none of this stack's services")
 
     def _argv(self, module: str) -> list[str]:
         if self.profile_dir is None:
@@ -134,6 +174,10 @@ class BenchStack:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "edge-config.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
+        tokens_file = self.data_dir / LOCAL_TOKENS_FILE
+        digest = token_digest(self.device_token)
+        if digest not in {t.sha256 for t in read_tokens(tokens_file)}:
+            add_token(tokens_file, self.device_token, f"bench-{digest[:12]}")
         self.inference = ManagedProcess(
             "inference",
             self._argv("edge.inference"),
@@ -144,6 +188,7 @@ class BenchStack:
                     "INFERENCE_WORKER_THREADS": str(self.worker_threads),
                     "INFERENCE_INTRA_OP_THREADS": str(self.intra_op_threads),
                     "INFERENCE_LOG_LEVEL": "warning",
+                    "INTELLIOPTICS_INTERNAL_TOKEN": self.internal_token,
                 }
             ),
             inherit_env=False,
@@ -159,8 +204,10 @@ class BenchStack:
                     "EDGE_INFERENCE_URL": self.inference_url,
                     "EDGE_CLOUD_URL": f"http://127.0.0.1:{self.dead_cloud_port}",
                     "EDGE_CONFIG_PATH": str(config_path),
-                    "EDGE_DATA_DIR": str(self.workdir / "edge-data"),
+                    "EDGE_DATA_DIR": str(self.data_dir),
+                    "EDGE_ADMIN_TOKEN": self.admin_token,
                     "EDGE_LOG_LEVEL": "warning",
+                    "INTELLIOPTICS_INTERNAL_TOKEN": self.internal_token,
                 }
             ),
             inherit_env=False,
