@@ -149,7 +149,9 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
     finally:
         # Like Ctrl-C in a terminal: the signal reaches make and the launcher (one process group).
         run.send_signal(signal.SIGTERM)
-        run.wait(timeout=60)
+        # A hang guard, not a timing: each service gets its stop timeout (10 s) in turn, and on a busy
+        # machine the trainer and the updater may use all of theirs.
+        run.wait(timeout=180)
         run.stop()
     log = run.output_tail(400)
     for service in SERVICES:
