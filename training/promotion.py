@@ -219,7 +219,10 @@ def decide_at_threshold(
                 f"accuracy {candidate.accuracy:.4f} below production's {production.accuracy:.4f}",
             )
         return decide(True, why, esc, prod_esc + ": the candidate wins")
-    if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase:
+    # On a few dozen shared items one item is several points: differences within a standard error
+    # of the two rates are noise, and the candidate (which learnt from more labels) gets the benefit.
+    noise = _difference_se(candidate.escalation_rate, production.escalation_rate, candidate.n)
+    if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase + noise:
         return decide(False, why, esc, prod_esc + ": the candidate escalates more")
     if candidate.escalation_rate < production.escalation_rate - pol.max_escalation_increase:
         # Both keep the promise and the candidate answers more itself: cameras get more confident
@@ -227,6 +230,18 @@ def decide_at_threshold(
         # answers is no reason to keep escalating the rest).
         return decide(True, why, esc, prod_esc + ": the candidate escalates less")
     cand_acc, prod_acc = candidate.confident_accuracy, production.confident_accuracy
-    if cand_acc is not None and prod_acc is not None and cand_acc < prod_acc - pol.promise_tolerance:
-        return decide(False, why, esc, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}")
+    if cand_acc is not None and prod_acc is not None:
+        acc_noise = _difference_se(cand_acc, prod_acc, min(candidate.confident, production.confident))
+        if cand_acc < prod_acc - pol.promise_tolerance - acc_noise:
+            return decide(
+                False, why, esc, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}"
+            )
     return decide(True, why, esc, prod_esc + ": not worse")
+
+
+def _difference_se(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two rates measured on the same `n` items (pooled)."""
+    if n <= 0:
+        return 1.0
+    p = min(1.0, max(0.0, (a + b) / 2))
+    return float((2 * p * (1 - p) / n) ** 0.5)

@@ -256,9 +256,16 @@ def test_promotion_keeps_the_thresholds_promise_first_version_included() -> None
     young = _point(4, 4, 60, 0.93)
     learner = _point(33, 30, 60, 0.45)
     assert decide_at_threshold(learner, young, policy).promote
-    # About as many escalations: then confident accuracy must not drop by more than the tolerance.
-    peer = _point(33, 30, 60, 0.92)
-    assert not decide_at_threshold(peer, young, policy).promote
+    # About as many escalations: then confident accuracy must not drop by more than the tolerance and
+    # the noise (production's 4 of 4 says little; 40 of 40 says more).
+    assert decide_at_threshold(_point(33, 30, 60, 0.92), young, policy).promote
+    solid = _point(40, 40, 60, 0.33)
+    assert not decide_at_threshold(_point(40, 36, 60, 0.33), solid, policy).promote
+    # One more escalated item in 25 (4 points) is noise; the same 4 points on 2,000 items are not.
+    base, one_more = _point(10, 10, 25, 0.60), _point(9, 9, 25, 0.64)
+    assert decide_at_threshold(one_more, base, policy).promote
+    base, more = _point(800, 800, 2000, 0.60), _point(720, 720, 2000, 0.64)
+    assert not decide_at_threshold(more, base, policy).promote
 
 
 @needs_fashion
