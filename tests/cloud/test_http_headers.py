@@ -5,7 +5,6 @@ and request bodies under a cap and a read deadline (raw sockets: a slow client g
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from cloud.app.web.pages import TEMPLATES
 from tests.support import cloud as support
 from tests.support.cloud import DEVICE_TOKEN, REVIEWER_PASSWORD, CloudServer
+from tests.support.raw_http import raw_exchange
 
 PUBLIC_URL = "https://review.example.test"
 SECURITY_HEADERS = ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy")
@@ -192,20 +192,6 @@ def test_login_from_another_site_is_refused_and_logout_needs_no_origin(cloud: Cl
 # -- bodies -------------------------------------------------------------------------------------------------
 
 
-def raw_exchange(cloud: CloudServer, request: bytes, wait_s: float = 20) -> tuple[bytes, bool]:
-    """Send `request` on a fresh connection, then read until the server closes it (or `wait_s`).
-    Returns what arrived and whether the server closed the connection."""
-    with socket.create_connection(("127.0.0.1", cloud.port), timeout=wait_s) as sock:
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-    return received, True
-
-
 def head(path: str, content_length: int, extra: str = "") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -215,21 +201,21 @@ def head(path: str, content_length: int, extra: str = "") -> bytes:
 
 
 def test_a_body_that_stops_short_is_answered_408_and_the_connection_closed(cloud: CloudServer) -> None:
-    received, closed = raw_exchange(cloud, head("/login", 1000) + b"username=r")
+    received, closed = raw_exchange(cloud.port, head("/login", 1000) + b"username=r")
     assert received.startswith(b"HTTP/1.1 408 "), received[:200]
     assert b"did not arrive within 1 s" in received
     assert closed
 
 
 def test_a_declared_body_over_the_cap_is_refused_unread(cloud: CloudServer) -> None:
-    received, closed = raw_exchange(cloud, head("/login", 10**9))
+    received, closed = raw_exchange(cloud.port, head("/login", 10**9))
     assert received.startswith(b"HTTP/1.1 413 "), received[:200]
     assert closed
 
 
 def test_a_route_that_ignores_the_body_answers_and_closes(cloud: CloudServer) -> None:
     request = head("/health/live", 1000).replace(b"POST", b"GET", 1) + b"0123456789"
-    received, closed = raw_exchange(cloud, request)
+    received, closed = raw_exchange(cloud.port, request)
     assert received.startswith(b"HTTP/1.1 ")
     assert b"connection: close" in received.lower()
     assert closed

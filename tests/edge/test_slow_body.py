@@ -4,7 +4,6 @@ is refused before it is read (413)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from launcher.processes import free_port
 from tests.edge.conftest import edge_config
 from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
+from tests.support.raw_http import raw_exchange
 from tests.support.stack import EdgeStack
 
 
@@ -31,19 +31,6 @@ def slow_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         cloud.stop()
 
 
-def exchange(port: int, request: bytes, wait_s: float = 20) -> tuple[bytes, bool]:
-    """What the server sent on a fresh connection, and whether it closed the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-    return received, True
-
-
 def submit_head(content_length: int) -> bytes:
     return (
         "POST /device-api/v1/image-queries?detector_id=det_2vTiRPqkGrrjdpo6zlmF3S6KQzN HTTP/1.1\r\n"
@@ -53,12 +40,12 @@ def submit_head(content_length: int) -> bytes:
 
 
 def test_a_body_that_stops_short_gets_408_and_the_connection_closes(slow_stack: EdgeStack) -> None:
-    received, closed = exchange(slow_stack.edge_port, submit_head(1000) + b"0123456789")
+    received, closed = raw_exchange(slow_stack.edge_port, submit_head(1000) + b"0123456789")
     assert received.startswith(b"HTTP/1.1 408 "), received[:300]
     assert closed
 
 
 def test_a_declared_body_over_the_cap_is_refused_unread(slow_stack: EdgeStack) -> None:
-    received, closed = exchange(slow_stack.edge_port, submit_head(10**10))
+    received, closed = raw_exchange(slow_stack.edge_port, submit_head(10**10))
     assert received.startswith(b"HTTP/1.1 413 "), received[:300]
     assert closed
