@@ -43,6 +43,8 @@ from tests.support.stack import ADMIN_TOKEN, INTERNAL_TOKEN
 OPEN = "open"
 LOCAL_TOKEN = "io_localdevicetoken_" + "e" * 24
 WRONG_TOKEN = "io_nobodyknowsthis_" + "f" * 24
+TRAINER_TOKEN = "io_cloudtrainertok_" + "a" * 24  # the cloud knows it: role trainer
+REVIEWER_TOKEN = "io_cloudreviewertk_" + "b" * 24  # the cloud refuses it on /me (403), as it does
 
 
 class Caller(StrEnum):
@@ -52,6 +54,8 @@ class Caller(StrEnum):
     LOCAL = "device token (local file)"
     ADMIN = "edge admin token"
     CLOUD_ADMIN = "cloud admin token"
+    TRAINER = "cloud trainer token"
+    REVIEWER = "cloud reviewer token"
     INTERNAL = "internal token"
 
 
@@ -62,6 +66,8 @@ HEADERS: dict[Caller, dict[str, str]] = {
     Caller.LOCAL: {"x-api-token": LOCAL_TOKEN},
     Caller.ADMIN: {"x-api-token": ADMIN_TOKEN},
     Caller.CLOUD_ADMIN: {"x-api-token": FAKE_ADMIN_TOKEN},
+    Caller.TRAINER: {"x-api-token": TRAINER_TOKEN},
+    Caller.REVIEWER: {"x-api-token": REVIEWER_TOKEN},
     Caller.INTERNAL: {"x-internal-token": INTERNAL_TOKEN},
 }
 
@@ -107,6 +113,8 @@ EDGE_API_CELLS: dict[str, dict[Caller, int | str]] = {
     Access.DEVICE: {
         Caller.NONE: 401,
         Caller.WRONG: 401,
+        Caller.TRAINER: 403,
+        Caller.REVIEWER: 403,
         **dict.fromkeys(
             (Caller.DEVICE, Caller.LOCAL, Caller.ADMIN, Caller.CLOUD_ADMIN, Caller.INTERNAL), ALLOWED
         ),
@@ -116,6 +124,8 @@ EDGE_API_CELLS: dict[str, dict[Caller, int | str]] = {
         Caller.WRONG: 401,
         Caller.DEVICE: 403,
         Caller.LOCAL: 403,
+        Caller.TRAINER: 403,
+        Caller.REVIEWER: 403,
         Caller.ADMIN: ALLOWED,
         Caller.CLOUD_ADMIN: ALLOWED,
         Caller.INTERNAL: ALLOWED,
@@ -123,7 +133,10 @@ EDGE_API_CELLS: dict[str, dict[Caller, int | str]] = {
     Access.INTERNAL: {
         Caller.NONE: 401,
         Caller.WRONG: 401,
-        **dict.fromkeys((Caller.DEVICE, Caller.LOCAL, Caller.ADMIN, Caller.CLOUD_ADMIN), 403),
+        **dict.fromkeys(
+            (Caller.DEVICE, Caller.LOCAL, Caller.ADMIN, Caller.CLOUD_ADMIN, Caller.TRAINER, Caller.REVIEWER),
+            403,
+        ),
         Caller.INTERNAL: ALLOWED,
     },
 }
@@ -135,10 +148,16 @@ INTERNAL_SERVICE_CELLS: dict[str, dict[Caller, int | str]] = {
 
 def cloud_transport() -> httpx.MockTransport:
     """The cloud as edge-api's token check sees it; everything else is down."""
-    known = {DEVICE_TOKEN: me_body("device"), FAKE_ADMIN_TOKEN: me_body("admin", admin=True)}
+    known = {
+        DEVICE_TOKEN: me_body("device"),
+        FAKE_ADMIN_TOKEN: me_body("admin", admin=True),
+        TRAINER_TOKEN: {**me_body("trainer"), "role": "trainer"},
+    }
 
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/device-api/v1/me":
+            if request.headers.get("x-api-token") == REVIEWER_TOKEN:
+                return httpx.Response(403, json={"detail": "this route needs the device role"})
             body = known.get(request.headers.get("x-api-token", ""))
             return httpx.Response(200, json=body) if body else httpx.Response(401, json={"detail": "no"})
         return httpx.Response(503, json={"detail": "down"})
