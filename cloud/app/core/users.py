@@ -7,6 +7,7 @@ seeding make accounts and tokens of their own without one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -27,13 +28,14 @@ ROLES_WITH_PASSWORD = (Role.ADMIN, Role.REVIEWER)
 async def create_user(
     session: AsyncSession, username: str, role: Role, password: str | None = None, email: str = ""
 ) -> User:
-    """Adds the user to the session (flushed, not committed)."""
+    """Adds the user to the session (flushed, not committed). scrypt runs off the event loop."""
+    password_hash = await asyncio.to_thread(hash_password, password) if password else None
     user = User(
         id=new_user_id(),
         username=username,
         email=email or f"{username}@intellioptics.local",
         role=role,
-        password_hash=hash_password(password) if password else None,
+        password_hash=password_hash,
     )
     session.add(user)
     await session.flush()
