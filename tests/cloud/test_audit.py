@@ -25,6 +25,7 @@ from tests.support.cloud_factories_worker import (
     Tokens,
     private_database,
     purge_deleted_detectors,
+    role_clients,
     seed_tokens,
 )
 
@@ -43,10 +44,7 @@ def tokens(cloud: CloudServer, cloud_db: support.TestDatabase) -> Tokens:
 
 @pytest.fixture(scope="module")
 def clients(cloud: CloudServer, tokens: Tokens) -> Iterator[dict[Role, httpx.Client]]:
-    made = {role: cloud.client(tokens.of(role)) for role in Role}
-    yield made
-    for client in made.values():
-        client.close()
+    yield from role_clients(cloud, tokens)
 
 
 @pytest.fixture(scope="module")

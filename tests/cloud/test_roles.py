@@ -22,7 +22,7 @@ from tests.support.cloud_factories_http import (
     upload_metrics_report,
     upload_tiny_version,
 )
-from tests.support.cloud_factories_worker import Tokens, private_database, seed_tokens
+from tests.support.cloud_factories_worker import Tokens, private_database, role_clients, seed_tokens
 
 JOBS = "/api/v1/training-jobs"
 
@@ -39,10 +39,7 @@ def tokens(cloud: CloudServer, cloud_db: support.TestDatabase) -> Tokens:
 
 @pytest.fixture(scope="module")
 def clients(cloud: CloudServer, tokens: Tokens) -> Iterator[dict[Role, httpx.Client]]:
-    made = {role: cloud.client(tokens.of(role)) for role in Role}
-    yield made
-    for client in made.values():
-        client.close()
+    yield from role_clients(cloud, tokens)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,7 +35,7 @@ from cloud.app.settings import CloudSettings, to_async_url
 from cloud.worker.loop import TickReport, close_state, make_state
 from cloud.worker.loop import purge_deleted_detectors as purge_step
 from common.ids import new_detector_id, new_id, new_image_query_id
-from tests.support.cloud import DEVICE_TOKEN, TestDatabase
+from tests.support.cloud import DEVICE_TOKEN, CloudServer, TestDatabase
 
 T = TypeVar("T")
 
@@ -247,3 +248,13 @@ def purge_deleted_detectors(database_url: str, data_dir: Path, now: datetime) ->
             await close_state(state)
 
     return asyncio.run(purge())
+
+
+def role_clients(cloud: CloudServer, tokens: Tokens) -> Iterator[dict[Role, httpx.Client]]:
+    """For a module fixture: one API client per role, each with that role's token, closed after."""
+    made = {role: cloud.client(tokens.of(role)) for role in Role}
+    try:
+        yield made
+    finally:
+        for client in made.values():
+            client.close()
