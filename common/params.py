@@ -4,9 +4,6 @@ each service maps to its own 400."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +11,6 @@ from typing import Any
 from common.ids import is_detector_id, is_image_query_id
 from common.wire.device_api import HumanReview
 
-MAX_METADATA_BYTES = 1024
 MAX_INSPECTION_ID_CHARS = 100
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -34,11 +30,12 @@ class SubmitParams:
     human_review: HumanReview = HumanReview.DEFAULT
     want_async: bool = False
     inspection_id: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # decoded and checked by common.validation
     image_query_id: str | None = None
 
 
 def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:
+    """Everything but `metadata`, which `common.validation.parse_submit_params` adds by its rules."""
     detector_id = query.get("detector_id")
     if not detector_id:
         raise InvalidParameterError("detector_id is required")
@@ -57,7 +54,6 @@ def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:
         human_review=parse_human_review(query.get("human_review")),
         want_async=parse_flag(query, "want_async"),
         inspection_id=inspection_id,
-        metadata=decode_metadata(query.get("metadata")),
         image_query_id=image_query_id,
     )
 
@@ -98,26 +94,3 @@ def parse_human_review(raw: str | None) -> HumanReview:
         return HumanReview(raw.upper())
     except ValueError:
         raise InvalidParameterError("human_review must be DEFAULT, ALWAYS or NEVER") from None
-
-
-def decode_metadata(raw: str | None, max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any] | None:
-    """The SDK sends URL-safe base64 of a JSON object; plain JSON text is accepted too."""
-    if raw is None or raw == "":
-        return None
-    text: bytes
-    if raw.lstrip().startswith("{"):
-        text = raw.encode()
-    else:
-        try:
-            text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        except (binascii.Error, ValueError):
-            raise InvalidParameterError("metadata must be URL-safe base64 of a JSON object") from None
-    if len(text) > max_bytes:
-        raise InvalidParameterError(f"metadata is {len(text)} bytes of JSON; the limit is {max_bytes}")
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameterError("metadata is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidParameterError("metadata must be a JSON object")
-    return value

@@ -147,8 +147,7 @@ def decode_metadata(raw: str | None) -> dict[str, Any] | None:
 def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:
     """`common.params.parse_submit_params` with `metadata` decoded and checked by the rules here;
     the edge and the cloud both parse `POST image-queries` through this."""
-    others = {name: value for name, value in query.items() if name != "metadata"}
-    parsed = submit_params.parse_submit_params(others)
+    parsed = submit_params.parse_submit_params(query)
     return dataclasses.replace(parsed, metadata=decode_metadata(query.get("metadata")))
 
 
