@@ -59,6 +59,11 @@ class DetectorMode(StrEnum):
     BINARY = "BINARY"
     MULTI_CLASS = "MULTI_CLASS"
     COUNT = "COUNT"
+    BOUNDING_BOX = "BOUNDING_BOX"
+
+
+# Modes answered by a detection head (boxes); their bundle labels are the count buckets "0".."max".
+BOX_MODES = (DetectorMode.COUNT, DetectorMode.BOUNDING_BOX)
 
 
 class PipelineConfig(BaseModel):
@@ -97,6 +102,27 @@ class OoddCalibration(BaseModel):
     output_name: str = "in_domain"
 
 
+class DetectionSpec(BaseModel):
+    """A detection head's extra outputs, beside `logits` (the log of the count distribution over the
+    labels 0..max_count, the last bucket meaning "max_count or more") and `features` (for the OODD):
+
+        boxes   (N, max_boxes, 4) float32, normalised (left, top, right, bottom), best score first
+        scores  (N, max_boxes)    float32, each box's calibrated probability of being a real object
+
+    Decoding (peak picking, non-maximum suppression, top-k) happens inside head.onnx, so edge, cloud
+    and training read the same boxes from the same graph.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    class_name: str = "object"
+    max_boxes: int = Field(default=100, ge=1, le=1000)
+    boxes_output: str = "boxes"
+    scores_output: str = "scores"
+    # A box is part of the answer when its calibrated score reaches this (before the count decides).
+    score_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+
 class PredictorMetadata(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -116,6 +142,8 @@ class PredictorMetadata(BaseModel):
     # Split bundles only: the shared backbone, and which of its outputs head.onnx reads.
     backbone: BackboneRef | None = None
     head_input: Literal["embedding", "feature_map"] = "embedding"
+    # Detection heads only (COUNT and BOUNDING_BOX): see DetectionSpec.
+    detection: DetectionSpec | None = None
 
     @model_validator(mode="after")
     def _labels_fit_mode(self) -> PredictorMetadata:
@@ -127,8 +155,15 @@ class PredictorMetadata(BaseModel):
             raise ValueError("labels must be unique")
         if self.mode is DetectorMode.BINARY and sorted(self.labels) != ["NO", "YES"]:
             raise ValueError("a BINARY detector's labels are NO and YES")
-        if self.mode is DetectorMode.COUNT and self.labels != [str(i) for i in range(len(self.labels))]:
-            raise ValueError("a COUNT detector's labels are 0..max_count in order")
+        if self.mode in BOX_MODES and self.labels != [str(i) for i in range(len(self.labels))]:
+            raise ValueError(f"a {self.mode.value} detector's labels are 0..max_count in order")
+        if self.mode is DetectorMode.BOUNDING_BOX and self.detection is None:
+            raise ValueError("a BOUNDING_BOX bundle needs a detection head")
+        if self.detection is not None:
+            if self.mode not in BOX_MODES:
+                raise ValueError(f"a {self.mode.value} detector has no detection head")
+            if self.backbone is None or self.head_input != "feature_map":
+                raise ValueError("a detection head reads the shared backbone's feature map")
         return self
 
     @property

@@ -55,6 +55,28 @@ def choose_providers(preference: ProviderPreference = "auto") -> list[str]:
 
 
 @dataclass(frozen=True)
+class Box:
+    """One detected object: normalised (left, top, right, bottom) and its calibrated score."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    score: float
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """A batch through a head: probabilities after temperature and in-domain scores; a detection
+    head adds its boxes (N, K, 4) and scores (N, K), best first."""
+
+    probs: NDArray[np.float64]
+    in_domain: NDArray[np.float64]
+    boxes: NDArray[np.float32] | None = None
+    scores: NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True)
 class Prediction:
     detector_id: str
     model_version: str
@@ -67,10 +89,38 @@ class Prediction:
     in_domain: float
     confidence: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Detection heads only: the boxes of the answer (as many as the count, or every box that passed
+    # the score threshold when there are more than max_count) and whether there are more than max_count.
+    boxes: tuple[Box, ...] | None = None
+    greater_than_max: bool | None = None
+    class_name: str | None = None
 
     @property
     def out_of_domain(self) -> bool:
         return self.in_domain < 0.5
+
+
+def answer_boxes_for(
+    boxes: NDArray[np.float32], scores: NDArray[np.float32], count: int, max_count: int, threshold: float
+) -> tuple[tuple[Box, ...], bool]:
+    """The boxes that go with a count: the `count` best, so the answer's boxes and count agree. When
+    more than max_count boxes pass the score threshold the answer is "more than max_count": every
+    box that passed is returned and greater_than_max is set."""
+    order = np.argsort(-scores, kind="stable")
+    passed = int((scores >= threshold).sum())
+    more = count >= max_count and passed > max_count
+    keep = order[: passed if more else count]
+    picked = tuple(
+        Box(
+            left=float(np.clip(boxes[i, 0], 0, 1)),
+            top=float(np.clip(boxes[i, 1], 0, 1)),
+            right=float(np.clip(boxes[i, 2], 0, 1)),
+            bottom=float(np.clip(boxes[i, 3], 0, 1)),
+            score=float(np.clip(scores[i], 0, 1)),
+        )
+        for i in keep
+    )
+    return picked, more
 
 
 def _session_options(intra_op_threads: int) -> ort.SessionOptions:
@@ -286,39 +336,69 @@ class ModelRuntime:
             raise BundleError(f"{self.bundle_dir}: a single-file bundle has no backbone")
         return self.backbone.run(batch, self._backbone_outputs)
 
+    @property
+    def detects(self) -> bool:
+        """A detection head: answers carry boxes."""
+        return self.metadata.detection is not None
+
     def run_head(self, outputs: BackboneOutputs) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Split bundles: probabilities and in-domain scores from the backbone's outputs."""
+        out = self.run_head_full(outputs)
+        return out.probs, out.in_domain
+
+    def run_head_full(self, outputs: BackboneOutputs) -> HeadOutput:
+        """Split bundles: everything the head answers (boxes too, for a detection head)."""
         return self._run_graph(outputs[self._backbone_outputs[0]])
 
     def run_tensor(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Batched forward pass: (probabilities after temperature, in-domain probabilities)."""
+        out = self.run_tensor_full(batch)
+        return out.probs, out.in_domain
+
+    def run_tensor_full(self, batch: NDArray[np.float32]) -> HeadOutput:
         if self.backbone is not None:
-            return self.run_head(self.run_backbone(batch))
+            return self.run_head_full(self.run_backbone(batch))
         return self._run_graph(batch)
 
-    def _run_graph(self, inputs: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def _run_graph(self, inputs: NDArray[np.float32]) -> HeadOutput:
         p = self.pipeline
         if self._primary is None or self._oodd is None:
             raise BundleError(f"{self.bundle_dir}: the runtime is closed")
-        logits, features = self._primary.run([p.logits_output, p.features_output], {self._head_input: inputs})
+        det = self.metadata.detection
+        names = [p.logits_output, p.features_output]
+        if det is not None:
+            names += [det.boxes_output, det.scores_output]
+        values = self._primary.run(names, {self._head_input: inputs})
+        logits, features = values[0], values[1]
         cal = self.metadata.oodd
         (q,) = self._oodd.run([cal.output_name], {cal.input_name: features})
         probs = softmax(logits, self.metadata.temperature)
-        return probs, np.asarray(q, dtype=np.float64).reshape(-1)
+        in_domain = np.asarray(q, dtype=np.float64).reshape(-1)
+        if det is None:
+            return HeadOutput(probs, in_domain)
+        return HeadOutput(
+            probs, in_domain, np.asarray(values[2], dtype=np.float32), np.asarray(values[3], dtype=np.float32)
+        )
 
     def prediction_from(
         self, probs: NDArray[np.float64], q: float, timings: dict[str, float] | None = None
     ) -> Prediction:
-        """One row of run_head/run_tensor as a Prediction."""
+        """One row of run_head/run_tensor as a Prediction (a classifier's; see prediction_at)."""
         return self._prediction(probs, q, timings or {})
+
+    def prediction_at(self, out: HeadOutput, row: int, timings: dict[str, float] | None = None) -> Prediction:
+        """Row `row` of a head's output as a Prediction, boxes included for a detection head."""
+        boxes = None if out.boxes is None else out.boxes[row]
+        scores = None if out.scores is None else out.scores[row]
+        return self._prediction(out.probs[row], float(out.in_domain[row]), timings or {}, boxes, scores)
 
     def predict(self, data: bytes, limits: ImageLimits, info: ImageInfo | None = None) -> Prediction:
         t0 = time.perf_counter()
         tensor = self.image_to_tensor(self.decode(data, limits, info))
         t1 = time.perf_counter()
-        probs, q = self.run_tensor(tensor)
+        out = self.run_tensor_full(tensor)
         t2 = time.perf_counter()
-        return self._prediction(probs[0], float(q[0]), {"decode": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
+        return self.prediction_at(out, 0, {"decode": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
 
     def predict_batch(
         self, items: list[tuple[bytes, ImageInfo | None]], limits: ImageLimits
@@ -336,17 +416,28 @@ class ModelRuntime:
         t1 = time.perf_counter()
         if not tensors:
             return [s for s in slots if isinstance(s, Exception)]
-        probs, q = self.run_tensor(np.concatenate(tensors))
+        out = self.run_tensor_full(np.concatenate(tensors))
         t2 = time.perf_counter()
         timings = {"decode": (t1 - t0) * 1e3 / len(items), "model": (t2 - t1) * 1e3}
-        return [
-            s if isinstance(s, Exception) else self._prediction(probs[s], float(q[s]), timings) for s in slots
-        ]
+        return [s if isinstance(s, Exception) else self.prediction_at(out, s, timings) for s in slots]
 
-    def _prediction(self, probs: NDArray[np.float64], q: float, timings: dict[str, float]) -> Prediction:
+    def _prediction(
+        self,
+        probs: NDArray[np.float64],
+        q: float,
+        timings: dict[str, float],
+        boxes: NDArray[np.float32] | None = None,
+        scores: NDArray[np.float32] | None = None,
+    ) -> Prediction:
         meta = self.metadata
         idx = int(np.argmax(probs))
         top = float(probs[idx])
+        answer_boxes: tuple[Box, ...] | None = None
+        greater_than_max: bool | None = None
+        if meta.detection is not None and boxes is not None and scores is not None:
+            answer_boxes, greater_than_max = answer_boxes_for(
+                boxes, scores, idx, meta.num_classes - 1, meta.detection.score_threshold
+            )
         return Prediction(
             detector_id=meta.detector_id,
             model_version=meta.version,
@@ -359,12 +450,26 @@ class ModelRuntime:
             in_domain=q,
             confidence=final_confidence(top, q, meta.num_classes),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
+            boxes=answer_boxes,
+            greater_than_max=greater_than_max,
+            class_name=meta.detection.class_name if meta.detection is not None else None,
         )
 
     def warmup(self) -> None:
         """One dummy inference, so the first real request does not pay for kernel setup."""
         zeros = np.zeros((1, len(self.pipeline.channels), self._size[1], self._size[0]), dtype=np.float32)
-        probs, q = self.run_tensor(zeros)
+        out = self.run_tensor_full(zeros)
+        probs, q = out.probs, out.in_domain
+        det = self.metadata.detection
+        if det is not None and (
+            out.boxes is None
+            or out.scores is None
+            or out.boxes.shape != (1, det.max_boxes, 4)
+            or out.scores.shape != (1, det.max_boxes)
+        ):
+            raise BundleError(
+                f"{self.bundle_dir}: the detection head's boxes do not have {det.max_boxes} rows"
+            )
         if probs.shape != (1, self.metadata.num_classes) or q.shape != (1,):
             raise BundleError(
                 f"{self.bundle_dir}: model outputs {probs.shape[1:]} classes and {q.shape} in-domain scores, "

@@ -23,6 +23,7 @@ from training.train import EpochStats
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 RELIABILITY = "reliability.png"
+DETECTIONS = "detections.png"
 METRICS_JSON = "metrics.json"
 DPI = 110
 
@@ -105,6 +106,46 @@ def plot_reliability(curves: Sequence[tuple[str, Reliability, float]], path: Pat
     for ax in (diag_ax, hist_ax):
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+# (left, top, right, bottom) normalised, as detection heads answer and reviewers draw.
+NormBox = tuple[float, float, float, float]
+
+
+def plot_detections(
+    examples: Sequence[tuple[np.ndarray, Sequence[NormBox], Sequence[NormBox], str]],
+    path: Path,
+    columns: int = 4,
+) -> Path:
+    """Held-out images with true boxes (green, solid) and predicted ones (orange, dashed); each
+    title says the true and the predicted count, so a wrong count is seen at a glance."""
+    from matplotlib.patches import Rectangle
+
+    n = max(1, len(examples))
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(3.4 * cols, 3.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (image, truth, predicted, title) in zip(axes, examples, strict=False):
+        h, w = image.shape[:2]
+        ax.imshow(image)
+        for boxes, colour, style in ((truth, "#1a9850", "-"), (predicted, "#f46d43", "--")):
+            for left, top, right, bottom in boxes:
+                ax.add_patch(
+                    Rectangle(
+                        (left * w, top * h),
+                        (right - left) * w,
+                        (bottom - top) * h,
+                        fill=False,
+                        edgecolor=colour,
+                        linewidth=1.6,
+                        linestyle=style,
+                    )
+                )
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

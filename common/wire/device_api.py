@@ -23,12 +23,14 @@ class ResultType(StrEnum):
     BINARY = "binary_classification"
     MULTI_CLASS = "multi_classification"
     COUNTING = "counting"
+    BOUNDING_BOX = "bounding_box"
 
 
 RESULT_TYPE_BY_MODE = {
     DetectorMode.BINARY: ResultType.BINARY,
     DetectorMode.MULTI_CLASS: ResultType.MULTI_CLASS,
     DetectorMode.COUNT: ResultType.COUNTING,
+    DetectorMode.BOUNDING_BOX: ResultType.BOUNDING_BOX,
 }
 
 
@@ -69,6 +71,73 @@ class Result(BaseModel):
         return data
 
 
+class BBoxGeometry(BaseModel):
+    """A box in normalised image coordinates (0..1, origin top-left); `x`, `y` are its centre."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    x: float
+    y: float
+
+
+class Roi(BaseModel):
+    """One box: what a reviewer drew, what a customer sent with a label, or what a model found.
+
+    The SDK requires every key (label, score and all six geometry values) when it parses one.
+    """
+
+    label: str
+    score: float
+    geometry: BBoxGeometry
+
+    @classmethod
+    def from_box(cls, label: str, score: float, left: float, top: float, right: float, bottom: float) -> Roi:
+        return cls(
+            label=label,
+            score=score,
+            geometry=BBoxGeometry(
+                left=left, top=top, right=right, bottom=bottom, x=(left + right) / 2, y=(top + bottom) / 2
+            ),
+        )
+
+
+# What a BOUNDING_BOX answer's label says (the boxes themselves travel in ImageQuery.rois).
+NO_OBJECTS = "NO_OBJECTS"
+BOUNDING_BOX_LABEL = "BOUNDING_BOX"
+GREATER_THAN_MAX = "GREATER_THAN_MAX"
+
+
+def make_result(
+    mode: DetectorMode,
+    label: str,
+    confidence: float | None,
+    source: str,
+    from_edge: bool,
+    greater_than_max: bool | None = None,
+) -> Result:
+    """The one place a label becomes a wire Result. COUNT: `count` from the label ("0".."max");
+    BOUNDING_BOX: a count bucket (a model's answer) becomes NO_OBJECTS, BOUNDING_BOX or
+    GREATER_THAN_MAX, a person's label passes unchanged."""
+    count: int | None = None
+    if mode is DetectorMode.COUNT and label.isdigit():
+        count = int(label)
+    elif mode is DetectorMode.BOUNDING_BOX and label.isdigit():
+        label = (
+            GREATER_THAN_MAX if greater_than_max else NO_OBJECTS if int(label) == 0 else BOUNDING_BOX_LABEL
+        )
+    return Result(
+        result_type=RESULT_TYPE_BY_MODE[mode],
+        confidence=None if confidence is None else round(confidence, 6),
+        source=source,
+        from_edge=from_edge,
+        label=label,
+        count=count,
+        greater_than_max=greater_than_max if mode is DetectorMode.COUNT else None,
+    )
+
+
 class EdgeDiagnostics(BaseModel):
     """Our extras on an image query; the SDK ignores unknown keys."""
 
@@ -93,7 +162,7 @@ class ImageQuery(BaseModel):
     patience_time: float
     confidence_threshold: float
     metadata: dict[str, Any] | None = None
-    rois: list[dict[str, Any]] | None = None
+    rois: list[Roi] | None = None
     text: str | None = None
     done_processing: bool = False
     intellioptics: EdgeDiagnostics | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from common.wire.device_api import Roi
+
 
 class InferenceResult(BaseModel):
     detector_id: str
@@ -16,6 +18,12 @@ class InferenceResult(BaseModel):
     in_domain: float
     confidence: float
     timings_ms: dict[str, float]
+    rois: list[Roi] | None = Field(
+        default=None, description="detection heads: the answer's boxes, as many as the count"
+    )
+    greater_than_max: bool | None = Field(
+        default=None, description="detection heads: more objects than the detector's max_count"
+    )
 
 
 class ModelInfo(BaseModel):

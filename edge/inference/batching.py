@@ -125,7 +125,7 @@ def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
             continue
         h0 = time.perf_counter()
         try:
-            probs, q = runtime.run_head({job.group.output: np.concatenate(inputs)})
+            head_out = runtime.run_head_full({job.group.output: np.concatenate(inputs)})
         except Exception as exc:  # one head failing fails its own requests only
             for i in ready:
                 predictions[i] = exc
@@ -139,7 +139,7 @@ def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
                 "head": head_ms,
                 "model": (backbone_ms if computed else 0.0) + head_ms,
             }
-            predictions[i] = runtime.prediction_from(probs[j], float(q[j]), timings)
+            predictions[i] = runtime.prediction_at(head_out, j, timings)
     done = [p if p is not None else RuntimeError("no prediction") for p in predictions]
     return _SplitResult(rows=rows, predictions=done)
 

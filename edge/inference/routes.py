@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from common.http import Receive, Scope, query_dict, read_body
 from common.internal_auth import InternalOnly
+from common.runtime import Prediction
+from common.wire.device_api import Roi
 from common.wire.inference import InferenceResult, ModelInfo, ModelList
 from edge.inference.service import InferenceService, InvalidDetectorIdError
 
@@ -47,8 +49,17 @@ async def _infer(service: InferenceService, detector_id: str, image: bytes) -> R
         in_domain=p.in_domain,
         confidence=p.confidence,
         timings_ms=p.timings_ms,
+        rois=_rois(p),
+        greater_than_max=p.greater_than_max,
     )
     return Response(result.model_dump_json(), media_type=_JSON)
+
+
+def _rois(p: Prediction) -> list[Roi] | None:
+    if p.boxes is None:
+        return None
+    label = p.class_name or "object"
+    return [Roi.from_box(label, round(b.score, 6), b.left, b.top, b.right, b.bottom) for b in p.boxes]
 
 
 def _detector_id(scope: Scope) -> str | None:

@@ -27,6 +27,7 @@ from common.wire.device_api import (
     ImageQuery,
     Result,
     ResultSource,
+    make_result,
     utc_now_iso,
 )
 from common.wire.escalation import EscalationCreate, EscalationReason
@@ -221,8 +222,11 @@ class ImageQueryService:
         )
         if decision.escalate is not None and not decision.audit:
             self._last_escalation[params.detector_id] = now
-        result = _result(mode, inf.label, inf.confidence)
+        result = make_result(
+            mode, inf.label, inf.confidence, ResultSource.ALGORITHM, True, inf.greater_than_max
+        )
         iq = self._image_query(iq_id, params, mode, query, threshold, result, done=decision.done_processing)
+        iq.rois = inf.rois
         total_ms = (time.perf_counter() - start) * 1e3
         iq.intellioptics = EdgeDiagnostics(
             raw_confidence=inf.raw_confidence,
@@ -288,7 +292,7 @@ class ImageQueryService:
         )
         if decision.escalate is not None:
             self._last_escalation[params.detector_id] = now
-        result = _result(prior.mode, answer.label, answer.confidence)
+        result = make_result(prior.mode, answer.label, answer.confidence, ResultSource.ALGORITHM, True)
         iq = self._image_query(
             iq_id, params, prior.mode, prior.query, threshold, result, done=decision.done_processing
         )
@@ -402,14 +406,3 @@ def _threshold(params: SubmitParams, detector: EdgeDetector, prior: DetectorPrio
     if detector.config.confidence_threshold is None and detector.model is None and prior is not None:
         return prior.confidence_threshold
     return detector.confidence_threshold
-
-
-def _result(mode: DetectorMode, label: str, confidence: float) -> Result:
-    return Result(
-        result_type=RESULT_TYPE_BY_MODE[mode],
-        confidence=round(confidence, 6),
-        source=ResultSource.ALGORITHM,
-        from_edge=True,
-        label=label,
-        count=int(label) if mode is DetectorMode.COUNT and label.isdigit() else None,
-    )

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
 
-from common.wire.device_api import ImageQuery, Result, ResultSource
+from common.wire.device_api import ImageQuery, Result, ResultSource, Roi
 from edge.api.escalation.cloud_link import CloudLink
 
 log = logging.getLogger("edge.cloud_answers")
@@ -43,9 +44,17 @@ def awaits_a_person(body: str) -> ImageQuery | None:
     return iq
 
 
-def with_answer(iq: ImageQuery, answer: Result) -> ImageQuery:
-    """The local query carrying the person's answer: final, the edge's diagnostics kept."""
-    return iq.model_copy(update={"result": answer, "done_processing": True})
+@dataclass(frozen=True)
+class PersonAnswer:
+    """A person's answer from the cloud: the result, and the boxes they drew (box modes)."""
+
+    result: Result
+    rois: list[Roi] | None = None
+
+
+def with_answer(iq: ImageQuery, answer: PersonAnswer) -> ImageQuery:
+    """The local query carrying the person's answer (boxes included): final, the edge's diagnostics kept."""
+    return iq.model_copy(update={"result": answer.result, "rois": answer.rois, "done_processing": True})
 
 
 class CloudAnswers:
@@ -77,7 +86,7 @@ class CloudAnswers:
             and time.time() - failed_at < self._recheck_after
         )
 
-    async def human_answer(self, image_query_id: str) -> Result | None:
+    async def human_answer(self, image_query_id: str) -> PersonAnswer | None:
         """The person's result for this query, or None (not answered yet, unknown, cloud unavailable)."""
         if self._cloud_seems_down():
             return None
@@ -106,6 +115,10 @@ class CloudAnswers:
                 extra={"fields": {"iq": image_query_id}},
             )
             return None
-        if cloud_iq.id != image_query_id or not answered_by_a_person(cloud_iq.result):
+        if (
+            cloud_iq.id != image_query_id
+            or cloud_iq.result is None
+            or not answered_by_a_person(cloud_iq.result)
+        ):
             return None
-        return cloud_iq.result
+        return PersonAnswer(cloud_iq.result, cloud_iq.rois)
