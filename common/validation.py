@@ -13,6 +13,9 @@ The limit table, the only place these numbers live:
 |                      | at most 1024 bytes both as sent and as compact UTF-8 JSON (wire doc §4)      |
 | other stored JSON    | the same text and number rules, nested at most 32 levels                     |
 | detector name        | trimmed, then 1 to 200 characters of such text                               |
+| ROIs (boxes)         | at most 100; label 1 to 100 characters of such text; score finite in [0, 1]  |
+|                      | (1.0 when absent); left/top/right/bottom finite in [0, 1], right > left,     |
+|                      | bottom > top; x, y optional and recomputed as the centre                     |
 | X-Request-Id         | the idempotency key as sent when it is at most 128 of [A-Za-z0-9_.:-],      |
 |                      | else `sha256=` and the hex digest of all of it: never cut, so never confused |
 """
@@ -32,12 +35,15 @@ from typing import Any
 
 from common import params as submit_params
 from common.params import InvalidParameterError, SubmitParams
+from common.wire.device_api import Roi
 
 MAX_METADATA_BYTES = 1024
 MAX_METADATA_DEPTH = 8
 MAX_JSON_DEPTH = 32
 MAX_NAME_CHARS = 200
 MAX_REQUEST_ID_CHARS = 128
+MAX_ROIS = 100
+MAX_ROI_LABEL_CHARS = 100
 
 _PLAIN_REQUEST_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
 _HASHED_KEY_PREFIX = "sha256="  # '=' is outside the plain alphabet: a hashed key never equals a plain one
@@ -162,6 +168,74 @@ def check_name(value: str, what: str = "name") -> str:
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInputError(f"{what} is {len(name)} characters; the limit is {MAX_NAME_CHARS}")
     return check_text(name, what)
+
+
+# --- ROIs ---------------------------------------------------------------------------------------
+
+
+def _is_finite_number(value: Any) -> bool:
+    """An int or a finite float; bools are not numbers here, and no huge int is turned into a float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _unit_number(value: Any, where: str) -> float:
+    """A finite number in [0, 1] (bools are not numbers here)."""
+    if not _is_finite_number(value):
+        raise InvalidInputError(f"{where} must be a finite number from 0 to 1 (no NaN or Infinity)")
+    if not 0 <= value <= 1:
+        shown = f"{value:g}" if isinstance(value, float) or abs(value) < 10**6 else "out of range"
+        raise InvalidInputError(f"{where} is {shown}; it must lie in [0, 1] (normalised coordinates)")
+    return float(value)
+
+
+def _check_roi(raw: Any, where: str) -> Roi:
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{where} must be an object with label, score and geometry")
+    label = raw.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidInputError(f"{where}.label must be a non-empty string")
+    if len(label) > MAX_ROI_LABEL_CHARS:
+        raise InvalidInputError(
+            f"{where}.label is {len(label)} characters; the limit is {MAX_ROI_LABEL_CHARS}"
+        )
+    check_text(label, f"{where}.label")
+    score = raw.get("score")
+    score = 1.0 if score is None else _unit_number(score, f"{where}.score")
+    geometry = raw.get("geometry")
+    if not isinstance(geometry, dict):
+        raise InvalidInputError(f"{where}.geometry must be an object with left, top, right and bottom")
+    left, top, right, bottom = (
+        _unit_number(geometry.get(side), f"{where}.geometry.{side}")
+        for side in ("left", "top", "right", "bottom")
+    )
+    for centre in ("x", "y"):  # the SDK sends them; they are recomputed, but must still be numbers
+        value = geometry.get(centre)
+        if value is not None and not _is_finite_number(value):
+            raise InvalidInputError(f"{where}.geometry.{centre} must be a finite number when given")
+    if right <= left:
+        raise InvalidInputError(f"{where}.geometry: right ({right:g}) must be greater than left ({left:g})")
+    if bottom <= top:
+        raise InvalidInputError(f"{where}.geometry: bottom ({bottom:g}) must be greater than top ({top:g})")
+    return Roi.from_box(label, score, left, top, right, bottom)
+
+
+def check_rois(raw: Any, where: str = "rois") -> list[Roi] | None:
+    """Boxes a person or a client sends (labels, review answers), checked before anything is stored:
+    a box nobody can draw is refused with a message saying which one and why. None stays None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple):
+        raise InvalidInputError(f"{where} must be a list of boxes or null")
+    if len(raw) > MAX_ROIS:
+        raise InvalidInputError(f"{where} holds {len(raw)} boxes; the limit is {MAX_ROIS}")
+    out: list[Roi] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, Roi):
+            item = item.model_dump(mode="python")
+        out.append(_check_roi(item, f"{where}[{index}]"))
+    return out
 
 
 # --- idempotency ----------------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
     manifest.json   {format_version, detector: {id, name, query, mode, labels, mode_configuration},
                      created_at, items: [{image_query_id, label, source, labeled_at,
-                                          image: "images/<image_query_id>.<ext>" | null, content_type}],
+                                          image: "images/<image_query_id>.<ext>" | null, content_type,
+                                          rois: [{label, score, geometry}] | null}],
                      embeddings: {<backbone sha256>: {file, dim, dtype, image_query_ids}}}
     images/...      the image files the items name
     embeddings/<sha256>.npy   format 2: float16 (count, dim) embeddings by that backbone, one row per
                     id in its `image_query_ids`; an item may then come without its image
+
+Format 3 adds each item's `rois` (the boxes that came with its label, common.wire.device_api.Roi);
+formats 1 and 2 read as items without boxes.
 
 `read_export` takes such a file apart (defensively: only regular files named by the manifest are
 read, paths are checked, sizes bounded); `write_export` makes one from in-memory images, so tests
@@ -40,10 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.bundle import DetectorMode
 from common.imaging import ImageFormat, content_type_of, sniff_format
+from common.wire.device_api import Roi
 from training.datasets import SplitName, split_of
 
-EXPORT_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+EXPORT_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
 EMBEDDINGS_DIR = "embeddings"
@@ -101,6 +106,8 @@ class ExportItem(BaseModel):
     labeled_at: str = ""
     image: str | None
     content_type: str = ""
+    # Format 3: the label's boxes (normalised 0..1); None when none came with it, and in older formats.
+    rois: list[Roi] | None = None
 
     _text_label = field_validator("label", mode="before")(_labels_as_text)
 
@@ -145,7 +152,8 @@ class ExportManifest(BaseModel):
     def _consistent(self) -> ExportManifest:
         if self.format_version not in READABLE_FORMAT_VERSIONS:
             raise ValueError(
-                f"format_version {self.format_version} is not supported (this reader knows 1 and 2)"
+                f"format_version {self.format_version} is not supported "
+                f"(this reader knows {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
             )
         ids = Counter(item.image_query_id for item in self.items)
         dup = [k for k, n in ids.items() if n > 1]
@@ -379,6 +387,7 @@ class ExportSample:
     image: ImageLike
     source: str = "HUMAN"
     labeled_at: str = ""
+    rois: list[Roi] | None = None
 
 
 def encode_png(image: Image.Image | NDArray[np.uint8]) -> bytes:
@@ -431,6 +440,7 @@ def write_export(
                 source=sample.source,
                 labeled_at=sample.labeled_at,
                 image=None,
+                rois=sample.rois,
             )
             entries.append((item, None))
             continue
@@ -442,6 +452,7 @@ def write_export(
             labeled_at=sample.labeled_at,
             image=f"{IMAGES_DIR}/{sample.image_query_id}.{ext}",
             content_type=content_type,
+            rois=sample.rois,
         )
         entries.append((item, data))
     npy: dict[str, bytes] = {}

@@ -60,8 +60,12 @@ class Seeded:
 def _mode_configuration(meta: PredictorMetadata) -> dict[str, object] | None:
     if meta.mode is DetectorMode.MULTI_CLASS:
         return {"class_names": list(meta.labels)}
+    # A detection head names what it finds; older COUNT bundles go by the detector's name.
+    class_name = meta.detection.class_name if meta.detection is not None else meta.detector_name or "object"
     if meta.mode is DetectorMode.COUNT:
-        return {"class_name": meta.detector_name or "object", "max_count": len(meta.labels) - 1}
+        return {"class_name": class_name, "max_count": len(meta.labels) - 1}
+    if meta.mode is DetectorMode.BOUNDING_BOX:  # its bundle labels are the count buckets 0..max
+        return {"class_name": class_name, "max_num_bboxes": len(meta.labels) - 1}
     return None
 
 

@@ -10,6 +10,10 @@ Format 2 adds `embeddings` and lets an item go without its image (`image: null`)
 asked for with `images="missing"` and that item's embedding by the requested backbone is included:
 a retrain of a head then reads no image it has seen before.
 
+Format 3 adds each item's `rois`: the boxes that came with its label (common.wire.device_api.Roi,
+normalised 0..1), null when none did. COUNT and BOUNDING_BOX detectors train their detection heads
+on them.
+
 One item per image query: the latest label that was not undone, from a reviewer (HUMAN) or from the
 device API (CUSTOMER). UNCLEAR items are included: trainers learn from them what the detector should
 not answer (its out-of-domain examples) and train no class on them. Items whose label is a class that
@@ -23,8 +27,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from common.bundle import DetectorMode
+from common.wire.device_api import Roi
 
-EXPORT_FORMAT_VERSION = 2
+EXPORT_FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
 EMBEDDINGS_DIR = "embeddings"
@@ -49,6 +54,7 @@ class ExportItem(BaseModel):
         description="path inside the archive: images/<iq_id>.<ext>; null when only its embedding is included"
     )
     content_type: str
+    rois: list[Roi] | None = Field(default=None, description="format 3: the label's boxes; null when none")
 
 
 class ExportEmbeddings(BaseModel):

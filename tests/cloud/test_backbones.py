@@ -588,7 +588,7 @@ def test_an_export_with_images_missing_carries_embeddings_instead_of_images(
     assert data[:2] == b"\x1f\x8b" and data[8] == 4  # gzip, XFL=4: the fastest level
     names, manifest, files = read_export(data)
     assert names[0] == "manifest.json"
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     items = {item.image_query_id: item for item in manifest.items}
     assert sorted(items) == sorted([ids[0], ids[1], ids[2], ids[3], ids[5]])
     assert {i: items[i].label for i in items} == {

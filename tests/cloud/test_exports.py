@@ -122,7 +122,7 @@ async def labelled_detector(
 def check_archive(data: bytes, detector_id: str, expected: dict[str, Any], job_id: str) -> None:
     names, manifest, files = read_export(data)
     assert names[0] == "manifest.json"
-    assert manifest.format_version == 2 and manifest.embeddings == {}
+    assert manifest.format_version == 3 and manifest.embeddings == {}
     assert manifest.export_id == job_id
     assert manifest.detector.id == detector_id
     assert manifest.detector.mode == "BINARY"

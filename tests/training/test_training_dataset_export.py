@@ -158,7 +158,7 @@ PNG = encode_image(Image.new("L", (4, 4)), "PNG")
         (_manifest(image="../../etc/passwd"), {"images/iq_a.png": PNG}, "image path"),
         (_manifest(image="images/../x.png"), {"images/iq_a.png": PNG}, "image path"),
         (_manifest(label="MAYBE"), {"images/iq_a.png": PNG}, "not one of the detector's labels"),
-        ({**_manifest(), "format_version": 3}, {"images/iq_a.png": PNG}, "format_version"),
+        ({**_manifest(), "format_version": 4}, {"images/iq_a.png": PNG}, "format_version"),
         ({"format_version": 1, "items": []}, {}, "detector"),
     ],
 )

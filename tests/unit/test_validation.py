@@ -14,14 +14,16 @@ from cloud.app.errors import BadRequestError as CloudBadRequest
 from common.validation import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
+    MAX_ROIS,
     EarlierQuery,
     InvalidInputError,
     check_name,
+    check_rois,
     decode_metadata,
     idempotency_key,
     repeat_conflict,
 )
-from common.wire.device_api import ImageQuery, ResultType, utc_now_iso
+from common.wire.device_api import ImageQuery, ResultType, Roi, utc_now_iso
 from common.wire.escalation import EscalationCreate, EscalationReason
 from edge.api.core.params import parse_submit_params
 from edge.api.errors import BadRequestError as EdgeBadRequest
@@ -166,3 +168,70 @@ def test_a_repeat_must_match_detector_id_and_image() -> None:
     # Records from before images were hashed match on detector and id alone.
     legacy = EarlierQuery("iq_first", DET, None)
     assert repeat_conflict(legacy, **{**same, "image_sha256": "b" * 64}) is None
+
+
+# --- ROIs -------------------------------------------------------------------------------------------
+
+
+def box(left: Any = 0.1, top: Any = 0.2, right: Any = 0.5, bottom: Any = 0.6, **extra: Any) -> dict[str, Any]:
+    """One ROI as the SDK's create_roi sends it (x, y included)."""
+    geometry = {"left": left, "top": top, "right": right, "bottom": bottom, "x": 0.3, "y": 0.4}
+    return {"label": "bolt", "score": 1.0, "geometry": geometry, **extra}
+
+
+def test_good_rois_are_kept_and_their_centres_recomputed() -> None:
+    sloppy = box()
+    sloppy["geometry"].update(x=0.9, y=0.9)  # wrong centres are recomputed, not trusted
+    no_centre = {"label": "nut", "geometry": {"left": 0, "top": 0, "right": 1, "bottom": 1}}
+    rois = check_rois([sloppy, no_centre, box(score=0)])
+    assert rois is not None and len(rois) == 3
+    assert rois[0] == Roi.from_box("bolt", 1.0, 0.1, 0.2, 0.5, 0.6)
+    assert rois[0].geometry.x == pytest.approx(0.3) and rois[0].geometry.y == pytest.approx(0.4)
+    assert rois[1].score == 1.0 and (rois[1].geometry.x, rois[1].geometry.y) == (0.5, 0.5)
+    assert rois[2].score == 0.0
+    assert check_rois(None) is None and check_rois([]) == []
+    assert check_rois([box()] * MAX_ROIS) is not None
+
+
+BAD_ROIS: dict[str, tuple[Any, str]] = {
+    "not a list": ({"label": "x"}, "list"),
+    "a box that is not an object": (["box"], "rois[0]"),
+    "left below 0": ([box(left=-0.1)], "rois[0].geometry.left"),
+    "right above 1": ([box(right=1.5)], "rois[0].geometry.right"),
+    "bottom above 1": ([box(bottom=2)], "[0, 1]"),
+    "right left of left": ([box(left=0.6, right=0.5)], "right"),
+    "right equal to left": ([box(left=0.5, right=0.5)], "right"),
+    "bottom above top": ([box(top=0.7, bottom=0.6)], "bottom"),
+    "101 boxes": ([box()] * (MAX_ROIS + 1), "limit is 100"),
+    "NaN coordinate": ([box(left=float("nan"))], "finite"),
+    "infinite coordinate": ([box(right=float("inf"))], "finite"),
+    "an integer too large for a float": ([box(left=10**400)], "[0, 1]"),
+    "an integer coordinate outside": ([box(right=2)], "is 2;"),
+    "NaN score": ([box(score=float("nan"))], "score"),
+    "score over 1": ([box(score=1.5)], "score"),
+    "NaN centre": ([box() | {"geometry": {**box()["geometry"], "x": float("nan")}}], "geometry.x"),
+    "coordinate as text": ([box(left="0.1")], "number"),
+    "coordinate as bool": ([box(left=True)], "number"),
+    "coordinate missing": ([{"label": "a", "geometry": {"left": 0, "top": 0, "right": 1}}], "bottom"),
+    "geometry missing": ([{"label": "a"}], "geometry"),
+    "geometry not an object": ([{"label": "a", "geometry": [0, 0, 1, 1]}], "geometry"),
+    "label missing": ([{"geometry": box()["geometry"]}], "label"),
+    "label not text": ([box(label=3)], "label"),
+    "label empty": ([box(label="  ")], "label"),
+    "label over 100 characters": ([box(label="x" * 101)], "100"),
+    "label with NUL": ([box(label="a\x00b")], "NUL"),
+}
+
+
+@pytest.mark.parametrize(("raw", "expected"), BAD_ROIS.values(), ids=BAD_ROIS.keys())
+def test_bad_rois_are_refused_with_a_message_that_says_why(raw: Any, expected: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        check_rois(raw)
+    assert expected in str(caught.value)
+
+
+def test_json_nan_tokens_in_rois_are_refused() -> None:
+    """A JSON body may spell NaN and Infinity; they decode to floats the rules refuse."""
+    raw = json.loads('[{"label": "a", "geometry": {"left": NaN, "top": 0, "right": 1, "bottom": -Infinity}}]')
+    with pytest.raises(InvalidInputError, match="finite"):
+        check_rois(raw, "labels.rois")

@@ -2,7 +2,8 @@
 (cloud.app.core.detector_lifecycle) are not found here: every lookup and list leaves them out.
 
 A detector's `labels` column is what a human may answer besides UNCLEAR: YES/NO for BINARY, the
-class names for MULTI_CLASS, "0".."max_count" for COUNT. Training and review both read it.
+class names for MULTI_CLASS, "0".."max_count" for COUNT, NO_OBJECTS/BOUNDING_BOX/GREATER_THAN_MAX for
+BOUNDING_BOX (the boxes themselves go with the label). Training and review both read it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate
 from common.bundle import DetectorMode
 from common.ids import is_detector_id, new_detector_id
 from common.validation import InvalidInputError, check_metadata, decode_metadata
-from common.wire.device_api import Detector
+from common.wire.device_api import BOUNDING_BOX_LABEL, GREATER_THAN_MAX, NO_OBJECTS, Detector
 
 UNCLEAR = "UNCLEAR"
 BINARY_LABELS = ["YES", "NO"]
 DEFAULT_MAX_COUNT = 10
 MAX_COUNT_LIMIT = 100
 MAX_CLASSES = 100
+BOUNDING_BOX_LABELS = [NO_OBJECTS, BOUNDING_BOX_LABEL, GREATER_THAN_MAX]
 
 
 def iso_utc(moment: datetime) -> str:
@@ -63,15 +65,29 @@ def mode_spec(
             raise BadRequestError(f"class names must be at most 100 characters and not {UNCLEAR}")
         return mode, {"class_names": names, "num_classes": len(names)}, list(names)
     class_name = config.get("class_name")
-    if not isinstance(class_name, str) or not class_name.strip():
-        raise BadRequestError("a COUNT detector needs mode_configuration.class_name")
-    max_count = config.get("max_count", DEFAULT_MAX_COUNT)
-    if max_count is None:
-        max_count = DEFAULT_MAX_COUNT
-    if isinstance(max_count, bool) or not isinstance(max_count, int) or not 1 <= max_count <= MAX_COUNT_LIMIT:
-        raise BadRequestError(f"max_count must be an integer from 1 to {MAX_COUNT_LIMIT}")
-    labels = [str(i) for i in range(max_count + 1)]
-    return mode, {"max_count": max_count, "class_name": class_name}, labels
+    if not isinstance(class_name, str) or not class_name.strip() or len(class_name) > 100:
+        raise BadRequestError(
+            f"a {mode.value} detector needs mode_configuration.class_name (1 to 100 characters)"
+        )
+    key = "max_num_bboxes" if mode is DetectorMode.BOUNDING_BOX else "max_count"
+    limit = config.get(key)
+    if limit is None:
+        limit = DEFAULT_MAX_COUNT
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_COUNT_LIMIT:
+        raise BadRequestError(f"{key} must be an integer from 1 to {MAX_COUNT_LIMIT}")
+    if mode is DetectorMode.BOUNDING_BOX:
+        return mode, {"class_name": class_name, "max_num_bboxes": limit}, list(BOUNDING_BOX_LABELS)
+    labels = [str(i) for i in range(limit + 1)]
+    return mode, {"max_count": limit, "class_name": class_name}, labels
+
+
+def bundle_labels(mode: str, labels: list[str], mode_configuration: dict[str, Any] | None) -> list[str]:
+    """The labels a model bundle of this detector has: its own, except for BOUNDING_BOX, whose
+    detection head answers count buckets "0".."max_num_bboxes" like a COUNT detector's."""
+    if mode != DetectorMode.BOUNDING_BOX.value:
+        return [str(label) for label in labels]
+    limit = (mode_configuration or {}).get("max_num_bboxes", DEFAULT_MAX_COUNT)
+    return [str(i) for i in range(int(limit) + 1)]
 
 
 def _metadata(raw: str | dict[str, Any] | None) -> dict[str, Any] | None:

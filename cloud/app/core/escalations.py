@@ -146,6 +146,8 @@ async def receive_escalation(
             else HumanReview.DEFAULT.value
         ),
         diagnostics=edge_iq.intellioptics.model_dump(mode="json") if edge_iq.intellioptics else None,
+        # The edge model's boxes, as the edge answered them (never refused: the edge already did).
+        rois=[roi.model_dump(mode="json") for roi in edge_iq.rois] if edge_iq.rois is not None else None,
         image_key=image_key(detector.id, payload.image_query_id, info.format),
         image_content_type=info.content_type,
         origin="edge",

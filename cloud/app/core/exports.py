@@ -1,15 +1,16 @@
 """Dataset exports: a detector's labelled images as one tar.gz, built by the worker, read by training.
 
-Format (version 2; models in common.wire.dataset_export):
+Format (version 3; models in common.wire.dataset_export):
 
     exports/<detector_id>/<job_id>.tar.gz
       manifest.json                first member
-        {"format_version": 2,
+        {"format_version": 3,
          "export_id": "exp_…",
          "detector": {"id", "name", "query", "mode", "labels", "mode_configuration"},
          "created_at": "2026-01-01T00:00:00Z",
          "items": [{"image_query_id", "label", "source", "labeled_at",
-                    "image": "images/<iq_id>.<ext>" or null, "content_type"}, ...],
+                    "image": "images/<iq_id>.<ext>" or null, "content_type",
+                    "rois": [{"label", "score", "geometry": {...}}] or null}, ...],
          "excluded": {"OLD_CLASS": 3, "missing_image": 1},
          "embeddings": {"<sha256>": {"file": "embeddings/<sha256>.npy", "dim", "dtype": "float16",
                                      "image_query_ids": [...]}}}
@@ -73,6 +74,7 @@ from common.wire.dataset_export import (
     ExportManifest,
     ExportRequest,
 )
+from common.wire.device_api import Roi
 
 log = logging.getLogger("cloud.exports")
 
@@ -237,16 +239,19 @@ class _Labelled:
     labeled_at: datetime
     image_key: str
     content_type: str
+    rois: list[Any] | None = None
 
 
 async def latest_labels(session: AsyncSession, detector_id: str) -> list[_Labelled]:
-    """The latest non-undone HUMAN or CUSTOMER label of each image query of the detector."""
+    """The latest non-undone HUMAN or CUSTOMER label of each image query of the detector, with the
+    boxes that came with it."""
     ranked = (
         select(
             Label.image_query_id,
             Label.label,
             Label.source,
             Label.created_at,
+            Label.rois,
             func.row_number()
             .over(partition_by=Label.image_query_id, order_by=(Label.created_at.desc(), Label.id.desc()))
             .label("rank"),
@@ -266,6 +271,7 @@ async def latest_labels(session: AsyncSession, detector_id: str) -> list[_Labell
             ranked.c.created_at,
             ImageQuery.image_key,
             ImageQuery.image_content_type,
+            ranked.c.rois,
         )
         .join(ImageQuery, ImageQuery.id == ranked.c.image_query_id)
         .where(ranked.c.rank == 1, ImageQuery.detector_id == detector_id)
@@ -416,6 +422,7 @@ async def run_export(
                     labeled_at=_iso(item.labeled_at),
                     image=f"{IMAGES_DIR}/{path.name}" if path is not None else None,
                     content_type=item.content_type,
+                    rois=[Roi.model_validate(roi) for roi in item.rois] if item.rois is not None else None,
                 )
             )
         entries: dict[str, ExportEmbeddings] = {}

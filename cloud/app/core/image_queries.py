@@ -16,7 +16,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +52,8 @@ from common.wire.device_api import (
     Result,
     ResultSource,
     ResultType,
+    Roi,
+    make_result,
 )
 
 log = logging.getLogger("cloud.image_queries")
@@ -114,14 +118,41 @@ def review_reason(
 
 
 def model_result(detector: DetectorRow, prediction: Prediction) -> Result:
-    mode = DetectorMode(detector.mode)
-    return Result(
-        result_type=RESULT_TYPE_BY_MODE[mode],
-        confidence=round(prediction.confidence, 6),
-        source=ResultSource.ALGORITHM,
+    return make_result(
+        DetectorMode(detector.mode),
+        prediction.label,
+        prediction.confidence,
+        ResultSource.ALGORITHM,
         from_edge=False,
-        label=prediction.label,
-        count=int(prediction.label) if mode is DetectorMode.COUNT and prediction.label.isdigit() else None,
+        greater_than_max=prediction.greater_than_max,
+    )
+
+
+def rois_json(rois: list[Roi] | None) -> list[dict[str, Any]] | None:
+    """Boxes as stored (labels.rois, image_queries.rois)."""
+    return None if rois is None else [roi.model_dump(mode="json") for roi in rois]
+
+
+def rois_from_json(raw: Any) -> list[Roi] | None:
+    """Stored boxes back as Roi; a row that holds none, or nothing readable, gives None (a bad row
+    must not break serving its query)."""
+    if not isinstance(raw, list):
+        return None
+    try:
+        return [Roi.model_validate(item) for item in raw]
+    except ValidationError:
+        log.warning("stored rois are not readable; served as none")
+        return None
+
+
+def model_rois(prediction: Prediction | None) -> list[dict[str, Any]] | None:
+    """A detection head's boxes as stored in image_queries.rois (labelled with its class name);
+    None for classifiers."""
+    if prediction is None or prediction.boxes is None:
+        return None
+    label = prediction.class_name or "object"
+    return rois_json(
+        [Roi.from_box(label, box.score, box.left, box.top, box.right, box.bottom) for box in prediction.boxes]
     )
 
 
@@ -214,6 +245,7 @@ async def submit_image_query(
         done_processing=reason is None and not params.want_async,
         human_review=params.human_review.value,
         diagnostics=diagnostics.model_dump(mode="json"),
+        rois=model_rois(prediction),
         image_key=image_key(detector.id, iq_id, info.format),
         image_content_type=info.content_type,
         origin="cloud",
@@ -270,6 +302,7 @@ async def answer_in_background(
                 .values(
                     result=result.model_dump(mode="json"),
                     diagnostics=diagnostics.model_dump(mode="json"),
+                    rois=model_rois(prediction),
                     done_processing=not queued,
                 )
             )
@@ -366,6 +399,7 @@ def image_query_to_wire(row: ImageQueryRow) -> ImageQuery:
         patience_time=row.patience_time,
         confidence_threshold=row.confidence_threshold,
         metadata=row.metadata_,
+        rois=rois_from_json(row.rois),
         done_processing=row.done_processing,
         intellioptics=EdgeDiagnostics.model_validate(row.diagnostics) if row.diagnostics else None,
     )

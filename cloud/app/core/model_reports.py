@@ -34,9 +34,15 @@ KINDS: dict[ReportName, ReportKind] = {
     ReportName.LEARNING_CURVES: ReportKind("image/png", 5 * 1024 * 1024),
     ReportName.CONFUSION_MATRIX: ReportKind("image/png", 5 * 1024 * 1024),
     ReportName.RELIABILITY: ReportKind("image/png", 5 * 1024 * 1024),
+    ReportName.DETECTIONS: ReportKind("image/png", 5 * 1024 * 1024),
     ReportName.METRICS: ReportKind("application/json", 2 * 1024 * 1024),
 }
-PLOTS = (ReportName.LEARNING_CURVES, ReportName.CONFUSION_MATRIX, ReportName.RELIABILITY)
+PLOTS = (
+    ReportName.DETECTIONS,
+    ReportName.LEARNING_CURVES,
+    ReportName.CONFUSION_MATRIX,
+    ReportName.RELIABILITY,
+)
 
 
 def report_blob_key(detector_id: str, version: str, name: ReportName) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud.app.db.models import Detector, Label, LabelSource
 from common.bundle import DetectorMode
 from common.prior import PriorAnswer, label_prior
-from common.wire.device_api import RESULT_TYPE_BY_MODE, Result, ResultSource
+from common.wire.device_api import Result, ResultSource, make_result
 from common.wire.priors import DetectorPrior
 
 COUNTED_SOURCES = (LabelSource.HUMAN.value, LabelSource.CUSTOMER.value)
@@ -76,11 +76,4 @@ def prior_answer(prior: DetectorPrior) -> PriorAnswer:
 def prior_result(prior: DetectorPrior) -> Result:
     """The answer as an image-query result: an algorithm's (never an edge's), the count for COUNT."""
     answer = prior_answer(prior)
-    return Result(
-        result_type=RESULT_TYPE_BY_MODE[prior.mode],
-        confidence=round(answer.confidence, 6),
-        source=ResultSource.ALGORITHM,
-        from_edge=False,
-        label=answer.label,
-        count=int(answer.label) if prior.mode is DetectorMode.COUNT and answer.label.isdigit() else None,
-    )
+    return make_result(prior.mode, answer.label, answer.confidence, ResultSource.ALGORITHM, from_edge=False)

@@ -36,6 +36,7 @@ from cloud.app.auth import Principal
 from cloud.app.blobstore import BlobStore
 from cloud.app.core import backbones
 from cloud.app.core.audit import AuditAction, record
+from cloud.app.core.detectors import bundle_labels
 from cloud.app.db.models import Backbone, Detector, ModelStatus, ModelVersion
 from cloud.app.deps import CloudState
 from cloud.app.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnprocessableError
@@ -154,11 +155,9 @@ def _check_fits_detector(prepared: PreparedBundle, detector: Detector) -> None:
         raise UnprocessableError(
             f"bundle mode is {meta.mode.value}; detector {detector.id} is {detector.mode}"
         )
-    expected = sorted(str(label) for label in detector.labels)
-    if sorted(meta.labels) != expected:
-        raise UnprocessableError(
-            f"bundle labels {meta.labels} do not match the detector's labels {[str(x) for x in detector.labels]}"
-        )
+    wanted = bundle_labels(detector.mode, list(detector.labels), detector.mode_configuration)
+    if sorted(meta.labels) != sorted(wanted):
+        raise UnprocessableError(f"bundle labels {meta.labels} do not match the detector's labels {wanted}")
 
 
 def _predictor_summary(prepared: PreparedBundle) -> dict[str, Any]:

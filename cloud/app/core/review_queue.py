@@ -13,10 +13,10 @@ which is far tighter than leases of tens of seconds.
 
 Round trips (PostgreSQL): a claim is one statement (pick, lease and the item's detector and query in its
 `RETURNING`); an answer is one read (lease and the detector's labels, to validate) and one statement
-whose CTEs close the item, resolve the image query and insert the label. Each of these is atomic on its
-own, so they run in autocommit (no BEGIN/COMMIT), are built once, and go straight to asyncpg (the SQL is
-still SQLAlchemy's compilation): at hundreds of answers a second the per-call Python layers, not
-PostgreSQL, were the cost. SQLite takes the plain SQLAlchemy path in one transaction.
+whose CTEs close the item, resolve the image query (result and boxes) and insert the label (with its
+boxes). Each of these is atomic on its own, so they run in autocommit (no BEGIN/COMMIT), are built
+once, and go straight to asyncpg (the SQL is still SQLAlchemy's compilation): at hundreds of answers a
+second the per-call Python layers, not PostgreSQL, were the cost. SQLite takes the plain SQLAlchemy path in one transaction.
 
 Leases are not worth a disk flush: claims and heartbeats commit with `synchronous_commit = off` (set for
 that transaction only, from the statement itself). A database crash may forget a lease granted in its
@@ -55,9 +55,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
 from cloud.app.core.detectors import UNCLEAR
-from cloud.app.core.labels import HUMAN_RESULT_SOURCE, human_result, normalise_answer
+from cloud.app.core.image_queries import rois_from_json, rois_json
+from cloud.app.core.labels import HUMAN_RESULT_SOURCE, answer_rules, human_result, max_boxes
 from cloud.app.core.review_items import insert_ignoring_duplicates
-from cloud.app.db.models import Detector, ImageQuery, Label, LabelSource, ReviewItem, ReviewSkip, ReviewStatus
+from cloud.app.db.models import (
+    Detector,
+    ImageQuery,
+    Label,
+    LabelSource,
+    ReviewItem,
+    ReviewSkip,
+    ReviewStatus,
+    RoisJson,
+)
 from cloud.app.errors import ConflictError, NotFoundError
 from cloud.app.schemas.review import (
     AnswerKey,
@@ -68,6 +78,8 @@ from cloud.app.schemas.review import (
     QueueSummary,
     UndoOut,
 )
+from common.bundle import BOX_MODES
+from common.wire.device_api import Roi
 
 _ri = cast(Table, ReviewItem.__table__)
 _iq = cast(Table, ImageQuery.__table__)
@@ -163,9 +175,11 @@ _CLAIM_COLUMNS = (
     _iq.c.created_at.label("query_created_at"),
     _iq.c.result,
     _iq.c.diagnostics,
+    _iq.c.rois,
     _det.c.name.label("detector_name"),
     _det.c.query,
     _det.c.mode,
+    _det.c.mode_configuration,
     _det.c.labels,
 )
 
@@ -263,6 +277,11 @@ def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
             source=result.get("source"),
             from_edge=bool(result.get("from_edge")),
         )
+    config: dict[str, Any] = row["mode_configuration"] or {}
+    boxed = row["mode"] in {mode.value for mode in BOX_MODES}
+    class_name = config.get("class_name") if boxed else None
+    # A transient row: max_boxes only reads mode and mode_configuration.
+    limit = max_boxes(Detector(mode=row["mode"], mode_configuration=config))
     return ClaimedItem(
         id=row["id"],
         image_query_id=row["image_query_id"],
@@ -270,10 +289,13 @@ def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
         detector_name=row["detector_name"],
         query=row["query"],
         mode=row["mode"],
+        class_name=class_name if isinstance(class_name, str) else None,
+        max_count=limit,
         labels=labels,
         answers=answer_keys(labels),
         image_url=f"{public_url.rstrip('/')}{image_path(row['id'])}",
         prediction=prediction,
+        model_rois=rois_from_json(row["rois"]),
         in_domain_score=diagnostics.get("in_domain_score"),
         out_of_domain=diagnostics.get("out_of_domain"),
         uncertainty=row["uncertainty"],
@@ -359,15 +381,17 @@ _ANSWER_CHECK = (
         _ri.c.image_query_id,
         _ri.c.detector_id,
         _det.c.mode,
+        _det.c.mode_configuration,
         _det.c.labels,
     )
     .join_from(_ri, _det, _det.c.id == _ri.c.detector_id)
     .where(_ri.c.id == _P_ITEM)
 )
 _P_ANSWER = bindparam("p_answer", type_=String)
+_P_ROIS = bindparam("p_rois", type_=RoisJson)
 
 # Closes the item if, and only if, this reviewer still holds a live lease on it; keeps what the image
-# query said before, for an undo.
+# query said before (result, done_processing, boxes), for an undo.
 _CLOSE_ITEM = (
     update(_ri)
     .where(
@@ -387,10 +411,13 @@ _CLOSE_ITEM = (
         prior_done_processing=select(_iq.c.done_processing)
         .where(_iq.c.id == _ri.c.image_query_id)
         .scalar_subquery(),
+        prior_rois=select(_iq.c.rois).where(_iq.c.id == _ri.c.image_query_id).scalar_subquery(),
     )
     .returning(_ri.c.id, _ri.c.image_query_id, _ri.c.detector_id)
 )
-_RESOLVE_QUERY = update(_iq).values(result=bindparam("p_result", type_=JSON), done_processing=True)
+_RESOLVE_QUERY = update(_iq).values(
+    result=bindparam("p_result", type_=JSON), rois=_P_ROIS, done_processing=True
+)
 _LABEL_COLUMNS = [
     "image_query_id",
     "detector_id",
@@ -399,6 +426,7 @@ _LABEL_COLUMNS = [
     "user_id",
     "review_item_id",
     "created_at",
+    "rois",
 ]
 
 
@@ -420,6 +448,7 @@ def _answer_in_one_statement() -> Any:
                 _P_USER,
                 closed.c.id,
                 _P_NOW,
+                _P_ROIS,
             ),
         )
         .returning(_lab.c.id)
@@ -434,24 +463,33 @@ _RESOLVE_ONE_QUERY = _RESOLVE_QUERY.where(_iq.c.id == bindparam("p_query", type_
 _INSERT_LABEL = insert(_lab).returning(_lab.c.id)
 
 
-async def answer_item(session: AsyncSession, item_id: int, user_id: str, raw_label: str | int) -> AnswerOut:
-    """Store the reviewer's answer exactly once: label, item closed, image query resolved (confidence 1)."""
+async def answer_item(
+    session: AsyncSession,
+    item_id: int,
+    user_id: str,
+    raw_label: str | int,
+    rois: list[Roi] | None = None,
+) -> AnswerOut:
+    """Store the reviewer's answer exactly once: label and boxes, item closed, image query resolved
+    (confidence 1) with those boxes as its rois. Boxes follow cloud.app.core.labels' rules (400)."""
     now = utcnow()
     row: Any
     if _is_postgres(session):
         # Each statement is atomic on its own (the write re-checks the lease), so no BEGIN/COMMIT.
         async with _autocommit(session).connect() as conn:
             row = await _ANSWER_CHECK_ON_DRIVER.fetchrow(conn, {"p_item": item_id})
-            answer, params = _answer_params(row, item_id, user_id, raw_label, now)
+            answer, params = _answer_params(row, item_id, user_id, raw_label, rois, now)
             label_id = None
             if params is not None:
                 params["p_result"] = json.dumps(params["p_result"])
+                if params["p_rois"] is not None:
+                    params["p_rois"] = json.dumps(params["p_rois"])
                 written = await _ANSWER_ON_DRIVER.fetchrow(conn, params)
                 label_id = None if written is None else written["id"]
     else:
         conn = await session.connection()
         row = (await conn.execute(_ANSWER_CHECK, {"p_item": item_id})).mappings().first()
-        answer, params = _answer_params(row, item_id, user_id, raw_label, now)
+        answer, params = _answer_params(row, item_id, user_id, raw_label, rois, now)
         label_id = await _answer_step_by_step(conn, params) if params else None
         if label_id is None:
             await session.rollback()
@@ -463,7 +501,7 @@ async def answer_item(session: AsyncSession, item_id: int, user_id: str, raw_lab
 
 
 def _answer_params(
-    row: Any, item_id: int, user_id: str, raw_label: str | int, now: datetime
+    row: Any, item_id: int, user_id: str, raw_label: str | int, rois: list[Roi] | None, now: datetime
 ) -> tuple[str, dict[str, Any] | None]:
     """The validated answer and the write's parameters; no parameters when the lease is not live."""
     if (
@@ -473,9 +511,14 @@ def _answer_params(
         or aware(row["lease_expires_at"]) <= now
     ):
         return "", None
-    # A transient row: the shared helpers only read mode and labels.
-    detector = Detector(id=row["detector_id"], mode=row["mode"], labels=row["labels"])
-    answer = normalise_answer(detector, str(raw_label))
+    # A transient row: the shared helpers only read mode, its configuration and labels.
+    detector = Detector(
+        id=row["detector_id"],
+        mode=row["mode"],
+        mode_configuration=row["mode_configuration"],
+        labels=row["labels"],
+    )
+    answer = answer_rules(detector, str(raw_label), rois)
     result = human_result(detector, answer, HUMAN_RESULT_SOURCE).model_dump(mode="json")
     return answer, {
         "p_item": item_id,
@@ -483,6 +526,7 @@ def _answer_params(
         "p_now": now,
         "p_answer": answer,
         "p_result": result,
+        "p_rois": rois_json(rois),
     }
 
 
@@ -503,6 +547,7 @@ async def _answer_step_by_step(conn: AsyncConnection, params: dict[str, Any]) ->
                 "user_id": params["p_user"],
                 "review_item_id": closed.id,
                 "created_at": params["p_now"],
+                "rois": params["p_rois"],
             },
         )
     ).scalar_one()
@@ -556,7 +601,12 @@ async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
     last = (
         await session.execute(
             select(
-                _ri.c.id, _ri.c.image_query_id, _ri.c.answer, _ri.c.prior_result, _ri.c.prior_done_processing
+                _ri.c.id,
+                _ri.c.image_query_id,
+                _ri.c.answer,
+                _ri.c.prior_result,
+                _ri.c.prior_done_processing,
+                _ri.c.prior_rois,
             )
             .where(_ri.c.answered_by == user_id, _ri.c.status == _ANSWERED)
             .order_by(_ri.c.answered_at.desc(), _ri.c.id.desc())
@@ -586,6 +636,7 @@ async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
                 claimed_at=None,
                 prior_result=None,
                 prior_done_processing=None,
+                prior_rois=None,
             )
             .returning(_ri.c.id)
         )
@@ -605,7 +656,11 @@ async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
     await session.execute(
         update(_iq)
         .where(_iq.c.id == last.image_query_id)
-        .values(result=last.prior_result, done_processing=bool(last.prior_done_processing))
+        .values(
+            result=last.prior_result,
+            done_processing=bool(last.prior_done_processing),
+            rois=last.prior_rois,
+        )
     )
     await session.commit()
     return UndoOut(item_id=last.id, image_query_id=last.image_query_id, label=last.answer or "")

@@ -30,6 +30,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# common.wire.device_api.Roi lists; None is SQL NULL ("no boxes given"), never JSON 'null'.
+RoisJson = JSON(none_as_null=True)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -126,6 +130,9 @@ class ImageQuery(Base):
     human_review: Mapped[str] = mapped_column(String(10), default="DEFAULT")
     # common.wire.device_api.EdgeDiagnostics of whoever answered first (edge or cloud model).
     diagnostics: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # The current answer's boxes: the model's (edge escalation or cloud model) until a person answers,
+    # then that person's (NULL when they drew none).
+    rois: Mapped[list[Any] | None] = mapped_column(RoisJson, nullable=True)
     image_key: Mapped[str] = mapped_column(String(300))
     image_content_type: Mapped[str] = mapped_column(String(40))
     # "cloud" (posted here) or "edge" (arrived as an escalation); edge_id names the hub.
@@ -187,6 +194,7 @@ class ReviewItem(Base):
     # The image query's result and done_processing before the answer, restored by an undo.
     prior_result: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     prior_done_processing: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    prior_rois: Mapped[list[Any] | None] = mapped_column(RoisJson, nullable=True)
 
     __table_args__ = (Index("ix_review_items_answered_at", "answered_at"),)
 
@@ -250,6 +258,8 @@ class Label(Base):
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     undone_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The boxes that came with the answer (common.wire.device_api.Roi as JSON); NULL when none did.
+    rois: Mapped[list[Any] | None] = mapped_column(RoisJson, nullable=True)
 
 
 class Hub(Base):

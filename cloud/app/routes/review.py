@@ -58,8 +58,9 @@ async def heartbeat(item_id: ItemId, state: StateDep, session: SessionDep, revie
 
 @router.post("/items/{item_id}/answer", operation_id="review_answer")
 async def answer(item_id: ItemId, body: AnswerIn, session: SessionDep, reviewer: ReviewerDep) -> AnswerOut:
-    """One of the detector's labels or UNCLEAR; stored once, and the image query is answered with it."""
-    return await review_queue.answer_item(session, item_id, reviewer.user_id, body.label)
+    """One of the detector's labels or UNCLEAR, with the boxes drawn (if any); stored once, and the
+    image query is answered with both. 400 when the boxes do not fit the answer."""
+    return await review_queue.answer_item(session, item_id, reviewer.user_id, body.label, body.rois)
 
 
 @router.post("/items/{item_id}/skip", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_skip")

@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.app.db.models import Role
-from cloud.app.schemas.fields import StorableJson, StorableStr
+from cloud.app.schemas.fields import RoisIn, StorableJson, StorableStr
 from common.validation import MAX_NAME_CHARS, check_name
-from common.wire.device_api import Me
+from common.wire.device_api import Me, Roi
 
 # common.validation's name rule: stored trimmed, so a lookup by the trimmed name finds it.
 DetectorName = Annotated[str, AfterValidator(check_name)]
@@ -34,9 +34,14 @@ class DetectorCreationInput(BaseModel):
     edge_pipeline_config: Any = None
     # URL-safe base64 of a JSON object (the SDK's form), or the object itself.
     metadata: str | StorableJson | None = Field(default=None)
-    mode: StorableStr = Field(default="BINARY", examples=["BINARY", "MULTI_CLASS", "COUNT"])
+    mode: StorableStr = Field(default="BINARY", examples=["BINARY", "MULTI_CLASS", "COUNT", "BOUNDING_BOX"])
     mode_configuration: StorableJson | None = Field(
-        default=None, examples=[{"class_names": ["red", "green"]}, {"class_name": "widget", "max_count": 5}]
+        default=None,
+        examples=[
+            {"class_names": ["red", "green"]},
+            {"class_name": "widget", "max_count": 5},
+            {"class_name": "person", "max_num_bboxes": 10},
+        ],
     )
     priming_group_id: str | None = None
 
@@ -59,7 +64,10 @@ class LabelCreate(BaseModel):
 
     label: StorableStr | int = Field(examples=["YES", "red", "3"])
     image_query_id: StorableStr = Field(min_length=1, max_length=120)
-    rois: list[StorableJson] | None = None
+    rois: RoisIn = Field(
+        default=None,
+        description="Boxes, normalised 0..1; COUNT: one per counted object; BOUNDING_BOX: none for NO_OBJECTS",
+    )
 
 
 class LabelValue(BaseModel):
@@ -72,7 +80,7 @@ class LabelValue(BaseModel):
     detector_id: int | None = None
     source: str
     text: str | None = None
-    rois: list[dict[str, Any]] | None = None
+    rois: list[Roi] | None = None
 
 
 class AccountMonthToDateInfo(BaseModel):

@@ -12,9 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from common import validation
+from common.wire.device_api import Roi
 
 
 def check_text(value: str) -> str:
@@ -29,6 +30,9 @@ def check_json(value: Any) -> Any:
 
 StorableStr = Annotated[str, AfterValidator(check_text)]
 StorableJson = Annotated[dict[str, Any], AfterValidator(check_json)]
+# Inbound boxes (labels, review answers): common.validation's ROI rules, so a bad box is a 400 that
+# says which one and why; x and y may be left out and are recomputed.
+RoisIn = Annotated[list[Roi] | None, BeforeValidator(validation.check_rois)]
 
 
 def json_size(value: Any) -> int:

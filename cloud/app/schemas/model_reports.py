@@ -13,6 +13,7 @@ class ReportName(StrEnum):
     LEARNING_CURVES = "learning_curves.png"
     CONFUSION_MATRIX = "confusion_matrix.png"
     RELIABILITY = "reliability.png"
+    DETECTIONS = "detections.png"
     METRICS = "metrics.json"
 
 

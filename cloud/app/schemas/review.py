@@ -6,6 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from cloud.app.schemas.fields import RoisIn
+from common.wire.device_api import Roi
+
 
 class AnswerKey(BaseModel):
     label: str = Field(description="What is stored when this answer is given", examples=["YES"])
@@ -28,11 +31,20 @@ class ClaimedItem(BaseModel):
     detector_id: str
     detector_name: str
     query: str = Field(description="The detector's question")
-    mode: str
+    mode: str = Field(description="BINARY, MULTI_CLASS, COUNT or BOUNDING_BOX", examples=["COUNT"])
+    class_name: str | None = Field(
+        default=None, description="COUNT and BOUNDING_BOX: what is counted or boxed", examples=["bolt"]
+    )
+    max_count: int | None = Field(
+        default=None, description="COUNT: max_count; BOUNDING_BOX: max_num_bboxes; else null"
+    )
     labels: list[str] = Field(description="The detector's labels; UNCLEAR is always accepted too")
     answers: list[AnswerKey] = Field(description="Every accepted answer with its key, UNCLEAR last")
     image_url: str
     prediction: EdgePrediction | None = None
+    model_rois: list[Roi] | None = Field(
+        default=None, description="The model's boxes (edge or cloud), normalised 0..1; a starting point"
+    )
     in_domain_score: float | None = None
     out_of_domain: bool | None = None
     uncertainty: float
@@ -45,6 +57,14 @@ class ClaimedItem(BaseModel):
 
 class AnswerIn(BaseModel):
     label: str | int = Field(description="One of the detector's labels, or UNCLEAR", examples=["YES"])
+    rois: RoisIn = Field(
+        default=None,
+        description=(
+            "The boxes the reviewer drew (normalised 0..1; x, y may be left out). COUNT: as many as the "
+            "label says, when given; BOUNDING_BOX: none for NO_OBJECTS, at least one for BOUNDING_BOX; "
+            "never with UNCLEAR"
+        ),
+    )
 
 
 class AnswerOut(BaseModel):

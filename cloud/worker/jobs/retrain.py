@@ -60,9 +60,10 @@ class Cadence:
 
 
 def first_job_ready(mode: str, labels: Sequence[object], counts: dict[str, int], min_per_class: int) -> bool:
-    """Every class has `min_per_class` labels; for COUNT, two classes have."""
+    """Every class has `min_per_class` labels; for COUNT and BOUNDING_BOX (whose top buckets, many
+    objects, may never be answered), two classes have."""
     per_class = [counts.get(str(label), 0) for label in labels]
-    if mode == DetectorMode.COUNT.value:
+    if mode in (DetectorMode.COUNT.value, DetectorMode.BOUNDING_BOX.value):
         return sum(n >= min_per_class for n in per_class) >= 2
     return bool(per_class) and all(n >= min_per_class for n in per_class)
 

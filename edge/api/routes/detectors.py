@@ -39,6 +39,12 @@ async def get_detector(detector_id: str, state: StateDep) -> Detector:
         mode_configuration = {"class_names": labels, "num_classes": len(labels)}
     elif mode is DetectorMode.COUNT:
         mode_configuration = {"max_count": len(labels) - 1, "class_name": name}
+    elif mode is DetectorMode.BOUNDING_BOX:
+        # A model's labels are its count buckets "0".."max_num_bboxes"; a label prior's are the
+        # answers (NO_OBJECTS, ...), which do not tell the limit.
+        mode_configuration = {"class_name": name}
+        if labels and all(label.isdecimal() for label in labels):
+            mode_configuration["max_num_bboxes"] = len(labels) - 1
     return Detector(
         id=detector_id,
         created_at=utc_now_iso(),

@@ -1,5 +1,10 @@
 // The labeling page: claim an item, show it, answer with one key, next. Heartbeats keep the lease
 // while the page is open; closing the page gives the lease back.
+//
+// COUNT and BOUNDING_BOX items are answered with boxes (boxes.js draws and edits them over the image):
+// Enter submits the boxes as they are, the count being the number of boxes. A number key is taken only
+// when it equals that number (it then submits the boxes too), never as a count of its own. Z (or Ctrl+Z)
+// undoes the latest box edit first and, with none left on this item, the previous answer.
 "use strict";
 
 (() => {
@@ -15,6 +20,39 @@
   let answered = 0;
   let heartbeatTimer = null;
   let pollTimer = null;
+
+  const BOX_MODES = new Set(["COUNT", "BOUNDING_BOX"]);
+  const GREATER_THAN_MAX = "GREATER_THAN_MAX";
+  let editor = null; // the box editor, made for the first box item
+  const ownBoxes = new Map(); // item id -> the boxes this reviewer answered it with (for an undo)
+
+  const boxMode = () => Boolean(item && BOX_MODES.has(item.mode));
+
+  function boxEditor() {
+    if (!editor) {
+      editor = new window.IntelliOpticsBoxes.BoxEditor(stage, {
+        canEdit: () => boxMode() && root.dataset.state === "ready",
+        onChange: showBoxCount,
+      });
+    }
+    return editor;
+  }
+
+  const boxWord = (n) => n + (n === 1 ? " box" : " boxes");
+
+  function showBoxCount() {
+    const el = $("box-count");
+    const on = boxMode();
+    el.hidden = !on;
+    $("box-help").hidden = !on;
+    root.dataset.boxCount = on && editor ? String(editor.count()) : "";
+    if (!on || !editor) return;
+    const n = editor.count();
+    $("box-count-value").textContent = boxWord(n);
+    el.classList.toggle("late", item.max_count != null && n > item.max_count);
+    const submit = $("submit-boxes");
+    if (submit) submit.lastChild.textContent = " Submit " + boxWord(n);
+  }
 
   function setState(state) {
     root.dataset.state = state;
@@ -108,6 +146,46 @@
     el.className = it.out_of_domain ? "late" : "";
   }
 
+  function answerButton(label, key, text, onClick, extraClass) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "answer" + (extraClass ? " " + extraClass : "");
+    button.dataset.label = label;
+    if (key) {
+      const kbd = document.createElement("kbd");
+      kbd.textContent = key.length === 1 ? key.toUpperCase() : key;
+      button.append(kbd);
+    }
+    button.append(" " + text);
+    button.addEventListener("click", (ev) => {
+      ev.currentTarget.blur();
+      onClick();
+    });
+    return button;
+  }
+
+  // Box modes: submit the boxes (Enter), more than the maximum (M, BOUNDING_BOX only), UNCLEAR.
+  function showBoxAnswers(it) {
+    const box = $("answers");
+    box.replaceChildren();
+    keyMap = new Map();
+    const submit = answerButton("", "Enter", "Submit", () => submitBoxes(false), "primary submit");
+    submit.id = "submit-boxes";
+    box.append(submit);
+    if (greaterAllowed(it)) {
+      box.append(answerButton(GREATER_THAN_MAX, "m", "More than " + it.max_count, () => submitBoxes(true), "more"));
+    }
+    for (const a of it.answers) {
+      if (a.label !== "UNCLEAR") continue;
+      if (a.key) keyMap.set(a.key, a.label);
+      box.append(answerButton(a.label, a.key, a.label, () => answer(a.label, null), "unclear"));
+    }
+  }
+
+  function greaterAllowed(it) {
+    return it.mode === "BOUNDING_BOX" && it.max_count != null;
+  }
+
   function showAnswers(answers) {
     const box = $("answers");
     box.replaceChildren();
@@ -141,7 +219,8 @@
     $("reason").textContent = it.reason || "–";
     showPrediction(it.prediction);
     showOod(it);
-    showAnswers(it.answers);
+    if (BOX_MODES.has(it.mode)) showBoxAnswers(it);
+    else showAnswers(it.answers);
     tick();
     const img = new Image();
     img.id = "image";
@@ -156,6 +235,17 @@
     });
     img.src = "/api/v1/review/items/" + it.id + "/image";
     $("image").replaceWith(img);
+    if (BOX_MODES.has(it.mode)) {
+      const own = ownBoxes.get(it.id);
+      boxEditor().load(img, own || it.model_rois || [], Boolean(own));
+      if (own) {
+        const before = $("status").textContent;
+        say((before ? before + " " : "") + "Your boxes from that answer are back.");
+      }
+    } else if (editor) {
+      editor.clear();
+    }
+    showBoxCount();
     setState("loading");
     const every = Math.max(1000, (1000 * (it.lease_s || Number(root.dataset.leaseS) || 60)) / 3);
     heartbeatTimer = setInterval(heartbeat, every);
@@ -171,6 +261,8 @@
     for (const id of ["prediction", "confidence", "ood", "deadline", "lease", "reason"]) $(id).textContent = "–";
     $("answers").replaceChildren();
     keyMap = new Map();
+    if (editor) editor.clear();
+    showBoxCount();
     setState("empty");
   }
 
@@ -179,6 +271,8 @@
   async function claim() {
     stopTimers();
     item = null;
+    if (editor) editor.clear();
+    showBoxCount();
     busy = true;
     setState("loading");
     const qs = detectorId ? "?detector_id=" + encodeURIComponent(detectorId) : "";
@@ -226,14 +320,17 @@
     }
   }
 
-  async function answer(label) {
+  // rois: the boxes, for COUNT and BOUNDING_BOX items (null with UNCLEAR); left out for the others.
+  async function answer(label, rois) {
     if (!item || busy || root.dataset.state !== "ready") return;
     busy = true;
     setState("busy");
     const id = item.id;
+    const body = { label };
+    if (boxMode()) body.rois = rois || null;
     let r = null;
     try {
-      r = await api("POST", "/items/" + id + "/answer", { label });
+      r = await api("POST", "/items/" + id + "/answer", body);
     } catch (err) {
       r = null;
     }
@@ -246,7 +343,12 @@
     if (r.status === 200) {
       answered += 1;
       $("count").textContent = String(answered);
-      say("Answered " + label + ".");
+      ownBoxes.delete(id);
+      if (body.rois) {
+        ownBoxes.set(id, body.rois);
+        if (ownBoxes.size > 50) ownBoxes.delete(ownBoxes.keys().next().value);
+      }
+      say("Answered " + label + (body.rois ? " (" + boxWord(body.rois.length) + ")" : "") + ".");
       claim();
     } else if (r.status === 409 || r.status === 404) {
       say(detail(r) + " Loading the next item.", "warn");
@@ -255,6 +357,58 @@
       say(detail(r), "error");
       setState("ready");
     }
+  }
+
+  // Enter: the boxes as they are. The label follows from them: the count for COUNT; NO_OBJECTS,
+  // BOUNDING_BOX or (greater) GREATER_THAN_MAX for BOUNDING_BOX.
+  function submitBoxes(greater) {
+    if (!item || busy || root.dataset.state !== "ready" || !boxMode() || !editor) return;
+    if (editor.dragging()) return;
+    if (!editor.showing()) {
+      say("The image is not shown, so its boxes cannot be checked: answer UNCLEAR or skip.", "warn");
+      return;
+    }
+    const n = editor.count();
+    let label;
+    if (item.mode === "COUNT") {
+      if (item.max_count != null && n > item.max_count) {
+        say(boxWord(n) + " is more than this detector counts (at most " + item.max_count + "): remove some.", "warn");
+        return;
+      }
+      label = String(n);
+    } else if (greater) {
+      label = GREATER_THAN_MAX;
+    } else if (item.max_count != null && n > item.max_count) {
+      say(
+        boxWord(n) + " is more than this detector takes (" + item.max_count + "): press M for more than " +
+          item.max_count + ", or remove some.",
+        "warn"
+      );
+      return;
+    } else {
+      label = n === 0 ? "NO_OBJECTS" : "BOUNDING_BOX";
+    }
+    answer(label, editor.rois(item.class_name));
+  }
+
+  // A number key on a box item: only the number of boxes drawn, and then it submits those boxes.
+  function numberKey(digit) {
+    if (!item || busy || root.dataset.state !== "ready" || !editor) return;
+    const n = editor.count();
+    if (digit !== n) {
+      say("You pressed " + digit + " but there are " + boxWord(n) + ": fix the boxes, then press Enter.", "warn");
+      return;
+    }
+    submitBoxes(false);
+  }
+
+  // Z: the latest box edit on this item first, then the previous answer.
+  function undoKey() {
+    if (boxMode() && editor && root.dataset.state === "ready" && editor.undo()) {
+      say("Undid a box edit (" + boxWord(editor.count()) + " now).");
+      return;
+    }
+    undo();
   }
 
   async function skip() {
@@ -307,13 +461,34 @@
   // -- keyboard first ---------------------------------------------------------------------------------
 
   document.addEventListener("keydown", (ev) => {
-    if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
     const t = ev.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+    const ctrlZ = (ev.ctrlKey || ev.metaKey) && !ev.altKey && !ev.shiftKey && key === "z";
+    if (ctrlZ) {
+      ev.preventDefault();
+      if (!ev.repeat) undoKey();
+      return;
+    }
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    // The box editor first (arrows may repeat): nudge, delete the selected box, select, deselect.
+    if (boxMode() && editor && editor.handleKey(ev, key)) {
+      ev.preventDefault();
+      return;
+    }
+    if (ev.repeat) return;
     if (key === "z" || key === "Backspace") {
       ev.preventDefault();
-      undo();
+      undoKey();
+    } else if (boxMode() && key === "Enter") {
+      ev.preventDefault();
+      submitBoxes(false);
+    } else if (boxMode() && key === "m" && greaterAllowed(item)) {
+      ev.preventDefault();
+      submitBoxes(true);
+    } else if (boxMode() && /^[0-9]$/.test(key)) {
+      ev.preventDefault();
+      numberKey(Number(key));
     } else if (key === "s") {
       ev.preventDefault();
       skip();
@@ -329,7 +504,7 @@
   });
   $("undo").addEventListener("click", (ev) => {
     ev.currentTarget.blur();
-    undo();
+    undoKey();
   });
 
   // Closing the page gives the lease back at once instead of letting it run out.
