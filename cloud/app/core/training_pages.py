@@ -1,11 +1,18 @@
 """What the training pages of the review UI show: a detector's jobs (the running one live), its model
 versions with their reports, and two versions side by side.
 
+A version's figures come from its metrics as registered (the bundle's predictor_metadata.json). A
+detection head's (COUNT and BOUNDING_BOX, "engine": "detection") are its held-out mAP@0.5,
+mAP@0.5:0.95, count accuracy and count MAE (training.detection.metrics.DetectionMetrics), shown with
+the detections.png picture instead of a classifier's accuracy and calibration; its promotion verdict,
+which only the version's metrics.json report holds, is read from there.
+
 Read-only views over the training jobs, the registry and the report blobs; nothing here changes state.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +35,24 @@ HEADLINE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("n_test", "test images", "{:d}"),
     ("n_train", "train images", "{:d}"),
 )
+# A detection head's held-out figures: (metric key, label, how to show it).
+DETECTION_ENGINE = "detection"
+DETECTION_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("map50", "mAP@0.5", "{:.3f}"),
+    ("map50_95", "mAP@0.5:0.95", "{:.3f}"),
+    ("count_accuracy", "count accuracy", "{:.3f}"),
+    ("count_mae", "count MAE", "{:.3f}"),
+    ("images", "held-out images", "{:d}"),
+)
+# What the compare view calls a detection head's other figures.
+DETECTION_LABELS = {key: label for key, label, _ in DETECTION_METRICS} | {"objects": "held-out objects"}
 # Metrics where a smaller value is the better one (the compare view marks the better side).
 LOWER_IS_BETTER = ("ece", "nll", "loss")
+# Detection figures with a direction their names do not tell.
+HIGHER_IS_BETTER_KEYS = frozenset({"map50", "map50_95"})
+LOWER_IS_BETTER_KEYS = frozenset({"count_mae"})
+# The classifier's plots, each a section of the compare view.
+CLASSIFIER_PLOTS = (ReportName.LEARNING_CURVES, ReportName.CONFUSION_MATRIX, ReportName.RELIABILITY)
 LOG_TAIL_LINES = 80
 VERSIONS_SHOWN = 20
 JOBS_SHOWN = 20
@@ -50,14 +73,49 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float | int]:
     }
 
 
+def _number(value: Any) -> float | int | None:
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+
+
+def _shown(value: float | int, fmt: str) -> str:
+    return fmt.format(int(value)) if fmt == "{:d}" else fmt.format(float(value))
+
+
 def _headline(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     shown = []
     for key, label, fmt in HEADLINE_METRICS:
-        value = metrics.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        shown.append((label, fmt.format(int(value)) if fmt == "{:d}" else fmt.format(float(value))))
+        value = _number(metrics.get(key))
+        if value is not None:
+            shown.append((label, _shown(value, fmt)))
     return shown
+
+
+def is_detection(metrics: dict[str, Any]) -> bool:
+    return metrics.get("engine") == DETECTION_ENGINE
+
+
+def detection_evaluation(metrics: dict[str, Any]) -> dict[str, float | int]:
+    """A detection version's held-out figures: at the top of its registered metrics, or under
+    "evaluation" as its metrics.json report has them; empty for any other engine."""
+    if not is_detection(metrics):
+        return {}
+    nested = metrics.get("evaluation")
+    return scalar_metrics(nested if isinstance(nested, dict) else metrics)
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    text: str
+
+
+def _detection_figures(evaluation: dict[str, float | int]) -> list[Figure]:
+    return [
+        Figure(key, label, _shown(evaluation[key], fmt))
+        for key, label, fmt in DETECTION_METRICS
+        if key in evaluation
+    ]
 
 
 @dataclass(frozen=True)
@@ -72,6 +130,8 @@ class VersionView:
     lineage: dict[str, Any]
     promotion: dict[str, Any] | None
     reports: list[ReportName] = field(default_factory=list)
+    # A detection head's held-out figures (DETECTION_METRICS order); None for a classifier.
+    detection: list[Figure] | None = None
 
     @property
     def is_production(self) -> bool:
@@ -79,7 +139,18 @@ class VersionView:
 
     @property
     def plots(self) -> list[ReportName]:
-        return [name for name in model_reports.PLOTS if name in self.reports]
+        """The plots shown as a grid of thumbnails (the detections picture is shown on its own)."""
+        return [
+            name for name in model_reports.PLOTS if name in self.reports and name != ReportName.DETECTIONS
+        ]
+
+    @property
+    def has_detections(self) -> bool:
+        return ReportName.DETECTIONS in self.reports
+
+    @property
+    def detections_url(self) -> str:
+        return self.report_url(ReportName.DETECTIONS)
 
     def report_url(self, name: ReportName) -> str:
         return model_reports.report_path(self.id, name)
@@ -99,9 +170,22 @@ def _lineage_summary(lineage: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if value not in (None, "")}
 
 
-def version_view(row: ModelVersion, reports: list[ReportName]) -> VersionView:
+def version_view(
+    row: ModelVersion, reports: list[ReportName], report_metrics: dict[str, Any] | None = None
+) -> VersionView:
+    """`report_metrics`: the version's metrics.json, where it has a promotion verdict its registered
+    metrics lack (a detection head's)."""
     metrics = row.metrics or {}
     promotion = metrics.get("promotion")
+    if not isinstance(promotion, dict) and report_metrics is not None:
+        promotion = report_metrics.get("promotion")
+    detection = detection_evaluation(metrics)
+    if detection:
+        # The held-out figures first, then the other numbers (count ECE, escalation rate, ...).
+        first = {key: detection[key] for key, _, _ in DETECTION_METRICS if key in detection}
+        compared = {**first, **detection, **scalar_metrics(metrics)}
+    else:
+        compared = scalar_metrics(metrics)
     return VersionView(
         id=row.id,
         version=row.version,
@@ -109,11 +193,31 @@ def version_view(row: ModelVersion, reports: list[ReportName]) -> VersionView:
         created_at=_aware(row.created_at) or datetime.now(UTC),
         promoted_at=_aware(row.promoted_at),
         headline=_headline(metrics),
-        metrics=scalar_metrics(metrics),
+        metrics=compared,
         lineage=_lineage_summary(row.lineage or {}),
         promotion=promotion if isinstance(promotion, dict) else None,
         reports=reports,
+        detection=_detection_figures(detection) if is_detection(metrics) else None,
     )
+
+
+def _needs_report_metrics(row: ModelVersion, reports: list[ReportName]) -> bool:
+    metrics = row.metrics or {}
+    return (
+        is_detection(metrics)
+        and not isinstance(metrics.get("promotion"), dict)
+        and ReportName.METRICS in reports
+    )
+
+
+async def version_views(
+    blobs: BlobStore, rows: list[ModelVersion], present: dict[str, list[ReportName]]
+) -> list[VersionView]:
+    """Views of `rows`, reading metrics.json only for the detection versions that need it."""
+    wanted = [row for row in rows if _needs_report_metrics(row, present[row.id])]
+    found = await asyncio.gather(*(model_reports.read_metrics_report(blobs, row) for row in wanted))
+    extra = {row.id: value for row, value in zip(wanted, found, strict=True)}
+    return [version_view(row, present[row.id], extra.get(row.id)) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -145,7 +249,7 @@ async def training_overview(session: AsyncSession, blobs: BlobStore, detector_id
         detector=detector,
         active=active,
         jobs=public,
-        versions=[version_view(row, present[row.id]) for row in shown],
+        versions=await version_views(blobs, shown, present),
         version_names={row.id: row.version for row in rows},
     )
 
@@ -183,6 +287,11 @@ class MetricRow:
     a: float | int | None
     b: float | int | None
     better: str  # "a", "b" or "" (equal, missing, or no direction)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.key
 
 
 @dataclass(frozen=True)
@@ -193,20 +302,46 @@ class Comparison:
     rows: list[MetricRow]
     choices: list[VersionView]
 
+    @property
+    def detection(self) -> bool:
+        """Either side is a detection head: the compare view shows the detections pictures."""
+        return self.a.detection is not None or self.b.detection is not None
+
+    @property
+    def plots(self) -> list[ReportName]:
+        """The classifier plots to show side by side (all three unless both sides are detection heads
+        without them)."""
+        both_detection = self.a.detection is not None and self.b.detection is not None
+        return [
+            name
+            for name in CLASSIFIER_PLOTS
+            if not both_detection or name in self.a.reports or name in self.b.reports
+        ]
+
+    @property
+    def show_detections(self) -> bool:
+        return self.detection or self.a.has_detections or self.b.has_detections
+
 
 def _better(key: str, a: float | int | None, b: float | int | None) -> str:
     if a is None or b is None or a == b or key.startswith("n_"):
         return ""
-    lower = any(word in key for word in LOWER_IS_BETTER)
-    if "accuracy" not in key and not lower:
+    lower = key in LOWER_IS_BETTER_KEYS or any(word in key for word in LOWER_IS_BETTER)
+    if "accuracy" not in key and not lower and key not in HIGHER_IS_BETTER_KEYS:
         return ""
     a_wins = a < b if lower else a > b
     return "a" if a_wins else "b"
 
 
-def metric_rows(a: dict[str, float | int], b: dict[str, float | int]) -> list[MetricRow]:
+def metric_rows(
+    a: dict[str, float | int], b: dict[str, float | int], labels: dict[str, str] | None = None
+) -> list[MetricRow]:
     keys = list(a) + [key for key in b if key not in a]
-    return [MetricRow(key, a.get(key), b.get(key), _better(key, a.get(key), b.get(key))) for key in keys]
+    names = labels or {}
+    return [
+        MetricRow(key, a.get(key), b.get(key), _better(key, a.get(key), b.get(key)), names.get(key, ""))
+        for key in keys
+    ]
 
 
 async def _version_of(session: AsyncSession, detector_id: str, model_id: str) -> ModelVersion:
@@ -232,11 +367,12 @@ async def compare_versions(
         row_b = next((row for row in rows if row.id != row_a.id), row_a)
     await session.commit()
     present = await model_reports.reports_by_model(blobs, [row_a, row_b])
-    view_a, view_b = version_view(row_a, present[row_a.id]), version_view(row_b, present[row_b.id])
+    view_a, view_b = await version_views(blobs, [row_a, row_b], present)
+    labels = DETECTION_LABELS if view_a.detection is not None or view_b.detection is not None else None
     return Comparison(
         detector=detector,
         a=view_a,
         b=view_b,
-        rows=metric_rows(view_a.metrics, view_b.metrics),
+        rows=metric_rows(view_a.metrics, view_b.metrics, labels),
         choices=[version_view(row, []) for row in rows[:VERSIONS_SHOWN]],
     )

@@ -1,6 +1,7 @@
 """Training pages of the review UI: a detector's training jobs (the running one live), its model
-versions with their learning curves, confusion matrix and reliability diagram, and a side-by-side
-comparison of two versions.
+versions with their learning curves, confusion matrix and reliability diagram (a detection head's:
+held-out mAP, count accuracy and count MAE, and its picture of held-out detections), and a
+side-by-side comparison of two versions.
 
 Server-rendered like the other pages; a little vanilla JS (static/training.js) polls the status route
 every two seconds while a job runs. Pages need a browser session (reviewers and admins) and redirect to
