@@ -1,13 +1,16 @@
 # cloud-api: the device API, escalation intake, review queue and pages, model registry (port 8000).
 # Build from the repository root: docker build -f docker/cloud-api.Dockerfile .
-# Before serving it migrates the database and, on the first start, creates the accounts and prints
-# them (cloud.app.prestart).
+# Before serving it migrates the database and, on the first start, creates the accounts
+# (cloud.app.prestart): their passwords and the device API token go into /data/cloud/credentials.json,
+# and only that path is printed (CLOUD_BOOTSTRAP_PRINT_SECRETS=false), so no secret stays in
+# `docker logs`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CLOUD_BOOTSTRAP_PRINT_SECRETS=false
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
     && mkdir -p /app /data/cloud \

@@ -2,14 +2,17 @@
 # and registers the candidate bundles with their reports (python -m training.service).
 # Build from the repository root: docker build -f docker/trainer.Dockerfile .
 #
-# CUDA: torch comes from PyPI, whose Linux x86_64 wheel of the pinned version is the CUDA build (the
-# CUDA runtime libraries arrive as nvidia-* wheels), so the image needs no CUDA base or toolkit. The
-# host needs the NVIDIA driver and the NVIDIA Container Toolkit; docker-compose.cloud.yml reserves one
-# GPU for the service. Where torch sees no GPU, the same image trains on the CPU (TRAINER_DEVICE=auto).
-# A smaller CPU-only image: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# TORCH_VARIANT chooses the torch build:
+#   cpu  (default) the CPU build, from PyTorch's CPU index (pyproject's pinned version, "+cpu" wins the
+#        version comparison): a much smaller image, what docker-compose.cloud.yml builds.
+#   cuda the CUDA build: PyPI's Linux x86_64 wheel of the pinned version, whose CUDA runtime libraries
+#        arrive as nvidia-* wheels, so the image needs no CUDA base or toolkit. The host needs the NVIDIA
+#        driver and the NVIDIA Container Toolkit; docker-compose.gpu.yml builds this one and reserves a
+#        GPU: docker build --build-arg TORCH_VARIANT=cuda -f docker/trainer.Dockerfile .
+# Where torch sees no GPU, either image trains on the CPU (TRAINER_DEVICE=auto).
 FROM python:3.11-slim
 
-ARG TORCH_INDEX=""
+ARG TORCH_VARIANT=cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -25,7 +28,12 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY common ./common
 COPY training ./training
-RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[training]" \
+RUN case "$TORCH_VARIANT" in \
+        cpu) index="--extra-index-url https://download.pytorch.org/whl/cpu" ;; \
+        cuda) index="" ;; \
+        *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
+    esac \
+    && pip install $index ".[training]" \
     && rm -rf /app/build
 
 USER intellioptics

@@ -24,14 +24,31 @@ CLOUD_WORKER = "cloud-worker"
 TRAINER = "trainer"
 POSTGRES = "postgres"
 AZURITE = "azurite"
+DEMO_DETECTORS = "demo-detectors"
 
-# The cloud API's compose service; edges reach it by this name when both files run as one project,
-# otherwise set INTELLIOPTICS_CLOUD_URL (then `make run` starts no cloud of its own).
+# The cloud API's compose service (the trainer and the demo job reach it by this name); edges reach
+# the cloud at INTELLIOPTICS_CLOUD_URL (set for `make run`, it starts no cloud of its own).
 CLOUD_API_HOST = CLOUD_API
 CLOUD_API_PORT = 8000
 CLOUD_URL_VARIABLE = "INTELLIOPTICS_CLOUD_URL"
 CLOUD_URL = f"${{{CLOUD_URL_VARIABLE}:-http://{CLOUD_API_HOST}:{CLOUD_API_PORT}}}"
+# Compose has no default: the cloud's address on another host is known only to whoever deploys it
+# (deploy/*.env.example), and model download links are built from it. A local run keeps CLOUD_URL.
+CLOUD_URL_REQUIRED = (
+    f"${{{CLOUD_URL_VARIABLE}:?the address edges and browsers reach the cloud at (deploy/*.env.example)}}"
+)
 API_TOKEN_VARIABLE = "INTELLIOPTICS_API_TOKEN"
+# The edge's id at the cloud: fixed in compose (a container's host name changes with every update).
+EDGE_ID_VARIABLE = "INTELLIOPTICS_EDGE_ID"
+
+# Compose mounts secrets as files here (`secrets:`); the services read them through `*_FILE`
+# variables (common.secret_files). A local run has none and passes what it needs directly.
+SECRETS = "/run/secrets"
+API_TOKEN_SECRET = f"{SECRETS}/api-token"
+POSTGRES_PASSWORD_SECRET = f"{SECRETS}/postgres-password"
+ADMIN_PASSWORD_SECRET = f"{SECRETS}/cloud-admin-password"
+REVIEWER_PASSWORD_SECRET = f"{SECRETS}/cloud-reviewer-password"
+AZURE_CONNECTION_STRING_SECRET = f"{SECRETS}/azure-connection-string"
 
 MODEL_ROOT = "/data/models"
 EDGE_API_DATA = "/data/edge"
@@ -139,18 +156,30 @@ EDGE_API_SERVICE = Service(
             "EDGE_HOST": "0.0.0.0",
             "EDGE_PORT": "8718",
             "EDGE_INFERENCE_URL": "http://inference:8001",
-            "EDGE_CLOUD_URL": CLOUD_URL,
-            # Sent as x-api-token with escalations; kept out of this file and the compose file
-            # (`make run` reads the one its own cloud wrote on first start).
-            "EDGE_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "EDGE_CLOUD_URL": CLOUD_URL_REQUIRED,
+            # Sent as x-api-token with escalations: compose reads the secret file (`make run` passes
+            # the one its own cloud wrote on first start).
+            "EDGE_API_TOKEN": "",
+            "EDGE_API_TOKEN_FILE": API_TOKEN_SECRET,
+            "EDGE_EDGE_ID": f"${{{EDGE_ID_VARIABLE}:?a fixed id for this edge (deploy/edge.env.example)}}",
             "EDGE_CONFIG_PATH": f"{CONFIG_DIR}/edge-config.yaml",
             "EDGE_DATA_DIR": EDGE_API_DATA,
             "EDGE_UPDATER_URL": "http://updater:8721",
             "EDGE_STREAMS_URL": "http://streams:8720",
-            # The edge operator's token; when empty, the one the first start wrote to
+            # The edge operator's token; when empty (compose), the one the first start wrote to
             # <EDGE_DATA_DIR>/admin-token.
-            "EDGE_ADMIN_TOKEN": "${INTELLIOPTICS_EDGE_ADMIN_TOKEN:-}",
+            "EDGE_ADMIN_TOKEN": "",
             "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
+        }
+    ),
+    local_environment=_frozen(
+        {
+            "EDGE_CLOUD_URL": CLOUD_URL,
+            "EDGE_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "EDGE_API_TOKEN_FILE": "",
+            # Empty: edge-<host name>.
+            "EDGE_EDGE_ID": f"${{{EDGE_ID_VARIABLE}:-}}",
+            "EDGE_ADMIN_TOKEN": "${INTELLIOPTICS_EDGE_ADMIN_TOKEN:-}",
         }
     ),
     port=8718,
@@ -171,12 +200,20 @@ UPDATER_SERVICE = Service(
         {
             "UPDATER_HOST": "0.0.0.0",
             "UPDATER_PORT": "8721",
-            "UPDATER_CLOUD_URL": CLOUD_URL,
-            "UPDATER_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "UPDATER_CLOUD_URL": CLOUD_URL_REQUIRED,
+            "UPDATER_API_TOKEN": "",
+            "UPDATER_API_TOKEN_FILE": API_TOKEN_SECRET,
             "UPDATER_MODEL_ROOT": MODEL_ROOT,
             "UPDATER_INFERENCE_URL": "http://inference:8001",
             "UPDATER_EDGE_API_URL": "http://edge-api:8718",
             "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
+        }
+    ),
+    local_environment=_frozen(
+        {
+            "UPDATER_CLOUD_URL": CLOUD_URL,
+            "UPDATER_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "UPDATER_API_TOKEN_FILE": "",
         }
     ),
     port=8721,
@@ -199,9 +236,10 @@ GATEWAY_SERVICE = Service(
             "GATEWAY_TLS_CERT": f"{GATEWAY_TLS}/gateway.crt",
             "GATEWAY_TLS_KEY": f"{GATEWAY_TLS}/gateway.key",
             "EDGE_API_UPSTREAM": "edge-api:8718",
-            "CLOUD_URL": CLOUD_URL,
+            "CLOUD_URL": CLOUD_URL_REQUIRED,
         }
     ),
+    local_environment=_frozen({"CLOUD_URL": CLOUD_URL}),
     port=30101,
     port_env="GATEWAY_PORT",
     publish_host="",
@@ -223,9 +261,13 @@ STREAMS_SERVICE = Service(
             "STREAMS_PORT": "8720",
             "STREAMS_EDGE_API_URL": "http://edge-api:8718",
             "STREAMS_SUBMIT_URL": "http://gateway:30101",
-            "STREAMS_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}",
+            "STREAMS_API_TOKEN": "",
+            "STREAMS_API_TOKEN_FILE": API_TOKEN_SECRET,
             "INTELLIOPTICS_INTERNAL_TOKEN_FILE": INTERNAL_TOKEN_FILE,
         }
+    ),
+    local_environment=_frozen(
+        {"STREAMS_API_TOKEN": f"${{{API_TOKEN_VARIABLE}:-}}", "STREAMS_API_TOKEN_FILE": ""}
     ),
     port=8720,
     port_env="STREAMS_PORT",
@@ -244,11 +286,14 @@ POSTGRES_SERVICE = Service(
     environment=_frozen(
         {
             "POSTGRES_USER": "intellioptics",
-            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-intellioptics}",
+            # Set before the first start (deploy/init-secrets.sh); the image reads the file itself.
+            "POSTGRES_PASSWORD_FILE": POSTGRES_PASSWORD_SECRET,
             "POSTGRES_DB": "intellioptics",
         }
     ),
     port=5432,
+    # Only the cloud's services reach it, on the container network.
+    published=False,
     volumes=_frozen({"/var/lib/postgresql/data": "postgres-data"}),
     image="postgres:15",
     local=False,
@@ -278,16 +323,23 @@ AZURITE_SERVICE = Service(
 
 # What the API and the worker share: one database, one data volume (blobs), one public address.
 _CLOUD_COMMON = {
-    # Compose: the postgres service. Locally: the embedded SQLite in CLOUD_DATA_DIR unless the
+    # Compose: the postgres service, its password from the secret file it starts with (put into the
+    # URL, encoded, by cloud.app.settings). Locally: the embedded SQLite in CLOUD_DATA_DIR unless the
     # environment sets DATABASE_URL.
-    "DATABASE_URL": "postgresql://intellioptics:${POSTGRES_PASSWORD:-intellioptics}@postgres:5432/intellioptics",
+    "DATABASE_URL": "postgresql://intellioptics@postgres:5432/intellioptics",
+    "CLOUD_DATABASE_PASSWORD_FILE": POSTGRES_PASSWORD_SECRET,
     "CLOUD_DATA_DIR": CLOUD_DATA,
     # The address edges and browsers use (model download URLs, links): the edges' cloud URL.
-    "CLOUD_PUBLIC_URL": CLOUD_URL,
+    "CLOUD_PUBLIC_URL": CLOUD_URL_REQUIRED,
     "CLOUD_BLOB_BACKEND": "${CLOUD_BLOB_BACKEND:-local}",
-    "CLOUD_AZURE_CONNECTION_STRING": "${CLOUD_AZURE_CONNECTION_STRING:-}",
+    "CLOUD_AZURE_CONNECTION_STRING_FILE": AZURE_CONNECTION_STRING_SECRET,
 }
-_CLOUD_LOCAL = {"DATABASE_URL": ""}
+_CLOUD_LOCAL = {
+    "DATABASE_URL": "",
+    "CLOUD_DATABASE_PASSWORD_FILE": "",
+    "CLOUD_PUBLIC_URL": CLOUD_URL,
+    "CLOUD_AZURE_CONNECTION_STRING_FILE": "",
+}
 
 CLOUD_API_SERVICE = Service(
     name=CLOUD_API,
@@ -299,6 +351,10 @@ CLOUD_API_SERVICE = Service(
             "CLOUD_PORT": str(CLOUD_API_PORT),
             **_CLOUD_COMMON,
             "CLOUD_API_TOKEN_FILE": CLOUD_TOKEN_FILE,
+            # The first start's accounts (an empty file: generated, kept in CLOUD_DATA_DIR).
+            "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": ADMIN_PASSWORD_SECRET,
+            "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": REVIEWER_PASSWORD_SECRET,
+            "CLOUD_BOOTSTRAP_API_TOKEN_FILE": API_TOKEN_SECRET,
         }
     ),
     port=CLOUD_API_PORT,
@@ -308,7 +364,14 @@ CLOUD_API_SERVICE = Service(
     volumes=_frozen({CLOUD_DATA: "cloud-data"}),
     depends_on=(POSTGRES,),
     dockerfile="docker/cloud-api.Dockerfile",
-    local_environment=_frozen(_CLOUD_LOCAL),
+    local_environment=_frozen(
+        {
+            **_CLOUD_LOCAL,
+            "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": "",
+            "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": "",
+            "CLOUD_BOOTSTRAP_API_TOKEN_FILE": "",
+        }
+    ),
 )
 
 CLOUD_WORKER_SERVICE = Service(
@@ -329,16 +392,39 @@ TRAINER_SERVICE = Service(
     environment=_frozen(
         {
             "TRAINER_CLOUD_URL": f"http://{CLOUD_API_HOST}:{CLOUD_API_PORT}",
-            # An admin-role token: TRAINER_API_TOKEN when set, else the file the API's first start wrote.
-            "TRAINER_API_TOKEN": "${INTELLIOPTICS_TRAINER_TOKEN:-}",
+            # A trainer-role token: TRAINER_API_TOKEN when set (a local run), else the file the API's
+            # first start wrote.
+            "TRAINER_API_TOKEN": "",
             "TRAINER_API_TOKEN_FILE": TRAINER_TOKEN_FILE,
             "TRAINER_WORK_DIR": TRAINER_DATA,
             "TRAINER_DEVICE": "${TRAINER_DEVICE:-auto}",
         }
     ),
+    local_environment=_frozen({"TRAINER_API_TOKEN": "${INTELLIOPTICS_TRAINER_TOKEN:-}"}),
     volumes=_frozen({TRAINER_DATA: "trainer-data", CLOUD_DATA: "cloud-data"}),
     depends_on=(CLOUD_API,),
     dockerfile="docker/trainer.Dockerfile",
+)
+
+# Compose only (profile "demo"): builds the demo bundles and registers their detectors in the cloud,
+# as `make run` does itself (launcher.run, cloud/app/seed_demo.py), so edges pull their models.
+DEMO_DETECTORS_SERVICE = Service(
+    name=DEMO_DETECTORS,
+    argv=("demo-detectors",),
+    environment=_frozen(
+        {
+            "DATABASE_URL": _CLOUD_COMMON["DATABASE_URL"],
+            "CLOUD_DATABASE_PASSWORD_FILE": POSTGRES_PASSWORD_SECRET,
+            "DEMO_MODEL_ROOT": MODEL_ROOT,
+            "DEMO_CLOUD_URL": f"http://{CLOUD_API_HOST}:{CLOUD_API_PORT}",
+        }
+    ),
+    volumes=_frozen({MODEL_ROOT: "demo-models"}),
+    depends_on=(CLOUD_API,),
+    dockerfile="docker/demo-detectors.Dockerfile",
+    one_shot=True,
+    profiles=("demo",),
+    local=False,
 )
 
 # Everything each compose file declares, jobs and optional services included.
@@ -356,6 +442,7 @@ CLOUD_SERVICES: tuple[Service, ...] = (
     CLOUD_API_SERVICE,
     CLOUD_WORKER_SERVICE,
     TRAINER_SERVICE,
+    DEMO_DETECTORS_SERVICE,
 )
 COMPOSE_FILES: Mapping[str, tuple[Service, ...]] = MappingProxyType(
     {"docker-compose.edge.yml": EDGE_SERVICES, "docker-compose.cloud.yml": CLOUD_SERVICES}

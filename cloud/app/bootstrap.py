@@ -1,5 +1,6 @@
 """First start: when there are no users, create an admin, a reviewer and a device API token, print
-them once, and write the token where scripts look for it. Also a `trainer` service account (role
+them once (or, with CLOUD_BOOTSTRAP_PRINT_SECRETS=false, only the file that holds them), and write
+the token where scripts look for it. Also a `trainer` service account (role
 `trainer`: it runs training jobs and nothing else; no password) whose token goes only into
 `trainer_token_path`, where the trainer reads it."""
 
@@ -57,12 +58,22 @@ async def seed_if_empty(session: AsyncSession, settings: CloudSettings) -> Crede
 
 
 def publish(creds: Credentials, settings: CloudSettings) -> None:
-    """Print once; keep a private copy beside the database and the token where scripts read it."""
-    _write_private(settings.data_dir / CREDENTIALS_FILE, json.dumps(asdict(creds), indent=2) + "\n")
+    """Keep a private copy beside the database and the token where scripts read it; print them once,
+    or, with `bootstrap_print_secrets` off (the images), only where they are."""
+    credentials_path = settings.data_dir / CREDENTIALS_FILE
+    _write_private(credentials_path, json.dumps(asdict(creds), indent=2) + "\n")
     if settings.api_token_file:
         _write_private(Path(settings.api_token_file), creds.api_token + "\n")
     if settings.trainer_token_path is not None and creds.trainer_token:
         _write_private(settings.trainer_token_path, creds.trainer_token + "\n")
+    if not settings.bootstrap_print_secrets:
+        print(
+            "IntelliOptics cloud: first start, accounts created (admin, reviewer, a device API token); "
+            f"their passwords and the token are in {credentials_path}"
+            + (f", the token also in {settings.api_token_file}" if settings.api_token_file else ""),
+            flush=True,
+        )
+        return
     print(
         "IntelliOptics cloud: first start, accounts created\n"
         f"  admin     {creds.admin_username} / {creds.admin_password}\n"

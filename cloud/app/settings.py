@@ -1,18 +1,32 @@
-"""Cloud settings from the environment (CLOUD_*; DATABASE_URL is accepted as well)."""
+"""Cloud settings from the environment (CLOUD_*; DATABASE_URL is accepted as well).
+
+The secrets (`secret_fields`) may also come from files: `CLOUD_DATABASE_PASSWORD_FILE`,
+`CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE`, ... (common.secret_files).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from common.backbone import MAX_BACKBONE_BYTES
+from common.secret_files import SecretFileSettings
 
 
-class CloudSettings(BaseSettings):
+class CloudSettings(SecretFileSettings):
     model_config = SettingsConfigDict(env_prefix="CLOUD_", extra="ignore")
+
+    secret_fields: ClassVar[tuple[str, ...]] = (
+        "database_password",
+        "bootstrap_admin_password",
+        "bootstrap_reviewer_password",
+        "bootstrap_api_token",
+        "azure_connection_string",
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -20,6 +34,9 @@ class CloudSettings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     # Empty: an embedded SQLite file in data_dir (one-machine demo). Production: postgresql://...
     database_url: str = Field(default="", validation_alias=AliasChoices("CLOUD_DATABASE_URL", "DATABASE_URL"))
+    # The database password apart from the URL (compose: the postgres-password secret file), put into
+    # it URL-encoded, so any character works; the URL then names the user but no password.
+    database_password: str = Field(default="", repr=False)
     data_dir: Path = Path(".intellioptics/cloud")
     # The address edges and browsers use to reach this service (download URLs, pagination links).
     public_url: str = "http://127.0.0.1:8000"
@@ -59,10 +76,13 @@ class CloudSettings(BaseSettings):
     # Largest embeddings upload (one .npy of float16 rows plus their ids); the trainer sends batches.
     max_embeddings_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
-    # First start: accounts created when the user table is empty. Empty values are generated and printed.
+    # First start: accounts created when the user table is empty. Empty values are generated, kept in
+    # data_dir/credentials.json and printed, unless bootstrap_print_secrets is off (the images: a
+    # container's output stays in `docker logs`), when only where they are is printed.
     bootstrap_admin_password: str = ""
     bootstrap_reviewer_password: str = ""
     bootstrap_api_token: str = ""
+    bootstrap_print_secrets: bool = True
     # Where the first start writes the device API token for scripts ("" = do not write).
     api_token_file: str = ".intellioptics/api-token"
     # The first start also creates the `trainer` service account (admin role: a trainer queues exports,
@@ -96,7 +116,36 @@ class CloudSettings(BaseSettings):
 
     @property
     def async_database_url(self) -> str:
+        """The URL the async drivers get (ValueError when the password has no URL to go into)."""
+        if self.database_password:
+            return to_async_url(database_url_with_password(self.database_url, self.database_password))
         return to_async_url(self.database_url or f"sqlite:///{self.data_dir / 'cloud.db'}")
+
+
+def database_url_with_password(url: str, password: str) -> str:
+    """`url` (naming a user, no password) with `password` URL-encoded into it: `p@ss/w0rd` works."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not parts.scheme.startswith("postgres") or not at or not hostport:
+        raise ValueError(
+            "CLOUD_DATABASE_PASSWORD needs a DATABASE_URL of the form postgresql://USER@HOST[:PORT]/DB "
+            f"(got {redact_password(url)!r})"
+        )
+    if ":" in userinfo:
+        raise ValueError(
+            "DATABASE_URL has a password of its own and CLOUD_DATABASE_PASSWORD is set: give it once"
+        )
+    netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_password(url: str) -> str:
+    """The URL with any password in it as `***`, for messages."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}"))
 
 
 def to_async_url(url: str) -> str:

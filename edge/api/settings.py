@@ -2,29 +2,39 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.imaging import ImageLimits
 from common.internal_auth import InternalTokenSettings
+from common.secret_files import SecretFileSettings
 
 ADMIN_TOKEN_FILE = "admin-token"
 LOCAL_TOKENS_FILE = "tokens.json"
 
 
-class EdgeSettings(InternalTokenSettings):
+def default_edge_id() -> str:
+    """`edge-<host name>`: stable on a machine, but new with every container; compose sets EDGE_EDGE_ID."""
+    return f"edge-{socket.gethostname()}"
+
+
+class EdgeSettings(InternalTokenSettings, SecretFileSettings):
     """Environment variables EDGE_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings table
-    documents each."""
+    documents each. EDGE_API_TOKEN may come from the file EDGE_API_TOKEN_FILE (common.secret_files)."""
 
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8718, ge=1, le=65535)
     inference_url: str = "http://127.0.0.1:8001"
     cloud_url: str = "http://127.0.0.1:8000"
     api_token: str = ""
-    edge_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}")
+    # Empty (compose's `${INTELLIOPTICS_EDGE_ID:-}` when unset): the default.
+    edge_id: str = Field(default_factory=default_edge_id)
     config_path: Path = Path("config/edge-config.yaml")
     data_dir: Path = Path(".intellioptics/data/edge")
     max_image_bytes: int = Field(default=ImageLimits.max_bytes, ge=1)
@@ -68,6 +78,11 @@ class EdgeSettings(InternalTokenSettings):
     token_cache_size: int = Field(default=10_000, ge=1)
     token_verify_timeout_s: float = Field(default=3.0, gt=0, le=8)
     log_level: str = "info"
+
+    @field_validator("edge_id")
+    @classmethod
+    def _empty_edge_id_is_the_default(cls, value: str) -> str:
+        return value or default_edge_id()
 
     @property
     def admin_token_path(self) -> Path:

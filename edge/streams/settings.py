@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from common.internal_auth import InternalTokenSettings
+from common.secret_files import SecretFileSettings
 
 
-class StreamsSettings(InternalTokenSettings):
+class StreamsSettings(InternalTokenSettings, SecretFileSettings):
     """Environment variables STREAMS_* (and INTELLIOPTICS_INTERNAL_TOKEN*); the README's settings
-    table documents each."""
+    table documents each. STREAMS_API_TOKEN may come from the file STREAMS_API_TOKEN_FILE
+    (common.secret_files)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8720, ge=1, le=65535)

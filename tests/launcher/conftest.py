@@ -18,6 +18,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     peer: tuple[str, int]
+    # The request target exactly as sent (http.server collapses a leading "//" in `path`).
+    target: str = ""
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Upstream:
                             headers={k.lower(): v for k, v in self.headers.items()},
                             body=body,
                             peer=self.client_address,
+                            target=self.requestline.split(" ")[1],
                         )
                     )
                     reply = upstream.reply

@@ -175,13 +175,14 @@ def test_urls_between_services_name_a_service_and_its_port(file):
 def test_the_cloud_database_in_compose_is_the_postgres_service():
     postgres = next(s for s in CLOUD_SERVICES if s.name == POSTGRES)
     env = postgres.environment
-    for service in CLOUD_SERVICES:
-        url = service.environment.get("DATABASE_URL")
-        if url is not None:
-            assert url == (
-                f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
-                f"@{POSTGRES}:{postgres.port}/{env['POSTGRES_DB']}"
-            )
+    users = [service for service in CLOUD_SERVICES if "DATABASE_URL" in service.environment]
+    assert users
+    for service in users:
+        # The password travels apart from the URL, in the file postgres itself was started with.
+        assert service.environment["DATABASE_URL"] == (
+            f"postgresql://{env['POSTGRES_USER']}@{POSTGRES}:{postgres.port}/{env['POSTGRES_DB']}"
+        )
+        assert service.environment["CLOUD_DATABASE_PASSWORD_FILE"] == env["POSTGRES_PASSWORD_FILE"]
 
 
 def test_locally_the_cloud_uses_the_embedded_database_unless_database_url_is_set(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import launcher.gateway
 from launcher.gateway import (
     PLACEHOLDERS,
     TEMPLATE_PATH,
@@ -415,6 +416,26 @@ def test_a_cloud_name_that_does_not_resolve_does_not_stop_the_gateway(tmp_path, 
     assert response.json() == CLOUD_UNREACHABLE
 
 
+@pytest.mark.parametrize(("suffix", "prefix"), [("/", ""), ("//", ""), ("/prefix/", "/prefix")])
+def test_a_cloud_url_with_trailing_slashes_as_the_image_renders_it_sends_single_slash_paths(
+    tmp_path, monkeypatch, edge, cloud, suffix, prefix
+):
+    # The image's envsubst pastes CLOUD_URL as given; render it the same way (no normalising here).
+    monkeypatch.setattr(launcher.gateway, "normalize_cloud_url", lambda url: url)
+    edge.answer(404)
+    gw = start_gateway(tmp_path, f"127.0.0.1:{edge.port}", cloud.url + suffix)
+    try:
+        assert f"{cloud.url}{suffix}" in (tmp_path / "gateway.conf").read_text()
+        with client_for(gw) as client:
+            response = post_image(client)
+    finally:
+        gw.stop()
+
+    assert response.json() == {"from": "cloud"}
+    (seen,) = cloud.requests
+    assert seen.target == prefix + IQ_PATH
+
+
 # --- process handling ----------------------------------------------------------------------------------
 
 
@@ -497,7 +518,9 @@ def test_the_rendered_config_passes_nginx_t(tmp_path):
     # nginx -t resolves the edge-api upstream name, which only exists inside compose.
     check_config(write_prefix(tmp_path, conf.replace("edge-api:8718", "127.0.0.1:8718")))
 
-    assert "proxy_pass https://api.example.com$request_uri;" in conf
+    # The URL goes through a map that drops trailing slashes (the launcher drops them already).
+    assert 'map "https://api.example.com" $gw_cloud_url {' in conf
+    assert "proxy_pass $gw_cloud_url$request_uri;" in conf
     assert "listen 30101;" in conf
     assert "listen 30143 ssl;" in conf and f"ssl_certificate {cert};" in conf
     assert "resolver 127.0.0.11 valid=30s;" in conf

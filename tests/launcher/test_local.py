@@ -51,6 +51,9 @@ def test_by_default_services_talk_over_loopback_on_their_compose_ports():
         "EDGE_INFERENCE_URL": "http://127.0.0.1:8001",
         "EDGE_CLOUD_URL": "http://127.0.0.1:8000",
         "EDGE_API_TOKEN": "",
+        # Compose's secret file and fixed edge id; none locally (EdgeSettings: edge-<host name>).
+        "EDGE_API_TOKEN_FILE": "",
+        "EDGE_EDGE_ID": "",
         "EDGE_CONFIG_PATH": str(REPO / "config" / "edge-config.yaml"),
         "EDGE_DATA_DIR": str(DATA / "edge"),
         "EDGE_UPDATER_URL": "http://127.0.0.1:8721",
@@ -78,10 +81,12 @@ def test_the_local_cloud_keeps_its_data_where_the_cloud_run_by_hand_does():
     services = mapped()
     cloud_common = {
         "DATABASE_URL": "",
+        # Compose's secret files; none locally.
+        "CLOUD_DATABASE_PASSWORD_FILE": "",
         "CLOUD_DATA_DIR": str(CLOUD_DATA),
         "CLOUD_PUBLIC_URL": "http://127.0.0.1:8000",
         "CLOUD_BLOB_BACKEND": "local",
-        "CLOUD_AZURE_CONNECTION_STRING": "",
+        "CLOUD_AZURE_CONNECTION_STRING_FILE": "",
     }
 
     assert services[CLOUD_API].env == {
@@ -89,6 +94,9 @@ def test_the_local_cloud_keeps_its_data_where_the_cloud_run_by_hand_does():
         "CLOUD_PORT": "8000",
         **cloud_common,
         "CLOUD_API_TOKEN_FILE": str(REPO / ".intellioptics" / "api-token"),
+        "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": "",
+        "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": "",
+        "CLOUD_BOOTSTRAP_API_TOKEN_FILE": "",
     }
     assert services[CLOUD_WORKER].env == cloud_common
     assert services[CLOUD_WORKER].port is None and services[CLOUD_WORKER].health_url is None

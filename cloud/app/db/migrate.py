@@ -18,7 +18,8 @@ _LOCK_KEY = 0x10C10D  # any constant shared by every replica
 def alembic_config(async_url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", async_url)
+    # ConfigParser interpolates "%": an URL-encoded password (p%40ss) must reach alembic as it is.
+    cfg.set_main_option("sqlalchemy.url", async_url.replace("%", "%%"))
     return cfg
 
 

@@ -1,0 +1,31 @@
+# demo-detectors: a one-shot job of the cloud (compose profile "demo") that trains the small demo
+# detectors' bundles into /data/models (once: a volume keeps them) and registers the detectors and
+# their bundles in the cloud (cloud/app/seed_demo.py: the database, then the model registry of
+# cloud-api), as `make run` does. Idempotent.
+# Build from the repository root: docker build -f docker/demo-detectors.Dockerfile .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_WAIT_POLICY=PASSIVE
+
+RUN useradd --system --uid 10001 --home-dir /app intellioptics \
+    && mkdir -p /app /data/models \
+    && chown -R intellioptics /data
+WORKDIR /app
+
+# Training (torch, CPU build: see docker/demo-models.Dockerfile) and the cloud's code, which seeds the
+# database directly.
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY cloud ./cloud
+COPY training ./training
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[training]" \
+    && rm -rf /app/build
+COPY --chmod=755 docker/demo-detectors.sh /usr/local/bin/demo-detectors
+
+USER intellioptics
+VOLUME ["/data/models"]
+CMD ["demo-detectors"]
