@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher.local import LocalLayout
-from launcher.run import RunOptions, run
+from launcher.run import LOG_DIR, RunOptions, run
 from launcher.services import (
     ALL_SERVICES,
     CLOUD_API_SERVICE,
@@ -67,6 +67,18 @@ def parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--startup-timeout", type=float, default=60.0, help="seconds each service may take to become healthy"
     )
+    run_parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the per-request lines and polls (the JSON log files always have them)",
+    )
+    run_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="show every line of every service as it prints it (JSON), behind its name, instead of one "
+        "readable line per event",
+    )
     return parser
 
 
@@ -90,12 +102,16 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
                     env.pop(name, None)
     # A cloud named by URL is used as it is; otherwise the run brings its own.
     local_cloud = not args.no_cloud and not env.get(CLOUD_URL_VARIABLE)
+    layout = LocalLayout(data_dir=args.data_dir, config_dir=args.config_dir, state_root=args.state_dir)
     return RunOptions(
-        layout=LocalLayout(data_dir=args.data_dir, config_dir=args.config_dir, state_root=args.state_dir),
+        layout=layout,
         environ=env,
         demo_models=not args.no_demo_models,
         cloud=local_cloud,
         startup_timeout=args.startup_timeout,
+        console="json" if args.json else "readable",
+        verbose=args.verbose,
+        log_dir=layout.state_dir / LOG_DIR,
     )
 
 

@@ -4,16 +4,18 @@ Starts what `launcher.services` declares for a local run, in order, each once th
 healthy: the cloud API (which migrates its database and, on its first start, creates the accounts
 and the device API token), the cloud worker, then the edge with that token and the local cloud as
 its escalation target and the gateway's fallback. Once the demo model bundles exist, their
-detectors are registered in the cloud (idempotent). Output is forwarded with a name prefix;
-everything stops (newest first) on Ctrl-C or SIGTERM, or as soon as any service dies, in which case
-the exit status is non-zero.
+detectors are registered in the cloud (idempotent). Output goes through `launcher.console`: each
+child's lines are shown behind its name as they are ("json", as docker compose shows them) or one
+readable line per event ("readable", what `make run` shows), and kept in `<log dir>/<service>.jsonl`
+when a log directory is given. Everything stops (newest first) on Ctrl-C or SIGTERM, or as soon as
+any service dies, in which case the exit status is non-zero.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,13 +24,13 @@ from types import FrameType
 from typing import IO
 
 from edge.api.settings import ADMIN_TOKEN_FILE
+from launcher.console import Console, ConsoleMode, Level
 from launcher.gateway import NginxGateway
 from launcher.local import LocalLayout, LocalService, local_services
 from launcher.processes import (
     ManagedProcess,
     ProcessError,
     StartupCancelled,
-    prefixed_printer,
     wait_for_http,
 )
 from launcher.services import (
@@ -48,6 +50,10 @@ SEED_DEMO = "demo-detectors"
 # Registers the demo detectors (and their bundles) in the local cloud; see cloud/app/seed_demo.py.
 SEED_DEMO_ARGV: tuple[str, ...] = ("python", "-m", "cloud.app.seed_demo")
 REVIEW_UI_PATH = "/ui"
+# Where `python -m launcher run` keeps each service's JSON lines, under the state directory.
+LOG_DIR = "logs"
+# Exit statuses of a child that stopped because it was asked to (SIGTERM; nginx: SIGQUIT).
+_ASKED_TO_STOP = frozenset({0, -signal.SIGTERM, -signal.SIGQUIT})
 
 
 @dataclass
@@ -64,6 +70,14 @@ class RunOptions:
     startup_timeout: float = 60.0
     stop_timeout: float = 10.0
     services: Sequence[Service] = ALL_SERVICES
+    # "json": every line of every child as it prints it, behind the child's name (as docker compose
+    # shows it); "readable": one line per event, request and poll lines only with `verbose`.
+    console: ConsoleMode = "json"
+    verbose: bool = False
+    # Where each service's lines are kept as JSON lines, <service>.jsonl (None: nowhere).
+    log_dir: Path | None = None
+    # Colour on the readable console: None for only when it is a terminal.
+    colour: bool | None = None
 
 
 def has_model_bundles(model_root: Path) -> bool:
@@ -83,10 +97,17 @@ class LocalStack:
         self.running: list[tuple[str, Stoppable]] = []
         # One column for every name, as docker compose aligns its log prefixes.
         self.width = max(len(name) for name in [*self.services, "launcher", SEED_DEMO]) + 1
+        self.console = Console(
+            stream,
+            mode=options.console,
+            verbose=options.verbose,
+            width=self.width,
+            log_dir=options.log_dir,
+            colour=options.colour,
+        )
 
-    def say(self, message: str) -> None:
-        target = self.stream if self.stream is not None else sys.stdout
-        print(f"{'launcher':<{self.width}}| {message}", file=target, flush=True)
+    def say(self, message: str, level: Level = "info") -> None:
+        self.console.say(message, level)
 
     @property
     def cloud(self) -> LocalService | None:
@@ -98,7 +119,7 @@ class LocalStack:
             argv,
             env={**env, "PYTHONUNBUFFERED": "1"},
             cwd=self.options.layout.repo_root,
-            output=prefixed_printer(name, self.stream, self.width),
+            output=self.console.sink(name),
         )
 
     def _run_job(
@@ -107,12 +128,18 @@ class LocalStack:
         """Run a one-shot job to its end (stoppable like the servers); its exit status."""
         process = self._process(name, argv, env).start()
         self.running.append((name, process))
+        self.console.note(name, f"started (pid {process.pid})")
         while process.poll() is None:
             if stop_event.wait(0.2):
                 raise StartupCancelled("stop requested")
         self.running.remove((name, process))
         status = process.stop()
-        return status if status is not None else 1
+        status = status if status is not None else 1
+        if status == 0:
+            self.console.note(name, "done")
+        else:
+            self.console.note(name, f"failed with status {status}", level="error")
+        return status
 
     def _ensure_demo_models(self, job: LocalService, stop_event: threading.Event) -> None:
         """Run the demo-bundle job unless disabled or its model volume already holds a bundle."""
@@ -155,7 +182,8 @@ class LocalStack:
         if not token:
             self.say(
                 f"no API token in {path}: the cloud will refuse the edge's escalations; set "
-                f"{API_TOKEN_VARIABLE}, or remove {cloud.env.get('CLOUD_DATA_DIR')} for a fresh first start"
+                f"{API_TOKEN_VARIABLE}, or remove {cloud.env.get('CLOUD_DATA_DIR')} for a fresh first start",
+                level="warning",
             )
             return
         self.environ[API_TOKEN_VARIABLE] = token
@@ -169,7 +197,7 @@ class LocalStack:
             edge_api_upstream=service.env["EDGE_API_UPSTREAM"],
             cloud_url=service.env["CLOUD_URL"],
             resolvers=self.options.environ.get("NGINX_LOCAL_RESOLVERS") or None,
-            output=prefixed_printer(service.name, self.stream, self.width),
+            output=self.console.sink(service.name),
             startup_timeout=self.options.startup_timeout,
             tls_port=int(service.env["GATEWAY_TLS_PORT"]),
             tls_cert=Path(service.env["GATEWAY_TLS_CERT"]),
@@ -190,7 +218,8 @@ class LocalStack:
                 continue
             if service.one_shot:
                 continue
-            self.say(f"starting {name}")
+            self.console.note(name, None, plain=f"starting {name}")
+            started = time.monotonic()
             if name == GATEWAY:
                 gateway = self._start_gateway(service)
                 self.running.append((name, gateway))
@@ -200,6 +229,7 @@ class LocalStack:
             else:
                 process = self._process(name, service.argv, service.env).start()
                 self.running.append((name, process))
+            self.console.note(name, f"started (pid {process.pid})")
             if service.health_url:
                 wait_for_http(
                     service.health_url,
@@ -207,6 +237,8 @@ class LocalStack:
                     process=process,
                     stop_event=stop_event,
                 )
+                where = f" at http://127.0.0.1:{service.port}" if service.port else ""
+                self.console.note(name, f"ready{where} ({time.monotonic() - started:.1f} s)")
             if name == CLOUD_API:
                 self._adopt_cloud_token()
 
@@ -240,8 +272,14 @@ class LocalStack:
         """Block until a stop is requested (0) or a service exits on its own (1)."""
         while not stop_event.wait(interval):
             for name, process in self.processes().items():
-                if process.poll() is not None:
-                    self.say(f"{name} exited with status {process.poll()}; stopping the others")
+                status = process.poll()
+                if status is not None:
+                    self.console.note(
+                        name,
+                        f"exited with status {status}; stopping the others",
+                        plain=f"{name} exited with status {status}; stopping the others",
+                        level="error",
+                    )
                     return 1
         return 0
 
@@ -259,7 +297,11 @@ class LocalStack:
         while self.running:
             name, item = self.running.pop()
             status = item.stop(self.options.stop_timeout)
-            self.say(f"stopped {name} (status {status})")
+            readable = (
+                "stopped" if status is None or status in _ASKED_TO_STOP else f"stopped (status {status})"
+            )
+            self.console.note(name, readable, plain=f"stopped {name} (status {status})")
+        self.console.close()
 
 
 @contextmanager
@@ -290,7 +332,7 @@ def run(options: RunOptions, stream: IO[str] | None = None) -> int:
         except StartupCancelled:
             return 0
         except (ProcessError, OSError, ValueError) as error:
-            stack.say(f"cannot start: {error}")
+            stack.say(f"cannot start: {error}", level="error")
             return 1
         finally:
             stack.stop()

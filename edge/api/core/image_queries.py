@@ -380,6 +380,19 @@ class ImageQueryService:
         if item is not None:
             self._metrics.escalations_queued.labels(item.reason).inc()
             self._on_escalation()
+            result = iq.result
+            log.info(
+                "query escalated",
+                extra={
+                    "fields": {
+                        "image_query_id": iq.id,
+                        "detector_id": iq.detector_id,
+                        "reason": item.reason,
+                        "confidence": None if result is None else result.confidence,
+                        "threshold": iq.confidence_threshold,
+                    }
+                },
+            )
         return body
 
 
