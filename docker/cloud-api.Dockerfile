@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
     CLOUD_BOOTSTRAP_PRINT_SECRETS=false
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
@@ -17,12 +18,14 @@ RUN useradd --system --uid 10001 --home-dir /app intellioptics \
     && chown -R intellioptics /data
 WORKDIR /app
 
-# The base dependencies only: the cloud answers queries with ONNX Runtime; torch is for training.
-# The source stays in /app (the working directory), so migrations and page templates come with it.
-COPY pyproject.toml README.md ./
+# The cloud's packages (it answers queries with ONNX Runtime; no torch, no OpenCV) at the exact
+# versions of requirements/cloud.lock and nothing more (`pip check` fails the build if the lock misses
+# one), in a layer of its own before the code, so that a code change reuses it. The code runs from
+# /app (PYTHONPATH): nothing to install, and migrations and page templates come with it.
+COPY requirements/cloud.lock ./requirements/
+RUN pip install --no-deps -r requirements/cloud.lock && pip check
 COPY common ./common
 COPY cloud ./cloud
-RUN pip install . && rm -rf /app/build
 
 USER intellioptics
 # Blobs (images, bundles, exports) with the local backend, the first-start credentials, the

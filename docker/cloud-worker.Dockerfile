@@ -7,18 +7,22 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
     && mkdir -p /app /data/cloud \
     && chown -R intellioptics /data
 WORKDIR /app
 
-# The base dependencies only: no torch (training runs in its own service).
-COPY pyproject.toml README.md ./
+# The cloud's packages (no torch: training runs in its own service) at the exact versions of
+# requirements/cloud.lock and nothing more (`pip check` fails the build if the lock misses one), in a
+# layer of its own before the code, so that a code change reuses it. The code runs from /app
+# (PYTHONPATH): nothing to install.
+COPY requirements/cloud.lock ./requirements/
+RUN pip install --no-deps -r requirements/cloud.lock && pip check
 COPY common ./common
 COPY cloud ./cloud
-RUN pip install . && rm -rf /app/build
 
 USER intellioptics
 # Shared with cloud-api: blobs with the local backend.

@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
     OMP_WAIT_POLICY=PASSIVE
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
@@ -17,13 +18,20 @@ RUN useradd --system --uid 10001 --home-dir /app intellioptics \
 WORKDIR /app
 
 # Training (torch, CPU build: see docker/demo-models.Dockerfile) and the cloud's code, which seeds the
-# database directly.
-COPY pyproject.toml README.md ./
+# database directly: pyproject.toml's training and cloud groups at the exact versions of
+# requirements/demo-detectors.lock (PIP_CONSTRAINT), in a layer before the code, so that a code change
+# reuses it. The code runs from /app (PYTHONPATH).
+COPY pyproject.toml ./
+COPY requirements/demo-detectors.lock ./requirements/
+# pyproject.toml names README.md, which the metadata alone does not need: a stand-in, so that a
+# documentation change does not rebuild the layer either.
+RUN echo "IntelliOptics (the README is in the repository)" > README.md
+RUN PIP_CONSTRAINT=requirements/demo-detectors.lock \
+        pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[training,cloud]" \
+    && rm -rf /app/build
 COPY common ./common
 COPY cloud ./cloud
 COPY training ./training
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[training]" \
-    && rm -rf /app/build
 COPY --chmod=755 docker/demo-detectors.sh /usr/local/bin/demo-detectors
 
 USER intellioptics

@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
     OMP_WAIT_POLICY=PASSIVE
 
 RUN useradd --system --uid 10001 --home-dir /app intellioptics \
@@ -25,16 +26,25 @@ RUN useradd --system --uid 10001 --home-dir /app intellioptics \
     && chown -R intellioptics /data
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
-COPY common ./common
-COPY training ./training
+# The dependency layer, before the code, so that a code change reuses it: pyproject.toml's training group
+# at the exact versions of requirements/trainer.lock (PIP_CONSTRAINT), with the project's metadata (the
+# `intellioptics` command; its version goes into the bundles' lineage) but none of its code, which runs
+# from /app (PYTHONPATH). The lock comes from the CPU build; the CUDA build's own packages (nvidia-*),
+# which the lock does not name, are those that torch's wheel pins.
+COPY pyproject.toml ./
+COPY requirements/trainer.lock ./requirements/
+# pyproject.toml names README.md, which the metadata alone does not need: a stand-in, so that a
+# documentation change does not rebuild the layer either.
+RUN echo "IntelliOptics (the README is in the repository)" > README.md
 RUN case "$TORCH_VARIANT" in \
         cpu) index="--extra-index-url https://download.pytorch.org/whl/cpu" ;; \
         cuda) index="" ;; \
         *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac \
-    && pip install $index ".[training]" \
+    && PIP_CONSTRAINT=requirements/trainer.lock pip install $index ".[training]" \
     && rm -rf /app/build
+COPY common ./common
+COPY training ./training
 
 USER intellioptics
 # /data/trainer: scratch space per job (exports, bundles), emptied after each job.
