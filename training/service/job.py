@@ -44,14 +44,16 @@ import torch
 from pydantic import ValidationError
 
 from common.backbone import BackboneError, BackboneStore
-from common.bundle import BundleError, read_metadata
+from common.bundle import BOX_MODES, BundleError, read_metadata
 from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
 from training.backbones import BuiltBackbone, build_backbone
 from training.dataset_export import ExportError, read_export
+from training.detection.judging import judge_detection, reports_dir_of
+from training.detection.train import train_detection_from_export
 from training.embeddings import Embedder
 from training.finetune import FineTuneOptions
 from training.head_trainer import HeadOutcome, fine_tune_from_export, train_head_from_export
-from training.reports import CONFUSION_MATRIX, LEARNING_CURVES, METRICS_JSON, RELIABILITY
+from training.reports import CONFUSION_MATRIX, DETECTIONS, LEARNING_CURVES, METRICS_JSON, RELIABILITY
 from training.service.client import CloudClient, CloudError, LeaseLost
 from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
 from training.service.settings import TrainerSettings
@@ -66,6 +68,7 @@ REPORT_FILES = (
     (LEARNING_CURVES, "image/png"),
     (CONFUSION_MATRIX, "image/png"),
     (RELIABILITY, "image/png"),
+    (DETECTIONS, "image/png"),
     (METRICS_JSON, "application/json"),
 )
 # Each job's scratch directory holds this file, locked while its trainer lives; a directory whose lock
@@ -262,11 +265,16 @@ class JobRun:
         production_store = self._production_backbones(work, production_dir)
         reporter.stage("export", f"requesting a dataset export of {self.detector_id}")
         export_path = self._fetch_export(work, {"backbone_sha256": backbone.ref.sha256, "images": "missing"})
+        export = read_export(export_path)
+        if export.detector.mode in BOX_MODES:
+            return self._run_detection(
+                work, options, backbone, export_path, production_dir, production_store, production_id
+            )
         embedder = Embedder(backbone, threads=options.threads, device=device)
         uploads = _EmbeddingUploads(self.client, backbone.ref.sha256)
         try:
             outcome = train_head_from_export(
-                read_export(export_path),
+                export,
                 work / "out-head",
                 options,
                 embedder,
@@ -306,6 +314,58 @@ class JobRun:
             if second.promoted:
                 return second
         return result
+
+    def _run_detection(
+        self,
+        work: Path,
+        options: TrainingOptions,
+        backbone: BuiltBackbone,
+        export_path: Path,
+        production_dir: Path | None,
+        production_store: BackboneStore | None,
+        production_id: str | None,
+    ) -> JobOutcome:
+        """COUNT and BOUNDING_BOX: a detection head from every image with its boxes (augmentation
+        needs the pixels, so an export that left images out is fetched again with all of them)."""
+        export = read_export(export_path)
+        if any(not export.has_image(item) for item in export.manifest.items):
+            export_path.unlink(missing_ok=True)
+            export_path = self._fetch_export(
+                work / "detection", {"backbone_sha256": backbone.ref.sha256, "images": "all"}
+            )
+            export = read_export(export_path)
+        embedder = Embedder(backbone, threads=options.threads, device=resolve_device(options.device).type)
+        out = work / "out-detection"
+        try:
+            outcome = train_detection_from_export(
+                export, out, options, embedder, progress=self.reporter.on_training_progress
+            )
+            self.reporter.stage("evaluate", f"{outcome.version} and production on the held-out images")
+            judged = judge_detection(
+                outcome,
+                export,
+                BackboneStore(out / "backbones"),
+                options,
+                production_bundle=production_dir,
+                production_store=production_store,
+            )
+        finally:
+            embedder.close()
+        export_path.unlink(missing_ok=True)
+        ev = outcome.evaluation.as_dict()
+        self.reporter.log(
+            f"[train] detection head on {outcome.data.get('used')} images in {outcome.wall_s:.1f}s: "
+            + ", ".join(f"{k} {v}" for k, v in ev.items())
+        )
+        return self._register_and_promote(
+            work,
+            outcome.bundle_dir,
+            reports_dir_of(outcome),
+            outcome.version,
+            judged.promotion.promote,
+            judged.promotion.reasons,
+            production_id,
+        )
 
     def _run_finetune(
         self,
