@@ -49,6 +49,7 @@ THRESHOLD = 0.9
 MAX_COUNT = 8
 TARGETS = {"map50": 0.85, "count_accuracy": 0.90, "train_s": 300.0, "labels_used": 300}
 PICTURE_IMAGES = 8
+HEADLINE = ("map50", "map50_95", "count_accuracy", "count_mae", "labels_used", "train_s")
 
 
 def log(msg: str) -> None:
@@ -244,6 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "detection_quality",
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "quick": args.quick,
+        # The headline numbers at the top, the rest under "results".
+        **{key: results[key] for key in HEADLINE},
         "machine": {
             "cpu_count": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)),
