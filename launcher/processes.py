@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Protocol, Self
 
 import httpx
 
@@ -33,6 +33,44 @@ class ProcessError(RuntimeError):
 
 class StartupCancelled(RuntimeError):
     """Waiting for a child was abandoned because a stop was requested."""
+
+
+class StopRequest(Protocol):
+    """What waits watch to give up early: threading.Event, or a StopFlag where a signal sets it."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class StopFlag:
+    """A stop request that a signal handler may raise.
+
+    `threading.Event.set` takes a lock that the interrupted main thread may be holding: inside
+    `Event.wait`, or inside a first handler when make forwards the same SIGTERM a moment later. The
+    handler then waits for itself forever. Setting a bool takes no lock; `wait` polls it.
+    """
+
+    _POLL_S = 0.02
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True as soon as the flag is set, False once `timeout` seconds passed without it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            left = self._POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self._POLL_S, left))
+        return True
 
 
 _PR_SET_PDEATHSIG = 1
@@ -195,7 +233,7 @@ def _check_alive(process: ManagedProcess | None, what: str) -> None:
         )
 
 
-def _pause(interval: float, stop_event: threading.Event | None) -> None:
+def _pause(interval: float, stop_event: StopRequest | None) -> None:
     if stop_event is None:
         time.sleep(interval)
     elif stop_event.wait(interval):
@@ -207,7 +245,7 @@ def wait_for_http(
     *,
     timeout: float = 30.0,
     process: ManagedProcess | None = None,
-    stop_event: threading.Event | None = None,
+    stop_event: StopRequest | None = None,
     interval: float = 0.1,
 ) -> None:
     """Poll `url` until it answers 200; fail early if `process` exits or `stop_event` is set."""
@@ -237,7 +275,7 @@ def wait_for_port(
     *,
     timeout: float = 30.0,
     process: ManagedProcess | None = None,
-    stop_event: threading.Event | None = None,
+    stop_event: StopRequest | None = None,
     interval: float = 0.05,
 ) -> None:
     """Wait until `host:port` accepts TCP connections; fail early if `process` exits."""

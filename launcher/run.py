@@ -14,7 +14,6 @@ any service dies, in which case the exit status is non-zero.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,8 @@ from launcher.processes import (
     ManagedProcess,
     ProcessError,
     StartupCancelled,
+    StopFlag,
+    StopRequest,
     wait_for_http,
 )
 from launcher.services import (
@@ -123,7 +124,7 @@ class LocalStack:
         )
 
     def _run_job(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str], stop_event: threading.Event
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], stop_event: StopRequest
     ) -> int:
         """Run a one-shot job to its end (stoppable like the servers); its exit status."""
         process = self._process(name, argv, env).start()
@@ -141,7 +142,7 @@ class LocalStack:
             self.console.note(name, f"failed with status {status}", level="error")
         return status
 
-    def _ensure_demo_models(self, job: LocalService, stop_event: threading.Event) -> None:
+    def _ensure_demo_models(self, job: LocalService, stop_event: StopRequest) -> None:
         """Run the demo-bundle job unless disabled or its model volume already holds a bundle."""
         if not self.options.demo_models or any(has_model_bundles(root) for root in job.directories):
             return
@@ -153,7 +154,7 @@ class LocalStack:
                 f"pip install -e '.[training]'; or run with --no-demo-models)"
             )
 
-    def _seed_demo_detectors(self, model_roots: Sequence[Path], stop_event: threading.Event) -> None:
+    def _seed_demo_detectors(self, model_roots: Sequence[Path], stop_event: StopRequest) -> None:
         """Register the demo detectors in the local cloud, so their escalations have a home."""
         cloud = self.cloud
         roots = [root for root in model_roots if has_model_bundles(root)]
@@ -204,7 +205,7 @@ class LocalStack:
             tls_key=Path(service.env["GATEWAY_TLS_KEY"]),
         )
 
-    def start(self, stop_event: threading.Event) -> None:
+    def start(self, stop_event: StopRequest) -> None:
         """Start every service in order; raise ProcessError or StartupCancelled (after which stop())."""
         for service in self.services.values():
             for directory in service.directories:
@@ -268,7 +269,7 @@ class LocalStack:
         lines.append("cameras and the SDK use the gateway; Ctrl-C stops everything")
         return "\n".join(lines)
 
-    def watch(self, stop_event: threading.Event, interval: float = 0.2) -> int:
+    def watch(self, stop_event: StopRequest, interval: float = 0.2) -> int:
         """Block until a stop is requested (0) or a service exits on its own (1)."""
         while not stop_event.wait(interval):
             for name, process in self.processes().items():
@@ -305,7 +306,7 @@ class LocalStack:
 
 
 @contextmanager
-def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop_event: StopFlag) -> Iterator[None]:
     """Turn SIGINT and SIGTERM into `stop_event` for the duration; restore the old handlers after."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -322,7 +323,7 @@ def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
 
 def run(options: RunOptions, stream: IO[str] | None = None) -> int:
     """Run the stack until Ctrl-C/SIGTERM (exit 0) or until a service fails (exit 1)."""
-    stop_event = threading.Event()
+    stop_event = StopFlag()
     stack = LocalStack(options, stream)
     with stop_on_signals(stop_event):
         try:

@@ -194,8 +194,14 @@ def test_make_run_serves_the_readme_curl_and_stops_on_sigterm(tmp_path: Path, di
         run.send_signal(signal.SIGTERM)
         # A hang guard, not a timing: each service gets its stop timeout (10 s) in turn, and on a busy
         # machine the trainer and the updater may use all of theirs.
-        run.wait(timeout=180)
+        try:
+            run.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            stuck = run.output_tail(60)
+        else:
+            stuck = ""
         run.stop()
+    assert not stuck, f"make run still ran 180 s after SIGTERM; its last lines:\n{stuck}"
     log = "\n".join(console)
     # One readable line per event: each service started, the HTTP ones ready, all of them stopped.
     for service in STARTED:
