@@ -1,4 +1,5 @@
-"""Before serving: wait for the database, migrate it to head, seed the first accounts."""
+"""Before serving: wait for the database, then, under the replicas' startup lock, migrate it to head
+and seed the first accounts (so replicas starting together create one admin, not one each)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import asyncio
 import logging
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.bootstrap import publish, seed_if_empty
-from cloud.app.db.engine import make_engine, make_sessionmaker
-from cloud.app.db.migrate import upgrade_head
+from cloud.app.db.engine import make_engine
+from cloud.app.db.migrate import startup_lock, upgrade_head
 from cloud.app.settings import CloudSettings
 
 log = logging.getLogger("cloud.prestart")
@@ -30,9 +32,10 @@ async def prestart(settings: CloudSettings, wait_s: float = 60.0) -> None:
                     raise RuntimeError(f"database unreachable: {exc}") from exc
                 log.info("waiting for the database", extra={"fields": {"error": str(exc)}})
                 await asyncio.sleep(1.0)
-        await upgrade_head(engine)
-        async with make_sessionmaker(engine)() as session:
-            creds = await seed_if_empty(session, settings)
+        async with startup_lock(engine) as connection:
+            await upgrade_head(connection)
+            async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+                creds = await seed_if_empty(session, settings)
         if creds is not None:
             publish(creds, settings)
     finally:

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cloud.app.db.migrate import MIGRATIONS, alembic_config
 from cloud.app.db.models import Base
-from cloud.app.settings import to_async_url
+from cloud.app.prestart import prestart
+from cloud.app.settings import CloudSettings, to_async_url
 from tests.support import cloud as support
 from tests.support.cloud_factories_worker import private_database
 
@@ -97,3 +98,41 @@ def test_an_existing_trainer_account_becomes_a_trainer(database: support.TestDat
     assert asyncio.run(_sql(url, roles)) == [("root", "admin"), ("trainer", "admin")]
     command.upgrade(cfg, "head")
     asyncio.run(_sql(url, "DELETE FROM users WHERE id IN ('usr_t', 'usr_a')"))
+
+
+def test_replicas_starting_together_migrate_once_and_create_one_admin(tmp_path: Path) -> None:
+    """Three cloud-api replicas start at once on an empty database: each waits for the startup lock,
+    the first migrates and seeds, the others find both done and serve."""
+    if support.use_sqlite():
+        pytest.skip("the startup lock is PostgreSQL's; SQLite serves one process")
+    database = support.TestDatabase(tmp_path).create()
+    try:
+
+        async def start_replicas() -> list[Any]:
+            replicas = [
+                CloudSettings(
+                    database_url=database.url, data_dir=tmp_path / f"replica-{i}", api_token_file=""
+                )
+                for i in range(3)
+            ]
+            return await asyncio.gather(
+                *(prestart(settings) for settings in replicas), return_exceptions=True
+            )
+
+        outcomes = asyncio.run(start_replicas())
+        assert outcomes == [None, None, None]
+        users = asyncio.run(_rows(database.url, "SELECT username FROM users ORDER BY username"))
+        assert [row[0] for row in users] == ["admin", "device", "reviewer", "trainer"]
+        # One replica created them, and only it kept the first start's credentials.
+        assert len(list(tmp_path.glob("replica-*/credentials.json"))) == 1
+    finally:
+        database.drop()
+
+
+async def _rows(url: str, sql: str) -> list[Any]:
+    engine = create_async_engine(to_async_url(url))
+    try:
+        async with engine.connect() as connection:
+            return list((await connection.execute(text(sql))).all())
+    finally:
+        await engine.dispose()
