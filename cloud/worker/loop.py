@@ -43,8 +43,6 @@ class WorkerState:
         default_factory=lambda: f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     )
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    # Things logged once per process (the export builder being absent).
-    noted: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -123,20 +121,14 @@ async def trigger_retraining(state: WorkerState, report: TickReport) -> None:
 
 
 async def build_exports(state: WorkerState, report: TickReport) -> None:
-    module = exports.load_exports()
-    if module is None:
-        if "exports-missing" not in state.noted:
-            state.noted.add("exports-missing")
-            _action("export builder not installed: exports are skipped", module=exports.EXPORTS_MODULE)
-        return
     scratch = state.settings.data_dir / "worker" / "exports"
     while len(report.exports_built) < EXPORTS_PER_TICK and not state.stop.is_set():
-        job_id = await exports.claim_export(module, state.sessions, state.owner)
+        job_id = await exports.claim_export(state.sessions, state.owner)
         if job_id is None:
             return
         # The builder logs the claim and the outcome (it records failures on the job itself).
-        await exports.build_export(module, state.sessions, state.blobs, job_id, scratch)
-        report.exports_built.append(job_id)
+        if await exports.build_export(state.sessions, state.blobs, job_id, state.owner, scratch):
+            report.exports_built.append(job_id)
 
 
 async def purge_deleted_detectors(

@@ -9,13 +9,16 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cloud.app.core import exports as core_exports
 from cloud.app.db.models import Detector, ExportJob, JobStatus, ReviewItem, TrainingJob
 from cloud.app.settings import CloudSettings
+from cloud.worker.jobs import exports as worker_exports
 from cloud.worker.jobs.retrain import first_job_ready, labels_needed
 from cloud.worker.loop import WorkerState, close_state, make_state, tick
 from launcher.processes import ManagedProcess
@@ -354,6 +357,98 @@ async def test_a_waiting_export_is_built_by_one_of_two_workers(
         done = await session.get(ExportJob, export.id)
     assert done is not None and done.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
     assert done.finished_at is not None
+
+
+async def slow_build(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[str]:
+    """Builds that take `seconds` (the real builder runs afterwards); the ids they were started for."""
+    real = core_exports.run_export
+    started: list[str] = []
+
+    async def slow(
+        sessions: async_sessionmaker[AsyncSession], blobs: Any, job_id: str, workdir: Path
+    ) -> None:
+        started.append(job_id)
+        await asyncio.sleep(seconds)
+        await real(sessions, blobs, job_id, workdir)
+
+    monkeypatch.setattr(core_exports, "run_export", slow)
+    return started
+
+
+async def lease_of(sessions: async_sessionmaker[AsyncSession], job_id: str) -> tuple[str | None, Any]:
+    async with sessions() as session:
+        job = await session.get(ExportJob, job_id, populate_existing=True)
+        assert job is not None
+        return job.lease_owner, job.lease_expires_at
+
+
+async def test_a_long_export_keeps_its_lease_and_no_other_worker_takes_it(
+    sessions: async_sessionmaker[AsyncSession],
+    worker: WorkerState,
+    second_worker: WorkerState,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    async with sessions() as session:
+        detector = await make_detector(session)
+        await add_labels(session, detector, 2)
+        export = await make_export_job(session, detector)
+    await slow_build(monkeypatch, 2.0)
+    # A lease of 1 s, renewed every 0.2 s, on a build of over 2 s.
+    job_id = await worker_exports.claim_export(worker.sessions, worker.owner, lease_s=1.0)
+    assert job_id == export.id
+    build = asyncio.create_task(
+        worker_exports.build_export(
+            worker.sessions, worker.blobs, job_id, worker.owner, tmp_path, lease_s=1.0, renew_every_s=0.2
+        )
+    )
+    await asyncio.sleep(1.5)  # past the first lease's end
+    owner, _ = await lease_of(sessions, job_id)
+    assert owner == worker.owner
+    assert await worker_exports.claim_export(second_worker.sessions, second_worker.owner) is None
+    assert await build is True
+    async with sessions() as session:
+        done = await session.get(ExportJob, job_id, populate_existing=True)
+    assert done is not None and done.status == JobStatus.SUCCEEDED and done.lease_owner is None
+
+
+async def test_a_worker_that_lost_its_export_lease_abandons_the_build(
+    sessions: async_sessionmaker[AsyncSession],
+    worker: WorkerState,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    async with sessions() as session:
+        detector = await make_detector(session)
+        await add_labels(session, detector, 2)
+        export = await make_export_job(session, detector)
+    started = await slow_build(monkeypatch, 30.0)
+    job_id = await worker_exports.claim_export(worker.sessions, worker.owner, lease_s=60.0)
+    assert job_id == export.id
+    build = asyncio.create_task(
+        worker_exports.build_export(
+            worker.sessions,
+            worker.blobs,
+            job_id,
+            worker.owner,
+            tmp_path / "scratch",
+            lease_s=60.0,
+            renew_every_s=0.2,
+        )
+    )
+    await asyncio.sleep(0.3)
+    # Another worker holds it now (as after this one stalled past its lease).
+    async with sessions() as session:
+        await session.execute(
+            update(ExportJob).where(ExportJob.id == job_id).values(lease_owner="worker-other")
+        )
+        await session.commit()
+    assert await asyncio.wait_for(build, timeout=20) is False
+    assert started == [job_id]
+    owner, _ = await lease_of(sessions, job_id)
+    assert owner == "worker-other"
+    # Its scratch directory went with it.
+    assert await asyncio.to_thread(lambda: list((tmp_path / "scratch").iterdir())) == []
 
 
 def test_the_worker_process_ticks_and_stops_cleanly_on_sigterm(

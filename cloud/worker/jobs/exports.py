@@ -1,72 +1,81 @@
-"""Dataset exports: claim a waiting export job and build it. The building itself lives in
-`cloud.app.core.exports` (`claim_next_export`, `run_export`); this step only drives it."""
+"""Dataset exports: lease a waiting export job and build it (`cloud.app.core.exports` builds it),
+renewing the lease while the build runs. A short lease kept alive by renewal means a worker that dies
+mid-way gives its job up within one lease, while a large export on a live worker is never taken from
+it; a worker that finds its lease gone (another worker took the job) abandons its build."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
+import contextlib
+import logging
 import shutil
 import tempfile
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobStore
+from cloud.app.core import exports as core_exports
 
-EXPORTS_MODULE = "cloud.app.core.exports"
-# Long enough for a large export; a worker that dies mid-way loses the lease and another builds it.
-EXPORT_LEASE_S = 1800.0
+log = logging.getLogger("cloud.worker")
 
-
-def load_exports() -> ModuleType | None:
-    """The export builder, or None while this installation has none."""
-    try:
-        module = importlib.import_module(EXPORTS_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name == EXPORTS_MODULE:
-            return None
-        raise
-    if not all(callable(getattr(module, name, None)) for name in ("claim_next_export", "run_export")):
-        return None
-    return module
+EXPORT_LEASE_S = 120.0
+# Renewed four times per lease: one slow or failed renewal still leaves the lease standing.
+RENEW_EVERY_S = EXPORT_LEASE_S / 4
 
 
 async def claim_export(
-    module: ModuleType,
-    sessions: async_sessionmaker[AsyncSession],
-    owner: str,
-    lease_s: float = EXPORT_LEASE_S,
+    sessions: async_sessionmaker[AsyncSession], owner: str, lease_s: float = EXPORT_LEASE_S
 ) -> str | None:
     """The id of the export job now leased to `owner`, or None when none waits."""
     async with sessions() as session:
-        job = await _maybe_await(module.claim_next_export(session, owner, lease_s))
-    if job is None:
-        return None
-    return job if isinstance(job, str) else str(job.id)
+        return await core_exports.claim_next_export(session, owner, lease_s)
 
 
 async def build_export(
-    module: ModuleType,
     sessions: async_sessionmaker[AsyncSession],
     blobs: BlobStore,
     job_id: str,
+    owner: str,
     scratch_root: Path,
-) -> None:
-    """Builds one export in a scratch directory of its own, removed afterwards."""
+    *,
+    lease_s: float = EXPORT_LEASE_S,
+    renew_every_s: float = RENEW_EVERY_S,
+) -> bool:
+    """Build one export in a scratch directory of its own (removed afterwards), renewing `owner`'s
+    lease on it; False when the lease was lost and the build abandoned."""
     workdir = Path(await asyncio.to_thread(_make_scratch, scratch_root, job_id))
+    build = asyncio.create_task(core_exports.run_export(sessions, blobs, job_id, workdir))
     try:
-        await _maybe_await(module.run_export(sessions, blobs, job_id, workdir))
+        while True:
+            done, _ = await asyncio.wait({build}, timeout=renew_every_s)
+            if done:
+                build.result()
+                return True
+            if not await _renew(sessions, job_id, owner, lease_s):
+                log.warning(
+                    "export lease lost: build abandoned",
+                    extra={"fields": {"export_id": job_id, "owner": owner}},
+                )
+                return False
     finally:
+        if not build.done():
+            build.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await build
         await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+
+async def _renew(sessions: async_sessionmaker[AsyncSession], job_id: str, owner: str, lease_s: float) -> bool:
+    """False only when the lease is someone else's now; a failed renewal is retried at the next one."""
+    try:
+        async with sessions() as session:
+            return await core_exports.renew_export_lease(session, job_id, owner, lease_s)
+    except Exception:  # the database may be away for a moment; the lease outlives a few misses
+        log.warning("export lease renewal failed", exc_info=True, extra={"fields": {"export_id": job_id}})
+        return True
 
 
 def _make_scratch(root: Path, job_id: str) -> str:
     root.mkdir(parents=True, exist_ok=True)
     return tempfile.mkdtemp(prefix=f"{job_id}-", dir=root)
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
