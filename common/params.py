@@ -1,5 +1,5 @@
 """Query parameters of `POST /device-api/v1/image-queries`, parsed and checked the same way on the edge
-and in the cloud (shared/groundlight-wire.md §4). Anything off raises `InvalidParameterError`, which
+and in the cloud (docs/wire.md §4). Anything off raises `InvalidParameterError`, which
 each service maps to its own 400."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rules for what clients send, applied alike by the edge and the cloud (DESIGN §11): whatever the
+"""Rules for what clients send, applied alike by the edge and the cloud (docs/architecture.md §11): whatever the
 edge accepts, the cloud accepts too, so nothing the edge queues for escalation can die in its outbox.
 
 Every rule raises `InvalidInputError`, a `common.params.InvalidParameterError`, which each service
@@ -10,7 +10,7 @@ The limit table, the only place these numbers live:
 |----------------------|-----------------------------------------------------------------------------|
 | text                 | valid Unicode (no lone surrogates, so it encodes as UTF-8), no NUL           |
 | image-query metadata | a JSON object of such text, finite numbers only, nested at most 8 levels;   |
-|                      | at most 1024 bytes both as sent and as compact UTF-8 JSON (wire doc §4)      |
+|                      | at most 1024 bytes both as sent and as compact UTF-8 JSON (docs/wire.md §4)  |
 | other stored JSON    | the same text and number rules, nested at most 32 levels                     |
 | detector name        | trimmed, then 1 to 200 characters of such text                               |
 | ROIs (boxes)         | at most 100; label 1 to 100 characters of such text; score finite in [0, 1]  |

@@ -1,4 +1,4 @@
-"""Offline mode against the real cloud (DESIGN §6): with the cloud down the edge keeps answering, says
+"""Offline mode against the real cloud (docs/architecture.md §6): with the cloud down the edge keeps answering, says
 the cloud is unreachable and queues every escalation (depth in /status and /metrics, a warning past the
 alarm depth); when the cloud is back the outbox drains, and a SIGKILL of edge-api in the middle of the
 drain neither loses nor duplicates anything: the cloud ends up holding exactly the escalated queries.

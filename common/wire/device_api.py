@@ -1,6 +1,6 @@
 """The Groundlight device API (SDK 1.3.x) as pydantic models: what cameras send and receive.
 
-Field names and required keys follow shared/groundlight-wire.md §8. Our own diagnostics travel in
+Field names and required keys follow docs/wire.md §8. Our own diagnostics travel in
 `ImageQuery.intellioptics`, which the SDK ignores.
 """
 

@@ -1,4 +1,4 @@
-"""One test per branch of the edge decision tree (DESIGN §3), through the real nginx gateway (the
+"""One test per branch of the edge decision tree (docs/architecture.md §3), through the real nginx gateway (the
 branches of a detector without a model, answered with its label prior, are in test_no_model.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each branch of the post-inference decision tree (DESIGN §3 steps 5–6)."""
+"""Each branch of the post-inference decision tree (docs/architecture.md §3 steps 5–6)."""
 
 from __future__ import annotations
 

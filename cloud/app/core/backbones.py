@@ -1,4 +1,4 @@
-"""Backbone registry and embedding store (DESIGN §5, §8).
+"""Backbone registry and embedding store (docs/architecture.md §5, §8).
 
 A backbone (common.backbone) is stored once, named by its sha256: the row `backbones` and the blob
 `backbones/<sha256>.onnx`. An upload is trusted only after its bytes hash to the name it is stored

@@ -1,4 +1,4 @@
-"""How accurate a detector's edge is when it answers on its own (DESIGN §3 step 5).
+"""How accurate a detector's edge is when it answers on its own (docs/architecture.md §3 step 5).
 
 The edge escalates a sample of its confident answers as audits (`confident_audit_rate`); once a reviewer
 answers one in the queue, the pair (edge answer, human answer) is one Bernoulli trial. We report, per

@@ -1,4 +1,4 @@
-"""Escalations from edges (DESIGN §6): the query the edge answered (or could not), its image and why
+"""Escalations from edges (docs/architecture.md §6): the query the edge answered (or could not), its image and why
 it wants people to look. Idempotent on `image_query_id`, so the edge's outbox can resend after any
 crash: every step is an insert that ignores the duplicate, the image is written only by the request
 whose query insert won, and however many copies arrive at once there is one query, one escalation

@@ -1,4 +1,4 @@
-"""Label priors (DESIGN §8): what a detector without a usable model answers, in the cloud and, through
+"""Label priors (docs/architecture.md §9): what a detector without a usable model answers, in the cloud and, through
 `GET /edge-api/v1/detectors/{id}/prior`, on its edges.
 
 The counts are those a dataset export would train on: per image query of the detector its latest

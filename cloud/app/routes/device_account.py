@@ -1,4 +1,4 @@
-"""The SDK's constructor handshake and account calls (shared/groundlight-wire.md §2, §3)."""
+"""The SDK's constructor handshake and account calls (docs/wire.md §2, §3)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ PageSize = Annotated[int, Query(ge=1, le=1000)]
 
 
 def raw_query_value(request: Request, key: str) -> str | None:
-    """Percent-decode without turning `+` into a space: the SDK sends names unencoded (wire doc §11)."""
+    """Percent-decode without turning `+` into a space: the SDK sends names unencoded (docs/wire.md §11)."""
     for part in request.scope.get("query_string", b"").decode("latin-1").split("&"):
         name, sep, value = part.partition("=")
         if sep and unquote(name) == key:

@@ -1,5 +1,5 @@
 """Bodies of the cloud's device API that the edge does not share: detector creation and update,
-labels, account usage, and the escalation acknowledgement (shared/groundlight-wire.md §5, §8)."""
+labels, account usage, and the escalation acknowledgement (docs/wire.md §5, §8)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DetectorName = Annotated[str, AfterValidator(check_name)]
 
 
 class DetectorCreationInput(BaseModel):
-    """What `create_detector` sends. Absent keys default as the wire doc says (0.9, 30 s, BINARY)."""
+    """What `create_detector` sends. Absent keys default as docs/wire.md §5 says (0.9, 30 s, BINARY)."""
 
     model_config = ConfigDict(extra="ignore")
 

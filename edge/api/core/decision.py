@@ -1,4 +1,4 @@
-"""The edge decision tree after inference (DESIGN §3 steps 5–6), and for a detector without a model
+"""The edge decision tree after inference (docs/architecture.md §3 steps 5–6), and for a detector without a model
 (answered with its label prior), as pure functions."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Answering `POST /device-api/v1/image-queries` on the edge: DESIGN §3 from validation to outbox.
+"""Answering `POST /device-api/v1/image-queries` on the edge: docs/architecture.md §3 from validation to outbox.
 
 A configured, enabled detector without a model on this edge answers with its label prior (from the
 cloud, kept by edge.api.core.priors) and escalates (reason no_model) by the same rules as an answer

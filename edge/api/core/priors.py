@@ -1,4 +1,4 @@
-"""Label priors of the detectors that have no model on this edge yet (DESIGN §8: such a detector answers
+"""Label priors of the detectors that have no model on this edge yet (docs/architecture.md §9: such a detector answers
 with its label prior, source ALGORITHM, and escalates, so a person answers and it learns).
 
 The cloud counts each detector's labels (`GET /edge-api/v1/detectors/{id}/prior`, common.wire.priors,
