@@ -23,9 +23,9 @@ import logging
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from common.clock import utc_stamp as _utc_now
 from training.service.client import CloudClient, CloudError, LeaseLost
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ class JobCancelled(Exception):
 
 class TrainerStopping(Exception):
     """This trainer is shutting down; the job goes back to the queue."""
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:

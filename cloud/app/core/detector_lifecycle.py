@@ -1,4 +1,4 @@
-"""Deleting a detector is soft (DESIGN §11): it is marked deleted, hidden from every lookup, list and
+"""Deleting a detector is soft (docs/architecture.md §10): it is marked deleted, hidden from every lookup, list and
 queue, and an admin can restore it with all its data until the retention (`deleted_retention_s`)
 runs out. After that the worker purges it: its rows go (image queries, escalations, review items,
 labels, model versions, training and export jobs, embeddings: ON DELETE CASCADE), then its blobs.
@@ -35,6 +35,7 @@ from cloud.app.db.models import (
 )
 from cloud.app.errors import ConflictError, NotFoundError
 from cloud.app.schemas.model_reports import ReportName
+from common.clock import utcnow
 from common.ids import is_detector_id
 
 log = logging.getLogger("cloud.detector_lifecycle")
@@ -45,10 +46,6 @@ _BLOB_CONCURRENCY = 16
 
 def tombstone(detector_id: str) -> str:
     return f" deleted {detector_id}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def aware(moment: datetime) -> datetime:

@@ -61,6 +61,7 @@ from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Labe
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.exports import ExportJobOut
 from common.bundle import DetectorMode
+from common.clock import utcnow as _utcnow
 from common.ids import new_id
 from common.wire.dataset_export import (
     EMBEDDING_DTYPE,
@@ -99,10 +100,6 @@ def export_blob_key(detector_id: str, job_id: str) -> str:
 
 def image_extension(content_type: str) -> str:
     return _EXTENSIONS.get(content_type.split(";")[0].strip().lower(), "bin")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(moment: datetime) -> datetime:

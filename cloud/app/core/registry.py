@@ -1,4 +1,4 @@
-"""Model registry: bundles as blobs, versions as rows, one production alias per detector (DESIGN §5, §7).
+"""Model registry: bundles as blobs, versions as rows, one production alias per detector (docs/architecture.md §5, §7).
 
 A version is immutable. An upload is unpacked and verified, checked against its detector (id, mode,
 labels), re-packed canonically (common.bundle_archive: same bundle, same bytes) and stored as
@@ -59,6 +59,7 @@ from common.bundle_archive import (
     sha256_of,
     unpack_bundle,
 )
+from common.clock import utcnow as _utcnow
 from common.ids import new_id
 from common.runtime import BackbonePool, ModelRuntime
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
@@ -80,10 +81,6 @@ def model_blob_key(detector_id: str, version: str) -> str:
 
 def download_url(public_url: str, model_id: str) -> str:
     return f"{public_url.rstrip('/')}/api/v1/models/{model_id}/download"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(moment: datetime | None) -> datetime | None:

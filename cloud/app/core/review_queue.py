@@ -1,4 +1,4 @@
-"""The review queue (DESIGN §7): claim with a lease, heartbeat, answer exactly once, skip, release, undo.
+"""The review queue (docs/architecture.md §7): claim with a lease, heartbeat, answer exactly once, skip, release, undo.
 
 An item is claimable when it is pending, nobody holds a live lease on it and this reviewer has not
 skipped it. Claims take the first such item in queue order (patience deadline, then uncertainty, highest
@@ -79,6 +79,7 @@ from cloud.app.schemas.review import (
     UndoOut,
 )
 from common.bundle import BOX_MODES
+from common.clock import utcnow
 from common.wire.device_api import Roi
 
 _ri = cast(Table, ReviewItem.__table__)
@@ -95,10 +96,6 @@ _TS = DateTime(timezone=True)
 
 # The labeling page's key for UNCLEAR; it keeps S (skip) and Z (undo) for itself, and no label gets those.
 UNCLEAR_KEY = "u"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def aware(moment: datetime) -> datetime:

@@ -18,10 +18,11 @@ from typing import Any, cast
 from sqlalchemy import String, Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core.review_queue import aware, utcnow
+from cloud.app.core.review_queue import aware
 from cloud.app.db.models import Detector, ImageQuery, Label, ModelVersion, ReviewItem, User
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.review import ReviewerStats, ReviewStatsOut
+from common.clock import utcnow
 
 DEFAULT_WINDOW_S = 3600.0
 MAX_ROWS = 100_000

@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud.app.auth import forget_digest
 from cloud.app.core import login_limits
 from cloud.app.core.login_limits import LoginLockedError, LoginPolicy
-from cloud.app.core.review_queue import utcnow
 from cloud.app.db.models import Role, User, WebSession
 from cloud.app.deps import CloudState
 from cloud.app.security import PasswordPool, PasswordPoolBusy, hash_password, new_session_token, token_digest
+from common.clock import utcnow
 
 # Roles that may use the pages (devices have no password anyway).
 PAGE_ROLES = frozenset({Role.ADMIN.value, Role.REVIEWER.value})

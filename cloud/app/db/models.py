@@ -1,11 +1,11 @@
-"""Tables of the cloud (DESIGN §7). One module so that Alembic sees the whole schema in one place.
+"""Tables of the cloud (docs/architecture.md §7). One module so that Alembic sees the whole schema in one place.
 
 Ids are the wire ids (`det_…`, `iq_…`) or our own prefixed ids; times are timezone-aware UTC.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -25,10 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
+from common.clock import utcnow
 
 # common.wire.device_api.Roi lists; None is SQL NULL ("no boxes given"), never JSON 'null'.
 RoisJson = JSON(none_as_null=True)
