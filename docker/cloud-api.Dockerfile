@@ -6,6 +6,8 @@
 # `docker logs`.
 FROM python:3.11-slim
 
+# CLOUD_BOOTSTRAP_PRINT_SECRETS is a switch (print the first start's secrets or not), not a secret.
+# hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -27,7 +29,8 @@ RUN pip install --no-deps -r requirements/cloud.lock && pip check
 COPY common ./common
 COPY cloud ./cloud
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 # Blobs (images, bundles, exports) with the local backend, the first-start credentials, the
 # embedded database when DATABASE_URL is unset.
 VOLUME ["/data/cloud"]

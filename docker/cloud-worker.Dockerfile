@@ -24,7 +24,8 @@ RUN pip install --no-deps -r requirements/cloud.lock && pip check
 COPY common ./common
 COPY cloud ./cloud
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 # Shared with cloud-api: blobs with the local backend.
 VOLUME ["/data/cloud"]
 CMD ["python", "-m", "cloud.worker"]

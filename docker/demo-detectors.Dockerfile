@@ -34,6 +34,7 @@ COPY cloud ./cloud
 COPY training ./training
 COPY --chmod=755 docker/demo-detectors.sh /usr/local/bin/demo-detectors
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 VOLUME ["/data/models"]
 CMD ["demo-detectors"]

@@ -31,6 +31,7 @@ RUN PIP_CONSTRAINT=requirements/trainer.lock \
 COPY common ./common
 COPY training ./training
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 VOLUME ["/data/models"]
 CMD ["python", "-m", "training.demo_bundles", "--model-root", "/data/models"]

@@ -21,7 +21,8 @@ RUN pip install --no-deps -r requirements/edge.lock && pip check
 COPY common ./common
 COPY edge ./edge
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 # The escalation outbox (SQLite) must survive restarts: it is the only copy until the cloud acknowledges.
 # /data/secrets: the internal token the edge's services share (created by the first to start).
 VOLUME ["/data/edge", "/data/secrets"]

@@ -26,7 +26,11 @@ ENV NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1
 ENV NGINX_ENVSUBST_FILTER="^(GATEWAY_PORT|GATEWAY_TLS_PORT|GATEWAY_TLS_CERT|GATEWAY_TLS_KEY|EDGE_API_UPSTREAM|CLOUD_URL|NGINX_LOCAL_RESOLVERS)"
 
 COPY nginx/gateway.conf.template /etc/nginx/templates/default.conf.template
-# Runs before the template is rendered (the entrypoint runs /docker-entrypoint.d/*.sh in order).
+# Runs before the template is rendered (the entrypoint runs /docker-entrypoint.d/*.sh in order), with
+# the paths of the two settings named here (the script serves the cloud-gateway's image too).
+ENV TLS_CERT_VARIABLE=GATEWAY_TLS_CERT \
+    TLS_KEY_VARIABLE=GATEWAY_TLS_KEY \
+    TLS_COMMON_NAME="IntelliOptics edge gateway"
 COPY --chmod=755 docker/gateway-tls.sh /docker-entrypoint.d/15-gateway-tls.sh
 
 # The certificate and key: put your own there, or keep the self-signed one made at first start.

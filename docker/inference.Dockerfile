@@ -24,7 +24,8 @@ RUN pip install --no-deps -r requirements/edge.lock && pip check
 COPY common ./common
 COPY edge ./edge
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 # /data/secrets: the internal token the edge's services share (created by the first to start).
 VOLUME ["/data/models", "/data/secrets"]
 EXPOSE 8001

@@ -37,16 +37,17 @@ COPY requirements/trainer.lock ./requirements/
 # documentation change does not rebuild the layer either.
 RUN echo "IntelliOptics (the README is in the repository)" > README.md
 RUN case "$TORCH_VARIANT" in \
-        cpu) index="--extra-index-url https://download.pytorch.org/whl/cpu" ;; \
+        cpu) index="https://download.pytorch.org/whl/cpu" ;; \
         cuda) index="" ;; \
         *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac \
-    && PIP_CONSTRAINT=requirements/trainer.lock pip install $index ".[training]" \
+    && PIP_CONSTRAINT=requirements/trainer.lock pip install ${index:+--extra-index-url "$index"} ".[training]" \
     && rm -rf /app/build
 COPY common ./common
 COPY training ./training
 
-USER intellioptics
+# The intellioptics user by its uid, so that a runtime sees it is not root without the image's passwd.
+USER 10001
 # /data/trainer: scratch space per job (exports, bundles), emptied after each job.
 # /data/cloud: the cloud's data volume, mounted read-only, for the trainer token the cloud's first start
 # writes there (TRAINER_API_TOKEN_FILE). A trainer on another machine gets TRAINER_API_TOKEN instead.

@@ -3,6 +3,10 @@
 The official nginx image fills `/etc/nginx/templates/*.template` with envsubst; `render_gateway` does
 the same with `string.Template`, so the container and a local run serve one config. `NginxGateway`
 runs it on any port (tests use free ones) from a prefix directory of its own.
+
+What any nginx run from a prefix needs (the prefix, `nginx -t`, the process, the self-signed
+certificate, waiting for the ports) is `NginxServer`, which the cloud's gateway
+(`launcher.cloud_gateway`) shares.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -75,6 +81,42 @@ def normalize_cloud_url(cloud_url: str) -> str:
     return cloud_url.rstrip("/")
 
 
+def is_host_port(value: str) -> bool:
+    """Whether `value` is `host:port` (a name, IPv4 address or [IPv6] address, and a TCP port)."""
+    return _UPSTREAM.match(value) is not None and 0 < int(value.rpartition(":")[2]) < 65536
+
+
+def check_ports(ports: Mapping[str, int]) -> None:
+    """Each a TCP port, all different; raise GatewayConfigError naming the placeholder otherwise."""
+    for name, port in ports.items():
+        if not 0 < port < 65536:
+            raise GatewayConfigError(f"{name} must be a TCP port, got {port}")
+    names = list(ports)
+    for i, name in enumerate(names):
+        for other in names[i + 1 :]:
+            if ports[name] == ports[other]:
+                raise GatewayConfigError(f"{other} must differ from {name}")
+
+
+def check_plain_paths(paths: Mapping[str, Path]) -> None:
+    """Paths nginx takes as one bare word: nothing that would end or quote the directive."""
+    for name, path in paths.items():
+        if any(c in str(path) for c in " ;{}'\"$"):
+            raise GatewayConfigError(f"{name} must be a plain path, got {str(path)!r}")
+
+
+def substitute(template_text: str, values: Mapping[str, str], what: str = "gateway") -> str:
+    """Fill upper-case `${NAME}`s as envsubst does; refuse `$$` and any placeholder left unfilled."""
+    if "$$" in template_text:
+        # string.Template would turn it into "$", envsubst would not: the two renderings would differ.
+        raise GatewayConfigError(f"the {what} template must not contain '$$'")
+    rendered = Template(template_text).safe_substitute(values)
+    leftover = sorted({match.group(1) for match in _LEFTOVER.finditer(rendered)})
+    if leftover:
+        raise GatewayConfigError(f"the {what} template uses unknown placeholders: {', '.join(leftover)}")
+    return rendered
+
+
 def render_gateway(
     template_text: str,
     gateway_port: int,
@@ -87,19 +129,10 @@ def render_gateway(
     tls_key: Path = Path("/data/tls/gateway.key"),
 ) -> str:
     """Fill the gateway template; nginx's own (lower-case) `$variables` are left alone."""
-    for name, port in (("GATEWAY_PORT", gateway_port), ("GATEWAY_TLS_PORT", tls_port)):
-        if not 0 < port < 65536:
-            raise GatewayConfigError(f"{name} must be a TCP port, got {port}")
-    if tls_port == gateway_port:
-        raise GatewayConfigError("GATEWAY_TLS_PORT must differ from GATEWAY_PORT")
-    for name, path in (("GATEWAY_TLS_CERT", tls_cert), ("GATEWAY_TLS_KEY", tls_key)):
-        if any(c in str(path) for c in " ;{}'\"$"):
-            raise GatewayConfigError(f"{name} must be a plain path, got {str(path)!r}")
-    if not _UPSTREAM.match(edge_api_upstream):
+    check_ports({"GATEWAY_PORT": gateway_port, "GATEWAY_TLS_PORT": tls_port})
+    check_plain_paths({"GATEWAY_TLS_CERT": tls_cert, "GATEWAY_TLS_KEY": tls_key})
+    if not is_host_port(edge_api_upstream):
         raise GatewayConfigError(f"EDGE_API_UPSTREAM must be host:port, got {edge_api_upstream!r}")
-    if "$$" in template_text:
-        # string.Template would turn it into "$", envsubst would not: the two renderings would differ.
-        raise GatewayConfigError("the gateway template must not contain '$$'")
     values = {
         "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_TLS_PORT": str(tls_port),
@@ -109,11 +142,7 @@ def render_gateway(
         "CLOUD_URL": normalize_cloud_url(cloud_url),
         "NGINX_LOCAL_RESOLVERS": resolvers if resolvers is not None else local_resolvers(),
     }
-    rendered = Template(template_text).safe_substitute(values)
-    leftover = sorted({match.group(1) for match in _LEFTOVER.finditer(rendered)})
-    if leftover:
-        raise GatewayConfigError(f"the gateway template uses unknown placeholders: {', '.join(leftover)}")
-    return rendered
+    return substitute(template_text, values)
 
 
 def nginx_binary() -> str:
@@ -139,7 +168,11 @@ def nginx_argv(prefix: Path, *, nginx_bin: str | None = None, extra: tuple[str, 
 
 
 def write_prefix(prefix: Path, gateway_conf: str, *, main_conf: Path = MAIN_CONF_PATH) -> Path:
-    """Lay out a runnable nginx prefix: nginx.conf, the rendered gateway.conf and tmp/."""
+    """Lay out a runnable nginx prefix: nginx.conf, the rendered gateway.conf and tmp/.
+
+    nginx.conf includes `gateway.conf`: whichever gateway runs from this prefix (the edge's or the
+    cloud's; each has a prefix of its own) writes its rendered template there.
+    """
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "tmp").mkdir(exist_ok=True)
     shutil.copyfile(main_conf, prefix / "nginx.conf")
@@ -155,9 +188,8 @@ def check_config(prefix: Path, *, nginx_bin: str | None = None) -> None:
         raise GatewayConfigError(f"nginx rejects {prefix / 'gateway.conf'}:\n{result.stderr.strip()}")
 
 
-class NginxGateway:
-    """A running gateway on `port` (HTTP) and `tls_port` (HTTPS), in front of `edge_api_upstream`,
-    falling back to `cloud_url`.
+class NginxServer(ABC):
+    """nginx from a prefix of its own, on `port` (HTTP) and `tls_port` (HTTPS), serving `render()`.
 
     Use as a context manager (or call start/stop): start() makes the self-signed certificate if there
     is none yet (launcher.tls), renders and checks the config, runs nginx and returns once the ports
@@ -165,15 +197,14 @@ class NginxGateway:
     free one is taken; without certificate paths the certificate lives in `<prefix>/tls/`.
     """
 
+    # The process's name in the launcher's output, and the certificate's file names.
+    name = "nginx"
+
     def __init__(
         self,
         prefix: Path,
         *,
         port: int,
-        edge_api_upstream: str,
-        cloud_url: str,
-        resolvers: str | None = None,
-        template_path: Path = TEMPLATE_PATH,
         nginx_bin: str | None = None,
         output: LineSink | None = None,
         startup_timeout: float = 10.0,
@@ -184,12 +215,8 @@ class NginxGateway:
         self.prefix = prefix
         self.port = port
         self.tls_port = tls_port if tls_port is not None else free_port()
-        self.tls_cert = (tls_cert or prefix / TLS_DIR / "gateway.crt").absolute()
-        self.tls_key = (tls_key or prefix / TLS_DIR / "gateway.key").absolute()
-        self.edge_api_upstream = edge_api_upstream
-        self.cloud_url = cloud_url
-        self.resolvers = resolvers
-        self.template_path = template_path
+        self.tls_cert = (tls_cert or prefix / TLS_DIR / f"{self.name}.crt").absolute()
+        self.tls_key = (tls_key or prefix / TLS_DIR / f"{self.name}.key").absolute()
         self.nginx_bin = nginx_bin
         self.output = output
         self.startup_timeout = startup_timeout
@@ -203,21 +230,13 @@ class NginxGateway:
     def tls_url(self) -> str:
         return f"https://127.0.0.1:{self.tls_port}"
 
+    @abstractmethod
     def render(self) -> str:
-        return render_gateway(
-            self.template_path.read_text(),
-            self.port,
-            self.edge_api_upstream,
-            self.cloud_url,
-            self.resolvers,
-            tls_port=self.tls_port,
-            tls_cert=self.tls_cert,
-            tls_key=self.tls_key,
-        )
+        """The server config (gateway.conf of the prefix)."""
 
     def start(self) -> Self:
         if self.process is not None:
-            raise ProcessError("the gateway was already started")
+            raise ProcessError(f"the {self.name} was already started")
         binary = self.nginx_bin or nginx_binary()
         try:
             ensure_certificate(self.tls_cert, self.tls_key)
@@ -226,7 +245,7 @@ class NginxGateway:
         write_prefix(self.prefix, self.render())
         check_config(self.prefix, nginx_bin=binary)
         self.process = ManagedProcess(
-            "gateway",
+            self.name,
             nginx_argv(self.prefix, nginx_bin=binary),
             stop_signal=signal.SIGQUIT,
             output=self.output,
@@ -275,3 +294,52 @@ class NginxGateway:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class NginxGateway(NginxServer):
+    """The edge gateway (see NginxServer) in front of `edge_api_upstream`, falling back to `cloud_url`."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        prefix: Path,
+        *,
+        port: int,
+        edge_api_upstream: str,
+        cloud_url: str,
+        resolvers: str | None = None,
+        template_path: Path = TEMPLATE_PATH,
+        nginx_bin: str | None = None,
+        output: LineSink | None = None,
+        startup_timeout: float = 10.0,
+        tls_port: int | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        super().__init__(
+            prefix,
+            port=port,
+            nginx_bin=nginx_bin,
+            output=output,
+            startup_timeout=startup_timeout,
+            tls_port=tls_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        self.edge_api_upstream = edge_api_upstream
+        self.cloud_url = cloud_url
+        self.resolvers = resolvers
+        self.template_path = template_path
+
+    def render(self) -> str:
+        return render_gateway(
+            self.template_path.read_text(),
+            self.port,
+            self.edge_api_upstream,
+            self.cloud_url,
+            self.resolvers,
+            tls_port=self.tls_port,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+        )

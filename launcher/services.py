@@ -20,6 +20,7 @@ UPDATER = "updater"
 STREAMS = "streams"
 DEMO_MODELS = "demo-models"
 CLOUD_API = "cloud-api"
+CLOUD_GATEWAY = "cloud-gateway"
 CLOUD_WORKER = "cloud-worker"
 TRAINER = "trainer"
 POSTGRES = "postgres"
@@ -30,6 +31,10 @@ DEMO_DETECTORS = "demo-detectors"
 # the cloud at INTELLIOPTICS_CLOUD_URL (set for `make run`, it starts no cloud of its own).
 CLOUD_API_HOST = CLOUD_API
 CLOUD_API_PORT = 8000
+# In compose the cloud-gateway publishes the same port on the host, in front of every cloud-api replica,
+# so the address edges use is the same with one replica or many.
+CLOUD_GATEWAY_PORT = CLOUD_API_PORT
+CLOUD_GATEWAY_TLS_PORT = 8443
 CLOUD_URL_VARIABLE = "INTELLIOPTICS_CLOUD_URL"
 CLOUD_URL = f"${{{CLOUD_URL_VARIABLE}:-http://{CLOUD_API_HOST}:{CLOUD_API_PORT}}}"
 # Compose has no default: the cloud's address on another host is known only to whoever deploys it
@@ -56,7 +61,8 @@ EDGE_API_DATA = "/data/edge"
 # it in this volume, which only they mount.
 EDGE_SECRETS = "/data/secrets"
 INTERNAL_TOKEN_FILE = f"{EDGE_SECRETS}/internal-token"
-# The gateway's TLS certificate and key (self-signed at first start unless you put yours there).
+# The gateways' TLS certificate and key (self-signed at first start unless you put yours there): the
+# edge's gateway and the cloud-gateway each keep theirs here, in a volume of their own.
 GATEWAY_TLS = "/data/tls"
 GATEWAY_TLS_PORT = 30143
 CLOUD_DATA = "/data/cloud"
@@ -79,13 +85,14 @@ class Service:
     `port` is the container port the service listens on, `port_env` the variable that sets it, and
     `publish_host` the host interface compose publishes it on ("" for all interfaces: cameras reach
     the gateway and edges the cloud from the network; edge-api only from the box itself).
-    `published=False` keeps a service on the container network only (the edge's internal services);
-    `extra_ports` are further container ports published like `port` (the gateway's HTTPS).
+    `published=False` keeps a service on the container network only (the edge's internal services,
+    the database, cloud-api behind the cloud-gateway); `extra_ports` are further container ports
+    published like `port` (the gateways' HTTPS).
     A `one_shot` service is a job that runs to completion (compose profile `profiles`) instead of a
     server. A service with an `image` runs that stock image and no Dockerfile of ours; `local=False`
     keeps it out of the launcher (the database: a local run uses the embedded SQLite, or
-    DATABASE_URL). `local_environment` holds the only values a local run sets differently from
-    compose, with the reason beside each.
+    DATABASE_URL; the cloud-gateway: a local run has one cloud-api). `local_environment` holds the
+    only values a local run sets differently from compose, with the reason beside each.
     """
 
     name: str
@@ -355,11 +362,19 @@ CLOUD_API_SERVICE = Service(
             "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": ADMIN_PASSWORD_SECRET,
             "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": REVIEWER_PASSWORD_SECRET,
             "CLOUD_BOOTSTRAP_API_TOKEN_FILE": API_TOKEN_SECRET,
+            # Only the cloud-gateway reaches cloud-api (it publishes no port), so its X-Forwarded-For
+            # and -Proto are believed: login throttling counts failures per real client address, and
+            # session cookies are Secure behind HTTPS. A local run is reached directly on loopback.
+            "FORWARDED_ALLOW_IPS": "*",
         }
     ),
     port=CLOUD_API_PORT,
     port_env="CLOUD_PORT",
-    publish_host="",
+    # No host port: replicas (`--scale cloud-api=N`) cannot share one. The cloud-gateway publishes
+    # 8000 and spreads requests over them; the worker, the trainer and the demo job reach
+    # `cloud-api:8000` on the network, which Docker's DNS answers with every replica. `make run`
+    # runs one cloud-api on :8000 of its own.
+    published=False,
     health_path="/health/ready",
     volumes=_frozen({CLOUD_DATA: "cloud-data"}),
     depends_on=(POSTGRES,),
@@ -370,8 +385,44 @@ CLOUD_API_SERVICE = Service(
             "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": "",
             "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": "",
             "CLOUD_BOOTSTRAP_API_TOKEN_FILE": "",
+            # No gateway in front: a client's own X-Forwarded-For must not be believed.
+            "FORWARDED_ALLOW_IPS": "127.0.0.1",
         }
     ),
+)
+
+# The cloud's public door in compose: nginx in front of every cloud-api replica, round robin, the next
+# replica for a request whose replica failed (nginx/cloud-gateway.conf.template), on 8000 (HTTP) and
+# 8443 (HTTPS, self-signed at first start unless yours is in its volume). `resolve` makes nginx ask
+# Docker's DNS for the replicas every few seconds, so `--scale cloud-api=N` needs no restart of it.
+# local=False: `make run` serves its one cloud-api on :8000 directly (launcher.cloud_gateway runs this
+# config locally for its tests).
+CLOUD_GATEWAY_SERVICE = Service(
+    name=CLOUD_GATEWAY,
+    # The official nginx image's command; its entrypoint renders /etc/nginx/templates first.
+    argv=("nginx", "-g", "daemon off;"),
+    environment=_frozen(
+        {
+            "CLOUD_GATEWAY_PORT": str(CLOUD_GATEWAY_PORT),
+            "CLOUD_GATEWAY_TLS_PORT": str(CLOUD_GATEWAY_TLS_PORT),
+            "CLOUD_GATEWAY_TLS_CERT": f"{GATEWAY_TLS}/cloud-gateway.crt",
+            "CLOUD_GATEWAY_TLS_KEY": f"{GATEWAY_TLS}/cloud-gateway.key",
+            # launcher.cloud_gateway.upstream_servers([...], resolve=True, fail_timeout="5s")
+            "CLOUD_API_SERVERS": (
+                f"server {CLOUD_API_HOST}:{CLOUD_API_PORT} resolve max_fails=1 fail_timeout=5s;"
+            ),
+        }
+    ),
+    port=CLOUD_GATEWAY_PORT,
+    port_env="CLOUD_GATEWAY_PORT",
+    publish_host="",
+    extra_ports=(CLOUD_GATEWAY_TLS_PORT,),
+    # Answered by a replica: healthy once one of them is reachable through it.
+    health_path="/health/live",
+    volumes=_frozen({GATEWAY_TLS: "cloud-gateway-tls"}),
+    depends_on=(CLOUD_API,),
+    dockerfile="docker/cloud-gateway.Dockerfile",
+    local=False,
 )
 
 CLOUD_WORKER_SERVICE = Service(
@@ -440,6 +491,7 @@ CLOUD_SERVICES: tuple[Service, ...] = (
     POSTGRES_SERVICE,
     AZURITE_SERVICE,
     CLOUD_API_SERVICE,
+    CLOUD_GATEWAY_SERVICE,
     CLOUD_WORKER_SERVICE,
     TRAINER_SERVICE,
     DEMO_DETECTORS_SERVICE,

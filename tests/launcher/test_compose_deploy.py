@@ -4,9 +4,10 @@ Neither Docker Compose nor a compose-spec schema file is assumed: the files are 
 schema in `compose_schema.py` (a subset of the Compose Specification written for these tests, strict
 about the keys it knows) and rendered by `compose_render.py` with the example settings in `deploy/`,
 as `docker compose config` would render them. Then: model links are built from the public URL the
-operator set, PostgreSQL is not published, every secret is a mounted file (and the services read it
-from there), every service has rotated logs and a stop grace longer than its own shutdown, plain `up`
-reserves no GPU, and the demo detectors are registered by a one-shot job. Also the shared `*_FILE`
+operator set, PostgreSQL is not published, cloud-api can be scaled out behind the cloud-gateway, every
+secret is a mounted file (and the services read it from there), every service has rotated logs and a
+stop grace longer than its own shutdown, plain `up` reserves no GPU, and the demo detectors are
+registered by a one-shot job. Also the shared `*_FILE`
 helper (common/secret_files.py), the database password's encoding and the first start's output.
 """
 
@@ -207,6 +208,69 @@ def test_postgres_is_reached_on_the_container_network_only():
             assert "5432" not in str(port), name
 
 
+# --- scaling the cloud out ------------------------------------------------------------------------------
+
+# What `--scale NAME=N` may multiply: no fixed host port and no container_name (N containers would
+# claim the same one). The stateless API and the two leasing processes.
+SCALABLE = ("cloud-api", "cloud-worker", "trainer")
+
+
+def published(spec: dict[str, Any]) -> list[str]:
+    """A service's `ports:` in compose's short form, as strings."""
+    return [str(port) for port in spec.get("ports", [])]
+
+
+@pytest.mark.parametrize("document", ["as written", "rendered"])
+def test_the_scalable_services_publish_no_port_and_have_no_fixed_name(document):
+    services = all_services(load(CLOUD_FILE) if document == "as written" else rendered("cloud"))
+
+    for name in SCALABLE:
+        assert "ports" not in services[name], name
+        assert "container_name" not in services[name], name
+        assert "deploy" not in services[name] or "replicas" not in services[name]["deploy"], name
+
+
+def test_the_cloud_gateway_is_the_cloud_s_public_door_on_8000_and_8443():
+    services = all_services(rendered("cloud"))
+    gateway = services["cloud-gateway"]
+    env = gateway["environment"]
+
+    assert published(gateway) == ["8000:8000", "8443:8443"]
+    assert "container_name" not in gateway
+    # Nothing else of the cloud takes 8000 or 8443 on the host.
+    for name, spec in services.items():
+        host_ports = {port.split(":")[-2] for port in published(spec)}
+        assert name == "cloud-gateway" or not host_ports & {"8000", "8443"}, name
+    # Every replica of the compose service, re-resolved (nginx's `resolve`), and its certificate kept.
+    assert env["CLOUD_API_SERVERS"] == "server cloud-api:8000 resolve max_fails=1 fail_timeout=5s;"
+    assert (env["CLOUD_GATEWAY_PORT"], env["CLOUD_GATEWAY_TLS_PORT"]) == ("8000", "8443")
+    assert gateway["volumes"] == ["cloud-gateway-tls:/data/tls"]
+    assert env["CLOUD_GATEWAY_TLS_CERT"].startswith("/data/tls/")
+    assert env["CLOUD_GATEWAY_TLS_KEY"].startswith("/data/tls/")
+    assert gateway["depends_on"] == {"cloud-api": {"condition": "service_healthy"}}
+    assert gateway["healthcheck"]["test"][:2] == ["CMD", "wget"]
+    # The address the example gives the edges is the port the gateway publishes.
+    assert CLOUD_URL.rsplit(":", 1)[-1].split("/")[0] == "8000"
+
+
+def test_the_services_inside_the_cloud_reach_cloud_api_by_its_service_name():
+    services = all_services(rendered("cloud"))
+
+    assert services["trainer"]["environment"]["TRAINER_CLOUD_URL"] == "http://cloud-api:8000"
+    assert services["demo-detectors"]["environment"]["DEMO_CLOUD_URL"] == "http://cloud-api:8000"
+
+
+def test_the_cloud_scaled_out_is_still_a_valid_compose_file():
+    # `--scale` only sets how many containers a service gets; the file must stay valid with the
+    # replicas that `deploy.replicas` would ask for, too.
+    document = rendered("cloud")
+    for name in SCALABLE:
+        all_services(document)[name]["deploy"] = {"replicas": 3}
+
+    assert schema_errors(document) == []
+    assert schema_errors(rendered("cloud")) == []
+
+
 def test_the_database_password_travels_apart_from_the_url():
     services = all_services(rendered("cloud"))
     password_file = services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
@@ -287,6 +351,8 @@ OWN_SHUTDOWN_S = {
     # edge/streams: grace_s=5, then each worker gets up to 1 s (supervisor.apply).
     "streams": 5.0 + 1.0,
     "gateway": 10.0,
+    # nginx again (SIGQUIT): the requests under way, bounded by its proxy timeouts in practice.
+    "cloud-gateway": 10.0,
     "postgres": 10.0,
     "azurite": 5.0,
     "cloud-worker": 10.0,

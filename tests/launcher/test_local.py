@@ -97,6 +97,8 @@ def test_the_local_cloud_keeps_its_data_where_the_cloud_run_by_hand_does():
         "CLOUD_BOOTSTRAP_ADMIN_PASSWORD_FILE": "",
         "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD_FILE": "",
         "CLOUD_BOOTSTRAP_API_TOKEN_FILE": "",
+        # Reached directly, no gateway in front: forwarded headers only from loopback.
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
     }
     assert services[CLOUD_WORKER].env == cloud_common
     assert services[CLOUD_WORKER].port is None and services[CLOUD_WORKER].health_url is None
