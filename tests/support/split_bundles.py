@@ -37,7 +37,9 @@ class TinyBackbone(nn.Module):
         self.conv = nn.Conv2d(3, TINY_DIM, kernel_size=4, stride=4)
         with torch.no_grad():
             self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen) * 0.3)
-            self.conv.bias.zero_()
+            bias = self.conv.bias
+            assert bias is not None  # Conv2d has one unless told bias=False
+            bias.zero_()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         fmap = torch.relu(self.conv(x))
