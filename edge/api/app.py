@@ -21,6 +21,7 @@ from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
 from edge.api.core.inference_client import InferenceClient, new_session
+from edge.api.core.peers import Peers
 from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.deps import EdgeState
@@ -123,6 +124,7 @@ def create_app(
             started_at=time.time(),
             auth=auth,
             internal_token=internal_token,
+            peers=Peers.open(settings, internal_token),
         )
         sender.start()
         probe.start()
@@ -130,6 +132,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.edge.peers.close()
             await auth.close()
             await sender.stop()
             await probe.stop()

@@ -13,6 +13,7 @@ from edge.api.core.config_store import ConfigStore
 from edge.api.core.detectors import DetectorDirectory
 from edge.api.core.image_queries import ImageQueryService
 from edge.api.core.inference_client import InferenceClient
+from edge.api.core.peers import Peers
 from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.errors import ForbiddenError
@@ -37,6 +38,7 @@ class EdgeState:
     started_at: float
     auth: Authenticator
     internal_token: str
+    peers: Peers
 
 
 async def get_state(request: Request) -> EdgeState:

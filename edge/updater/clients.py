@@ -22,10 +22,12 @@ import httpx
 from pydantic import ValidationError
 
 from common.edge_config import EdgeConfig, EdgeConfigError, parse_edge_config
+from common.wire.edge_facts import EdgeFacts
 from common.wire.inference import SwapResult
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 
 MAX_DETAIL_CHARS = 300
+FACTS_PATH = "/internal/facts"
 
 
 class CloudError(RuntimeError):
@@ -200,8 +202,15 @@ class EdgeApiClient:
         except EdgeConfigError as exc:
             raise EdgeApiError("edge config rejected: " + "; ".join(exc.errors)) from None
 
-    async def status(self) -> dict[str, Any]:
-        data = await self._get("/status")
-        if not isinstance(data, dict):
-            raise EdgeApiError("edge-api /status is not a JSON object")
-        return data
+    async def facts(self) -> EdgeFacts:
+        """The edge's id and outbox depth (edge-api's /internal/facts, which calls nobody back)."""
+        try:
+            response = await self.http.get(FACTS_PATH)
+        except httpx.HTTPError as exc:
+            raise EdgeApiError(_unreachable("edge-api", self.http.base_url, exc)) from None
+        if response.status_code != 200:
+            raise EdgeApiError(f"edge-api answered {response.status_code} to GET {FACTS_PATH}")
+        try:
+            return EdgeFacts.model_validate_json(response.content)
+        except ValidationError:
+            raise EdgeApiError(f"edge-api sent a malformed answer to GET {FACTS_PATH}") from None

@@ -240,17 +240,13 @@ class Updater:
 
     async def _ask_edge_api(self) -> None:
         try:
-            status = await self.edge_api.status()
+            facts = await self.edge_api.facts()
         except EdgeApiError as exc:
             self.edge_api_error = str(exc)
             return
         self.edge_api_error = None
-        edge_id = status.get("edge_id")
-        if isinstance(edge_id, str) and edge_id:
-            self.edge_api_edge_id = edge_id
-        outbox = status.get("outbox")
-        if isinstance(outbox, dict) and isinstance(outbox.get("pending"), int):
-            self.outbox_depth = outbox["pending"]
+        self.edge_api_edge_id = facts.edge_id
+        self.outbox_depth = facts.outbox.pending
 
     @property
     def edge_id(self) -> str | None:

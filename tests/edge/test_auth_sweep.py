@@ -88,6 +88,7 @@ EDGE_API_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): Access.OPERATOR,
     ("POST", "/outbox/redrive"): Access.OPERATOR,
     ("GET", "/internal/edge-config"): Access.INTERNAL,
+    ("GET", "/internal/facts"): Access.INTERNAL,
 }
 INFERENCE_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/health/live"): OPEN,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from groundlight import ApiTokenError, Groundlight
 
+from common.wire.edge_facts import EdgeFacts
 from edge.api.settings import LOCAL_TOKENS_FILE
 from launcher.processes import free_port
 from tests.edge.conftest import DIGIT, edge_config, wait_until
@@ -158,6 +159,24 @@ def test_camera_passwords_never_leave_the_edge_and_a_redacted_put_keeps_them(sta
     assert stack.edge is not None
     assert "s3cret-pw" not in stack.edge.output_tail(1000)
     stack.put_config(edge_config())
+
+
+def test_the_box_s_services_learn_the_edge_id_and_outbox_depth_without_calling_status(
+    stack: EdgeStack,
+) -> None:
+    """The updater's heartbeat reads /internal/facts, which asks no other service (edge-api's /status
+    asks the updater: the updater must not ask it back)."""
+    facts = httpx.get(f"{stack.edge_url}/internal/facts", headers=INTERNAL, timeout=10)
+    assert facts.status_code == 200, facts.text
+    parsed = EdgeFacts.model_validate_json(facts.content)
+    status = stack.status()
+    assert parsed.edge_id == status["edge_id"]
+    assert parsed.outbox.model_dump() == {
+        k: status["outbox"][k] for k in ("pending", "dead", "oldest_pending_age_s")
+    }
+    # The edge's own services only: not the operator, and not through the gateway.
+    assert httpx.get(f"{stack.edge_url}/internal/facts", headers=ADMIN, timeout=10).status_code == 403
+    assert httpx.get(f"{stack.gateway_url}/internal/facts", headers=INTERNAL, timeout=10).status_code == 404
 
 
 def test_the_internal_services_answer_only_the_internal_token(stack: EdgeStack, digits) -> None:

@@ -55,7 +55,8 @@ EXAMPLES_PER_OPERATION = 20
 # stack's, after which the demo detectors may no longer be served (the gateway asks the cloud for
 # them): so PUT /edge-config has the operator's last pass to itself, after everything that needs the
 # demo detectors served. The device is refused it (403) like every operator route, in its own pass.
-# GET /internal/edge-config is in every pass too; the gateway answers it itself (404).
+# GET /internal/edge-config and /internal/facts are in every pass too; the gateway answers them itself
+# (404).
 PASSES = (
     ("device", DEVICE_TOKEN, "examples,fuzzing", ()),
     ("operator", ADMIN_TOKEN, "examples,coverage,fuzzing", ("--exclude-operation-id", "put_edge_config")),

@@ -9,9 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from common.edge_config import DetectorConfig, EdgeConfig, redact_url
-from common.internal_auth import internal_headers
+from common.wire.edge_facts import EdgeFacts, OutboxDepth
 from edge.api.core.inference_client import InferenceUnavailableError
-from edge.api.deps import OPERATOR, EdgeState, StateDep
+from edge.api.deps import INTERNAL, OPERATOR, EdgeState, StateDep
 
 router = APIRouter(tags=["health"])
 
@@ -28,6 +28,18 @@ async def ready(state: StateDep) -> Response:
             {"status": "not ready", "detail": "inference service unreachable"}, status_code=503
         )
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/internal/facts", operation_id="internal_facts", dependencies=[INTERNAL])
+async def facts(state: StateDep) -> EdgeFacts:
+    """For the box's own services (the updater's heartbeat); answered without asking anyone."""
+    depth = await state.store.run(state.store.depth)
+    return EdgeFacts(
+        edge_id=state.settings.edge_id,
+        outbox=OutboxDepth(
+            pending=depth.pending, dead=depth.dead, oldest_pending_age_s=depth.oldest_pending_age_s
+        ),
+    )
 
 
 @router.get("/status", operation_id="status", dependencies=[OPERATOR])
@@ -97,14 +109,9 @@ def _detector_status(
 
 
 async def _ask_streams(state: EdgeState, path: str) -> httpx.Response:
-    timeout = state.settings.streams_timeout_s
-    async with httpx.AsyncClient(
-        base_url=state.settings.streams_url,
-        timeout=timeout,
-        headers=internal_headers(state.internal_token),
-        trust_env=False,
-    ) as client:
-        return await client.get(path)
+    client = state.peers.streams
+    assert client is not None  # opened whenever streams_url is set, and only then are streams asked
+    return await client.get(path)
 
 
 async def _streams_status(state: EdgeState) -> dict[str, Any]:
@@ -151,14 +158,10 @@ async def _updater_status(state: EdgeState) -> dict[str, Any]:
                 "error": "no updater configured (EDGE_UPDATER_URL is empty)",
             }
         }
+    client = state.peers.updater
+    assert client is not None  # opened whenever updater_url is set
     try:
-        async with httpx.AsyncClient(
-            base_url=url,
-            timeout=state.settings.updater_timeout_s,
-            headers=internal_headers(state.internal_token),
-            trust_env=False,
-        ) as client:
-            response = await client.get("/status")
+        response = await client.get("/status")
         if response.status_code == 200:
             return {"service": {"url": url, "reachable": True, "error": None}, **response.json()}
         error = f"updater answered {response.status_code}"
