@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+# An in-domain score below this says the image looks unlike the model's training images: the edge
+# escalates it as out of domain, and both sides report it so.
+OUT_OF_DOMAIN_BELOW = 0.5
+
+
+def is_out_of_domain(in_domain: float) -> bool:
+    return in_domain < OUT_OF_DOMAIN_BELOW
+
 
 def softmax(logits: NDArray[np.floating], temperature: float = 1.0) -> NDArray[np.float64]:
     """Row-wise softmax of logits / T, computed in float64 for stable calibration."""

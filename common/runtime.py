@@ -37,7 +37,7 @@ from common.bundle import (
     read_pipeline,
     verify_bundle,
 )
-from common.confidence import final_confidence, softmax
+from common.confidence import final_confidence, is_out_of_domain, softmax
 from common.imaging import ImageInfo, ImageLimits, decode_image
 
 ProviderPreference = Literal["auto", "cpu", "cuda"]
@@ -97,7 +97,7 @@ class Prediction:
 
     @property
     def out_of_domain(self) -> bool:
-        return self.in_domain < 0.5
+        return is_out_of_domain(self.in_domain)
 
 
 def answer_boxes_for(

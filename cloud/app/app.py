@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from cloud.app.auth import SESSION_COOKIE
 from cloud.app.blobstore import make_blob_store
-from cloud.app.core.cloud_answers import close_model_cache, install_model_cache
+from cloud.app.core.model_answers import close_model_cache, install_model_cache
 from cloud.app.core.web_sessions import close_login_gate, install_login_gate
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.deps import CloudState

@@ -26,8 +26,8 @@ from edge.api.core.priors import PriorBook
 from edge.api.core.store import EdgeStore
 from edge.api.deps import EdgeState
 from edge.api.errors import ERROR_RESPONSES
-from edge.api.escalation.cloud_answers import CloudAnswers
 from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.person_answers import PersonAnswers
 from edge.api.escalation.sender import CloudProbe, OutboxSender
 from edge.api.metrics import EdgeMetrics
 from edge.api.routes import account, detectors, edge_config, health, image_queries, outbox
@@ -112,7 +112,7 @@ def create_app(
                 metrics=metrics,
                 limits=settings.image_limits,
                 edge_id=settings.edge_id,
-                cloud_answers=CloudAnswers(
+                person_answers=PersonAnswers(
                     cloud_http, link, settings.api_token, settings.cloud_answer_timeout_s
                 ),
                 priors=priors,

@@ -26,6 +26,7 @@ import cv2
 import httpx
 
 from common.edge_config import StreamConfig, redact_url
+from common.error_detail import error_detail as _detail
 from common.internal_auth import internal_headers
 from edge.streams.gating import MotionGate, thumbnail
 from edge.streams.sources import Frame, SourceError, SourceKind, kind_of, open_source
@@ -98,14 +99,6 @@ class EdgeClient:
 
     def close(self) -> None:
         self._http.close()
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
 
 
 class StreamWorker:

@@ -19,7 +19,7 @@ from common.body_limits import BodyLimits, limit_bodies
 from common.http import RequestLogMiddleware
 from common.internal_auth import InternalOnly, internal_headers
 from edge.updater.backbones import SharedBackbones
-from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
+from edge.updater.clients import EdgeApiClient, RegistryClient, SwapClient
 from edge.updater.core import DetectorPoller
 from edge.updater.installer import Installer
 from edge.updater.metrics import UpdaterMetrics
@@ -69,7 +69,7 @@ def create_app(
             backbones = SharedBackbones(registry, installer, app.state.metrics)
             updater = Updater(
                 settings,
-                DetectorPoller(registry, InferenceClient(inference), installer, backbones),
+                DetectorPoller(registry, SwapClient(inference), installer, backbones),
                 registry,
                 EdgeApiClient(edge_api),
                 installer,

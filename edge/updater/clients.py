@@ -22,11 +22,11 @@ import httpx
 from pydantic import ValidationError
 
 from common.edge_config import EdgeConfig, EdgeConfigError, parse_edge_config
+from common.error_detail import error_detail as _detail
 from common.wire.edge_facts import EdgeFacts
 from common.wire.inference import SwapResult
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 
-MAX_DETAIL_CHARS = 300
 FACTS_PATH = "/internal/facts"
 
 
@@ -48,16 +48,6 @@ class SwapRejected(Exception):
 
 class EdgeApiError(RuntimeError):
     """edge-api could not be asked, or its edge config did not validate."""
-
-
-def _detail(response: httpx.Response) -> str:
-    """The `detail` of a JSON error answer, else the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    text = str(body["detail"]) if isinstance(body, dict) and "detail" in body else response.text
-    return text[:MAX_DETAIL_CHARS]
 
 
 def _unreachable(what: str, url: httpx.URL, exc: httpx.HTTPError) -> str:
@@ -157,7 +147,9 @@ class RegistryClient:
             raise CloudError(f"cloud answered {response.status_code} to the heartbeat: {_detail(response)}")
 
 
-class InferenceClient:
+class SwapClient:
+    """The one thing the updater asks the inference service: swap a detector to its new bundle."""
+
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 

@@ -34,9 +34,9 @@ from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import (
     CloudError,
     DownloadRejected,
-    InferenceClient,
     InferenceError,
     RegistryClient,
+    SwapClient,
     SwapRejected,
 )
 from edge.updater.installer import Installer
@@ -136,7 +136,7 @@ class DetectorPoller:
     def __init__(
         self,
         registry: RegistryClient,
-        inference: InferenceClient,
+        inference: SwapClient,
         installer: Installer,
         backbones: SharedBackbones | None = None,
     ) -> None:

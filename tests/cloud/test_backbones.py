@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.blobstore import LocalBlobStore
 from cloud.app.core import backbones as core_backbones
-from cloud.app.core import cloud_answers
+from cloud.app.core import model_answers
 from cloud.app.core.exports import run_export
 from cloud.app.core.registry import fetch_etag
 from cloud.app.db.engine import make_engine, make_sessionmaker
@@ -428,14 +428,14 @@ def test_detectors_on_one_backbone_share_one_session_in_the_cloud(
         try:
             async with state.sessions() as session:
                 for detector_id in detectors:
-                    prediction = await cloud_answers.predict(
+                    prediction = await model_answers.predict(
                         state, session, detector_id, png_bytes(1), ImageLimits()
                     )
                     assert prediction is not None and prediction.detector_id == detector_id
             pool = core_backbones.backbone_pool(state)
             assert pool.loaded() == {backbone.sha: 2}
             assert core_backbones.local_store(state).list() == [backbone.sha]
-            cloud_answers.model_cache(state).clear()
+            model_answers.model_cache(state).clear()
         finally:
             await engine.dispose()
 

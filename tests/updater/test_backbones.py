@@ -18,7 +18,7 @@ import pytest
 from common.backbone import BackboneRef, BackboneStore
 from common.bundle import CURRENT_LINK
 from common.ids import new_detector_id
-from edge.updater.clients import InferenceClient, RegistryClient
+from edge.updater.clients import RegistryClient, SwapClient
 from edge.updater.core import DetectorPoller, DetectorState, Outcome
 from edge.updater.installer import Installer
 from tests.support.cloud import DEVICE_TOKEN
@@ -39,7 +39,7 @@ async def poller(fake_cloud: FakeCloud, inference: str, model_root: Path) -> Asy
         httpx.AsyncClient(base_url=inference, headers=INTERNAL, timeout=60, trust_env=False) as inf,
     ):
         registry = RegistryClient(cloud, lambda: DEVICE_TOKEN, download_timeout_s=60)
-        yield DetectorPoller(registry, InferenceClient(inf), Installer(model_root, keep=2))
+        yield DetectorPoller(registry, SwapClient(inf), Installer(model_root, keep=2))
 
 
 class Cloud:

@@ -13,7 +13,7 @@ import pytest
 
 from common.bundle import CURRENT_LINK, VERSION_RE
 from common.ids import new_detector_id
-from edge.updater.clients import InferenceClient, RegistryClient
+from edge.updater.clients import RegistryClient, SwapClient
 from edge.updater.core import DetectorPoller, DetectorState, Outcome, Source, next_delay
 from edge.updater.installer import Installer
 from launcher.processes import free_port
@@ -43,7 +43,7 @@ class Poller:
                 ) as inference,
             ):
                 registry = RegistryClient(cloud, lambda: self.token, download_timeout_s=60)
-                poller = DetectorPoller(registry, InferenceClient(inference), self.installer)
+                poller = DetectorPoller(registry, SwapClient(inference), self.installer)
                 return await poller.poll_once(state)
 
         return asyncio.run(once())

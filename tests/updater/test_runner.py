@@ -14,7 +14,7 @@ import pytest
 from common.bundle import read_metadata
 from common.edge_config import parse_edge_config
 from common.ids import new_detector_id
-from edge.updater.clients import EdgeApiClient, InferenceClient, RegistryClient
+from edge.updater.clients import EdgeApiClient, RegistryClient, SwapClient
 from edge.updater.core import DetectorPoller, DetectorState, Outcome
 from edge.updater.installer import Installer
 from edge.updater.metrics import UpdaterMetrics
@@ -54,7 +54,7 @@ async def make_updater(inference: str, model_root: Path) -> AsyncIterator[Callab
         installer = Installer(model_root)
         updater = Updater(
             s,
-            DetectorPoller(registry, InferenceClient(inf), installer),
+            DetectorPoller(registry, SwapClient(inf), installer),
             registry,
             EdgeApiClient(edge_api),
             installer,

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE
+from common.error_detail import error_detail as _detail
 
 log = logging.getLogger("training.service.client")
 
@@ -41,15 +42,6 @@ class CloudError(Exception):
 
 class LeaseLost(CloudError):
     """The job is no longer ours to report on."""
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    detail = body.get("detail") if isinstance(body, dict) else body
-    return detail if isinstance(detail, str) else json.dumps(detail)[:300]
 
 
 class CloudClient:

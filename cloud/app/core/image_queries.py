@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core import cloud_answers, priors
+from cloud.app.core import model_answers, priors
 from cloud.app.core.detectors import get_detector, iso_utc
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
 from cloud.app.db.models import Detector as DetectorRow
@@ -55,6 +55,7 @@ from common.wire.device_api import (
     Roi,
     make_result,
 )
+from common.wire.escalation import EscalationReason
 
 log = logging.getLogger("cloud.image_queries")
 
@@ -66,13 +67,6 @@ _EXTENSIONS = {
     ImageFormat.BMP: "bmp",
     ImageFormat.WEBP: "webp",
 }
-
-
-class ReviewReason:
-    HUMAN_REVIEW_ALWAYS = "human_review_always"
-    WANT_ASYNC = "want_async"
-    NO_MODEL = "no_model"
-    LOW_CONFIDENCE = "low_confidence"
 
 
 @dataclass(frozen=True)
@@ -101,19 +95,19 @@ def uncertainty_of(result: Result | None) -> float:
 
 def review_reason(
     params: SubmitParams, result: Result | None, threshold: float, from_prior: bool = False
-) -> str | None:
+) -> EscalationReason | None:
     """Why a query goes to people, or None when the model's answer stands (human_review=NEVER: never).
     A label prior's answer never stands alone: whatever its confidence, a person answers (no_model)."""
     if params.human_review is HumanReview.NEVER:
         return None
     if params.human_review is HumanReview.ALWAYS:
-        return ReviewReason.HUMAN_REVIEW_ALWAYS
+        return EscalationReason.HUMAN_REVIEW_ALWAYS
     if params.want_async:
-        return ReviewReason.WANT_ASYNC
+        return EscalationReason.WANT_ASYNC
     if result is None or from_prior:
-        return ReviewReason.NO_MODEL
+        return EscalationReason.NO_MODEL
     if result.confidence is None or result.confidence < threshold:
-        return ReviewReason.LOW_CONFIDENCE
+        return EscalationReason.LOW_CONFIDENCE
     return None
 
 
@@ -217,7 +211,7 @@ async def submit_image_query(
     patience = params.patience_time if params.patience_time is not None else detector.patience_time
     prediction = None
     if not params.want_async:  # the documented async contract is `result: null` at submission
-        prediction = await cloud_answers.predict(state, session, detector.id, image, limits, info)
+        prediction = await model_answers.predict(state, session, detector.id, image, limits, info)
     if prediction is None:
         # Nothing decoded the pixels yet; a reviewer must never be shown bytes that do not decode.
         await asyncio.to_thread(check_decodes, image, limits, info)
@@ -286,7 +280,7 @@ async def answer_in_background(
             row = await session.get(ImageQueryRow, image_query_id)
             if detector is None or detector.deleted_at is not None or row is None or row.done_processing:
                 return
-            prediction = await cloud_answers.predict(
+            prediction = await model_answers.predict(
                 state, session, detector_id, image, image_limits(state), info
             )
             if prediction is not None:
@@ -294,7 +288,7 @@ async def answer_in_background(
             else:
                 result = priors.prior_result(await priors.detector_prior(session, detector))
             queued = row.human_review != HumanReview.NEVER.value
-            diagnostics = _diagnostics(prediction, ReviewReason.WANT_ASYNC if queued else None, 0.0)
+            diagnostics = _diagnostics(prediction, EscalationReason.WANT_ASYNC if queued else None, 0.0)
             diagnostics.timings_ms.pop("cloud_total", None)
             await session.execute(
                 update(ImageQueryRow)

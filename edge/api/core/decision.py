@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.confidence import is_out_of_domain
 from common.edge_config import InferenceConfig
 from common.wire.device_api import HumanReview
 from common.wire.escalation import EscalationReason
-
-OUT_OF_DOMAIN_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ def decide(
     if blocked is not None:
         return Decision(None, done_processing=True, not_escalated_because=blocked)
     reason = (
-        EscalationReason.OUT_OF_DOMAIN if in_domain < OUT_OF_DOMAIN_BELOW else EscalationReason.LOW_CONFIDENCE
+        EscalationReason.OUT_OF_DOMAIN if is_out_of_domain(in_domain) else EscalationReason.LOW_CONFIDENCE
     )
     return Decision(reason, done_processing=config.always_return_edge_prediction)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.bundle import DetectorMode
+from common.confidence import is_out_of_domain
 from common.ids import new_image_query_id
 from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
 from common.prior import label_prior
@@ -47,7 +48,7 @@ from edge.api.errors import (
     NotServedHereError,
     OfflineOnlyError,
 )
-from edge.api.escalation.cloud_answers import CloudAnswers, awaits_a_person, with_answer
+from edge.api.escalation.person_answers import PersonAnswers, awaits_a_person, with_answer
 from edge.api.metrics import EdgeMetrics
 
 log = logging.getLogger("edge.image_queries")
@@ -83,7 +84,7 @@ class ImageQueryService:
         limits: ImageLimits,
         edge_id: str,
         rng: Callable[[], float] = random.random,
-        cloud_answers: CloudAnswers | None = None,
+        person_answers: PersonAnswers | None = None,
         priors: PriorBook | None = None,
     ) -> None:
         self._store = store
@@ -95,7 +96,7 @@ class ImageQueryService:
         self._limits = limits
         self._edge_id = edge_id
         self._rng = rng
-        self._cloud_answers = cloud_answers
+        self._person_answers = person_answers
         self._priors = priors
         self._locks = KeyedLocks()
         self._last_escalation: dict[str, float] = {}
@@ -105,12 +106,12 @@ class ImageQueryService:
         body = self._store.lookup_query(image_query_id)
         if body is None:
             raise NotServedHereError(f"image query {image_query_id} is not known to this edge")
-        if self._cloud_answers is None:
+        if self._person_answers is None:
             return body
         iq = awaits_a_person(body)
         if iq is None:
             return body
-        answer = await self._cloud_answers.human_answer(iq.id)
+        answer = await self._person_answers.human_answer(iq.id)
         if answer is None:
             return body
         answered = with_answer(iq, answer).model_dump_json()
@@ -231,7 +232,7 @@ class ImageQueryService:
         iq.intellioptics = EdgeDiagnostics(
             raw_confidence=inf.raw_confidence,
             in_domain_score=inf.in_domain,
-            out_of_domain=inf.in_domain < 0.5,
+            out_of_domain=is_out_of_domain(inf.in_domain),
             model_version=inf.model_version,
             escalated=decision.escalate is not None,
             escalation_reason=decision.escalate.value

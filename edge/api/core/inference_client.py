@@ -11,7 +11,6 @@ cost about 260 us. The cloud link keeps httpx.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import quote, urlsplit
 
+from common.error_detail import detail_of_body as _detail
 from common.imaging import ImageError
 from common.wire.inference import InferenceResult, ModelInfo, ModelList
 
@@ -347,11 +347,3 @@ class InferenceClient:
         except InferenceUnavailableError:
             return False
         return status == 200
-
-
-def _detail(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace")
-    return str(data.get("detail", data)) if isinstance(data, dict) else str(data)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from common.wire.device_api import ImageQuery, Result, ResultSource, Roi
 from edge.api.escalation.cloud_link import CloudLink
 
-log = logging.getLogger("edge.cloud_answers")
+log = logging.getLogger("edge.person_answers")
 
 IMAGE_QUERIES_PATH = "/device-api/v1/image-queries"
 # A person reviewed it in the cloud (HUMAN) or the customer labelled it (USER, the SDK's name).
@@ -57,7 +57,7 @@ def with_answer(iq: ImageQuery, answer: PersonAnswer) -> ImageQuery:
     return iq.model_copy(update={"result": answer.result, "rois": answer.rois, "done_processing": True})
 
 
-class CloudAnswers:
+class PersonAnswers:
     """Asks the cloud whether a person has answered a query.
 
     While the cloud is known to be unreachable (the outbox, the probe or an earlier read found it so
