@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from common.http import ASGIApp, FastPathApp, Message, Receive, RequestLogMiddleware, Scope, Send
+from common.http import ASGIApp, FastPathApp, Message, Receive, Scope, Send
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
@@ -179,10 +179,5 @@ def limit_bodies(app: FastAPI, limits: BodyLimits) -> None:
     wrapped as well, inside its own request log.
     """
     app.user_middleware.append(Middleware(BodyLimitMiddleware, limits=limits))
-    if not isinstance(app, FastPathApp):
-        return
-    for key, endpoint in list(app.fast_paths.items()):
-        if isinstance(endpoint, RequestLogMiddleware):
-            endpoint.app = BodyLimitMiddleware(endpoint.app, limits)
-        else:
-            app.fast_paths[key] = BodyLimitMiddleware(endpoint, limits)
+    if isinstance(app, FastPathApp):
+        app.wrap_fast_paths(BodyLimitMiddleware, lambda endpoint: BodyLimitMiddleware(endpoint, limits))

@@ -191,18 +191,48 @@ class FastPathApp(FastAPI):
     """FastAPI whose hot routes bypass its per-request stack (see the module docstring).
 
     A request whose method and path match a registered fast path exactly goes straight to its
-    endpoint; every other request (and lifespan) takes the normal FastAPI path.
+    endpoint; every other request (and lifespan) takes the normal FastAPI path. A middleware added to
+    the app would therefore silently skip the fast paths, so the app refuses to start (building its
+    middleware stack raises) while any added middleware is not also applied to them: fast paths run
+    their own RequestLogMiddleware, and `wrap_fast_paths` applies any other middleware to them.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast_paths: dict[tuple[str, str], ASGIApp] = {}
+        # The middleware classes every fast path runs as well.
+        self.fast_path_middleware: set[object] = {RequestLogMiddleware}
 
     def add_fast_path(
         self, method: str, path: str, handler: PlainHandler, errors: ErrorTable, service: str
     ) -> None:
+        if self.fast_path_middleware != {RequestLogMiddleware}:
+            raise RuntimeError("register every fast path before wrapping them (wrap_fast_paths)")
         endpoint = PlainEndpoint(handler, errors)
         self.fast_paths[(method.upper(), path)] = RequestLogMiddleware(endpoint, service=service)
+
+    def wrap_fast_paths(self, middleware_class: object, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
+        """Run `middleware_class` (as `wrap` builds it) on every fast path too, inside its request log."""
+        for key, endpoint in list(self.fast_paths.items()):
+            if isinstance(endpoint, RequestLogMiddleware):
+                endpoint.app = wrap(endpoint.app)
+            else:
+                self.fast_paths[key] = wrap(endpoint)
+        self.fast_path_middleware.add(middleware_class)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        skipped = [
+            getattr(m.cls, "__name__", repr(m.cls))
+            for m in self.user_middleware
+            if m.cls not in self.fast_path_middleware
+        ]
+        if skipped and self.fast_paths:
+            paths = ", ".join(f"{method} {path}" for method, path in sorted(self.fast_paths))
+            raise RuntimeError(
+                f"middleware {', '.join(skipped)} would not run on the fast paths ({paths}): "
+                "apply it to them with wrap_fast_paths as well"
+            )
+        return super().build_middleware_stack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -129,3 +130,42 @@ async def test_chunked_body_is_read_whole() -> None:
     scope = {"type": "http", "method": "POST", "path": "/hot", "query_string": b"", "headers": []}
     await app(scope, receive, send)
     assert sent[0]["status"] == 200 and b'"body":5' in sent[1]["body"]  # type: ignore[operator]
+
+
+class Stamp:
+    """A middleware that marks every answer it sees."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Any) -> None:
+        async def stamped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+async def test_a_middleware_added_but_not_applied_to_the_fast_paths_stops_the_app_from_starting() -> None:
+    app = make_app()
+    app.add_middleware(Stamp)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    # Any request builds the middleware stack, the fast path's included (it does so on lifespan too).
+    with pytest.raises(RuntimeError, match=r"Stamp would not run on the fast paths \(POST /hot\)"):
+        await client.get("/cold")
+
+
+async def test_a_middleware_applied_to_the_fast_paths_runs_on_both() -> None:
+    app = make_app()
+    app.add_middleware(Stamp)
+    app.wrap_fast_paths(Stamp, Stamp)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    fast = await client.post("/hot", content=b"x")
+    slow = await client.get("/cold")
+    assert fast.json()["via"] == "fast" and slow.json() == {"via": "fastapi"}
+    assert fast.headers["x-stamp"] == slow.headers["x-stamp"] == "1"
+    # Inside the fast path's own request log, as on the FastAPI side.
+    assert fast.headers["x-request-id"].startswith("req_")
+    with pytest.raises(RuntimeError, match="before wrapping"):
+        app.add_fast_path("POST", "/later", hot, ERRORS, service="test")
