@@ -3,6 +3,7 @@ and how `make run` wires the trainer to the local cloud's token."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from cloud.app.schemas.training_jobs import LeaseRequest
 from cloud.app.settings import CloudSettings
 from launcher.local import LocalLayout, local_services
 from launcher.services import CLOUD_API, TRAINER
+from training.service.client import CloudError
 from training.service.job import JobError, job_options, public_error
+from training.service.loop import TrainerService
 from training.service.settings import TrainerSettings, default_owner
 from training.trainer import TrainingError
 
@@ -93,3 +96,35 @@ def test_the_cloud_learns_what_went_wrong_but_never_a_trace_or_internals() -> No
     hidden = public_error(KeyError("/srv/secret/path"))
     assert "KeyError" in hidden and "/srv/secret" not in hidden and "Traceback" not in hidden
     assert len(public_error(JobError("x" * 5000))) <= 1000
+
+
+class Cloud:
+    """Answers the trainer's whoami as a cloud would, as told."""
+
+    def __init__(self, me: dict[str, object] | Exception) -> None:
+        self.me = me
+
+    def whoami(self) -> dict[str, object]:
+        if isinstance(self.me, Exception):
+            raise self.me
+        return self.me
+
+
+def test_the_trainer_says_it_is_ready_once_on_a_clean_start_and_again_after_a_problem(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = TrainerSettings(api_token="io_trainer_token_for_tests")
+    cloud = Cloud({"username": "trainer", "role": "trainer"})
+    service = TrainerService(settings, client=cloud)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="training.service"):
+        assert service.ready()
+        service._ready_until = 0.0  # the next poll checks again
+        assert service.ready()
+        cloud.me = CloudError("cloud answered 503")
+        service._ready_until = 0.0
+        assert not service.ready()
+        cloud.me = {"username": "trainer", "role": "trainer"}
+        assert service.ready()
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("ready: leasing training jobs") == 2
+    assert len([m for m in said if m.startswith("cannot use the cloud")]) == 1

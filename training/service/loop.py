@@ -43,11 +43,12 @@ class TrainerService:
         self.client = client or CloudClient(settings.cloud_url, settings.token, settings.http_timeout_s)
         self.stop = threading.Event()
         self.jobs_run = 0
-        self._problem = ""
+        # What was last said about being able to work: None until the first check says anything.
+        self._problem: str | None = None
         self._ready_until = 0.0
 
     def _note(self, problem: str) -> None:
-        """Log a problem when it changes, not on every poll."""
+        """Log a problem when it changes, not on every poll; "" is "ready", said once per recovery."""
         if problem != self._problem:
             self._problem = problem
             if problem:
