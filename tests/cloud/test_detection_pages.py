@@ -460,3 +460,41 @@ def test_in_a_browser_the_picture_fills_the_content_column(made: Fixture, cloud:
             assert stacked.nth(i).evaluate("(img) => img.getBoundingClientRect().width") > 1000
         tab.screenshot(path=str(artifact("training-detection-compare.png")), full_page=True)
         tab.close()
+
+
+def test_in_a_browser_an_admin_sees_cancel_only_for_an_active_job_and_is_asked_first(
+    made: Fixture, cloud: CloudServer, tokens: Tokens
+) -> None:
+    page = f"{cloud.url}/ui/detectors/{made.binary_detector}/training"
+    with chromium() as chrome, cloud.client(tokens.admin) as admin:
+        tab = chrome.new_page(viewport={"width": 1280, "height": 900})
+        tab.goto(f"{cloud.url}/login")
+        tab.fill("input[name=username]", "admin")
+        tab.fill("input[name=password]", support.ADMIN_PASSWORD)
+        tab.keyboard.press("Enter")
+        tab.wait_for_url("**/ui/queues")
+        tab.goto(page)
+        tab.wait_for_function(
+            "() => document.getElementById('live-empty') && !document.getElementById('live-empty').hidden"
+        )
+        assert not tab.locator("#cancel-job").is_visible()
+
+        started = admin.post("/api/v1/training-jobs", json={"detector_id": made.binary_detector})
+        assert started.status_code == 201, started.text
+        job_id = started.json()["id"]
+        try:
+            tab.goto(page)
+            cancel = tab.locator("#cancel-job")
+            cancel.wait_for(state="visible")
+            # Dismissed: nothing happens to the job.
+            tab.once("dialog", lambda dialog: dialog.dismiss())
+            cancel.click()
+            assert admin.get(f"/api/v1/training-jobs/{job_id}").json()["cancel_requested"] is False
+            # Accepted: the cancel is requested and the button goes.
+            tab.once("dialog", lambda dialog: dialog.accept())
+            cancel.click()
+            cancel.wait_for(state="hidden")
+            assert admin.get(f"/api/v1/training-jobs/{job_id}").json()["cancel_requested"] is True
+        finally:
+            admin.post(f"/api/v1/training-jobs/{job_id}/cancel")
+            tab.close()

@@ -181,6 +181,8 @@
   if (cancel) {
     cancel.addEventListener("click", async () => {
       if (!currentJob) return;
+      // A running job's work so far is lost: ask first.
+      if (!window.confirm("Cancel training job " + currentJob.id + "? The work done so far is discarded.")) return;
       const result = await post("/api/v1/training-jobs/" + encodeURIComponent(currentJob.id) + "/cancel", {});
       say(result.ok ? "Cancel requested: the trainer stops at the end of its current epoch." :
         (result.detail || "could not cancel (" + result.status + ")"), result.ok ? "" : "error");
