@@ -37,6 +37,7 @@ from cloud.app.routes import (
     web_training,
 )
 from cloud.app.settings import CloudSettings
+from cloud.app.web.pages import install_page_errors
 from cloud.app.web.same_origin import SameOriginGuard
 from cloud.app.web.security_headers import SecurityHeaders
 from common.body_limits import BodyLimitMiddleware, BodyLimits, rule
@@ -94,6 +95,7 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     STATIC_DIR.mkdir(parents=True, exist_ok=True)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_error_handlers(app, ERROR_RESPONSES)
+    install_page_errors(app)
     # Outermost last: request log → security headers → body limits → same-origin check → routes.
     app.add_middleware(SameOriginGuard, public_url=settings.public_url, session_cookie=SESSION_COOKIE)
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))

@@ -89,6 +89,29 @@ def test_a_reviewer_session_cannot_reach_admin_routes(cloud: CloudServer, factor
 # -- pages --------------------------------------------------------------------------------------------------
 
 
+def test_a_bad_page_address_is_a_page_and_the_api_keeps_its_json(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    with browser_client(cloud) as http:
+        assert log_in(http, factory.reviewer()).status_code == 303
+        missing = http.get("/ui/no-such-page")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+        assert "Not found" in missing.text and "/ui/queues" in missing.text
+        bad = http.get("/ui/stats", params={"window_s": "soon"})
+        assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/html")
+        assert "window_s" in bad.text and "Traceback" not in bad.text
+        # Without a session too: a page, and nothing about the app beyond it.
+        with browser_client(cloud) as anonymous:
+            assert anonymous.get("/ui/no-such-page").status_code == 404
+        api = http.get("/api/v1/no-such-route")
+        assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+        # Every page names its icon, which is served.
+        page = http.get("/ui/queues")
+        assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+        icon = http.get("/static/favicon.svg")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+
+
 def test_queues_detector_and_stats_pages_show_the_numbers(cloud: CloudServer, factory: CloudFactory) -> None:
     name = f"loading-dock-{datetime.now(UTC):%H%M%S%f}"
     detector_id = factory.detector(name=name, query="Is the dock door open?")

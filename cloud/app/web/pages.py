@@ -3,13 +3,17 @@ admin (from the session cookie), the redirect to /login, and rendering with the 
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, status
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
+from starlette.types import ExceptionHandler
 
 from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
 from cloud.app.core import web_sessions
@@ -65,3 +69,43 @@ def render(
     request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any
 ) -> Response:
     return TEMPLATES.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
+
+
+PAGE_PREFIX = "/ui"
+
+
+def install_page_errors(app: FastAPI) -> None:
+    """A person who follows a bad link under /ui gets a page, not the API's JSON: an unknown path is
+    "Not found", a malformed query value says which. Every other path keeps the JSON errors
+    (call after common.http.install_error_handlers)."""
+    json_http = app.exception_handlers[StarletteHTTPException]
+    json_invalid = app.exception_handlers[RequestValidationError]
+
+    def is_page(request: Request) -> bool:
+        return request.url.path == PAGE_PREFIX or request.url.path.startswith(PAGE_PREFIX + "/")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        if not is_page(request) or not isinstance(exc, StarletteHTTPException):
+            return await _call(json_http, request, exc)
+        title = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
+        message = "There is no page at this address." if exc.status_code == 404 else str(exc.detail)
+        return render(request, "error.html", None, status_code=exc.status_code, title=title, message=message)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        if not is_page(request) or not isinstance(exc, RequestValidationError):
+            return await _call(json_invalid, request, exc)
+        fields = sorted({str(err.get("loc", ("", "?"))[-1]) for err in exc.errors()})
+        message = f"This page cannot show that: check {', '.join(fields)} in the address."
+        return render(request, "error.html", None, status_code=400, title="Bad address", message=message)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+async def _call(handler: ExceptionHandler, request: Request, exc: Exception) -> Response:
+    """The JSON handler common.http installed (async ones there; Starlette allows either)."""
+    answer: object = handler(request, exc)  # type: ignore[arg-type]
+    if inspect.isawaitable(answer):
+        answer = await answer
+    assert isinstance(answer, Response)
+    return answer
