@@ -39,9 +39,22 @@ class InternalTokenSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    internal_token: str = Field(default="", validation_alias="INTELLIOPTICS_INTERNAL_TOKEN")
+    internal_token: str = Field(
+        default="",
+        validation_alias="INTELLIOPTICS_INTERNAL_TOKEN",
+        description=(
+            "The secret the edge's services share (sent as `x-internal-token`); empty: the one in "
+            "`INTELLIOPTICS_INTERNAL_TOKEN_FILE`."
+        ),
+    )
     internal_token_file: Path = Field(
-        default=DEFAULT_TOKEN_FILE, validation_alias="INTELLIOPTICS_INTERNAL_TOKEN_FILE"
+        default=DEFAULT_TOKEN_FILE,
+        validation_alias="INTELLIOPTICS_INTERNAL_TOKEN_FILE",
+        description=(
+            "Where that secret is kept when the variable is empty; the first service to start creates "
+            "it (mode 0600), so every service on the box must see the same file (compose: "
+            "`/data/secrets/internal-token`)."
+        ),
     )
 
     def resolved_internal_token(self) -> str:

@@ -26,28 +26,86 @@ class TrainerSettings(BaseSettings):
     # Empty variables count as unset, so compose's `${NAME:-}` leaves the default in place.
     model_config = SettingsConfigDict(env_prefix="TRAINER_", extra="ignore", env_ignore_empty=True)
 
-    cloud_url: str = "http://127.0.0.1:8000"
-    # A trainer-role API token (the `trainer` service account); TRAINER_API_TOKEN wins over the file.
-    api_token: SecretStr = SecretStr("")
-    api_token_file: Path | None = None
-    owner: str = Field(default_factory=default_owner, max_length=MAX_OWNER_CHARS, pattern=OWNER_PATTERN)
-    # The lease on a job; heartbeats renew it every `heartbeat_s` (default: a quarter of it, ≤ 30 s).
-    lease_s: float = Field(default=120.0, gt=0, le=3600)
-    heartbeat_s: float | None = Field(default=None, gt=0)
-    # Seconds between asking for work when the queue is empty (and between checks of the credentials).
-    poll_s: float = Field(default=5.0, gt=0)
-    work_dir: Path = Path(".intellioptics/trainer")
-    # Where exported backbones are kept between jobs (default: <work_dir>/backbones).
-    backbone_cache: Path | None = None
-    # Defaults for a job's `device` and `threads` (a job's own config wins).
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(default=None, ge=1)
-    # How long to wait for the worker to build a dataset export.
-    export_timeout_s: float = Field(default=1800.0, gt=0)
-    http_timeout_s: float = Field(default=60.0, gt=0)
-    # Added to the process's nice value at start (0 = keep it): a trainer on a shared machine yields.
-    nice: int = Field(default=10, ge=0, le=19)
-    log_level: str = "info"
+    cloud_url: str = Field(
+        default="http://127.0.0.1:8000", description="The cloud the trainer leases jobs from."
+    )
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "A trainer-role API token (the cloud's `trainer` service account; an admin's works too); it "
+            "wins over `TRAINER_API_TOKEN_FILE`."
+        ),
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the token when the variable is empty, read again on every call (rotation).",
+    )
+    owner: str = Field(
+        default_factory=default_owner,
+        max_length=MAX_OWNER_CHARS,
+        pattern=OWNER_PATTERN,
+        json_schema_extra={"default_text": "`trainer-<host name>-<pid>`"},
+        description="The lease owner name, shown in the job's log; unique per process by default.",
+    )
+    lease_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="The lease on a job: when no heartbeat renews it this long, the job goes back to the queue.",
+    )
+    heartbeat_s: float | None = Field(
+        default=None,
+        gt=0,
+        json_schema_extra={"default_text": "a quarter of the lease, 30 at most"},
+        description="Seconds between heartbeats that renew the lease.",
+    )
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between asking for work when the queue is empty (and between checks of the credentials).",
+    )
+    work_dir: Path = Field(
+        default=Path(".intellioptics/trainer"), description="Scratch space for dataset exports and bundles."
+    )
+    backbone_cache: Path | None = Field(
+        default=None,
+        json_schema_extra={"default_text": "`<TRAINER_WORK_DIR>/backbones`"},
+        description="Where exported backbones are kept between jobs (rebuilt when the hash no longer matches).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description=(
+            "Where a job trains unless its own config says: `auto` (CUDA when torch sees a GPU, else the "
+            "CPU), `cpu` or `cuda`."
+        ),
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        json_schema_extra={"default_text": "all cores"},
+        description="torch threads of a job unless its own config says.",
+    )
+    export_timeout_s: float = Field(
+        default=1800.0, gt=0, description="How long to wait for the worker to build a dataset export."
+    )
+    http_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Timeout of one request to the cloud (leases, downloads, uploads); raise it for slow links.",
+    )
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Added to the process's nice value at start, so a trainer on a shared machine yields to the "
+            "API and the edge (0: unchanged)."
+        ),
+    )
+    log_level: str = Field(
+        default="info",
+        description="Log level (`debug`, `info`, `warning`, `error`) of the JSON log lines.",
+    )
 
     @field_validator("cloud_url")
     @classmethod
