@@ -316,6 +316,7 @@ def test_cancel_from_the_training_page_stops_the_job_within_an_epoch(
         assert trainer.owner in page.inner_text("[data-field=trainer]")
         assert "[train] epoch" in page.inner_text("#live-log")
         page.screenshot(path=str(artifact("training-live.png")), full_page=True)
+        page.once("dialog", lambda dialog: dialog.accept())  # the page asks before cancelling
         page.click("#cancel-job")
         page.wait_for_function(
             "() => /Cancel requested/.test(document.getElementById('live-status').textContent)"
