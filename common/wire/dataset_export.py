@@ -22,12 +22,14 @@ no longer exists, or whose image is gone, are left out and counted in `excluded`
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from common.bundle import DetectorMode
 from common.wire.device_api import Roi
+from common.wire.training_jobs import JobStatus
 
 EXPORT_FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
@@ -74,6 +76,23 @@ class ExportRequest(BaseModel):
     )
     images: Literal["all", "missing"] = Field(
         default="all", description="missing: only images whose embedding by backbone_sha256 is not stored"
+    )
+
+
+# What `POST /api/v1/detectors/{detector_id}/exports` and `GET /api/v1/exports/{export_id}` answer.
+class ExportJobOut(BaseModel):
+    id: str = Field(description="export id (`exp_…`)")
+    detector_id: str
+    status: JobStatus
+    item_count: int = Field(description="images in the archive (set when it has succeeded)")
+    error: str | None = None
+    requested_by: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    download_url: str | None = Field(default=None, description="set once the export has succeeded")
+    backbone_sha256: str | None = Field(default=None, description="embeddings by this backbone are included")
+    images: Literal["all", "missing"] = Field(
+        default="all", description="missing: items with an included embedding come without their image"
     )
 
 

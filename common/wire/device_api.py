@@ -206,6 +206,22 @@ class Me(BaseModel):
     is_superuser: bool = False
 
 
+# What a cloud user (or service account) may do.
+class Role(StrEnum):
+    ADMIN = "admin"
+    REVIEWER = "reviewer"
+    DEVICE = "device"  # cameras, edges, scripts: device API, edge API, escalations
+    TRAINER = "trainer"  # the training service: leases jobs, reads exports, uploads what it trained
+
+
+# `GET /device-api/v1/me`.
+class AccountMe(Me):
+    """The SDK's `Me` (which ignores keys it does not know) plus the caller's role, so that a service
+    (the trainer) can tell before it starts whether its token may do its work."""
+
+    role: Role
+
+
 class EdgeInfo(BaseModel):
     upstream_endpoint: str
 

@@ -7,13 +7,15 @@ import logging
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
-from cloud.app.schemas.training_jobs import LeaseRequest
 from cloud.app.settings import CloudSettings
+from common.wire.device_api import AccountMe, Role, UserGroup
+from common.wire.training_jobs import LeaseRequest
 from launcher.local import LocalLayout, local_services
 from launcher.services import CLOUD_API, TRAINER
-from training.service.client import CloudError
+from training.service.client import CloudClient, CloudError
 from training.service.job import JobError, job_options, public_error
 from training.service.loop import TrainerService
 from training.service.settings import TrainerSettings, default_owner
@@ -98,13 +100,22 @@ def test_the_cloud_learns_what_went_wrong_but_never_a_trace_or_internals() -> No
     assert len(public_error(JobError("x" * 5000))) <= 1000
 
 
+def trainer_me() -> AccountMe:
+    return AccountMe(
+        email="trainer@intellioptics.local",
+        username="trainer",
+        group=UserGroup(id=1, name="intellioptics"),
+        role=Role.TRAINER,
+    )
+
+
 class Cloud:
     """Answers the trainer's whoami as a cloud would, as told."""
 
-    def __init__(self, me: dict[str, object] | Exception) -> None:
+    def __init__(self, me: AccountMe | Exception) -> None:
         self.me = me
 
-    def whoami(self) -> dict[str, object]:
+    def whoami(self) -> AccountMe:
         if isinstance(self.me, Exception):
             raise self.me
         return self.me
@@ -114,7 +125,7 @@ def test_the_trainer_says_it_is_ready_once_on_a_clean_start_and_again_after_a_pr
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = TrainerSettings(api_token="io_trainer_token_for_tests")
-    cloud = Cloud({"username": "trainer", "role": "trainer"})
+    cloud = Cloud(trainer_me())
     service = TrainerService(settings, client=cloud)  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="training.service"):
         assert service.ready()
@@ -123,8 +134,22 @@ def test_the_trainer_says_it_is_ready_once_on_a_clean_start_and_again_after_a_pr
         cloud.me = CloudError("cloud answered 503")
         service._ready_until = 0.0
         assert not service.ready()
-        cloud.me = {"username": "trainer", "role": "trainer"}
+        cloud.me = trainer_me()
         assert service.ready()
     said = [r.getMessage() for r in caplog.records]
     assert said.count("ready: leasing training jobs") == 2
     assert len([m for m in said if m.startswith("cannot use the cloud")]) == 1
+
+
+def test_a_malformed_cloud_answer_is_a_short_cloud_error() -> None:
+    answers = {
+        "/api/v1/exports/exp_1": httpx.Response(200, json={"id": "exp_1", "status": "sideways"}),
+        "/device-api/v1/me": httpx.Response(200, content=b"<html>not json</html>"),
+    }
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    client = CloudClient("http://cloud.test", lambda: "token", transport=transport)
+    for call in (lambda: client.get_export("exp_1"), client.whoami):
+        with pytest.raises(CloudError) as raised:
+            call()
+        assert raised.value.status == 200 and not raised.value.unreachable
+        assert "the cloud's answer does not parse as" in str(raised.value) and len(str(raised.value)) < 300

@@ -11,22 +11,47 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from common.backbone import BackboneRef
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE
 from common.error_detail import error_detail as _detail
+from common.wire.dataset_export import ExportJobOut, ExportRequest
+from common.wire.device_api import AccountMe
+from common.wire.model_registry import (
+    BackboneOut,
+    EmbeddingsStored,
+    ModelFetchInfo,
+    ModelReportOut,
+    ModelVersionDetail,
+    ModelVersionOut,
+)
+from common.wire.training_jobs import (
+    HeartbeatAck,
+    JobComplete,
+    JobFail,
+    JobHeartbeat,
+    LeaseRequest,
+    TrainingJobPublic,
+)
 
 log = logging.getLogger("training.service.client")
 
 TOKEN_HEADER = "x-api-token"
 SHA256_HEADER = "x-content-sha256"
+JSON_HEADERS = {"content-type": "application/json"}
 # GETs are retried on connection trouble and 5xx (the cloud restarting, a replica going away).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+
+M = TypeVar("M", bound=BaseModel)
+# Multipart parts as httpx takes them: name -> (file name, bytes or an open file, content type).
+Files = Mapping[str, tuple[str, IO[bytes] | bytes, str]]
 
 
 class CloudError(Exception):
@@ -42,6 +67,33 @@ class CloudError(Exception):
 
 class LeaseLost(CloudError):
     """The job is no longer ours to report on."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def parse(model: type[M], response: httpx.Response, what: str) -> M:
+    """The answer as `model`; a CloudError (with the answer's status) when it is not one."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise CloudError(
+            f"{what}: the cloud's answer does not parse as {model.__name__} ({_first_error(exc)})",
+            response.status_code,
+            "malformed answer",
+        ) from None
+
+
+def body(model: type[M], what: str, **fields: object) -> M:
+    """A request body, checked as the cloud will check it: refused here as the cloud would (422)."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        message = _first_error(exc)
+        raise CloudError(f"{what}: not sent, the cloud would refuse it ({message})", 422, message) from None
 
 
 class CloudClient:
@@ -81,13 +133,25 @@ class CloudClient:
         *,
         retry: bool = False,
         headers: dict[str, str] | None = None,
-        **kwargs: Any,
+        json_body: BaseModel | None = None,
+        content: bytes | None = None,
+        files: Files | None = None,
+        data: Mapping[str, str] | None = None,
     ) -> httpx.Response:
+        """`json_body` is sent as it was set (`exclude_unset`): defaults are the cloud's to fill in."""
+        if json_body is not None:
+            content = json_body.model_dump_json(exclude_unset=True).encode()
+            headers = {**JSON_HEADERS, **(headers or {})}
         delays = RETRY_DELAYS_S if retry else ()
         for attempt in range(len(delays) + 1):
             try:
                 response = self._http.request(
-                    method, path, headers={**self._headers(), **(headers or {})}, **kwargs
+                    method,
+                    path,
+                    headers={**self._headers(), **(headers or {})},
+                    content=content,
+                    files=files,
+                    data=data,
                 )
             except httpx.HTTPError as exc:
                 if attempt < len(delays):
@@ -100,153 +164,173 @@ class CloudClient:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _json(self, method: str, path: str, what: str, *, lease: bool = False, **kwargs: Any) -> Any:
-        response = self._check(self._send(method, path, what, **kwargs), what, lease)
-        return response.json()
+    def _call(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        what: str,
+        *,
+        lease: bool = False,
+        retry: bool = False,
+        json_body: BaseModel | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> M:
+        response = self._send(
+            method, path, what, retry=retry, headers=headers, json_body=json_body, content=content
+        )
+        return parse(model, self._check(response, what, lease), what)
 
     # --- who we are ------------------------------------------------------------------------------
 
-    def whoami(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", "/device-api/v1/me", "who am I", retry=True)
-        return result
+    def whoami(self) -> AccountMe:
+        return self._call(AccountMe, "GET", "/device-api/v1/me", "who am I", retry=True)
 
     # --- training jobs -----------------------------------------------------------------------------
 
-    def lease(self, owner: str, lease_s: float) -> dict[str, Any] | None:
+    def lease(self, owner: str, lease_s: float) -> TrainingJobPublic | None:
+        request = body(LeaseRequest, "lease", owner=owner, lease_s=lease_s)
         response = self._check(
-            self._send(
-                "POST", "/api/v1/training-jobs/lease", "lease", json={"owner": owner, "lease_s": lease_s}
-            ),
-            "lease",
+            self._send("POST", "/api/v1/training-jobs/lease", "lease", json_body=request), "lease"
         )
         if response.status_code == 204:
             return None
-        job: dict[str, Any] = response.json()
-        return job
+        return parse(TrainingJobPublic, response, "lease")
 
     def heartbeat(
-        self, job_id: str, owner: str, progress: dict[str, Any], log_lines: list[str], lease_s: float
-    ) -> dict[str, Any]:
-        body = {"owner": owner, "progress": progress, "log_lines": log_lines, "lease_s": lease_s}
-        ack: dict[str, Any] = self._json(
-            "POST", f"/api/v1/training-jobs/{job_id}/heartbeat", "heartbeat", lease=True, json=body
+        self, job_id: str, owner: str, progress: Mapping[str, object], log_lines: list[str], lease_s: float
+    ) -> HeartbeatAck:
+        request = body(
+            JobHeartbeat, "heartbeat", owner=owner, progress=progress, log_lines=log_lines, lease_s=lease_s
         )
-        return ack
+        return self._call(
+            HeartbeatAck,
+            "POST",
+            f"/api/v1/training-jobs/{job_id}/heartbeat",
+            "heartbeat",
+            lease=True,
+            json_body=request,
+        )
 
-    def complete(self, job_id: str, owner: str, result_version_id: str | None) -> dict[str, Any]:
-        body = {"owner": owner, "result_version_id": result_version_id}
-        job: dict[str, Any] = self._json(
-            "POST", f"/api/v1/training-jobs/{job_id}/complete", "complete", lease=True, json=body
+    def complete(self, job_id: str, owner: str, result_version_id: str | None) -> TrainingJobPublic:
+        request = body(JobComplete, "complete", owner=owner, result_version_id=result_version_id)
+        return self._call(
+            TrainingJobPublic,
+            "POST",
+            f"/api/v1/training-jobs/{job_id}/complete",
+            "complete",
+            lease=True,
+            json_body=request,
         )
-        return job
 
-    def fail(self, job_id: str, owner: str, error: str) -> dict[str, Any]:
-        body = {"owner": owner, "error": error}
-        job: dict[str, Any] = self._json(
-            "POST", f"/api/v1/training-jobs/{job_id}/fail", "fail", lease=True, json=body
+    def fail(self, job_id: str, owner: str, error: str) -> TrainingJobPublic:
+        request = body(JobFail, "fail", owner=owner, error=error)
+        return self._call(
+            TrainingJobPublic,
+            "POST",
+            f"/api/v1/training-jobs/{job_id}/fail",
+            "fail",
+            lease=True,
+            json_body=request,
         )
-        return job
 
     # --- exports ---------------------------------------------------------------------------------
 
-    def create_export(self, detector_id: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`request`: common.wire.dataset_export.ExportRequest as JSON (which embeddings, which images)."""
-        kwargs: dict[str, Any] = {"json": request} if request is not None else {}
-        export: dict[str, Any] = self._json(
-            "POST", f"/api/v1/detectors/{detector_id}/exports", "request a dataset export", **kwargs
+    def create_export(self, detector_id: str, request: ExportRequest | None = None) -> ExportJobOut:
+        """`request`: which embeddings, which images (none: every image, no embeddings)."""
+        return self._call(
+            ExportJobOut,
+            "POST",
+            f"/api/v1/detectors/{detector_id}/exports",
+            "request a dataset export",
+            json_body=request,
         )
-        return export
 
     # --- backbones and embeddings ----------------------------------------------------------------
 
-    def backbone(self, sha256: str) -> dict[str, Any] | None:
+    def backbone(self, sha256: str) -> BackboneOut | None:
         """The registered backbone's info, or None when the cloud does not have it."""
         response = self._send("GET", f"/api/v1/backbones/{sha256}", "backbone info", retry=True)
         if response.status_code == 404:
             return None
-        info: dict[str, Any] = self._check(response, "backbone info").json()
-        return info
+        return parse(BackboneOut, self._check(response, "backbone info"), "backbone info")
 
-    def upload_backbone(self, ref_json: str, path: Path) -> None:
-        sha = json.loads(ref_json)["sha256"]
+    def upload_backbone(self, ref: BackboneRef, path: Path) -> BackboneOut:
+        what = "register the backbone"
         with path.open("rb") as fh:
             response = self._send(
                 "PUT",
-                f"/api/v1/backbones/{sha}",
-                "register the backbone",
+                f"/api/v1/backbones/{ref.sha256}",
+                what,
                 files={"file": ("backbone.onnx", fh, "application/octet-stream")},
-                data={"ref": ref_json},
+                data={"ref": ref.model_dump_json()},
             )
-        self._check(response, "register the backbone")
+        return parse(BackboneOut, self._check(response, what), what)
 
     def download_backbone(self, sha256: str, dest: Path) -> str:
         return self._download(f"/api/v1/backbones/{sha256}/download", dest, "download a backbone")
 
-    def upload_embeddings(self, sha256: str, ids: list[str], vectors_npy: bytes) -> dict[str, Any]:
+    def upload_embeddings(self, sha256: str, ids: list[str], vectors_npy: bytes) -> EmbeddingsStored:
         """Stores float16 embeddings (a .npy of shape (len(ids), dim)) by that backbone."""
+        what = "store embeddings"
         response = self._send(
             "POST",
             f"/api/v1/backbones/{sha256}/embeddings",
-            "store embeddings",
+            what,
             files={"vectors": ("vectors.npy", vectors_npy, "application/octet-stream")},
             data={"image_query_ids": json.dumps(ids)},
         )
-        stored: dict[str, Any] = self._check(response, "store embeddings").json()
-        return stored
+        return parse(EmbeddingsStored, self._check(response, what), what)
 
-    def get_export(self, export_id: str) -> dict[str, Any]:
-        export: dict[str, Any] = self._json(
-            "GET", f"/api/v1/exports/{export_id}", "export status", retry=True
-        )
-        return export
+    def get_export(self, export_id: str) -> ExportJobOut:
+        return self._call(ExportJobOut, "GET", f"/api/v1/exports/{export_id}", "export status", retry=True)
 
     def download_export(self, export_id: str, dest: Path) -> None:
         self._download(f"/api/v1/exports/{export_id}/download", dest, "download the export")
 
     # --- registry --------------------------------------------------------------------------------
 
-    def production(self, detector_id: str) -> dict[str, Any] | None:
+    def production(self, detector_id: str) -> ModelFetchInfo | None:
         """What an edge would fetch: the production version's id, version and sha256; None if none."""
-        response = self._send(
-            "GET", f"/edge-api/v1/fetch-model-urls/{detector_id}/", "production model", retry=True
-        )
+        what = "production model"
+        response = self._send("GET", f"/edge-api/v1/fetch-model-urls/{detector_id}/", what, retry=True)
         if response.status_code == 404:
             return None
-        info: dict[str, Any] = self._check(response, "production model").json()
-        return info
+        return parse(ModelFetchInfo, self._check(response, what), what)
 
     def download_model(self, model_id: str, dest: Path) -> str:
         """Saves the bundle archive; returns the sha256 the cloud says it has."""
         return self._download(f"/api/v1/models/{model_id}/download", dest, "download the production bundle")
 
     def upload_model(
-        self, detector_id: str, archive: Path, lineage: dict[str, Any]
-    ) -> tuple[dict[str, Any], bool]:
+        self, detector_id: str, archive: Path, lineage: Mapping[str, str | None]
+    ) -> tuple[ModelVersionDetail, bool]:
         """Registers a candidate; (the model version, True if new, False if it was registered before)."""
+        what = "register the bundle"
         with archive.open("rb") as fh:
             response = self._send(
                 "POST",
                 f"/api/v1/detectors/{detector_id}/models",
-                "register the bundle",
+                what,
                 files={"bundle": (archive.name, fh, ARCHIVE_CONTENT_TYPE)},
                 data={"promote": "false", "lineage": json.dumps(lineage)},
             )
-        model: dict[str, Any] = self._check(response, "register the bundle").json()
+        model = parse(ModelVersionDetail, self._check(response, what), what)
         return model, response.status_code == 201
 
-    def promote(self, model_id: str) -> dict[str, Any]:
-        model: dict[str, Any] = self._json("POST", f"/api/v1/models/{model_id}/promote", "promote")
-        return model
+    def promote(self, model_id: str) -> ModelVersionOut:
+        return self._call(ModelVersionOut, "POST", f"/api/v1/models/{model_id}/promote", "promote")
 
-    def upload_report(self, model_id: str, name: str, path: Path, content_type: str) -> dict[str, Any]:
-        report: dict[str, Any] = self._json(
+    def upload_report(self, model_id: str, name: str, path: Path, content_type: str) -> ModelReportOut:
+        return self._call(
+            ModelReportOut,
             "POST",
             f"/api/v1/models/{model_id}/reports/{name}",
             f"upload report {name}",
             content=path.read_bytes(),
             headers={"content-type": content_type},
         )
-        return report
 
     # --- files -----------------------------------------------------------------------------------
 

@@ -43,9 +43,11 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from common.backbone import BackboneError, BackboneStore
+from common.backbone import BackboneError, BackboneRef, BackboneStore
 from common.bundle import BOX_MODES, BundleError, read_metadata
 from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
+from common.wire.dataset_export import ExportRequest
+from common.wire.training_jobs import JobStatus, TrainingJobPublic
 from training.backbones import BuiltBackbone, build_backbone
 from training.dataset_export import ExportError, read_export
 from training.detection.judging import judge_detection, reports_dir_of
@@ -169,14 +171,14 @@ class JobRun:
         self,
         client: CloudClient,
         settings: TrainerSettings,
-        job: dict[str, Any],
+        job: TrainingJobPublic,
         stopping: threading.Event | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.job = job
-        self.job_id: str = job["id"]
-        self.detector_id: str = job["detector_id"]
+        self.job_id = job.id
+        self.detector_id = job.detector_id
         self.stopping = stopping or threading.Event()
         self.reporter = JobReporter(
             client,
@@ -251,7 +253,7 @@ class JobRun:
 
     def _run(self, work: Path) -> JobOutcome:
         reporter = self.reporter
-        options = job_options(self.job.get("config") or {}, self.settings)
+        options = job_options(self.job.config, self.settings)
         device = resolve_device(options.device).type
         reporter.update(device=device)
         if options.engine == "cnn":
@@ -260,11 +262,13 @@ class JobRun:
         backbone = build_backbone(
             options.backbone, self.settings.backbone_cache or self.settings.work_dir / "backbones"
         )
-        self._ensure_backbone_registered(backbone.ref.model_dump_json(), backbone.path, backbone.ref.sha256)
+        self._ensure_backbone_registered(backbone.ref, backbone.path)
         production_dir, parent_version, production_id = self._fetch_production(work)
         production_store = self._production_backbones(work, production_dir)
         reporter.stage("export", f"requesting a dataset export of {self.detector_id}")
-        export_path = self._fetch_export(work, {"backbone_sha256": backbone.ref.sha256, "images": "missing"})
+        export_path = self._fetch_export(
+            work, ExportRequest(backbone_sha256=backbone.ref.sha256, images="missing")
+        )
         export = read_export(export_path)
         if export.detector.mode in BOX_MODES:
             return self._run_detection(
@@ -331,7 +335,7 @@ class JobRun:
         if any(not export.has_image(item) for item in export.manifest.items):
             export_path.unlink(missing_ok=True)
             export_path = self._fetch_export(
-                work / "detection", {"backbone_sha256": backbone.ref.sha256, "images": "all"}
+                work / "detection", ExportRequest(backbone_sha256=backbone.ref.sha256, images="all")
             )
             export = read_export(export_path)
         embedder = Embedder(backbone, threads=options.threads, device=resolve_device(options.device).type)
@@ -377,7 +381,7 @@ class JobRun:
     ) -> JobOutcome | None:
         """Fine-tune from every image; registered (and promoted) only when it beats `base`."""
         export_path = self._fetch_export(
-            work / "finetune", {"backbone_sha256": backbone.ref.sha256, "images": "all"}
+            work / "finetune", ExportRequest(backbone_sha256=backbone.ref.sha256, images="all")
         )
         embedder = Embedder(backbone, threads=options.threads, device=resolve_device(options.device).type)
         try:
@@ -443,7 +447,7 @@ class JobRun:
         production_dir, parent_version, production_id = self._fetch_production(work / "cnn")
         production_store = self._production_backbones(work / "cnn", production_dir)
         reporter.stage("export", f"requesting a dataset export of {self.detector_id} with every image")
-        export_path = self._fetch_export(work / "cnn", {"images": "all"})
+        export_path = self._fetch_export(work / "cnn", ExportRequest(images="all"))
         cnn = train_from_export(
             read_export(export_path),
             out,
@@ -464,10 +468,10 @@ class JobRun:
             production_id,
         )
 
-    def _ensure_backbone_registered(self, ref_json: str, path: Path, sha256: str) -> None:
-        if self.client.backbone(sha256) is None:
-            self.reporter.log(f"[backbone] registering {sha256[:12]} in the cloud")
-            self.client.upload_backbone(ref_json, path)
+    def _ensure_backbone_registered(self, ref: BackboneRef, path: Path) -> None:
+        if self.client.backbone(ref.sha256) is None:
+            self.reporter.log(f"[backbone] registering {ref.sha256[:12]} in the cloud")
+            self.client.upload_backbone(ref, path)
 
     def _production_backbones(self, work: Path, production_dir: Path | None) -> BackboneStore | None:
         """A store holding the production bundle's backbone (downloaded and verified), when it has one."""
@@ -496,16 +500,16 @@ class JobRun:
         store.install_file(cached.verify(meta.backbone.sha256), meta.backbone)
         return store
 
-    def _fetch_export(self, work: Path, request: dict[str, Any] | None = None) -> Path:
+    def _fetch_export(self, work: Path, request: ExportRequest | None = None) -> Path:
         reporter = self.reporter
         export = self.client.create_export(self.detector_id, request)
-        export_id = export["id"]
+        export_id = export.id
         reporter.update(export_id=export_id)
         deadline = time.monotonic() + self.settings.export_timeout_s
-        while export["status"] != "succeeded":
-            if export["status"] in ("failed", "cancelled"):
+        while export.status is not JobStatus.SUCCEEDED:
+            if export.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise JobError(
-                    f"dataset export {export_id} {export['status']}: {export.get('error') or 'no reason given'}"
+                    f"dataset export {export_id} {export.status}: {export.error or 'no reason given'}"
                 )
             if time.monotonic() > deadline:
                 raise JobError(
@@ -518,9 +522,7 @@ class JobRun:
             export = self.client.get_export(export_id)
         work.mkdir(parents=True, exist_ok=True)
         path = work / "export.tar.gz"
-        reporter.stage(
-            "download", f"dataset export {export_id}: {export.get('item_count', 0)} labelled images"
-        )
+        reporter.stage("download", f"dataset export {export_id}: {export.item_count} labelled images")
         self.client.download_export(export_id, path)
         return path
 
@@ -535,7 +537,7 @@ class JobRun:
         if info is None:
             reporter.log("[download] no production version yet: this will be the first")
             return None, None, None
-        version, model_id = str(info["version"]), str(info["model_version_id"])
+        version, model_id = info.version, info.model_version_id
         reporter.stage("download", f"production version {version} to compare against")
         work.mkdir(parents=True, exist_ok=True)
         bundle_dir = work / "production"
@@ -543,8 +545,8 @@ class JobRun:
         try:
             self.client.download_model(model_id, archive)
             actual = sha256_of(archive)
-            if actual != info["sha256"]:
-                raise BundleError(f"downloaded sha256 {actual} is not the registry's {info['sha256']}")
+            if actual != info.sha256:
+                raise BundleError(f"downloaded sha256 {actual} is not the registry's {info.sha256}")
             unpack_bundle(archive, bundle_dir)
         except (CloudError, BundleError, OSError) as exc:
             reporter.log(
@@ -569,7 +571,7 @@ class JobRun:
             "production_model_id": production_id,
         }
         model, created = self.client.upload_model(self.detector_id, archive, lineage)
-        model_id = str(model["id"])
+        model_id = model.id
         reporter.log(
             f"[register] {version} is {model_id}"
             + ("" if created else " (this exact version was registered before)")
@@ -603,7 +605,7 @@ class JobRun:
     ) -> bool:
         reporter = self.reporter
         current = self.client.production(self.detector_id)
-        current_id = str(current["model_version_id"]) if current is not None else None
+        current_id = current.model_version_id if current is not None else None
         if current_id not in (production_id, model_id):
             reporter.log(f"[promote] production changed to {current_id} while this job ran; a person decides")
             return False

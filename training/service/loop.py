@@ -16,6 +16,7 @@ import threading
 import time
 from types import FrameType
 
+from common.wire.device_api import Role
 from training.service.client import CloudClient, CloudError
 from training.service.settings import TrainerSettings
 
@@ -26,15 +27,7 @@ MAX_BACKOFF_S = 60.0
 # Credentials found good are checked again after this long (or at once after a failed lease).
 RECHECK_CREDENTIALS_S = 60.0
 # Cloud roles whose tokens may lease, report and upload (the `trainer` service account's, or an admin's).
-TRAINING_ROLES = frozenset({"trainer", "admin"})
-
-
-def role_of(me: dict[str, object]) -> str:
-    """The role the cloud reports; a cloud that reports none only tells admins apart."""
-    role = me.get("role")
-    if isinstance(role, str) and role:
-        return role
-    return "admin" if me.get("is_superuser") else ""
+TRAINING_ROLES = frozenset({Role.TRAINER, Role.ADMIN})
 
 
 class TrainerService:
@@ -71,10 +64,9 @@ class TrainerService:
         except CloudError as exc:
             self._note(f"cannot use the cloud at {self.settings.cloud_url}: {exc}")
             return False
-        role = role_of(me)
-        if role not in TRAINING_ROLES:
+        if me.role not in TRAINING_ROLES:
             self._note(
-                f"the API token belongs to {me.get('username')!r} (role {role or 'unknown'}), which may "
+                f"the API token belongs to {me.username!r} (role {me.role}), which may "
                 "not run training jobs; give it the `trainer` service account's token"
             )
             return False
@@ -126,7 +118,7 @@ class TrainerService:
             if job is None:
                 self.stop.wait(settings.poll_s)
                 continue
-            log.info("job leased", extra={"fields": {"job_id": job["id"], "detector_id": job["detector_id"]}})
+            log.info("job leased", extra={"fields": {"job_id": job.id, "detector_id": job.detector_id}})
             outcome = JobRun(self.client, settings, job, self.stop).run()
             self.jobs_run += 1
             log.info(

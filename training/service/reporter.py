@@ -194,7 +194,7 @@ class JobReporter:
                 log.warning("heartbeat failed", extra={"fields": {"job_id": self.job_id, "error": str(exc)}})
                 return False
             self._last_sent = time.monotonic()
-        if ack.get("cancel_requested"):
+        if ack.cancel_requested:
             self.cancel_requested.set()
         return True
 

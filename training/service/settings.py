@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# What the cloud accepts as a lease owner (cloud.app.schemas.training_jobs.Owner).
+# What the cloud accepts as a lease owner (common.wire.training_jobs.Owner).
 OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$"
 MAX_OWNER_CHARS = 100
 

@@ -25,7 +25,8 @@ from cloud.app.core import model_reports, registry, training_jobs
 from cloud.app.db.models import ACTIVE_JOB_STATUSES, Detector, ModelStatus, ModelVersion, TrainingJob
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.model_reports import ReportName
-from cloud.app.schemas.training_jobs import TrainingJobPublic
+from cloud.app.schemas.training_jobs import training_job_public
+from common.wire.training_jobs import TrainingJobPublic
 
 # (metric key in predictor_metadata.json, label, how to show it)
 HEADLINE_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -243,7 +244,7 @@ async def training_overview(session: AsyncSession, blobs: BlobStore, detector_id
     await session.commit()
     shown = rows[:VERSIONS_SHOWN]
     present = await model_reports.reports_by_model(blobs, shown)
-    public = [TrainingJobPublic.of(job) for job in jobs]
+    public = [training_job_public(job) for job in jobs]
     active = next((job for job in public if job.status in ACTIVE_JOB_STATUSES), None)
     return TrainingOverview(
         detector=detector,
@@ -273,7 +274,7 @@ async def training_status(session: AsyncSession, detector_id: str) -> dict[str, 
     await session.commit()
     if job is None:
         return {"job": None, "active": False, "log_tail": []}
-    public = TrainingJobPublic.of(job)
+    public = training_job_public(job)
     return {
         "job": public.model_dump(mode="json"),
         "active": public.status in ACTIVE_JOB_STATUSES,

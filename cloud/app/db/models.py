@@ -27,19 +27,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.clock import utcnow
 
+# Enums that travel on the wire live with their contracts; the tables store their values.
+from common.wire.device_api import Role as Role
+from common.wire.model_registry import ModelStatus as ModelStatus
+from common.wire.training_jobs import JobStatus as JobStatus
+
 # common.wire.device_api.Roi lists; None is SQL NULL ("no boxes given"), never JSON 'null'.
 RoisJson = JSON(none_as_null=True)
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    REVIEWER = "reviewer"
-    DEVICE = "device"  # cameras, edges, scripts: device API, edge API, escalations
-    TRAINER = "trainer"  # the training service: leases jobs, reads exports, uploads what it trained
 
 
 class User(Base):
@@ -274,12 +272,6 @@ class Hub(Base):
     info: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
-class ModelStatus(StrEnum):
-    CANDIDATE = "candidate"
-    PRODUCTION = "production"
-    RETIRED = "retired"
-
-
 class ModelVersion(Base):
     """A registered bundle: the tar.gz is a blob; its manifest and metrics are kept here."""
 
@@ -301,14 +293,6 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
     __table_args__ = (UniqueConstraint("detector_id", "version", name="uq_model_versions_detector_version"),)
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)

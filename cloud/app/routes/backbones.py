@@ -23,8 +23,7 @@ from cloud.app.core import backbones
 from cloud.app.deps import DeviceOrTrainerDep, PrincipalDep, SessionDep, StateDep, TrainerDep
 from cloud.app.errors import BadRequestError, PayloadTooLargeError
 from cloud.app.routes.models import new_temp_file, save_upload, temp_file_response, tmp_root
-from cloud.app.schemas.backbones import BackboneOut, EmbeddingsStored
-from common.wire.model_registry import SHA256_HEADER
+from common.wire.model_registry import SHA256_HEADER, BackboneOut, EmbeddingsStored
 
 router = APIRouter(prefix="/api/v1/backbones", tags=["backbones"])
 

@@ -8,8 +8,8 @@ from cloud.app.core.image_queries import month_to_date_usage
 from cloud.app.db.models import Role, User
 from cloud.app.deps import DeviceDep, DeviceOrTrainerDep, SessionDep
 from cloud.app.errors import NotFoundError
-from cloud.app.schemas.device import AccountMe, AccountMonthToDateInfo
-from common.wire.device_api import UserGroup
+from cloud.app.schemas.device import AccountMonthToDateInfo
+from common.wire.device_api import AccountMe, UserGroup
 
 router = APIRouter(prefix="/device-api", tags=["device"])
 

@@ -11,8 +11,7 @@ from starlette.responses import Response
 from cloud.app.core import exports
 from cloud.app.deps import SessionDep, StateDep, TrainerDep
 from cloud.app.routes.models import new_temp_file, temp_file_response
-from cloud.app.schemas.exports import ExportJobOut
-from common.wire.dataset_export import ExportRequest
+from common.wire.dataset_export import ExportJobOut, ExportRequest
 
 router = APIRouter(tags=["exports"])
 

@@ -13,7 +13,7 @@ from cloud.app.deps import ReaderDep, SessionDep, StateDep, TrainerDep
 from cloud.app.errors import PayloadTooLargeError
 from cloud.app.routes.bodies import read_limited_body
 from cloud.app.schemas.fields import ID_PATTERN
-from cloud.app.schemas.model_reports import ModelReportList, ModelReportOut, ReportName
+from common.wire.model_registry import ModelReportList, ModelReportOut, ReportName
 
 router = APIRouter(tags=["models"])
 

@@ -29,9 +29,14 @@ from cloud.app.deps import (
     TrainerDep,
 )
 from cloud.app.errors import BadRequestError, PayloadTooLargeError
-from cloud.app.schemas.models import ModelVersionDetail, ModelVersionList, ModelVersionOut
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE, MAX_ARCHIVE_BYTES
-from common.wire.model_registry import SHA256_HEADER, ModelFetchInfo
+from common.wire.model_registry import (
+    SHA256_HEADER,
+    ModelFetchInfo,
+    ModelVersionDetail,
+    ModelVersionList,
+    ModelVersionOut,
+)
 
 router = APIRouter(tags=["models"])
 

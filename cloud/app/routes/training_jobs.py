@@ -11,14 +11,15 @@ from fastapi import status as http
 from starlette.responses import PlainTextResponse, Response
 
 from cloud.app.core import training_jobs as jobs
-from cloud.app.db.models import JobStatus
 from cloud.app.deps import AdminDep, DeviceOrTrainerDep, SessionDep, TrainerDep
 from cloud.app.schemas.fields import ID_PATTERN
-from cloud.app.schemas.training_jobs import (
+from cloud.app.schemas.training_jobs import training_job_public
+from common.wire.training_jobs import (
     HeartbeatAck,
     JobComplete,
     JobFail,
     JobHeartbeat,
+    JobStatus,
     LeaseRequest,
     TrainingJobCreate,
     TrainingJobPublic,
@@ -36,7 +37,7 @@ async def create_training_job(
     job = await jobs.create_training_job(
         session, body.detector_id, trigger="manual", config=body.config, audited_by=admin
     )
-    return TrainingJobPublic.of(job)
+    return training_job_public(job)
 
 
 @router.get("")
@@ -52,7 +53,7 @@ async def list_training_jobs(
     found = await jobs.list_training_jobs(
         session, detector_id=detector_id, status=status, limit=limit, offset=offset
     )
-    return [TrainingJobPublic.of(job) for job in found]
+    return [training_job_public(job) for job in found]
 
 
 @router.post(
@@ -67,14 +68,14 @@ async def lease_training_job(
     job = await jobs.lease_training_job(session, body.owner, body.lease_s)
     if job is None:
         return Response(status_code=http.HTTP_204_NO_CONTENT)
-    return TrainingJobPublic.of(job)
+    return training_job_public(job)
 
 
 @router.get("/{job_id}")
 async def get_training_job(
     job_id: JobId, session: SessionDep, caller: DeviceOrTrainerDep
 ) -> TrainingJobPublic:
-    return TrainingJobPublic.of(await jobs.get_training_job(session, job_id))
+    return training_job_public(await jobs.get_training_job(session, job_id))
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
@@ -87,7 +88,7 @@ async def get_training_job_logs(
 @router.post("/{job_id}/cancel")
 async def cancel_training_job(job_id: JobId, session: SessionDep, admin: AdminDep) -> TrainingJobPublic:
     """Queued: cancelled now. Running: `cancel_requested` is set and the trainer stops."""
-    return TrainingJobPublic.of(await jobs.cancel_training_job(session, job_id, audited_by=admin))
+    return training_job_public(await jobs.cancel_training_job(session, job_id, audited_by=admin))
 
 
 @router.post("/{job_id}/heartbeat", responses={409: {"description": "the lease is not yours"}})
@@ -105,11 +106,11 @@ async def complete_training_job(
     job_id: JobId, body: JobComplete, session: SessionDep, caller: TrainerDep
 ) -> TrainingJobPublic:
     job = await jobs.complete_training_job(session, job_id, body.owner, body.result_version_id)
-    return TrainingJobPublic.of(job)
+    return training_job_public(job)
 
 
 @router.post("/{job_id}/fail", responses={409: {"description": "the lease is not yours"}})
 async def fail_training_job(
     job_id: JobId, body: JobFail, session: SessionDep, caller: TrainerDep
 ) -> TrainingJobPublic:
-    return TrainingJobPublic.of(await jobs.fail_training_job(session, job_id, body.owner, body.error))
+    return training_job_public(await jobs.fail_training_job(session, job_id, body.owner, body.error))

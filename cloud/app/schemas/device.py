@@ -8,10 +8,9 @@ from urllib.parse import urlencode
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from cloud.app.db.models import Role
 from cloud.app.schemas.fields import RoisIn, StorableJson, StorableStr
 from common.validation import MAX_NAME_CHARS, check_name
-from common.wire.device_api import Me, Roi
+from common.wire.device_api import Roi
 
 # common.validation's name rule: stored trimmed, so a lookup by the trimmed name finds it.
 DetectorName = Annotated[str, AfterValidator(check_name)]
@@ -90,13 +89,6 @@ class AccountMonthToDateInfo(BaseModel):
     iqs_limit: int | None = None
     escalations_limit: int | None = None
     active_detectors_limit: int | None = None
-
-
-class AccountMe(Me):
-    """The SDK's `Me` (which ignores keys it does not know) plus the caller's role, so that a service
-    (the trainer) can tell before it starts whether its token may do its work."""
-
-    role: Role
 
 
 class EscalationAck(BaseModel):
