@@ -2,9 +2,11 @@
 images of coins on real photographs (training.detection.synthetic), judged on images it never saw.
 
     python -m bench.detection_quality [--labels 300] [--eval 300] [--threads 2] [--quick]
-        [--epochs N] [--copies N] [--output PATH] [--picture PATH]
+        [--epochs N] [--copies N] [--eval-seed N] [--output PATH] [--picture PATH]
 
-1. Generates `--labels` labelled images (data set seed 1) and `--eval` others (seed 2): coins cut
+1. Generates `--labels` labelled images (data set seed 1) and `--eval` others (seed 2, or
+   `--eval-seed`: exploratory runs judge on another seed, so that the reported one is not tuned on;
+   such a run writes under build/, never over a real result): coins cut
    from scikit-image's `coins` photograph on crops of its other photographs, with overlaps, scraps
    lying across coins, the frame cutting them, uneven light, blur, noise and JPEG.
 2. Trains with `training.detection.train.train_detection` exactly as a job would (the labelled
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     train_items = as_items(generate(args.labels, TRAIN_SEED, MAX_COUNT), "train")
-    eval_items = as_items(generate(args.eval, EVAL_SEED, MAX_COUNT), "eval")
+    eval_items = as_items(generate(args.eval, args.eval_seed, MAX_COUNT), "eval")
     generate_s = time.perf_counter() - t0
     log(f"generated {len(train_items)} + {len(eval_items)} images in {generate_s:.1f}s")
     backbone = build_backbone(cache_dir=BACKBONE_CACHE)
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": {
             "generator": "training.detection.synthetic",
             "train_seed": TRAIN_SEED,
-            "eval_seed": EVAL_SEED,
+            "eval_seed": args.eval_seed,
             "max_count": MAX_COUNT,
             "job": outcome.data,
         },
@@ -328,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         "--copies", type=int, default=None, help="augmented copies per image (default: the job's)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=EVAL_SEED,
+        help=f"data set seed of the held-out images (default {EVAL_SEED}; another one writes under build/)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 80 labels, 60 held out, 3 epochs")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--picture", type=Path, default=None)
@@ -340,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.copies = min(args.epochs or 3, 3), min(args.copies or 1, 1)
     args.epochs = args.epochs or defaults.epochs
     args.copies = defaults.copies if args.copies is None else args.copies
-    # A smoke run never overwrites the real result: it writes under build/.
-    where = ROOT / "build" / "bench-results" if args.quick else RESULTS
+    # A smoke run, or one judged on another seed, never overwrites the real result: it writes under build/.
+    exploratory = args.quick or args.eval_seed != EVAL_SEED
+    where = ROOT / "build" / "bench-results" if exploratory else RESULTS
     output = args.output or where / "detection_quality.json"
     args.picture = args.picture or where / "detection_predictions.png"
     report = run(args)
