@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cloud.app.seed_demo import DEMO_DETECTOR_IDS, DEMO_DIGIT_ID, DEMO_SEVEN_ID
 from common.bundle import current_bundle_dir
 from tests.support import cloud as cloud_support
 from tests.support.cloud import DEVICE_TOKEN, use_sqlite
+from tests.support.cloud_factories_worker import eventually
 from tests.support.scale import IQ_PATH, CloudReplicas, ScaledEdge, admin_client, start_edges, stop_edges
 from tests.support.updater import Registry, bundle_archive
 
@@ -51,17 +52,6 @@ EDGE_CONFIG = {
     ],
 }
 ANSWERS = {DEMO_DIGIT_ID: "3", DEMO_SEVEN_ID: "YES"}
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def rows(database: cloud_support.TestDatabase, sql: str) -> list[tuple[Any, ...]]:
@@ -198,7 +188,7 @@ def test_many_edges_on_replicas_escalate_exactly_once_through_a_replica_kill(
         edges, 2 * (QUERIES_PER_EDGE // 3), QUERIES_PER_EDGE - 2 * (QUERIES_PER_EDGE // 3), images
     )
     assert len(escalated) == len(set(escalated)) == EDGES * QUERIES_PER_EDGE
-    wait_for(lambda: drained(edges), "every edge's outbox to drain", timeout=300)
+    eventually(lambda: drained(edges), timeout=300, interval=0.25, what="every edge's outbox drained")
 
     # Exactly once: each escalated query is in the cloud one time, nothing else is.
     received = rows(database, "SELECT image_query_id, count(*) FROM escalations GROUP BY image_query_id")
@@ -269,5 +259,5 @@ def test_many_edges_on_replicas_escalate_exactly_once_through_a_replica_kill(
                 reached[edge.edge_id] = time.monotonic() - promoted_at
         return len(reached) == len(edges)
 
-    wait_for(everywhere, "the promoted version on every edge", timeout=4 * REFRESH_S)
+    eventually(everywhere, timeout=4 * REFRESH_S, interval=0.25, what="the promoted version on every edge")
     assert max(reached.values()) <= 2 * REFRESH_S, reached

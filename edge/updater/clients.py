@@ -175,13 +175,18 @@ class EdgeApiClient:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 
-    async def _get(self, path: str) -> Any:
+    async def _fetch(self, path: str) -> httpx.Response:
+        """A 200 answer to GET `path`; anything else is an EdgeApiError."""
         try:
             response = await self.http.get(path)
         except httpx.HTTPError as exc:
             raise EdgeApiError(_unreachable("edge-api", self.http.base_url, exc)) from None
         if response.status_code != 200:
             raise EdgeApiError(f"edge-api answered {response.status_code} to GET {path}")
+        return response
+
+    async def _get(self, path: str) -> Any:
+        response = await self._fetch(path)
         try:
             return response.json()
         except ValueError:
@@ -196,12 +201,7 @@ class EdgeApiClient:
 
     async def facts(self) -> EdgeFacts:
         """The edge's id and outbox depth (edge-api's /internal/facts, which calls nobody back)."""
-        try:
-            response = await self.http.get(FACTS_PATH)
-        except httpx.HTTPError as exc:
-            raise EdgeApiError(_unreachable("edge-api", self.http.base_url, exc)) from None
-        if response.status_code != 200:
-            raise EdgeApiError(f"edge-api answered {response.status_code} to GET {FACTS_PATH}")
+        response = await self._fetch(FACTS_PATH)
         try:
             return EdgeFacts.model_validate_json(response.content)
         except ValidationError:

@@ -341,13 +341,18 @@ async def test_a_detector_with_an_active_job_gets_no_second_one(
     assert jobs[1].labels_at_creation == MIN_LABELS * 4
 
 
-async def test_a_waiting_export_is_built_by_one_of_two_workers(
-    sessions: async_sessionmaker[AsyncSession], worker: WorkerState, second_worker: WorkerState
-) -> None:
+async def waiting_export(sessions: async_sessionmaker[AsyncSession]) -> ExportJob:
+    """An export job waiting for a worker, of a new detector with two labels."""
     async with sessions() as session:
         detector = await make_detector(session)
         await add_labels(session, detector, 2)
-        export = await make_export_job(session, detector)
+        return await make_export_job(session, detector)
+
+
+async def test_a_waiting_export_is_built_by_one_of_two_workers(
+    sessions: async_sessionmaker[AsyncSession], worker: WorkerState, second_worker: WorkerState
+) -> None:
+    export = await waiting_export(sessions)
 
     reports = await asyncio.gather(tick(worker), tick(second_worker))
 
@@ -389,10 +394,7 @@ async def test_a_long_export_keeps_its_lease_and_no_other_worker_takes_it(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    async with sessions() as session:
-        detector = await make_detector(session)
-        await add_labels(session, detector, 2)
-        export = await make_export_job(session, detector)
+    export = await waiting_export(sessions)
     await slow_build(monkeypatch, 2.0)
     # A lease of 1 s, renewed every 0.2 s, on a build of over 2 s.
     job_id = await worker_exports.claim_export(worker.sessions, worker.owner, lease_s=1.0)
@@ -418,10 +420,7 @@ async def test_a_worker_that_lost_its_export_lease_abandons_the_build(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    async with sessions() as session:
-        detector = await make_detector(session)
-        await add_labels(session, detector, 2)
-        export = await make_export_job(session, detector)
+    export = await waiting_export(sessions)
     started = await slow_build(monkeypatch, 30.0)
     job_id = await worker_exports.claim_export(worker.sessions, worker.owner, lease_s=60.0)
     assert job_id == export.id

@@ -80,8 +80,14 @@ class CloudServer:
         return self.workdir / "cloud-data"
 
     def start(self) -> CloudServer:
-        self.process = ManagedProcess(
-            "cloud-api",
+        self.process = self.launch()
+        wait_for_http(f"{self.url}/health/ready", process=self.process, timeout=60)
+        return self
+
+    def launch(self, name: str = "cloud-api") -> ManagedProcess:
+        """`python -m cloud.app` on this server's port, not waited for (replicas start side by side)."""
+        return ManagedProcess(
+            name,
             [sys.executable, "-m", "cloud.app"],
             env={
                 "DATABASE_URL": self.database_url,
@@ -97,8 +103,6 @@ class CloudServer:
             },
             cwd=ROOT,
         ).start()
-        wait_for_http(f"{self.url}/health/ready", process=self.process, timeout=60)
-        return self
 
     def stop(self) -> None:
         if self.process is not None:

@@ -109,15 +109,18 @@ def run_sync(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
     return asyncio.run(go())
 
 
-def eventually(probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
-    """The first truthy result of `probe`, polled until `timeout`; fails the test after that."""
+def eventually(
+    probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
+) -> T:
+    """The first truthy result of `probe`, polled until `timeout`; fails the test after that, naming
+    `what` it waited for."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s (last: {result!r})")
+            pytest.fail(f"{what} not met within {timeout} s (last: {result!r})")
         time.sleep(interval)
 
 

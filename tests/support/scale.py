@@ -26,7 +26,6 @@ from launcher.processes import ManagedProcess, free_port, wait_for_http
 from tests.support.cloud import (
     ADMIN_PASSWORD,
     DEVICE_TOKEN,
-    REVIEWER_PASSWORD,
     CloudServer,
     TestDatabase,
 )
@@ -70,24 +69,15 @@ class CloudReplicas:
         return CloudServer(self.database.url, self.workdir, port=self.gateway_port)
 
     def _replica(self, index: int) -> ManagedProcess:
-        return ManagedProcess(
-            f"cloud-api-{index}",
-            [sys.executable, "-m", "cloud.app"],
-            env={
-                "DATABASE_URL": self.database.url,
-                "CLOUD_PORT": str(self.ports[index]),
-                # Model links and pages point at the gateway, never at one replica.
-                "CLOUD_PUBLIC_URL": self.url,
-                "CLOUD_DATA_DIR": str(self.data_dir),
-                "CLOUD_API_TOKEN_FILE": str(self.workdir / "api-token"),
-                "CLOUD_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                "CLOUD_BOOTSTRAP_REVIEWER_PASSWORD": REVIEWER_PASSWORD,
-                "CLOUD_BOOTSTRAP_API_TOKEN": DEVICE_TOKEN,
-                "CLOUD_LOG_LEVEL": "warning",
-                **self.env,
-            },
-            cwd=ROOT,
-        ).start()
+        # Model links and pages point at the gateway, never at one replica; every replica shares
+        # the workdir's data directory (blobs) and first-start token file.
+        replica = CloudServer(
+            self.database.url,
+            self.workdir,
+            port=self.ports[index],
+            env={"CLOUD_PUBLIC_URL": self.url, **self.env},
+        )
+        return replica.launch(f"cloud-api-{index}")
 
     def start(self) -> CloudReplicas:
         """All replicas at once on the empty database (their first starts race), then the gateway and
@@ -124,9 +114,7 @@ class CloudReplicas:
         self.replicas[index] = None
 
     def restart(self, index: int) -> None:
-        assert self.replicas[index] is None, "stop or kill it first"
-        process = self._replica(index)
-        self.replicas[index] = process
+        process = self.start_replica(index)
         wait_for_http(f"{self.replica_url(index)}/health/ready", process=process, timeout=120)
 
     def start_replica(self, index: int) -> ManagedProcess:
