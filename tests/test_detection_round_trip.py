@@ -16,29 +16,33 @@ import httpx
 import pytest
 from groundlight import Groundlight
 
+from cloud.worker.jobs.retrain import Cadence, labels_needed
 from launcher.processes import ManagedProcess, free_port
 from tests.support import cloud as support
 from tests.support.cloud import DEVICE_TOKEN, ROOT, CloudServer
 from tests.support.cloud_factories_worker import private_database
 from tests.support.stack import ADMIN_TOKEN, EdgeStack
 from tests.support.trainer import Trainer
-from tests.support.updater import start_updater, updater_status
+from tests.support.updater import Registry, start_updater, updater_status
 from training.detection.synthetic import Sample, generate
 
 pytestmark = pytest.mark.slow
 
 MAX_COUNT = 5
 LABELLED = 48
+CADENCE = Cadence()  # the worker below runs with the default cadence
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float, state: Callable[[], Any] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
         time.sleep(0.5)
 
 
@@ -149,24 +153,54 @@ def test_boxes_labelled_in_the_cloud_come_back_from_the_edge(
         version: str | None = (response.json().get("intellioptics") or {}).get("model_version")
         return version
 
-    def trained_on_every_label() -> str | None:
-        """The version of a finished job that saw all the labels, once it was promoted."""
-        jobs = httpx.get(
+    def jobs() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = httpx.get(
             f"{cloud.url}/api/v1/training-jobs",
             params={"detector_id": detector.id},
             headers={"x-api-token": DEVICE_TOKEN},
             timeout=10,
         ).json()
-        for job in jobs:
-            progress = job.get("progress") or {}
-            if job["labels_at_creation"] >= LABELLED and job["status"] in ("failed", "cancelled"):
-                raise AssertionError(f"the job on every label ended {job['status']}: {job.get('error')}")
-            if job["labels_at_creation"] >= LABELLED and job["status"] == "succeeded":
-                assert progress.get("promoted"), f"the job on every label was not promoted: {job}"
-                return str(progress["version"])
-        return None
+        return listed
 
-    final = wait_for(trained_on_every_label, "a job on every label", timeout=420)
+    def settled() -> dict[str, Any] | None:
+        """The newest job once training has caught up with the labels: none queued or running, and too
+        few labels since the newest for the worker to queue another (its own rule)."""
+        listed = jobs()
+        for job in listed:
+            if job["status"] in ("failed", "cancelled"):
+                raise AssertionError(f"a job ended {job['status']}: {job.get('error')}")
+        if not listed or any(job["status"] in ("queued", "running") for job in listed):
+            return None
+        newest = max(listed, key=lambda job: int(job["labels_at_creation"]))
+        made_with = int(newest["labels_at_creation"])
+        if LABELLED - made_with >= labels_needed(made_with, CADENCE.min_labels, CADENCE.growth):
+            return None
+        return newest
+
+    def decision(job: dict[str, Any]) -> dict[str, Any]:
+        """The trainer's promotion decision, from the registered version's metrics.json report."""
+        report = httpx.get(
+            f"{cloud.url}/api/v1/models/{job['result_version_id']}/reports/metrics.json",
+            headers={"x-api-token": DEVICE_TOKEN},
+            timeout=10,
+        )
+        assert report.status_code == 200, report.text
+        decided: dict[str, Any] = report.json().get("promotion") or {}
+        return decided
+
+    job = wait_for(settled, "training to catch up with the labels", timeout=240, state=jobs)
+    final = str(job["progress"]["version"])
+    decided = decision(job)
+    assert decided.get("promote") is bool(job["progress"].get("promoted")), (decided, job)
+    if not decided["promote"]:
+        # Judged on the dozen held-out images of this small set, the rule may hold a version back; its
+        # reasons are on record, and a person promotes it as from the version page.
+        assert decided.get("reasons"), decided
+        registry = Registry(cloud)
+        try:
+            registry.promote(str(job["result_version_id"]))
+        finally:
+            registry.close()
     try:
         wait_for(lambda: served() == final, f"{final} on the edge", timeout=120)
     except AssertionError:

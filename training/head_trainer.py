@@ -419,7 +419,8 @@ def train_head_from_export(
         production,
         options.operating_policy(),
         production_error=production_error,
-        candidate_labels=len(data.ids),
+        # Counted as production's were (the export's label snapshot), not as the usable items.
+        candidate_labels=export.label_snapshot().count,
         production_labels=production_labels if production_bundle is not None else None,
     )
     clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")

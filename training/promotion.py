@@ -202,7 +202,13 @@ def decide_at_threshold(
             return decide(
                 True, why, esc, f"learnt from {candidate_labels} labels, production from {production_labels}"
             )
-        return decide(False, why, esc, "production could not be compared on the same items")
+        return decide(
+            False,
+            why,
+            esc,
+            "production could not be compared on the same items, and the candidate learnt from no more "
+            f"labels ({candidate_labels} vs {production_labels if production_labels is not None else 'unknown'})",
+        )
     prod_kept, prod_why = promise_kept(production, pol)
     prod_esc = f"production escalation {production.escalation_rate:.4f}"
     if not prod_kept:

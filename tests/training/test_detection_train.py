@@ -20,6 +20,7 @@ from common.wire.device_api import Roi
 from training.dataset_export import ExportDetector, ExportSample, read_export, write_export
 from training.detection.augment import MIN_KEPT, AugmentOptions, _crop_window, augment, crop_boxes
 from training.detection.items import as_detection_items, items_from_export
+from training.detection.judging import judge_detection
 from training.detection.synthetic import generate
 from training.detection.train import (
     DetectionOptions,
@@ -227,7 +228,10 @@ def test_a_small_job_writes_a_bundle_the_runtime_answers_with(tmp_path: Path) ->
         labels=[str(i) for i in range(max_count + 1)],
         mode_configuration={"max_count": max_count, "class_name": "coin"},
     )
-    export = read_export(_export(tmp_path, train, detector, lambda s: str(s.count)))
+    # The first image claims one coin more than its boxes: left out of the fit, still a label.
+    export = read_export(
+        _export(tmp_path, train, detector, lambda s: str(s.count + (1 if s is train[0] else 0)))
+    )
     embedder = Embedder(lite0_backbone(), threads=1)
     try:
         outcome = train_detection_from_export(
@@ -250,6 +254,20 @@ def test_a_small_job_writes_a_bundle_the_runtime_answers_with(tmp_path: Path) ->
     for key in ("map50", "map50_95", "count_accuracy", "count_mae"):
         assert 0.0 <= meta.metrics[key] <= max_count
     verify_bundle(outcome.bundle_dir)
+    labels = export.label_snapshot().count
+    assert outcome.data["used"] == labels - 1
+
+    # Against a production it cannot be compared with on enough shared items, newer data wins: both
+    # sides count the labels the same way (the snapshot), so the same export is not "more" than itself.
+    judged = judge_detection(
+        outcome,
+        export,
+        BackboneStore(tmp_path / "out" / "backbones"),
+        TrainingOptions(device="cpu", threads=1, min_test_items=10_000, confidence_threshold=1.0),
+        production_bundle=outcome.bundle_dir,
+    )
+    assert judged.production is not None and not judged.promotion.promote
+    assert judged.promotion.reasons[-1].endswith(f"no more labels ({labels} vs {labels})")
 
     runtime = ModelRuntime(
         outcome.bundle_dir,

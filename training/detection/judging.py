@@ -108,7 +108,9 @@ def judge_detection(
         production,
         options.operating_policy(),
         production_error=production_error,
-        candidate_labels=int(outcome.data.get("used", 0)),
+        # Counted as production's are (the export's label snapshot): items left out of the fit (boxes
+        # that do not cover a crowded image, say) still count, or a version on more labels would lose.
+        candidate_labels=export.label_snapshot().count,
         production_labels=production_labels if production_bundle is not None else None,
     )
     _write_reports(outcome, items, cand_preds, candidate, production, decision, production_error)
