@@ -1,10 +1,11 @@
-"""What the edge sends the cloud for each escalation (multipart: this JSON + the image bytes)."""
+"""What the edge sends the cloud for each escalation (multipart: this JSON + the image bytes), one per
+request or many in one (`POST /api/v1/escalations/batch`, docs/architecture.md §6)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from common.wire.device_api import ImageQuery
 
@@ -27,3 +28,23 @@ class EscalationCreate(BaseModel):
     image_content_type: str
     edge_id: str
     created_at: str
+
+
+# The most escalations one batch request may carry; the cloud refuses a larger one with 413.
+MAX_BATCH_ESCALATIONS = 32
+
+
+class EscalationItemResult(BaseModel):
+    """The outcome of one entry of a batch, as its own request would have answered it."""
+
+    index: int = Field(description="position of the entry in the request, from 0")
+    image_query_id: str | None = Field(description="the entry's id, null when its JSON could not be read")
+    status: int = Field(description="201 stored now, 200 already held, 4xx this entry is bad (kept as dead)")
+    created: bool = False
+    detail: str | None = Field(default=None, description="why a 4xx entry was refused")
+
+
+class EscalationBatchAck(BaseModel):
+    """200 for a batch that was read: every entry has its own result, in request order."""
+
+    results: list[EscalationItemResult]

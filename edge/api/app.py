@@ -70,6 +70,7 @@ def create_app(
             retry_max_s=settings.outbox_retry_max_s,
             concurrency=settings.outbox_concurrency,
             alarm_depth=settings.outbox_alarm_depth,
+            batch=settings.outbox_batch,
         )
         probe = CloudProbe(cloud_http, link, metrics, settings.cloud_probe_interval_s)
         inference = InferenceClient(inference_http)

@@ -86,7 +86,15 @@ class EdgeSettings(InternalTokenSettings, SecretFileSettings):
         gt=0,
         description="Longest wait between tries of one escalation (the wait doubles, with jitter, up to this).",
     )
-    outbox_concurrency: int = Field(default=4, ge=1, description="Escalations sent to the cloud in parallel.")
+    outbox_concurrency: int = Field(
+        default=4, ge=1, description="Requests to the cloud's escalation routes in parallel."
+    )
+    outbox_batch: int = Field(
+        default=16,
+        ge=1,
+        le=32,
+        description="Escalations per request (the cloud's batch route); 1 sends each on its own.",
+    )
     outbox_alarm_depth: int = Field(
         default=10_000, ge=1, description="Pending escalations at which `/status` raises the alarm."
     )

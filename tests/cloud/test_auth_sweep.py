@@ -66,6 +66,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/device-api/v1/image-queries/{image_query_id}/image"): "AD",
     ("POST", "/device-api/v1/labels"): "AD",
     ("POST", "/api/v1/escalations"): "AD",
+    ("POST", "/api/v1/escalations/batch"): "AD",
     ("GET", "/edge-api/v1/detectors/{detector_id}/prior"): "AD",
     ("POST", "/api/v1/hubs/heartbeat"): "AD",
     ("GET", "/api/v1/detectors/{detector_id}/edge-accuracy"): "ARD",

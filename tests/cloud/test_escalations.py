@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from common.wire.device_api import EdgeDiagnostics, ImageQuery, Result, ResultType, utc_now_iso
-from common.wire.escalation import EscalationCreate, EscalationReason
+from common.wire.escalation import MAX_BATCH_ESCALATIONS, EscalationCreate, EscalationReason
 from tests.cloud.test_device_api import db_scalar, gif, make_detector
 from tests.support.cloud import CloudServer
 
@@ -315,3 +315,84 @@ def test_an_impossible_edge_clock_is_replaced_by_the_time_of_arrival(http: httpx
     assert post(http, payload, jpeg).status_code == 201
     iq = http.get(f"/device-api/v1/image-queries/{payload.image_query_id}").json()
     assert iq["created_at"][:4] != "9999"
+
+
+BATCH_PATH = "/api/v1/escalations/batch"
+
+
+def post_batch(http: httpx.Client, entries: list[tuple[EscalationCreate | str, bytes]]) -> httpx.Response:
+    """The request the edge's OutboxSender makes for a backlog: escalation and image parts alternating."""
+    files: list[tuple[str, tuple[str | None, bytes | str, str]]] = []
+    for payload, image in entries:
+        text = payload if isinstance(payload, str) else payload.model_dump_json()
+        files += [("escalation", (None, text, "application/json")), ("image", ("image", image, "image/jpeg"))]
+    return http.post(BATCH_PATH, files=files)
+
+
+def test_a_batch_answers_each_entry_as_its_own_request_would(
+    http: httpx.Client, cloud_db: TestDatabase, jpeg: bytes, digits: list[tuple[bytes, int]]
+) -> None:
+    det = make_detector(http)
+    held = escalation(det["id"])
+    assert post(http, held, jpeg).status_code == 201
+    other_image = escalation(det["id"]).model_copy(update={"image_query_id": held.image_query_id})
+    other_image = other_image.model_copy(
+        update={"image_query": other_image.image_query.model_copy(update={"id": held.image_query_id})}
+    )
+    fresh = [escalation(det["id"]) for _ in range(3)]
+    unknown = escalation("det_" + "Q" * 27)
+    entries: list[tuple[EscalationCreate | str, bytes]] = [
+        (fresh[0], jpeg),
+        (held, jpeg),  # a resend
+        ('{"image_query_id": "iq_half", "detector_id": 1}', jpeg),
+        (fresh[1], b"hello"),
+        (unknown, jpeg),
+        (other_image, digits[2][0]),
+        (fresh[2], jpeg),
+    ]
+    resp = post_batch(http, entries)
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(entries)))
+    assert [r["status"] for r in results] == [201, 200, 400, 415, 404, 409, 201]
+    assert [r["created"] for r in results] == [True, False, False, False, False, False, True]
+    assert results[2]["image_query_id"] == "iq_half" and "detector_id" in results[2]["detail"]
+    assert (
+        results[4]["image_query_id"] == unknown.image_query_id and unknown.detector_id in results[4]["detail"]
+    )
+    assert all(r["detail"] for r in results if r["status"] >= 400)
+    # What was taken is there once, with its review item; what was refused left nothing behind.
+    for payload in (fresh[0], fresh[2], held):
+        assert count(cloud_db, "escalations", payload.image_query_id) == 1
+        assert count(cloud_db, "review_items", payload.image_query_id) == 1
+    for payload in (fresh[1], unknown):
+        assert (
+            db_scalar(cloud_db, "SELECT count(*) FROM image_queries WHERE id = ?", payload.image_query_id)
+            == 0
+        )
+    # The same batch again: every entry the cloud took is a 200 now, the refused ones refused again.
+    again = [r["status"] for r in post_batch(http, entries).json()["results"]]
+    assert again == [200, 200, 400, 415, 404, 409, 200]
+
+
+def test_a_batch_must_be_pairs_of_parts_and_at_most_the_limit(http: httpx.Client, jpeg: bytes) -> None:
+    det = make_detector(http)
+    good = escalation(det["id"]).model_dump_json()
+    lone = http.post(BATCH_PATH, files=[("escalation", (None, good, "application/json"))])
+    assert lone.status_code == 400 and "one 'image' part per entry" in lone.json()["detail"]
+    extra = http.post(
+        BATCH_PATH,
+        files=[
+            ("escalation", (None, good, "application/json")),
+            ("image", ("image", jpeg, "image/jpeg")),
+            ("note", (None, "hi", "text/plain")),
+        ],
+    )
+    assert extra.status_code == 400
+    assert http.post(BATCH_PATH, json=[good]).status_code == 400
+    too_many = post_batch(http, [(escalation(det["id"]), jpeg) for _ in range(MAX_BATCH_ESCALATIONS + 1)])
+    assert too_many.status_code == 400 and too_many.json()["detail"]
+    assert (
+        post_batch(http, [(escalation(det["id"]), jpeg) for _ in range(MAX_BATCH_ESCALATIONS)]).status_code
+        == 200
+    )

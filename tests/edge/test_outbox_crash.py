@@ -68,6 +68,31 @@ def test_outbox_survives_sigkill_and_drains_exactly_once(offline_stack: EdgeStac
     assert all(s.cloud.state.posts_per_id[i] == 1 for i in ids)
     for iq_id, image in zip(ids, images, strict=True):
         assert s.cloud.state.images[iq_id] == image
+    # The backlog went many to a request.
+    assert sum(s.cloud.state.batches) == len(ids) and max(s.cloud.state.batches) > 1
+
+
+def test_a_cloud_without_the_batch_route_gets_them_one_by_one(offline_stack: EdgeStack, digits) -> None:
+    s = offline_stack
+    s.cloud.state.batch_route = False
+    ids = [submit_async(s, image) for image, _ in digits[:6]]
+    s.cloud.start()
+    wait_until(lambda: set(s.cloud.state.escalations) == set(ids), timeout=30, what="delivery one by one")
+    wait_until(lambda: not s.outbox_rows(), what="outbox to drain")
+    assert all(s.cloud.state.posts_per_id[i] == 1 for i in ids) and not s.cloud.state.batches
+
+
+def test_an_entry_refused_inside_a_batch_is_dead_and_the_others_delivered(
+    offline_stack: EdgeStack, digits
+) -> None:
+    s = offline_stack
+    ids = [submit_async(s, image) for image, _ in digits[:5]]
+    s.cloud.state.entry_status[ids[2]] = 409
+    s.cloud.start()
+    wait_until(lambda: (ids[2], "want_async", "dead") in s.outbox_rows(), what="the refused entry dead")
+    wait_until(lambda: set(s.cloud.state.escalations) == set(ids) - {ids[2]}, what="the others delivered")
+    assert [row[0] for row in s.outbox_rows()] == [ids[2]]
+    assert s.cloud.state.batches == [5]
 
 
 def test_cloud_rejecting_an_escalation_keeps_it_as_dead_not_deleted(offline_stack: EdgeStack, digits) -> None:

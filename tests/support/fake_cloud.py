@@ -1,8 +1,8 @@
 """A small cloud upstream for edge tests: records what reaches it, stores escalations idempotently.
 
 It honours the contract the edge relies on (`GET /device-api/v1/me`: 200 for the tokens in `tokens`,
-DEVICE_TOKEN and FAKE_ADMIN_TOKEN to start with, else 401; `POST /api/v1/escalations` idempotent on
-image_query_id;
+DEVICE_TOKEN and FAKE_ADMIN_TOKEN to start with, else 401; `POST /api/v1/escalations` and
+`/api/v1/escalations/batch` idempotent on image_query_id;
 `GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`;
 `GET /edge-api/v1/detectors/{id}/prior` with the prior a test sets in `priors`, else 404;
 `GET /edge-api/v1/fetch-model-urls/{id}/` with ETag and 304 for the model a test publishes, whose
@@ -65,6 +65,11 @@ class CloudState:
     # Posts taken (not refused by `fail_escalations_with`): a duplicate counts, a retried failure not.
     accepted_per_id: dict[str, int] = field(default_factory=dict)
     fail_escalations_with: int | None = None
+    # Entries per batch request, in arrival order; False: the batch route answers 404 (an older cloud).
+    batches: list[int] = field(default_factory=list)
+    batch_route: bool = True
+    # image_query_id -> the status the batch route gives that entry alone (it is not stored).
+    entry_status: dict[str, int] = field(default_factory=dict)
     # image_query_id -> the ImageQuery JSON that GET /device-api/v1/image-queries/{id} returns.
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # detector_id -> the DetectorPrior JSON of GET /edge-api/v1/detectors/{id}/prior (else 404).
@@ -106,6 +111,26 @@ class CloudState:
 
 
 def build_app(state: CloudState) -> Starlette:
+    def take(payload: dict[str, Any], data: bytes) -> int:
+        """One entry, as the cloud takes it: 201 stored, 200 already held (the lock is held)."""
+        iq_id = payload["image_query_id"]
+        state.posts_per_id[iq_id] = state.posts_per_id.get(iq_id, 0) + 1
+        state.accepted_per_id[iq_id] = state.accepted_per_id.get(iq_id, 0) + 1
+        if iq_id in state.escalations:
+            return 200
+        state.escalations[iq_id] = payload
+        state.images[iq_id] = data
+        return 201
+
+    def refused(request: Request, ids: list[str]) -> JSONResponse | None:
+        """The injected failure, for the whole request (the lock is held)."""
+        state.requests.append(Recorded("POST", request.url.path, "", dict(request.headers), b""))
+        if state.fail_escalations_with is None:
+            return None
+        for iq_id in ids:
+            state.posts_per_id[iq_id] = state.posts_per_id.get(iq_id, 0) + 1
+        return JSONResponse({"detail": "injected failure"}, status_code=state.fail_escalations_with)
+
     async def escalations(request: Request) -> JSONResponse:
         form = await request.form()
         payload = json.loads(str(form["escalation"]))
@@ -113,16 +138,31 @@ def build_app(state: CloudState) -> Starlette:
         data = await image.read() if hasattr(image, "read") else b""
         iq_id = payload["image_query_id"]
         with state.lock:
-            state.requests.append(Recorded("POST", request.url.path, "", dict(request.headers), b""))
-            state.posts_per_id[iq_id] = state.posts_per_id.get(iq_id, 0) + 1
-            if state.fail_escalations_with is not None:
-                return JSONResponse({"detail": "injected failure"}, status_code=state.fail_escalations_with)
-            state.accepted_per_id[iq_id] = state.accepted_per_id.get(iq_id, 0) + 1
-            if iq_id in state.escalations:
-                return JSONResponse({"image_query_id": iq_id, "created": False}, status_code=200)
-            state.escalations[iq_id] = payload
-            state.images[iq_id] = data
-        return JSONResponse({"image_query_id": iq_id, "created": True}, status_code=201)
+            failure = refused(request, [iq_id])
+            if failure is not None:
+                return failure
+            code = take(payload, data)
+        return JSONResponse({"image_query_id": iq_id, "created": code == 201}, status_code=code)
+
+    async def escalation_batch(request: Request) -> JSONResponse:
+        if not state.batch_route:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        form = await request.form()
+        payloads = [json.loads(str(text)) for text in form.getlist("escalation")]
+        images = [await i.read() if hasattr(i, "read") else b"" for i in form.getlist("image")]
+        with state.lock:
+            state.batches.append(len(payloads))
+            failure = refused(request, [p["image_query_id"] for p in payloads])
+            if failure is not None:
+                return failure
+            results = []
+            for index, (payload, data) in enumerate(zip(payloads, images, strict=True)):
+                iq_id = payload["image_query_id"]
+                code = state.entry_status.get(iq_id) or take(payload, data)
+                results.append(
+                    {"index": index, "image_query_id": iq_id, "status": code, "created": code == 201}
+                )
+        return JSONResponse({"results": results})
 
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -192,6 +232,7 @@ def build_app(state: CloudState) -> Starlette:
     return Starlette(
         routes=[
             Route("/api/v1/escalations", escalations, methods=["POST"]),
+            Route("/api/v1/escalations/batch", escalation_batch, methods=["POST"]),
             Route("/device-api/v1/image-queries/{iq_id}", image_query, methods=["GET"]),
             Route("/edge-api/v1/detectors/{detector_id}/prior", prior, methods=["GET"]),
             Route("/edge-api/v1/fetch-model-urls/{detector_id}/", fetch_model_urls, methods=["GET"]),

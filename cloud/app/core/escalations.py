@@ -12,10 +12,12 @@ acknowledgement that would drop its image.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.core.detectors import get_detector
@@ -33,13 +35,13 @@ from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_dupl
 from cloud.app.db.models import Escalation
 from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.deps import CloudState
-from cloud.app.errors import BadRequestError, NotFoundError
+from cloud.app.errors import BadRequestError, CloudError, NotFoundError
 from cloud.app.schemas.fields import check_json, check_text
 from common.ids import is_image_query_id
-from common.imaging import inspect_image
+from common.imaging import ImageError, inspect_image
 from common.validation import InvalidInputError, check_metadata
 from common.wire.device_api import HumanReview, ResultSource
-from common.wire.escalation import EscalationCreate, EscalationReason
+from common.wire.escalation import EscalationCreate, EscalationItemResult, EscalationReason
 
 log = logging.getLogger("cloud.escalations")
 
@@ -198,3 +200,55 @@ async def receive_escalation(
             },
         )
     return Received(payload.image_query_id, created=escalation_created)
+
+
+def parse_escalation(text: str) -> EscalationCreate:
+    """400 naming the first field that is wrong."""
+    try:
+        return EscalationCreate.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequestError(
+            f"escalation is not valid: {where + ': ' if where else ''}{first.get('msg')}"
+        ) from None
+
+
+def _id_in(text: str) -> str | None:
+    """The entry's image query id where its JSON has one, so a refused entry can still be named."""
+    try:
+        value = json.loads(text).get("image_query_id")
+    except (ValueError, AttributeError):
+        return None
+    return value[:60] if isinstance(value, str) else None
+
+
+async def receive_escalations(
+    state: CloudState, session: AsyncSession, entries: list[tuple[str, bytes | Exception]]
+) -> list[EscalationItemResult]:
+    """A batch, entry by entry as `receive_escalation` takes one (each commits on its own): an entry the
+    client got wrong gets its 4xx in its result and the rest go on; anything else (the database away)
+    fails the request, and the edge sends the whole batch again, which the cloud recognises."""
+    results: list[EscalationItemResult] = []
+    for index, (text, image) in enumerate(entries):
+        try:
+            if isinstance(image, Exception):
+                raise image
+            received = await receive_escalation(state, session, parse_escalation(text), image)
+        except (CloudError, ImageError) as exc:
+            await session.rollback()
+            results.append(
+                EscalationItemResult(
+                    index=index, image_query_id=_id_in(text), status=exc.status, detail=str(exc)[:500]
+                )
+            )
+            continue
+        results.append(
+            EscalationItemResult(
+                index=index,
+                image_query_id=received.image_query_id,
+                status=201 if received.created else 200,
+                created=received.created,
+            )
+        )
+    return results

@@ -350,6 +350,29 @@ class EdgeStore:
         """The cloud has the escalation: only now may it leave the outbox."""
         self.durable.execute("DELETE FROM outbox WHERE image_query_id = ?", (image_query_id,))
 
+    def ack_many(self, image_query_ids: list[str]) -> None:
+        """Several acknowledgements in one transaction: one flush, not one each."""
+        self._in_one_transaction(
+            "DELETE FROM outbox WHERE image_query_id = ?", [(i,) for i in image_query_ids]
+        )
+
+    def note_failures(self, image_query_ids: list[str], error: str) -> None:
+        """The same transient failure for several entries (they stay pending), one transaction."""
+        self._in_one_transaction(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE image_query_id = ?",
+            [(error[:500], i) for i in image_query_ids],
+        )
+
+    def _in_one_transaction(self, sql: str, rows: list[tuple[str, ...]]) -> None:
+        conn = self.durable
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def note_failure(self, image_query_id: str, error: str, dead: bool) -> None:
         self.durable.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = ? WHERE image_query_id = ?",
