@@ -61,8 +61,11 @@ class ClaimRecord:
     answer_status: int
 
 
-def drain(cloud: CloudServer, reviewers: list[Reviewer], detector_id: str) -> list[ClaimRecord]:
-    """Every reviewer claims and answers until the detector's queue is empty; all claims recorded."""
+def drain(
+    cloud: CloudServer, reviewers: list[Reviewer], detector_id: str, with_next: bool = False
+) -> list[ClaimRecord]:
+    """Every reviewer claims and answers until the detector's queue is empty; all claims recorded.
+    `with_next`: as the labeling page does, each answer also claims the next item (`?next=true`)."""
     records: list[ClaimRecord] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -72,17 +75,23 @@ def drain(cloud: CloudServer, reviewers: list[Reviewer], detector_id: str) -> li
         try:
             with api(cloud, who) as http:
                 start.wait()
-                while True:
-                    item = claim(http, detector_id)
-                    if item is None:
-                        return
-                    got = time.monotonic()
+                item = claim(http, detector_id)
+                got = time.monotonic()
+                while item is not None:
                     label = "YES" if item["id"] % 2 else "NO"
-                    resp = http.post(f"/api/v1/review/items/{item['id']}/answer", json={"label": label})
+                    params = {"next": "true", "detector_id": detector_id} if with_next else {}
+                    resp = http.post(
+                        f"/api/v1/review/items/{item['id']}/answer", json={"label": label}, params=params
+                    )
+                    answered = time.monotonic()
                     with lock:
-                        records.append(
-                            ClaimRecord(item["id"], who.user_id, got, time.monotonic(), resp.status_code)
-                        )
+                        records.append(ClaimRecord(item["id"], who.user_id, got, answered, resp.status_code))
+                    following = resp.json().get("next") if resp.status_code == 200 else None
+                    if with_next and following is not None:
+                        item, got = following, answered
+                    else:
+                        item = claim(http, detector_id)
+                        got = time.monotonic()
         except BaseException as exc:  # surfaced in the test below
             errors.append(exc)
 
@@ -128,7 +137,7 @@ def test_eight_reviewers_drain_2000_items_each_answered_once_never_held_twice(
     detector_id = factory.detector()
     items = factory.review_items(detector_id, 2000)
     reviewers = [factory.reviewer() for _ in range(8)]
-    records = drain(cloud, reviewers, detector_id)
+    records = drain(cloud, reviewers, detector_id, with_next=True)
     assert_drained_exactly_once(factory, detector_id, items, records)
     # The work was shared (SKIP LOCKED lets claims pass each other instead of queueing).
     per_reviewer = Counter(r.reviewer for r in records)

@@ -57,10 +57,25 @@ async def heartbeat(item_id: ItemId, state: StateDep, session: SessionDep, revie
 
 
 @router.post("/items/{item_id}/answer", operation_id="review_answer")
-async def answer(item_id: ItemId, body: AnswerIn, session: SessionDep, reviewer: ReviewerDep) -> AnswerOut:
+async def answer(
+    item_id: ItemId,
+    body: AnswerIn,
+    state: StateDep,
+    session: SessionDep,
+    reviewer: ReviewerDep,
+    claim_next: Annotated[
+        bool, Query(alias="next", description="also claim the next item (one round trip, not two)")
+    ] = False,
+    detector_id: DetectorFilter = None,
+) -> AnswerOut:
     """One of the detector's labels or UNCLEAR, with the boxes drawn (if any); stored once, and the
     image query is answered with both. 400 when the boxes do not fit the answer."""
-    return await review_queue.answer_item(session, item_id, reviewer.user_id, body.label, body.rois)
+    out = await review_queue.answer_item(session, item_id, reviewer.user_id, body.label, body.rois)
+    if claim_next:
+        out.next = await review_queue.claim_next(
+            session, reviewer.user_id, state.settings.review_lease_s, state.settings.public_url, detector_id
+        )
+    return out
 
 
 @router.post("/items/{item_id}/skip", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_skip")

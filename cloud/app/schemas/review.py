@@ -72,6 +72,11 @@ class AnswerOut(BaseModel):
     image_query_id: str
     label: str
     label_id: int
+    next: ClaimedItem | None = Field(
+        default=None,
+        description="With `?next=true`: the next item, claimed for you as `POST /claim` would (null when "
+        "nothing is claimable)",
+    )
 
 
 class LeaseOut(BaseModel):

@@ -330,7 +330,9 @@
     if (boxMode()) body.rois = rois || null;
     let r = null;
     try {
-      r = await api("POST", "/items/" + id + "/answer", body);
+      // The next item comes back with the answer: one round trip between items, not two.
+      const qs = "?next=true" + (detectorId ? "&detector_id=" + encodeURIComponent(detectorId) : "");
+      r = await api("POST", "/items/" + id + "/answer" + qs, body);
     } catch (err) {
       r = null;
     }
@@ -349,7 +351,14 @@
         if (ownBoxes.size > 50) ownBoxes.delete(ownBoxes.keys().next().value);
       }
       say("Answered " + label + (body.rois ? " (" + boxWord(body.rois.length) + ")" : "") + ".");
-      claim();
+      if (r.data && r.data.next) {
+        stopTimers();
+        item = null;
+        if (editor) editor.clear();
+        show(r.data.next);
+      } else {
+        claim();
+      }
     } else if (r.status === 409 || r.status === 404) {
       say(detail(r) + " Loading the next item.", "warn");
       claim();
