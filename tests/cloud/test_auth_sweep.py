@@ -73,6 +73,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/review/queues"): "AR",
     ("POST", "/api/v1/review/claim"): "AR",
     ("POST", "/api/v1/review/items/{item_id}/heartbeat"): "AR",
+    ("POST", "/api/v1/review/items/{item_id}/claim"): "AR",
     ("POST", "/api/v1/review/items/{item_id}/answer"): "AR",
     ("POST", "/api/v1/review/items/{item_id}/skip"): "AR",
     ("POST", "/api/v1/review/items/{item_id}/release"): "AR",

@@ -211,6 +211,41 @@ def test_an_expired_lease_cannot_answer_even_when_nobody_reclaimed(
         )
 
 
+def test_a_lapsed_lease_is_taken_back_by_item_unless_someone_else_holds_it(
+    short_lease_cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector()
+    first_item, second_item = factory.review_items(detector_id, 2)
+    who, rival = factory.reviewer(), factory.reviewer()
+    with api(short_lease_cloud, who) as http, api(short_lease_cloud, rival) as other:
+        held = claim(http, detector_id)
+        assert held is not None and held["id"] == first_item.item_id
+        # Taking back one's own live lease just renews it.
+        again = http.post(f"/api/v1/review/items/{first_item.item_id}/claim")
+        assert again.status_code == 200 and again.json()["id"] == first_item.item_id
+        assert other.post(f"/api/v1/review/items/{first_item.item_id}/claim").status_code == 409
+        time.sleep(1.3)
+        # Lapsed, nobody else took it: the holder takes it back, and the answer goes through once.
+        back = http.post(f"/api/v1/review/items/{first_item.item_id}/claim")
+        assert back.status_code == 200 and parse_time(back.json()["lease_expires_at"]) > datetime.now(UTC)
+        answered = http.post(f"/api/v1/review/items/{first_item.item_id}/answer", json={"label": "YES"})
+        assert answered.status_code == 200
+        done = http.post(f"/api/v1/review/items/{first_item.item_id}/claim")
+        assert done.status_code == 409 and "already answered" in done.json()["detail"]
+        # Lapsed and claimed by someone else meanwhile: not taken back, and the detail says why.
+        assert claim(http, detector_id) is not None
+        time.sleep(1.3)
+        taken = claim(other, detector_id)
+        assert taken is not None and taken["id"] == second_item.item_id
+        refused = http.post(f"/api/v1/review/items/{second_item.item_id}/claim")
+        assert refused.status_code == 409 and "another reviewer holds" in refused.json()["detail"]
+        assert http.post("/api/v1/review/items/999999999/claim").status_code == 404
+    labels = factory.labels(detector_id)
+    assert [(label["review_item_id"], label["user_id"]) for label in labels] == [
+        (first_item.item_id, who.user_id)
+    ]
+
+
 def test_heartbeat_extends_the_lease_and_keeps_it_past_the_first_expiry(
     short_lease_cloud: CloudServer, factory: CloudFactory
 ) -> None:
@@ -423,6 +458,12 @@ def test_claimed_item_carries_what_the_reviewer_needs(cloud: CloudServer, factor
         }
         assert item["in_domain_score"] == 0.12 and item["out_of_domain"] is True
         assert item["uncertainty"] == 0.45 and item["reason"] == "low_confidence"
+        # Why, in words, with the numbers from the query: its confidence, threshold and in-domain score.
+        assert item["confidence_threshold"] == 0.9
+        assert item["reason_text"] == (
+            "The model was 55 % sure of YES; the threshold is 90 %. The image looks unlike the images this "
+            "detector learnt from (in-domain score 0.12, below 0.50), so the model's answer is not trusted."
+        )
         assert parse_time(item["lease_expires_at"]) > datetime.now(UTC) + timedelta(seconds=30)
         assert parse_time(item["deadline"]) > parse_time(item["created_at"])
         assert item["image_url"] == f"{cloud.url}/api/v1/review/items/{ref.item_id}/image"

@@ -26,8 +26,10 @@ by the lease, gets a 409. Answers, labels and skips are durable as usual.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -58,6 +60,7 @@ from cloud.app.core.detectors import UNCLEAR
 from cloud.app.core.image_queries import rois_from_json, rois_json
 from cloud.app.core.labels import HUMAN_RESULT_SOURCE, answer_rules, human_result, max_boxes
 from cloud.app.core.review_items import insert_ignoring_duplicates
+from cloud.app.core.review_reasons import why_in_review
 from cloud.app.db.models import (
     Detector,
     ImageQuery,
@@ -122,6 +125,34 @@ def _autocommit(session: AsyncSession) -> AsyncEngine:
     return engine
 
 
+_SHARED = "review_queue.autocommit"
+
+
+@contextlib.asynccontextmanager
+async def one_connection(session: AsyncSession) -> AsyncIterator[None]:
+    """Within this block the PostgreSQL steps of `session` share one pooled autocommit connection, so a
+    request that answers and then claims checks a connection out once, not twice."""
+    if not _is_postgres(session) or _SHARED in session.info:
+        yield
+        return
+    async with _autocommit(session).connect() as conn:
+        session.info[_SHARED] = conn
+        try:
+            yield
+        finally:
+            del session.info[_SHARED]
+
+
+@contextlib.asynccontextmanager
+async def _autocommit_connection(session: AsyncSession) -> AsyncIterator[AsyncConnection]:
+    shared: AsyncConnection | None = session.info.get(_SHARED)
+    if shared is not None:
+        yield shared
+        return
+    async with _autocommit(session).connect() as conn:
+        yield conn
+
+
 class _OnDriver:
     """A prebuilt statement run straight on the asyncpg connection inside SQLAlchemy's pooled (autocommit)
     connection. The SQL is SQLAlchemy's own compilation, done once; only the per-call layers between
@@ -173,6 +204,7 @@ _CLAIM_COLUMNS = (
     _iq.c.result,
     _iq.c.diagnostics,
     _iq.c.rois,
+    _iq.c.confidence_threshold,
     _det.c.name.label("detector_name"),
     _det.c.query,
     _det.c.mode,
@@ -192,16 +224,20 @@ _P_ITEM = bindparam("p_item", type_=Integer)
 
 
 @functools.cache
-def _claim_statement(postgres: bool, by_detector: bool) -> Any:
-    """Lease the first claimable item; the pick is a scalar subquery that locks its row (SKIP LOCKED)."""
+def _claim_statement(postgres: bool, by_detector: bool, by_item: bool = False) -> Any:
+    """Lease the first claimable item; the pick is a scalar subquery that locks its row (SKIP LOCKED).
+    `by_item`: that one item (`p_item`), also when the caller's own lease on it is still live."""
     cand = _ri.alias("candidate")
+    free = or_(cand.c.lease_expires_at.is_(None), cand.c.lease_expires_at <= _P_NOW)
     pick = select(cand.c.id).where(
         cand.c.status == _PENDING,
-        or_(cand.c.lease_expires_at.is_(None), cand.c.lease_expires_at <= _P_NOW),
+        or_(free, cand.c.lease_owner == _P_USER) if by_item else free,
         ~exists().where(_skip.c.review_item_id == cand.c.id, _skip.c.user_id == _P_USER),
     )
     if by_detector:
         pick = pick.where(cand.c.detector_id == bindparam("p_detector", type_=String))
+    if by_item:
+        pick = pick.where(cand.c.id == _P_ITEM)
     chosen = (
         pick.order_by(cand.c.deadline, cand.c.uncertainty.desc(), cand.c.created_at, cand.c.id)
         .limit(1)
@@ -233,6 +269,7 @@ _CLAIMED_ROW = (
 
 
 _CLAIM_ON_DRIVER = {by: _OnDriver(_claim_statement(True, by)) for by in (False, True)}
+_RECLAIM_ON_DRIVER = _OnDriver(_claim_statement(True, False, True))
 
 
 async def claim_next(
@@ -249,7 +286,7 @@ async def claim_next(
         params["p_detector"] = detector_id
     row: Any
     if _is_postgres(session):
-        async with _autocommit(session).connect() as conn:
+        async with _autocommit_connection(session) as conn:
             row = await _CLAIM_ON_DRIVER[detector_id is not None].fetchrow(conn, params)
     else:
         conn = await session.connection()
@@ -259,6 +296,49 @@ async def claim_next(
             row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
         await session.commit()
     return None if row is None else _claimed_item(row, lease_s, public_url)
+
+
+async def claim_item(
+    session: AsyncSession, item_id: int, user_id: str, lease_s: float, public_url: str
+) -> ClaimedItem:
+    """Lease this one item again, to a reviewer whose lease ran out before the answer (the page sends
+    the answer again after it): 409 when someone else holds it now, or it is answered or skipped."""
+    now = utcnow()
+    params = {
+        "p_user": user_id,
+        "p_now": now,
+        "p_expires": now + timedelta(seconds=lease_s),
+        "p_item": item_id,
+    }
+    row: Any
+    if _is_postgres(session):
+        async with _autocommit_connection(session) as conn:
+            row = await _RECLAIM_ON_DRIVER.fetchrow(conn, params)
+    else:
+        conn = await session.connection()
+        picked = (await conn.execute(_claim_statement(False, False, True), params)).first()
+        row = None
+        if picked is not None:
+            row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
+        await session.commit()
+    if row is None:
+        raise await _reclaim_conflict(session, item_id, user_id, now)
+    return _claimed_item(row, lease_s, public_url)
+
+
+async def _reclaim_conflict(session: AsyncSession, item_id: int, user_id: str, now: datetime) -> Exception:
+    row = (
+        await session.execute(
+            select(_ri.c.status, _ri.c.lease_owner, _ri.c.lease_expires_at).where(_ri.c.id == item_id)
+        )
+    ).first()
+    if row is None:
+        return NotFoundError(f"review item {item_id} not found")
+    if row.status != ReviewStatus.PENDING:
+        return ConflictError(f"review item {item_id} is already answered")
+    if row.lease_owner not in (None, user_id) and aware(row.lease_expires_at) > now:
+        return ConflictError(f"another reviewer holds review item {item_id} now")
+    return ConflictError(f"review item {item_id} is not offered to you (skipped)")
 
 
 def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
@@ -297,6 +377,17 @@ def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
         out_of_domain=diagnostics.get("out_of_domain"),
         uncertainty=row["uncertainty"],
         reason=row["reason"],
+        reason_text=why_in_review(
+            row["reason"],
+            guess=None
+            if prediction is None
+            else (prediction.label if prediction.count is None else str(prediction.count)),
+            confidence=None if prediction is None else prediction.confidence,
+            threshold=row["confidence_threshold"],
+            in_domain=diagnostics.get("in_domain_score"),
+            out_of_domain=diagnostics.get("out_of_domain"),
+        ),
+        confidence_threshold=row["confidence_threshold"],
         created_at=aware(row["query_created_at"]),
         deadline=aware(row["deadline"]),
         lease_expires_at=aware(row["lease_expires_at"]),
@@ -356,7 +447,7 @@ async def heartbeat(session: AsyncSession, item_id: int, user_id: str, lease_s: 
     }
     expires: Any
     if _is_postgres(session):
-        async with _autocommit(session).connect() as conn:
+        async with _autocommit_connection(session) as conn:
             renewed = await _HEARTBEAT_ON_DRIVER.fetchrow(conn, params)
             expires = None if renewed is None else renewed["lease_expires_at"]
     else:
@@ -473,7 +564,7 @@ async def answer_item(
     row: Any
     if _is_postgres(session):
         # Each statement is atomic on its own (the write re-checks the lease), so no BEGIN/COMMIT.
-        async with _autocommit(session).connect() as conn:
+        async with _autocommit_connection(session) as conn:
             row = await _ANSWER_CHECK_ON_DRIVER.fetchrow(conn, {"p_item": item_id})
             answer, params = _answer_params(row, item_id, user_id, raw_label, rois, now)
             label_id = None

@@ -51,6 +51,21 @@ async def claim(
     return item if item is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post(
+    "/items/{item_id}/claim",
+    operation_id="review_reclaim",
+    response_model=ClaimedItem,
+    responses={409: {"description": "someone else holds it now, or it is answered or skipped"}},
+)
+async def reclaim(
+    item_id: ItemId, state: StateDep, session: SessionDep, reviewer: ReviewerDep
+) -> ClaimedItem:
+    """This item again, after your lease on it ran out (the page then sends your answer again)."""
+    return await review_queue.claim_item(
+        session, item_id, reviewer.user_id, state.settings.review_lease_s, state.settings.public_url
+    )
+
+
 @router.post("/items/{item_id}/heartbeat", operation_id="review_heartbeat")
 async def heartbeat(item_id: ItemId, state: StateDep, session: SessionDep, reviewer: ReviewerDep) -> LeaseOut:
     return await review_queue.heartbeat(session, item_id, reviewer.user_id, state.settings.review_lease_s)
@@ -70,11 +85,16 @@ async def answer(
 ) -> AnswerOut:
     """One of the detector's labels or UNCLEAR, with the boxes drawn (if any); stored once, and the
     image query is answered with both. 400 when the boxes do not fit the answer."""
-    out = await review_queue.answer_item(session, item_id, reviewer.user_id, body.label, body.rois)
-    if claim_next:
-        out.next = await review_queue.claim_next(
-            session, reviewer.user_id, state.settings.review_lease_s, state.settings.public_url, detector_id
-        )
+    async with review_queue.one_connection(session):
+        out = await review_queue.answer_item(session, item_id, reviewer.user_id, body.label, body.rois)
+        if claim_next:
+            out.next = await review_queue.claim_next(
+                session,
+                reviewer.user_id,
+                state.settings.review_lease_s,
+                state.settings.public_url,
+                detector_id,
+            )
     return out
 
 

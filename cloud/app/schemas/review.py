@@ -48,7 +48,11 @@ class ClaimedItem(BaseModel):
     in_domain_score: float | None = None
     out_of_domain: bool | None = None
     uncertainty: float
-    reason: str
+    reason: str = Field(description="Why it is here, as recorded (an EscalationReason value)")
+    reason_text: str = Field(default="", description="The same, in words, with the numbers behind it")
+    confidence_threshold: float | None = Field(
+        default=None, description="The threshold the model's confidence was held against"
+    )
     created_at: datetime = Field(description="When the image query was created")
     deadline: datetime = Field(description="Patience deadline: answer before this")
     lease_expires_at: datetime

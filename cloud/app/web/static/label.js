@@ -17,11 +17,13 @@
   let item = null; // the claimed item, as the API returned it
   let keyMap = new Map(); // key -> label
   let busy = false;
+  let leaseWarned = false; // the "lease ends soon" message was shown for this item
   let answered = 0;
   let heartbeatTimer = null;
   let pollTimer = null;
 
   const BOX_MODES = new Set(["COUNT", "BOUNDING_BOX"]);
+  const LEASE_WARN_S = 10;
   const GREATER_THAN_MAX = "GREATER_THAN_MAX";
   let editor = null; // the box editor, made for the first box item
   const ownBoxes = new Map(); // item id -> the boxes this reviewer answered it with (for an undo)
@@ -113,7 +115,15 @@
     $("deadline").textContent = overdue ? "passed " + relative(item.deadline) : relative(item.deadline);
     $("deadline").className = overdue ? "late" : "";
     const left = Math.max(0, Math.round((Date.parse(item.lease_expires_at) - Date.now()) / 1000));
-    $("lease").textContent = left + " s left";
+    // Heartbeats keep the lease; it only runs low when they fail (a sleeping tab, a lost network).
+    $("lease").textContent = left > 0 ? left + " s left" : "ran out: answering takes it back if nobody else has";
+    // Heartbeats come every third of the lease, so a lease this low means they have been failing.
+    const warnAt = Math.min(LEASE_WARN_S, (item.lease_s || 60) / 3);
+    $("lease").className = left <= warnAt ? "late" : "";
+    if (left <= warnAt && !leaseWarned) {
+      leaseWarned = true;
+      say(left > 0 ? "Your lease on this item ends in " + left + " s." : "Your lease on this item ran out.", "warn");
+    }
   }
 
   function showPrediction(p) {
@@ -212,11 +222,14 @@
 
   function show(it) {
     item = it;
+    leaseWarned = false;
+    refreshLeft();
     $("loading").hidden = true;
     $("empty").hidden = true;
     $("detector-name").textContent = it.detector_name;
     $("question").textContent = it.query;
-    $("reason").textContent = it.reason || "–";
+    $("reason").textContent = it.reason_text || it.reason || "–";
+    $("reason").title = it.reason || "";
     showPrediction(it.prediction);
     showOod(it);
     if (BOX_MODES.has(it.mode)) showBoxAnswers(it);
@@ -253,6 +266,7 @@
 
   function showEmpty() {
     item = null;
+    refreshLeft();
     $("loading").hidden = true;
     $("image").hidden = true;
     $("empty").hidden = false;
@@ -267,6 +281,25 @@
   }
 
   // -- talking to the queue ---------------------------------------------------------------------------
+
+  // "N left (k you can take now)" for this queue (or all of them), asked at most every few seconds.
+  let leftAsked = 0;
+  async function refreshLeft() {
+    const now = Date.now();
+    if (now - leftAsked < 5000) return;
+    leftAsked = now;
+    let r = null;
+    try {
+      r = await api("GET", "/queues");
+    } catch (err) {
+      return;
+    }
+    if (r.status !== 200 || !Array.isArray(r.data)) return;
+    const queues = detectorId ? r.data.filter((q) => q.detector_id === detectorId) : r.data;
+    const pending = queues.reduce((n, q) => n + q.pending, 0);
+    const claimable = queues.reduce((n, q) => n + q.claimable, 0);
+    $("left").textContent = pending + " left" + (pending ? " (" + claimable + " you can take now)" : "");
+  }
 
   async function claim() {
     stopTimers();
@@ -314,14 +347,34 @@
     if (!item || item.id !== id) return;
     if (r.status === 200) {
       item.lease_expires_at = r.data.lease_expires_at;
+      leaseWarned = false;
     } else if (r.status === 409 || r.status === 404) {
-      say("Your lease on that item ran out; here is the next one.", "warn");
+      const why = await reclaim(id);
+      if (why === null) return;
+      say("Your lease on that item ran out (" + why + "); here is the next one.", "warn");
       claim();
     }
   }
 
+  // The lease on the item shown ran out: take that same item back, if nobody else holds it now.
+  // null when it is ours again, else why not.
+  async function reclaim(id) {
+    let r = null;
+    try {
+      r = await api("POST", "/items/" + id + "/claim");
+    } catch (err) {
+      return "the server cannot be reached";
+    }
+    if (!item || item.id !== id) return "another item is shown";
+    if (r.status !== 200) return detail(r);
+    item.lease_expires_at = r.data.lease_expires_at;
+    leaseWarned = false;
+    tick();
+    return null;
+  }
+
   // rois: the boxes, for COUNT and BOUNDING_BOX items (null with UNCLEAR); left out for the others.
-  async function answer(label, rois) {
+  async function answer(label, rois, retried) {
     if (!item || busy || root.dataset.state !== "ready") return;
     busy = true;
     setState("busy");
@@ -359,8 +412,18 @@
       } else {
         claim();
       }
+    } else if (r.status === 409 && !retried) {
+      // The lease had run out: take the item back if nobody else has, and send the answer again once.
+      const why = await reclaim(id);
+      if (why === null) {
+        setState("ready");
+        await answer(label, rois, true);
+      } else {
+        say("Your answer " + label + " was not recorded: " + why + ". Loading the next item.", "warn");
+        claim();
+      }
     } else if (r.status === 409 || r.status === 404) {
-      say(detail(r) + " Loading the next item.", "warn");
+      say("Your answer " + label + " was not recorded: " + detail(r) + ". Loading the next item.", "warn");
       claim();
     } else {
       say(detail(r), "error");
@@ -473,6 +536,14 @@
     const t = ev.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+    const sheet = $("keys");
+    if (key === "?") {
+      ev.preventDefault();
+      if (sheet.open) sheet.close();
+      else sheet.showModal();
+      return;
+    }
+    if (sheet.open) return; // the sheet is modal: no answers behind it (Esc closes it)
     const ctrlZ = (ev.ctrlKey || ev.metaKey) && !ev.altKey && !ev.shiftKey && key === "z";
     if (ctrlZ) {
       ev.preventDefault();
