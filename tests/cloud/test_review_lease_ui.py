@@ -139,3 +139,26 @@ def test_an_answer_for_an_item_someone_else_took_meanwhile_is_reported_not_recor
     assert [(label["review_item_id"], label["label"], label["user_id"]) for label in labels] == [
         (order[0], "YES", rival.user_id)
     ]
+
+
+def test_deadlines_are_coloured_only_while_they_need_attention(
+    short_lease_cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(name=f"deadlines-{datetime.now(UTC):%H%M%S%f}")
+    now = datetime.now(UTC)
+    deadlines = [now - timedelta(minutes=10), now + timedelta(seconds=40), now + timedelta(minutes=10)]
+    order = [
+        ref.item_id for ref in factory.review_items(detector_id, 3, deadlines=deadlines, with_images=True)
+    ]
+    who = factory.reviewer()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        open_labeler(page, short_lease_cloud, who, detector_id)
+        seen = []
+        for item_id in order:
+            showing(page, item_id)
+            seen.append((page.inner_text("#deadline").split()[0], page.get_attribute("#deadline", "class")))
+            page.keyboard.press("y")
+        page.close()
+    # Long passed: muted (the camera has its answer); within the minute: amber; later: plain.
+    assert seen == [("passed", "muted"), ("in", "soon"), ("in", "")]

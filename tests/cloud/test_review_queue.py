@@ -319,6 +319,37 @@ def test_skipped_item_goes_to_other_reviewers_not_back_to_the_skipper(
     assert row["status"] == "pending" and row["lease_owner"] == other.user_id
 
 
+def test_a_skip_is_listed_until_answered_and_can_be_taken_back(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(name=f"skips-{time.monotonic_ns()}")
+    first_item, second_item = factory.review_items(detector_id, 2)
+    who, other = factory.reviewer(), factory.reviewer()
+    with api(cloud, who) as http, api(cloud, other) as rival:
+        for expected in (first_item, second_item):
+            held = claim(http, detector_id)
+            assert held is not None and held["id"] == expected.item_id
+            assert http.post(f"/api/v1/review/items/{expected.item_id}/skip").status_code == 204
+        listed = http.get("/api/v1/review/skipped").json()
+        assert [s["item_id"] for s in listed] == [second_item.item_id, first_item.item_id]  # latest first
+        assert listed[0]["detector_id"] == detector_id and listed[0]["query"] == "Is the door closed?"
+        assert rival.get("/api/v1/review/skipped").json() == []  # one's own skips only
+        assert claim(http, detector_id) is None
+        # Taken back: offered again; twice, or for an item never skipped, is a 404.
+        assert http.delete(f"/api/v1/review/items/{first_item.item_id}/skip").status_code == 204
+        assert http.delete(f"/api/v1/review/items/{first_item.item_id}/skip").status_code == 404
+        back = claim(http, detector_id)
+        assert back is not None and back["id"] == first_item.item_id
+        # An answered item leaves the list, whoever answered it.
+        taken = claim(rival, detector_id)
+        assert taken is not None and taken["id"] == second_item.item_id
+        assert (
+            rival.post(f"/api/v1/review/items/{second_item.item_id}/answer", json={"label": "NO"}).status_code
+            == 200
+        )
+        assert http.get("/api/v1/review/skipped").json() == []
+
+
 def test_release_returns_the_item_to_everyone_including_the_releaser(
     cloud: CloudServer, factory: CloudFactory
 ) -> None:

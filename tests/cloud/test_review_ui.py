@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.browser import artifact, chromium
 from tests.support.cloud import CloudServer
@@ -234,3 +235,50 @@ def test_reviewer_labels_ten_items_with_the_keyboard_and_undoes_one(
     rows = factory.items(detector_id)
     assert rows[order[10]]["status"] == "pending" and rows[order[10]]["lease_owner"] is None
     assert artifact("review-label-page.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_skipped_item_is_listed_and_can_be_taken_back_from_the_page(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(name=f"skip-ui-{datetime.now(UTC):%H%M%S%f}")
+    now = datetime.now(UTC)
+    order = [
+        ref.item_id
+        for ref in factory.review_items(
+            detector_id,
+            2,
+            deadlines=[now + timedelta(minutes=5, seconds=i) for i in range(2)],
+            with_images=True,
+        )
+    ]
+    who = factory.reviewer()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{cloud.url}/login")
+        page.fill("input[name=username]", who.username)
+        page.fill("input[name=password]", who.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/ui/queues")
+        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
+
+        def showing(item_id: int) -> None:
+            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
+
+        showing(order[0])
+        assert not page.locator("#skipped").is_visible()
+        page.keyboard.press("s")
+        showing(order[1])
+        expect(page.locator("#skipped-count")).to_have_text("1")
+        page.click("#skipped summary")
+        page.click(f'#skipped-list button[data-item-id="{order[0]}"]')
+        expect(page.locator("#status")).to_have_text(f"Item {order[0]} is back in your queue.")
+        expect(page.locator("#skipped")).to_be_hidden()
+        page.keyboard.press("y")
+        showing(order[0])  # offered again after the skip was taken back
+        page.keyboard.press("n")
+        page.wait_for_selector('#labeler[data-state="empty"]', timeout=15_000)
+        page.close()
+    assert factory.skips(who.user_id) == set()
+    standing = {label["review_item_id"]: label["label"] for label in factory.labels(detector_id)}
+    assert standing == {order[1]: "YES", order[0]: "NO"}

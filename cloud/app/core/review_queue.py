@@ -79,6 +79,7 @@ from cloud.app.schemas.review import (
     EdgePrediction,
     LeaseOut,
     QueueSummary,
+    SkippedItem,
     UndoOut,
 )
 from common.bundle import BOX_MODES
@@ -673,6 +674,46 @@ async def skip_item(session: AsyncSession, item_id: int, user_id: str) -> None:
         )
     )
     await session.commit()
+
+
+async def skipped_items(session: AsyncSession, user_id: str, limit: int = 100) -> list[SkippedItem]:
+    """This reviewer's skips of items still waiting for an answer, latest first."""
+    rows = await session.execute(
+        select(
+            _skip.c.review_item_id,
+            _skip.c.created_at,
+            _ri.c.image_query_id,
+            _ri.c.detector_id,
+            _det.c.name,
+            _det.c.query,
+        )
+        .join_from(_skip, _ri, _ri.c.id == _skip.c.review_item_id)
+        .join(_det, _det.c.id == _ri.c.detector_id)
+        .where(_skip.c.user_id == user_id, _ri.c.status == _PENDING)
+        .order_by(_skip.c.created_at.desc(), _skip.c.review_item_id.desc())
+        .limit(limit)
+    )
+    return [
+        SkippedItem(
+            item_id=row.review_item_id,
+            image_query_id=row.image_query_id,
+            detector_id=row.detector_id,
+            detector_name=row.name,
+            query=row.query,
+            skipped_at=aware(row.created_at),
+        )
+        for row in rows
+    ]
+
+
+async def unskip_item(session: AsyncSession, item_id: int, user_id: str) -> None:
+    """Offer the item to this reviewer again; 404 when they had not skipped it."""
+    gone = await session.execute(
+        _skip.delete().where(_skip.c.review_item_id == item_id, _skip.c.user_id == user_id)
+    )
+    await session.commit()
+    if not cast(Any, gone).rowcount:
+        raise NotFoundError(f"you have not skipped review item {item_id}")
 
 
 async def release_item(session: AsyncSession, item_id: int, user_id: str) -> None:

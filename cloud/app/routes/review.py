@@ -21,6 +21,7 @@ from cloud.app.schemas.review import (
     LeaseOut,
     QueueSummary,
     ReviewStatsOut,
+    SkippedItem,
     UndoOut,
 )
 
@@ -102,6 +103,18 @@ async def answer(
 async def skip(item_id: ItemId, session: SessionDep, reviewer: ReviewerDep) -> None:
     """Back to the queue; you will not be offered this item again."""
     await review_queue.skip_item(session, item_id, reviewer.user_id)
+
+
+@router.delete("/items/{item_id}/skip", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_unskip")
+async def unskip(item_id: ItemId, session: SessionDep, reviewer: ReviewerDep) -> None:
+    """Take back your skip: the item is offered to you again. 404 when you had not skipped it."""
+    await review_queue.unskip_item(session, item_id, reviewer.user_id)
+
+
+@router.get("/skipped", operation_id="review_list_skipped")
+async def skipped(session: SessionDep, reviewer: ReviewerDep) -> list[SkippedItem]:
+    """Your skips of items still waiting for an answer, latest first (at most 100)."""
+    return await review_queue.skipped_items(session, reviewer.user_id)
 
 
 @router.post(

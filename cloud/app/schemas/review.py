@@ -94,6 +94,17 @@ class UndoOut(BaseModel):
     label: str = Field(description="The answer that was undone")
 
 
+class SkippedItem(BaseModel):
+    """An item you skipped that still waits for an answer (`DELETE .../skip` offers it to you again)."""
+
+    item_id: int
+    image_query_id: str
+    detector_id: str
+    detector_name: str
+    query: str
+    skipped_at: datetime
+
+
 class QueueSummary(BaseModel):
     detector_id: str
     detector_name: str

@@ -24,6 +24,7 @@
 
   const BOX_MODES = new Set(["COUNT", "BOUNDING_BOX"]);
   const LEASE_WARN_S = 10;
+  const DEADLINE_SOON_MS = 60000;
   const GREATER_THAN_MAX = "GREATER_THAN_MAX";
   let editor = null; // the box editor, made for the first box item
   const ownBoxes = new Map(); // item id -> the boxes this reviewer answered it with (for an undo)
@@ -111,9 +112,11 @@
 
   function tick() {
     if (!item) return;
-    const overdue = Date.parse(item.deadline) < Date.now();
-    $("deadline").textContent = overdue ? "passed " + relative(item.deadline) : relative(item.deadline);
-    $("deadline").className = overdue ? "late" : "";
+    // Coloured only while it needs attention: the last minute before it passes. Once passed, the camera
+    // already has the model's answer; the item still teaches the model, with no hurry.
+    const toGo = Date.parse(item.deadline) - Date.now();
+    $("deadline").textContent = toGo < 0 ? "passed " + relative(item.deadline) : relative(item.deadline);
+    $("deadline").className = toGo < 0 ? "muted" : toGo < DEADLINE_SOON_MS ? "soon" : "";
     const left = Math.max(0, Math.round((Date.parse(item.lease_expires_at) - Date.now()) / 1000));
     // Heartbeats keep the lease; it only runs low when they fail (a sleeping tab, a lost network).
     $("lease").textContent = left > 0 ? left + " s left" : "ran out: answering takes it back if nobody else has";
@@ -494,8 +497,53 @@
       // the lease runs out by itself
     }
     busy = false;
-    say("Skipped; you will not see that item again.");
+    say("Skipped; it is under Skipped below if you want it back.");
+    refreshSkipped();
     claim();
+  }
+
+  // The items this reviewer skipped that still wait for an answer, each with a button to take the skip back.
+  async function refreshSkipped() {
+    let r = null;
+    try {
+      r = await api("GET", "/skipped");
+    } catch (err) {
+      return;
+    }
+    if (r.status !== 200 || !Array.isArray(r.data)) return;
+    const list = $("skipped-list");
+    const rows = r.data.map((s) => {
+      const li = document.createElement("li");
+      const what = document.createElement("span");
+      what.textContent = s.detector_name + ": " + s.query + " (item " + s.item_id + ")";
+      const back = document.createElement("button");
+      back.type = "button";
+      back.className = "ghost small";
+      back.textContent = "Un-skip";
+      back.dataset.itemId = String(s.item_id);
+      back.addEventListener("click", () => unskip(s.item_id));
+      li.append(what, " ", back);
+      return li;
+    });
+    list.replaceChildren(...rows);
+    $("skipped-count").textContent = String(rows.length);
+    $("skipped").hidden = rows.length === 0;
+  }
+
+  async function unskip(id) {
+    let r = null;
+    try {
+      r = await api("DELETE", "/items/" + id + "/skip");
+    } catch (err) {
+      say("Cannot reach the server; try again.", "error");
+      return;
+    }
+    if (r.status === 204) say("Item " + id + " is back in your queue.");
+    else say(detail(r), "warn");
+    leftAsked = 0;
+    refreshLeft();
+    await refreshSkipped();
+    if (root.dataset.state === "empty" && !busy) claim();
   }
 
   async function undo() {
@@ -593,5 +641,6 @@
   });
 
   setInterval(tick, 1000);
+  refreshSkipped();
   claim();
 })();
