@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-tools bench-review bench-training bench-loop test-fast lint format bench models clean cloud-schema settings-table
+.PHONY: help setup run test test-tools bench-review bench-training bench-loop test-fast lint format bench models clean cloud-schema settings-table screenshots
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench-training: setup ## Training-quality benchmark on MNIST 5k (writes bench/re
 
 bench-loop: setup ## Closed-loop learning benchmark, whole system (writes bench/results/learning_loop.json)
 	$(PY) -m bench.learning_loop
+
+screenshots: setup test-tools ## Every review page at 1920x1080 and 390x844, and dark mode (writes bench/results/ui/)
+	$(PY) -m bench.screenshots
 
 clean: ## Remove local state (models, databases), keep the venv
 	rm -rf .intellioptics

@@ -8,6 +8,7 @@ so that one or two lost heartbeats do not flap it offline.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.db.models import Hub
+from cloud.app.db.models import Detector, Hub, ModelVersion
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import as_utc
 
@@ -75,3 +76,74 @@ async def get_hub(session: AsyncSession, hub_id: str) -> Hub:
 
 def is_online(hub: Hub, now: datetime | None = None) -> bool:
     return (now or datetime.now(UTC)) - as_utc(hub.last_seen_at) <= timedelta(seconds=ONLINE_WINDOW_S)
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    detector_id: str
+    detector_name: str | None  # None: a detector this cloud does not know (deleted, or another cloud's)
+    serving: str
+    production: str | None
+
+    @property
+    def current(self) -> bool:
+        return self.production is not None and self.serving == self.production
+
+
+@dataclass(frozen=True)
+class EdgeRow:
+    """One edge as the dashboard shows it."""
+
+    id: str
+    name: str
+    online: bool
+    last_seen_at: datetime
+    silent_s: float
+    registered_at: datetime
+    outbox_depth: int
+    models: list[DeployedModel]
+
+    @property
+    def behind(self) -> int:
+        return sum(1 for m in self.models if m.production is not None and not m.current)
+
+
+async def edge_rows(session: AsyncSession, now: datetime | None = None) -> list[EdgeRow]:
+    """Every edge, offline ones first, with the version it serves per detector beside production's."""
+    moment = now or datetime.now(UTC)
+    found = await list_hubs(session)
+    wanted = {d for hub in found for d in (hub.deployed_versions or {})}
+    production: dict[str, tuple[str, str | None]] = {}
+    if wanted:
+        rows = await session.execute(
+            select(Detector.id, Detector.name, ModelVersion.version)
+            .outerjoin(ModelVersion, ModelVersion.id == Detector.production_version_id)
+            .where(Detector.id.in_(wanted), Detector.deleted_at.is_(None))
+        )
+        production = {det: (name, version) for det, name, version in rows}
+    await session.commit()
+    out = []
+    for hub in found:
+        models = [
+            DeployedModel(
+                detector_id=det,
+                detector_name=production.get(det, (None, None))[0],
+                serving=str(version),
+                production=production.get(det, (None, None))[1],
+            )
+            for det, version in sorted((hub.deployed_versions or {}).items())
+        ]
+        seen = as_utc(hub.last_seen_at)
+        out.append(
+            EdgeRow(
+                id=hub.id,
+                name=hub.name or "",
+                online=is_online(hub, moment),
+                last_seen_at=seen,
+                silent_s=max(0.0, (moment - seen).total_seconds()),
+                registered_at=as_utc(hub.registered_at),
+                outbox_depth=hub.outbox_depth,
+                models=models,
+            )
+        )
+    return sorted(out, key=lambda e: (e.online, e.name or e.id, e.id))

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 from starlette.responses import Response
 
-from cloud.app.core import review_queue, review_stats
+from cloud.app.core import review_neighbours, review_queue, review_stats
 from cloud.app.deps import ReviewerDep, SessionDep, StateDep
 from cloud.app.schemas.fields import ID_PATTERN
 from cloud.app.schemas.review import (
@@ -19,6 +19,7 @@ from cloud.app.schemas.review import (
     AnswerOut,
     ClaimedItem,
     LeaseOut,
+    NeighboursOut,
     QueueSummary,
     ReviewStatsOut,
     SkippedItem,
@@ -137,6 +138,33 @@ async def item_image(
 ) -> Response:
     image = await review_queue.item_image(session, state.blobs, item_id)
     # Images never change under an id; let the browser keep them while it works through the queue.
+    return Response(
+        image.data, media_type=image.content_type, headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.get("/items/{item_id}/neighbours", operation_id="review_item_neighbours")
+async def neighbours(
+    item_id: ItemId,
+    state: StateDep,
+    session: SessionDep,
+    reviewer: ReviewerDep,
+    k: Annotated[int, Query(ge=1, le=24)] = review_neighbours.K,
+) -> NeighboursOut:
+    """The `k` labelled images of the item's detector most like it, in the production model's
+    embedding space, with their labels: what the model was taught about images like this one."""
+    return await review_neighbours.similar_labelled(state, session, item_id, k)
+
+
+@router.get("/images/{image_query_id}", operation_id="review_labelled_image")
+async def labelled_image(
+    image_query_id: Annotated[str, Path(max_length=60, pattern=ID_PATTERN)],
+    state: StateDep,
+    session: SessionDep,
+    reviewer: ReviewerDep,
+) -> Response:
+    """The image of a labelled image query (a neighbour's)."""
+    image = await review_neighbours.labelled_image(session, state.blobs, image_query_id)
     return Response(
         image.data, media_type=image.content_type, headers={"Cache-Control": "private, max-age=3600"}
     )

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Form, Path, Query, Request, status
 from starlette.responses import RedirectResponse, Response
 
 from cloud.app.auth import SESSION_COOKIE
-from cloud.app.core import edge_accuracy, review_queue, review_stats, web_sessions
+from cloud.app.core import edge_accuracy, hubs, review_queue, review_stats, web_sessions
+from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
@@ -135,6 +136,24 @@ async def detector_page(
     except NotFoundError as exc:
         return _page(request, "error.html", user, status_code=404, title="Not found", message=str(exc))
     return _page(request, "detector.html", user, d=overview, acc=accuracy, nav="queues")
+
+
+@router.get("/ui/edges")
+async def edges_page(request: Request, session: SessionDep, user: PageUser) -> Response:
+    """Administrators: every edge, online or not, its outbox and the versions it serves."""
+    if user is None:
+        return _to_login()
+    if user.role is not Role.ADMIN:
+        return _page(
+            request,
+            "error.html",
+            user,
+            status_code=403,
+            title="Administrators only",
+            message="The edges page is for administrators.",
+        )
+    rows = await hubs.edge_rows(session)
+    return _page(request, "edges.html", user, edges=rows, online_window_s=hubs.ONLINE_WINDOW_S, nav="edges")
 
 
 @router.get("/ui/stats")

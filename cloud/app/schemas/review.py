@@ -94,6 +94,24 @@ class UndoOut(BaseModel):
     label: str = Field(description="The answer that was undone")
 
 
+class Neighbour(BaseModel):
+    image_query_id: str
+    label: str = Field(description="its standing label")
+    similarity: float = Field(description="cosine similarity of the two embeddings, 1 = the same")
+    image_url: str = Field(description="path of its image on this API (same credentials)")
+
+
+class NeighboursOut(BaseModel):
+    """The labelled images of the item's detector most like it, most similar first."""
+
+    item_id: int
+    available: bool = Field(description="false: nothing to compare with; `why` says what is missing")
+    why: str | None = None
+    backbone: str | None = Field(default=None, description="the embedding space: the production backbone")
+    compared: int = Field(default=0, description="labelled images with an embedding that were compared")
+    neighbours: list[Neighbour]
+
+
 class SkippedItem(BaseModel):
     """An item you skipped that still waits for an answer (`DELETE .../skip` offers it to you again)."""
 

@@ -223,10 +223,50 @@
     }
   }
 
+  // The detector's labelled images most like this one, in the model's embedding space: what it was taught.
+  async function showNeighbours(it) {
+    const list = $("neighbours-list");
+    const why = $("neighbours-why");
+    list.replaceChildren();
+    why.textContent = "Looking for similar labelled images…";
+    let r = null;
+    try {
+      r = await api("GET", "/items/" + it.id + "/neighbours");
+    } catch (err) {
+      r = null;
+    }
+    if (!item || item.id !== it.id) return; // the reviewer moved on meanwhile
+    if (r === null || r.status !== 200) {
+      why.textContent = "Similar images are not available right now.";
+      return;
+    }
+    if (!r.data.available) {
+      why.textContent = "No similar images: " + r.data.why + ".";
+      return;
+    }
+    why.textContent = "Of " + r.data.compared + " labelled images of this detector:";
+    list.replaceChildren(
+      ...r.data.neighbours.map((n) => {
+        const li = document.createElement("li");
+        const img = document.createElement("img");
+        img.src = n.image_url;
+        img.alt = "Labelled " + n.label;
+        img.loading = "lazy";
+        const caption = document.createElement("span");
+        caption.className = "neighbour-label";
+        caption.textContent = n.label + " · " + Math.round(100 * n.similarity) + " % alike";
+        li.dataset.label = n.label;
+        li.append(img, caption);
+        return li;
+      })
+    );
+  }
+
   function show(it) {
     item = it;
     leaseWarned = false;
     refreshLeft();
+    showNeighbours(it);
     $("loading").hidden = true;
     $("empty").hidden = true;
     $("detector-name").textContent = it.detector_name;
