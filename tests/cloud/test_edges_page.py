@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from sqlalchemy import update
 
 from cloud.app.core.hubs import ONLINE_WINDOW_S
-from cloud.app.db.models import Detector, Hub, Role
+from cloud.app.db.models import Hub, Role
 from tests.support.browser import chromium
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory
@@ -61,15 +61,7 @@ def silence(cloud: CloudServer, edge_id: str, seconds: float) -> None:
 def test_an_edge_turns_offline_when_its_heartbeats_stop(cloud: CloudServer, factory: CloudFactory) -> None:
     detector_id = factory.detector(name=f"door-{datetime.now(UTC):%H%M%S%f}")
     factory.model_version(detector_id, "v1", "retired")
-    production = factory.model_version(detector_id, "v2", "production")
-
-    async def promote(session):  # type: ignore[no-untyped-def]
-        await session.execute(
-            update(Detector).where(Detector.id == detector_id).values(production_version_id=production)
-        )
-        await session.commit()
-
-    run_in_db(cloud.database_url, promote)
+    factory.model_version(detector_id, "v2", "production", current=True)
     stamp = f"{datetime.now(UTC):%H%M%S%f}"
     quiet, busy = f"edge-quiet-{stamp}", f"edge-busy-{stamp}"
     heartbeat(cloud, quiet, {detector_id: "v2"}, 0)

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from cloud.app.core.users import create_token, create_user
 from cloud.app.db.models import (
     Detector,
+    Hub,
     ImageQuery,
     Label,
     ModelVersion,
@@ -202,9 +203,37 @@ class CloudFactory:
         refs = self._run(work)
         return refs
 
+    def hub(
+        self, edge_id: str, deployed_versions: dict[str, str], outbox_depth: int = 0, name: str = ""
+    ) -> None:
+        """An edge as its last heartbeat left it (now)."""
+        now = datetime.now(UTC)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(Hub).values(
+                    id=edge_id,
+                    name=name,
+                    registered_at=now,
+                    last_seen_at=now,
+                    deployed_versions=deployed_versions,
+                    outbox_depth=outbox_depth,
+                    info={},
+                )
+            )
+
+        self._run(work)
+
     def model_version(
-        self, detector_id: str, version: str, status: str = "candidate", metrics: dict[str, Any] | None = None
+        self,
+        detector_id: str,
+        version: str,
+        status: str = "candidate",
+        metrics: dict[str, Any] | None = None,
+        *,
+        current: bool = False,
     ) -> str:
+        """A registry row (its blob is not written); `current`: the detector's production version too."""
         version_id = f"mv_{secrets.token_hex(8)}"
 
         async def work(conn: AsyncConnection) -> str:
@@ -223,6 +252,12 @@ class CloudFactory:
                     created_at=datetime.now(UTC),
                 )
             )
+            if current:
+                await conn.execute(
+                    update(Detector)
+                    .where(Detector.id == detector_id)
+                    .values(production_version_id=version_id)
+                )
             return version_id
 
         return self._run(work)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from playwright.sync_api import Page, ViewportSize
 
+from cloud.app.db.models import Role
 from tests.support.cloud_factories import CloudFactory, Reviewer
 
 DESKTOP: ViewportSize = {"width": 1920, "height": 1080}
@@ -44,7 +45,10 @@ def seed_ui_pages(factory: CloudFactory) -> UiPages:
     )
     metrics = {"accuracy": 0.931, "balanced_accuracy": 0.925, "ece": 0.021, "per_class": {}}
     factory.model_version(detector_id, "v1", "retired", metrics)
-    factory.model_version(detector_id, "v2", "production", {**metrics, "accuracy": 0.952})
+    factory.model_version(detector_id, "v2", "production", {**metrics, "accuracy": 0.952}, current=True)
+    stamp = f"{now:%H%M%S%f}"
+    factory.hub(f"edge-line-1-{stamp}", {detector_id: "v2"}, 0, name="Line 1, dock door")
+    factory.hub(f"edge-line-2-{stamp}", {detector_id: "v1"}, 12, name="Line 2, dock door")
     paths = {
         "login": "/login",
         "queues": "/ui/queues",
@@ -53,8 +57,10 @@ def seed_ui_pages(factory: CloudFactory) -> UiPages:
         "training": f"/ui/detectors/{detector_id}/training",
         "compare": f"/ui/detectors/{detector_id}/compare",
         "stats": "/ui/stats",
+        "edges": "/ui/edges",
     }
-    return UiPages(detector_id, factory.reviewer(), paths)
+    # An administrator sees every page (the edges dashboard is theirs alone).
+    return UiPages(detector_id, factory.reviewer(Role.ADMIN), paths)
 
 
 def log_in(page: Page, base_url: str, who: Reviewer) -> None:
