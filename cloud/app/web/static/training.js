@@ -190,6 +190,30 @@
     });
   }
 
+  // Administrators: make a version production, or go back to the one before. Edges follow the
+  // production version at their next refresh.
+  for (const button of document.querySelectorAll(".version-actions button")) {
+    button.addEventListener("click", async () => {
+      const version = button.dataset.version;
+      const promote = button.dataset.action === "promote";
+      const question = promote
+        ? "Make " + version + " the production version? Edges switch to it at their next refresh."
+        : "Roll back from " + version + " to the version promoted before it? Edges follow at their next refresh.";
+      if (!window.confirm(question)) return;
+      button.disabled = true;
+      const url = promote
+        ? "/api/v1/models/" + encodeURIComponent(button.dataset.modelId) + "/promote"
+        : "/api/v1/detectors/" + encodeURIComponent(detectorId) + "/models/rollback";
+      const result = await post(url, {});
+      if (result.ok) {
+        window.location.reload();
+      } else {
+        button.disabled = false;
+        say(result.detail || (promote ? "could not promote" : "could not roll back") + " (" + result.status + ")", "error");
+      }
+    });
+  }
+
   poll();
   window.setInterval(poll, POLL_MS);
 })();
