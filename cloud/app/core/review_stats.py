@@ -147,6 +147,7 @@ class DetectorOverview:
     mode: str
     labels: list[str]
     confidence_threshold: float
+    patience_time: float
     pending: int
     recent: list[RecentQuery]
     label_counts: list[LabelCount]
@@ -208,6 +209,7 @@ async def detector_overview(session: AsyncSession, detector_id: str, recent: int
         mode=det.mode,
         labels=labels,
         confidence_threshold=det.confidence_threshold,
+        patience_time=det.patience_time,
         pending=int(pending),
         recent=[_recent(q) for q in queries],
         label_counts=sorted(
