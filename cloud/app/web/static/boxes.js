@@ -218,8 +218,9 @@
       }
       const s = this.stage.getBoundingClientRect();
       const r = img.getBoundingClientRect();
-      const left = r.left - s.left - this.stage.clientLeft + img.clientLeft + (cw - w) / 2;
-      const top = r.top - s.top - this.stage.clientTop + img.clientTop + (ch - h) / 2;
+      // Scroll offsets: a zoomed image scrolls inside the stage, and the layer with it.
+      const left = r.left - s.left - this.stage.clientLeft + this.stage.scrollLeft + img.clientLeft + (cw - w) / 2;
+      const top = r.top - s.top - this.stage.clientTop + this.stage.scrollTop + img.clientTop + (ch - h) / 2;
       Object.assign(this.layer.style, {
         display: "block",
         left: left + "px",

@@ -262,9 +262,91 @@
     );
   }
 
+  // -- the image viewer: fitted to the stage (smoothly scaled); the wheel, + and - zoom about the pointer
+  // or the centre, 0 (where 0 is no answer) or a double-click goes back to fit; a drag pans (on box
+  // detectors a drag draws, so the scrollbars pan there). Past 100 % the pixels show as they are.
+  let zoom = 1;
+  const ZOOM_MAX = 8;
+
+  // The image's content box at fit (object-fit: contain may letterbox it inside its element).
+  function fitSize(img) {
+    const scale = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+    return { w: img.naturalWidth * scale, h: img.naturalHeight * scale };
+  }
+
+  let fitted = null; // the content size at zoom 1, measured before zooming in
+
+  function resetZoom() {
+    const img = $("image");
+    zoom = 1;
+    fitted = null;
+    stage.classList.remove("zoomed");
+    if (img) {
+      for (const prop of ["width", "height", "maxWidth", "maxHeight", "minWidth", "imageRendering"]) img.style[prop] = "";
+    }
+    showZoom();
+  }
+
+  // Zoom to `next` keeping the image point under (clientX, clientY) where it is (the centre without one).
+  function setZoom(next, clientX, clientY) {
+    const img = $("image");
+    if (!img || img.hidden || !img.naturalWidth) return;
+    next = Math.min(ZOOM_MAX, Math.max(1, next));
+    if (next === zoom) return;
+    if (next === 1) {
+      resetZoom();
+      return;
+    }
+    const box = stage;
+    if (zoom === 1) fitted = fitSize(img);
+    const before = img.getBoundingClientRect();
+    const s = box.getBoundingClientRect();
+    const x = clientX === undefined ? s.left + s.width / 2 : clientX;
+    const y = clientY === undefined ? s.top + s.height / 2 : clientY;
+    // The image fraction under the pointer (its element box is the content box once zoomed).
+    const fx = zoom === 1 ? 0.5 : Math.min(1, Math.max(0, (x - before.left) / before.width));
+    const fy = zoom === 1 ? 0.5 : Math.min(1, Math.max(0, (y - before.top) / before.height));
+    zoom = next;
+    const w = fitted.w * zoom;
+    const h = fitted.h * zoom;
+    box.classList.add("zoomed");
+    Object.assign(img.style, {
+      width: w + "px",
+      height: h + "px",
+      maxWidth: "none",
+      maxHeight: "none",
+      minWidth: "0",
+      imageRendering: w > img.naturalWidth ? "pixelated" : "auto",
+    });
+    const after = img.getBoundingClientRect();
+    box.scrollLeft += after.left + fx * w - x;
+    box.scrollTop += after.top + fy * h - y;
+    showZoom();
+  }
+
+  function showZoom() {
+    const img = $("image");
+    const el = $("zoom");
+    if (!img || !img.naturalWidth) {
+      el.textContent = "–";
+      return;
+    }
+    const shown = zoom === 1 ? fitSize(img).w : img.getBoundingClientRect().width;
+    el.textContent = (zoom === 1 ? "fit, " : "") + Math.round((100 * shown) / img.naturalWidth) + " %";
+  }
+
+  function showImageFacts(it, img) {
+    const when = new Date(it.created_at);
+    $("image-size").textContent = img.naturalWidth + " × " + img.naturalHeight + " px · taken " + when.toLocaleString();
+    $("full-size").href = it.image_url;
+    $("full-size").hidden = false;
+    showZoom();
+  }
+
   function show(it) {
     item = it;
     leaseWarned = false;
+    resetZoom();
     refreshLeft();
     showNeighbours(it);
     $("loading").hidden = true;
@@ -284,6 +366,9 @@
     const ready = () => {
       if (item && item.id === it.id) setState("ready");
     };
+    img.addEventListener("load", () => {
+      if (item && item.id === it.id) showImageFacts(it, img);
+    });
     img.addEventListener("load", ready);
     img.addEventListener("error", () => {
       say("The image could not be loaded; answer UNCLEAR or skip.", "warn");
@@ -644,6 +729,21 @@
       ev.preventDefault();
       return;
     }
+    if (key === "+" || key === "=") {
+      ev.preventDefault();
+      setZoom(zoom * 1.5);
+      return;
+    }
+    if (key === "-" || key === "_") {
+      ev.preventDefault();
+      setZoom(zoom / 1.5);
+      return;
+    }
+    if (key === "0" && !keyMap.has("0") && !boxMode()) {
+      ev.preventDefault();
+      resetZoom();
+      return;
+    }
     if (ev.repeat) return;
     if (key === "z" || key === "Backspace") {
       ev.preventDefault();
@@ -665,6 +765,42 @@
       answer(keyMap.get(key));
     }
   });
+
+  const stageEl = stage;
+  stageEl.addEventListener(
+    "wheel",
+    (ev) => {
+      if (!item || $("image").hidden) return;
+      ev.preventDefault();
+      setZoom(zoom * (ev.deltaY < 0 ? 1.25 : 0.8), ev.clientX, ev.clientY);
+    },
+    { passive: false }
+  );
+  stageEl.addEventListener("dblclick", (ev) => {
+    if (!boxMode()) {
+      ev.preventDefault();
+      resetZoom();
+    }
+  });
+  let pan = null;
+  stageEl.addEventListener("pointerdown", (ev) => {
+    if (zoom === 1 || boxMode() || ev.button !== 0) return;
+    pan = { x: ev.clientX, y: ev.clientY, left: stageEl.scrollLeft, top: stageEl.scrollTop };
+    stageEl.setPointerCapture(ev.pointerId);
+    stageEl.classList.add("panning");
+    ev.preventDefault();
+  });
+  stageEl.addEventListener("pointermove", (ev) => {
+    if (!pan) return;
+    stageEl.scrollLeft = pan.left - (ev.clientX - pan.x);
+    stageEl.scrollTop = pan.top - (ev.clientY - pan.y);
+  });
+  const endPan = () => {
+    pan = null;
+    stageEl.classList.remove("panning");
+  };
+  stageEl.addEventListener("pointerup", endPan);
+  stageEl.addEventListener("pointercancel", endPan);
 
   $("skip").addEventListener("click", (ev) => {
     ev.currentTarget.blur();
