@@ -282,3 +282,55 @@ def test_a_skipped_item_is_listed_and_can_be_taken_back_from_the_page(
     assert factory.skips(who.user_id) == set()
     standing = {label["review_item_id"]: label["label"] for label in factory.labels(detector_id)}
     assert standing == {order[1]: "YES", order[0]: "NO"}
+
+
+@pytest.mark.slow
+def test_a_recent_answer_is_reopened_and_changed_from_the_strip(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(name=f"recent-{datetime.now(UTC):%H%M%S%f}")
+    now = datetime.now(UTC)
+    order = [
+        ref.item_id
+        for ref in factory.review_items(
+            detector_id,
+            4,
+            deadlines=[now + timedelta(minutes=5, seconds=i) for i in range(4)],
+            with_images=True,
+        )
+    ]
+    who = factory.reviewer()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{cloud.url}/login")
+        page.fill("input[name=username]", who.username)
+        page.fill("input[name=password]", who.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/ui/queues")
+        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
+
+        def showing(item_id: int) -> None:
+            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
+
+        for item_id, key in zip(order[:3], ["y", "n", "y"], strict=True):
+            showing(item_id)
+            page.keyboard.press(key)
+        showing(order[3])
+        strip = page.locator("#recent-list li")
+        expect(strip).to_have_count(3)
+        assert strip.first.inner_text().startswith("YES") and f"item {order[2]}" in strip.first.inner_text()
+        # Change the first answer: it is shown again (the current item goes back to the queue).
+        page.click(f'#recent-list button[data-item-id="{order[0]}"]')
+        showing(order[0])
+        expect(page.locator("#status")).to_contain_text(f"Took back YES: answer item {order[0]} again.")
+        expect(strip).to_have_count(2)
+        page.keyboard.press("n")
+        showing(order[3])
+        expect(strip).to_have_count(3)
+        page.close()
+    labels = factory.labels(detector_id)
+    standing = {label["review_item_id"]: label["label"] for label in labels if label["undone_at"] is None}
+    assert standing == {order[0]: "NO", order[1]: "NO", order[2]: "YES"}
+    assert [
+        (label["review_item_id"], label["label"]) for label in labels if label["undone_at"] is not None
+    ] == [(order[0], "YES")]

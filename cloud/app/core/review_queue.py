@@ -722,28 +722,33 @@ async def release_item(session: AsyncSession, item_id: int, user_id: str) -> Non
     await session.commit()
 
 
-async def undo_last(session: AsyncSession, user_id: str) -> UndoOut:
-    """Take back this reviewer's latest answer still standing: the label is marked undone (history is
-    kept), the item is pending again without a lease, and the image query gets its earlier result back.
-    Repeated undos walk further back."""
+async def undo_last(session: AsyncSession, user_id: str, item_id: int | None = None) -> UndoOut:
+    """Take back this reviewer's latest answer still standing (or their answer to `item_id`): the label
+    is marked undone (history is kept), the item is pending again without a lease, and the image query
+    gets its earlier result back. Repeated undos walk further back."""
     now = utcnow()
-    last = (
-        await session.execute(
-            select(
-                _ri.c.id,
-                _ri.c.image_query_id,
-                _ri.c.answer,
-                _ri.c.prior_result,
-                _ri.c.prior_done_processing,
-                _ri.c.prior_rois,
-            )
-            .where(_ri.c.answered_by == user_id, _ri.c.status == _ANSWERED)
-            .order_by(_ri.c.answered_at.desc(), _ri.c.id.desc())
-            .limit(1)
+    pick = (
+        select(
+            _ri.c.id,
+            _ri.c.image_query_id,
+            _ri.c.answer,
+            _ri.c.prior_result,
+            _ri.c.prior_done_processing,
+            _ri.c.prior_rois,
         )
-    ).first()
+        .where(_ri.c.answered_by == user_id, _ri.c.status == _ANSWERED)
+        .order_by(_ri.c.answered_at.desc(), _ri.c.id.desc())
+        .limit(1)
+    )
+    if item_id is not None:
+        pick = pick.where(_ri.c.id == item_id)
+    last = (await session.execute(pick)).first()
     if last is None:
-        raise NotFoundError("you have no answer to undo")
+        raise NotFoundError(
+            "you have no answer to undo"
+            if item_id is None
+            else f"review item {item_id} has no standing answer of yours"
+        )
     reopened = (
         await session.execute(
             update(_ri)

@@ -132,6 +132,13 @@ async def undo(session: SessionDep, reviewer: ReviewerDep) -> UndoOut:
     return await review_queue.undo_last(session, reviewer.user_id)
 
 
+@router.post("/items/{item_id}/undo", operation_id="review_undo_item")
+async def undo_item(item_id: ItemId, session: SessionDep, reviewer: ReviewerDep) -> UndoOut:
+    """Take back your answer to this item (to change it: claim it with `POST /items/{id}/claim`); 404
+    when it has no standing answer of yours."""
+    return await review_queue.undo_last(session, reviewer.user_id, item_id)
+
+
 @router.get("/items/{item_id}/image", operation_id="review_item_image")
 async def item_image(
     item_id: ItemId, state: StateDep, session: SessionDep, reviewer: ReviewerDep

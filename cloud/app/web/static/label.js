@@ -526,6 +526,7 @@
     if (r.status === 200) {
       answered += 1;
       $("count").textContent = String(answered);
+      remember(item && item.id === id ? item : { id, detector_name: "" }, r.data.label || label);
       ownBoxes.delete(id);
       if (body.rois) {
         ownBoxes.set(id, body.rois);
@@ -693,6 +694,8 @@
       }
       answered = Math.max(0, answered - 1);
       $("count").textContent = String(answered);
+      recent = recent.filter((x) => x.id !== r.data.item_id);
+      showRecent();
       busy = false;
       say("Undid " + r.data.label + ": answer it again.");
       claim();
@@ -701,6 +704,82 @@
     busy = false;
     say(r === null ? "Cannot reach the server." : r.status === 404 ? "Nothing to undo." : detail(r), "warn");
     setState(before === "busy" ? "ready" : before);
+  }
+
+  // -- recent answers: this visit's last few, each can be reopened and answered again ------------------
+
+  const RECENT_MAX = 5;
+  let recent = []; // {id, label, detector}, newest first
+
+  function remember(it, label) {
+    recent = [{ id: it.id, label, detector: it.detector_name }, ...recent.filter((r) => r.id !== it.id)].slice(0, RECENT_MAX);
+    showRecent();
+  }
+
+  function showRecent() {
+    const list = $("recent-list");
+    list.replaceChildren(
+      ...recent.map((r) => {
+        const li = document.createElement("li");
+        const what = document.createElement("span");
+        what.textContent = r.label + " · " + r.detector + " (item " + r.id + ")";
+        const change = document.createElement("button");
+        change.type = "button";
+        change.className = "ghost";
+        change.textContent = "Change";
+        change.dataset.itemId = String(r.id);
+        change.addEventListener("click", () => reopen(r.id));
+        li.append(what, " ", change);
+        return li;
+      })
+    );
+    $("recent").hidden = recent.length === 0;
+  }
+
+  // Take back the answer to `id` and show that item again, leased to this reviewer, to answer anew.
+  async function reopen(id) {
+    if (busy) return;
+    busy = true;
+    let r = null;
+    try {
+      r = await api("POST", "/items/" + id + "/undo");
+    } catch (err) {
+      r = null;
+    }
+    if (r === null || r.status !== 200) {
+      busy = false;
+      say(r === null ? "Cannot reach the server." : "Cannot change that answer: " + detail(r) + ".", "warn");
+      return;
+    }
+    const label = r.data.label;
+    recent = recent.filter((x) => x.id !== id);
+    showRecent();
+    answered = Math.max(0, answered - 1);
+    $("count").textContent = String(answered);
+    if (item && item.id !== id) {
+      try {
+        await api("POST", "/items/" + item.id + "/release");
+      } catch (err) {
+        // the lease runs out by itself
+      }
+    }
+    let again = null;
+    try {
+      again = await api("POST", "/items/" + id + "/claim");
+    } catch (err) {
+      again = null;
+    }
+    busy = false;
+    if (again !== null && again.status === 200) {
+      stopTimers();
+      item = null;
+      if (editor) editor.clear();
+      show(again.data);
+      say("Took back " + label + ": answer item " + id + " again.");
+    } else {
+      say("Took back " + label + "; the item is back in the queue.", "warn");
+      claim();
+    }
   }
 
   // -- keyboard first ---------------------------------------------------------------------------------
