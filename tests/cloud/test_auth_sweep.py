@@ -76,6 +76,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/review/items/{item_id}/claim"): "AR",
     ("DELETE", "/api/v1/review/items/{item_id}/skip"): "AR",
     ("GET", "/api/v1/review/skipped"): "AR",
+    ("PUT", "/api/v1/review/queues/{detector_id}/label-all"): "AR",
     ("POST", "/api/v1/review/items/{item_id}/undo"): "AR",
     ("GET", "/api/v1/review/items/{item_id}/neighbours"): "AR",
     ("GET", "/api/v1/review/images/{image_query_id}"): "AR",

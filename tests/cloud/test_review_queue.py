@@ -350,6 +350,56 @@ def test_a_skip_is_listed_until_answered_and_can_be_taken_back(
         assert http.get("/api/v1/review/skipped").json() == []
 
 
+@pytest.mark.postgres_only
+def test_a_detector_left_out_of_label_all_is_offered_only_from_its_own_queue(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    # Deadlines far ahead: other tests' items (due sooner) come first in "Label all", so look for ours.
+    later = [datetime.now(UTC) + timedelta(days=3650)]
+    left_out, kept = factory.detector(), factory.detector()
+    (out_item,) = factory.review_items(left_out, 1, deadlines=later)
+    (kept_item,) = factory.review_items(kept, 1, deadlines=later)
+    who = factory.reviewer()
+    with api(cloud, who) as http:
+        resp = http.put(f"/api/v1/review/queues/{left_out}/label-all", json={"included": False})
+        assert resp.status_code == 204
+        summaries = {q["detector_id"]: q for q in http.get("/api/v1/review/queues").json()}
+        assert summaries[left_out]["in_label_all"] is False and summaries[kept]["in_label_all"] is True
+        offered = []
+        while (held := claim_any(http)) is not None:
+            offered.append(held["id"])
+        assert kept_item.item_id in offered and out_item.item_id not in offered
+        release_all(http, offered)  # other tests' leftovers were claimed too: give them back
+        own = claim(http, left_out)  # its own queue still offers it
+        assert own is not None and own["id"] == out_item.item_id
+        assert http.post(f"/api/v1/review/items/{out_item.item_id}/release").status_code == 204
+        assert (
+            http.put(f"/api/v1/review/queues/{left_out}/label-all", json={"included": True}).status_code
+            == 204
+        )
+        back = []
+        while (held := claim_any(http)) is not None:
+            back.append(held["id"])
+        assert out_item.item_id in back
+        release_all(http, back)
+        missing = http.put("/api/v1/review/queues/det_" + "Z" * 27 + "/label-all", json={"included": False})
+        assert missing.status_code == 404
+
+
+def release_all(http: httpx.Client, item_ids: list[int]) -> None:
+    for item_id in item_ids:
+        assert http.post(f"/api/v1/review/items/{item_id}/release").status_code == 204
+
+
+def claim_any(http: httpx.Client) -> dict[str, Any] | None:
+    resp = http.post("/api/v1/review/claim")
+    if resp.status_code == 204:
+        return None
+    assert resp.status_code == 200, resp.text
+    item: dict[str, Any] = resp.json()
+    return item
+
+
 def test_release_returns_the_item_to_everyone_including_the_releaser(
     cloud: CloudServer, factory: CloudFactory
 ) -> None:

@@ -334,3 +334,29 @@ def test_a_recent_answer_is_reopened_and_changed_from_the_strip(
     assert [
         (label["review_item_id"], label["label"]) for label in labels if label["undone_at"] is not None
     ] == [(order[0], "YES")]
+
+
+@pytest.mark.slow
+def test_a_detector_is_left_out_of_label_all_from_the_queues_page(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector(name=f"leave-out-{datetime.now(UTC):%H%M%S%f}")
+    factory.review_items(detector_id, 1)
+    who = factory.reviewer()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(f"{cloud.url}/login")
+        page.fill("input[name=username]", who.username)
+        page.fill("input[name=password]", who.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/ui/queues")
+        box = page.locator(f'tr[data-detector-id="{detector_id}"] input.label-all')
+        expect(box).to_be_checked()
+        box.uncheck()
+        expect(page.locator("#queues-status")).to_have_text("Left out of Label all queues.")
+        page.reload()
+        expect(page.locator(f'tr[data-detector-id="{detector_id}"] input.label-all')).not_to_be_checked()
+        page.close()
+    with cloud.client(token=who.token) as http:
+        queues = {q["detector_id"]: q for q in http.get("/api/v1/review/queues").json()}
+    assert queues[detector_id]["in_label_all"] is False

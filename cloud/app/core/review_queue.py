@@ -66,6 +66,7 @@ from cloud.app.db.models import (
     ImageQuery,
     Label,
     LabelSource,
+    ReviewExclusion,
     ReviewItem,
     ReviewSkip,
     ReviewStatus,
@@ -91,6 +92,7 @@ _iq = cast(Table, ImageQuery.__table__)
 _det = cast(Table, Detector.__table__)
 _lab = cast(Table, Label.__table__)
 _skip = cast(Table, ReviewSkip.__table__)
+_excl = cast(Table, ReviewExclusion.__table__)
 
 # Literal, not a bound parameter: PostgreSQL only uses the partial indexes (WHERE status = 'pending')
 # when it can prove the predicate from the query text, including in generic prepared-statement plans.
@@ -237,6 +239,11 @@ def _claim_statement(postgres: bool, by_detector: bool, by_item: bool = False) -
     )
     if by_detector:
         pick = pick.where(cand.c.detector_id == bindparam("p_detector", type_=String))
+    elif not by_item:
+        # "Label all queues" leaves out the detectors this reviewer excluded from it.
+        pick = pick.where(
+            ~exists().where(_excl.c.user_id == _P_USER, _excl.c.detector_id == cand.c.detector_id)
+        )
     if by_item:
         pick = pick.where(cand.c.id == _P_ITEM)
     chosen = (
@@ -716,6 +723,26 @@ async def unskip_item(session: AsyncSession, item_id: int, user_id: str) -> None
         raise NotFoundError(f"you have not skipped review item {item_id}")
 
 
+async def set_excluded(session: AsyncSession, user_id: str, detector_id: str, excluded: bool) -> None:
+    """Leave a detector out of this reviewer's "Label all queues", or take it back in (404: no such detector)."""
+    if await session.get(Detector, detector_id) is None:
+        raise NotFoundError(f"detector {detector_id[:60]} not found")
+    if excluded:
+        await session.execute(
+            insert_ignoring_duplicates(
+                session,
+                ReviewExclusion,
+                {"user_id": user_id, "detector_id": detector_id, "created_at": utcnow()},
+                index_elements=["user_id", "detector_id"],
+            )
+        )
+    else:
+        await session.execute(
+            _excl.delete().where(_excl.c.user_id == user_id, _excl.c.detector_id == detector_id)
+        )
+    await session.commit()
+
+
 async def release_item(session: AsyncSession, item_id: int, user_id: str) -> None:
     """Back to the queue for everybody, this reviewer included (the page closes, an undo reshuffles)."""
     await _drop_lease(session, item_id, user_id, utcnow())
@@ -830,6 +857,9 @@ async def queue_summaries(session: AsyncSession, user_id: str) -> list[QueueSumm
             .group_by(_ri.c.detector_id)
         )
     }
+    excluded = set(
+        (await session.execute(select(_excl.c.detector_id).where(_excl.c.user_id == user_id))).scalars()
+    )
     detectors = await session.execute(
         select(_det.c.id, _det.c.name, _det.c.query, _det.c.mode)
         .where(_det.c.deleted_at.is_(None))
@@ -845,6 +875,7 @@ async def queue_summaries(session: AsyncSession, user_id: str) -> list[QueueSumm
             pending=pending.get(d.id, (0, 0))[0],
             claimable=pending.get(d.id, (0, 0))[1],
             answered_last_hour=answered.get(d.id, 0),
+            in_label_all=d.id not in excluded,
         )
         for d in detectors
     ]

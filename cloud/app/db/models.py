@@ -230,6 +230,16 @@ class ReviewSkip(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ReviewExclusion(Base):
+    """A reviewer left this detector out of "Label all queues"; its own queue still offers its items."""
+
+    __tablename__ = "review_exclusions"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class LabelSource(StrEnum):
     HUMAN = "HUMAN"  # a reviewer in the queue
     CUSTOMER = "CUSTOMER"  # add_label from the device API

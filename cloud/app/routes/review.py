@@ -18,6 +18,7 @@ from cloud.app.schemas.review import (
     AnswerIn,
     AnswerOut,
     ClaimedItem,
+    LabelAllIn,
     LeaseOut,
     NeighboursOut,
     QueueSummary,
@@ -35,6 +36,19 @@ DetectorFilter = Annotated[str | None, Query(max_length=40, pattern=ID_PATTERN)]
 @router.get("/queues", operation_id="review_list_queues")
 async def list_queues(session: SessionDep, reviewer: ReviewerDep) -> list[QueueSummary]:
     return await review_queue.queue_summaries(session, reviewer.user_id)
+
+
+@router.put(
+    "/queues/{detector_id}/label-all", status_code=status.HTTP_204_NO_CONTENT, operation_id="review_label_all"
+)
+async def label_all(
+    detector_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)],
+    body: LabelAllIn,
+    session: SessionDep,
+    reviewer: ReviewerDep,
+) -> None:
+    """Whether "Label all queues" (a claim without `detector_id`) offers you this detector's items."""
+    await review_queue.set_excluded(session, reviewer.user_id, detector_id, not body.included)
 
 
 @router.post(

@@ -133,6 +133,10 @@ class QueueSummary(BaseModel):
         description="Pending items you could claim now (no live lease, not skipped by you)"
     )
     answered_last_hour: int
+    in_label_all: bool = Field(
+        default=True,
+        description='whether "Label all queues" offers its items to you (PUT /queues/{id}/label-all)',
+    )
 
 
 class ReviewerStats(BaseModel):
@@ -155,3 +159,7 @@ class ReviewStatsOut(BaseModel):
     lead_time_p50_s: float | None
     lead_time_p95_s: float | None
     reviewers: list[ReviewerStats]
+
+
+class LabelAllIn(BaseModel):
+    included: bool = Field(description='false: "Label all queues" leaves this detector out for you')

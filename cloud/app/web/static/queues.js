@@ -35,5 +35,33 @@
     }
   }
 
+  // "In Label all": leave a detector out of (or take it back into) this reviewer's Label all queues.
+  for (const box of table.querySelectorAll("input.label-all")) {
+    box.addEventListener("change", async () => {
+      const id = box.closest("tr").dataset.detectorId;
+      const status = document.getElementById("queues-status");
+      let ok = false;
+      try {
+        const resp = await fetch("/api/v1/review/queues/" + encodeURIComponent(id) + "/label-all", {
+          method: "PUT",
+          credentials: "same-origin",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ included: box.checked }),
+        });
+        ok = resp.status === 204;
+      } catch (err) {
+        ok = false;
+      }
+      if (!ok) {
+        box.checked = !box.checked;
+        status.textContent = "Could not save that; try again.";
+        status.className = "status error";
+        return;
+      }
+      status.textContent = box.checked ? "Back in Label all queues." : "Left out of Label all queues.";
+      status.className = "status";
+    });
+  }
+
   setInterval(refresh, 5000);
 })();
