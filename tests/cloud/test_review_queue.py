@@ -644,6 +644,20 @@ def test_stats_report_throughput_and_lead_time_per_reviewer(
         assert 0 < mine["lead_time_p50_s"] <= mine["lead_time_p95_s"] < 300
         assert mine["handle_time_p50_s"] is not None and mine["handle_time_p50_s"] >= 0
         assert http.get("/api/v1/review/stats", params={"window_s": -1}).status_code == 400
+    # A customer's add_label closes an item too, but that is no reviewer's throughput.
+    (other,) = factory.review_items(detector_id, 1)
+    with cloud.client(token=DEVICE_TOKEN) as device:
+        labelled = device.post(
+            "/device-api/v1/labels", json={"image_query_id": other.image_query_id, "label": "YES"}
+        )
+        assert labelled.status_code == 201, labelled.text
+        device_user = device.get("/device-api/v1/me").json()
+    with api(cloud, who) as http:
+        names = {
+            r["username"]
+            for r in http.get("/api/v1/review/stats", params={"window_s": 3600}).json()["reviewers"]
+        }
+    assert who.username in names and device_user.get("username") not in names
 
 
 def test_review_api_needs_a_reviewer_and_reviewers_cannot_administer(

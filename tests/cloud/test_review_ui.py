@@ -360,3 +360,24 @@ def test_a_detector_is_left_out_of_label_all_from_the_queues_page(
     with cloud.client(token=who.token) as http:
         queues = {q["detector_id"]: q for q in http.get("/api/v1/review/queues").json()}
     assert queues[detector_id]["in_label_all"] is False
+
+
+def test_queues_with_most_waiting_come_first_and_empty_ones_last(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    stamp = f"{datetime.now(UTC):%H%M%S%f}"
+    # Names in the opposite order to what is waiting, so that a sort by name would fail.
+    busy, some, idle = (
+        factory.detector(name=f"c-{stamp}"),
+        factory.detector(name=f"b-{stamp}"),
+        factory.detector(name=f"a-{stamp}"),
+    )
+    factory.review_items(busy, 3)
+    factory.review_items(some, 1)
+    who = factory.reviewer()
+    with browser_client(cloud) as http:
+        assert log_in(http, who).status_code == 303
+        page = http.get("/ui/queues").text
+    at = {d: page.index(f'data-detector-id="{d}"') for d in (busy, some, idle)}
+    assert at[busy] < at[some] < at[idle]
+    assert f'<tr data-detector-id="{idle}" class="empty-queue">' in page

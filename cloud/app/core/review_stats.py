@@ -19,7 +19,7 @@ from sqlalchemy import String, Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.core.review_queue import aware
-from cloud.app.db.models import Detector, ImageQuery, Label, ModelVersion, ReviewItem, User
+from cloud.app.db.models import Detector, ImageQuery, Label, ModelVersion, ReviewItem, Role, User
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.review import ReviewerStats, ReviewStatsOut
 from common.clock import utcnow
@@ -55,7 +55,12 @@ async def review_stats(session: AsyncSession, window_s: float = DEFAULT_WINDOW_S
             )
             .join_from(_ri, _iq, _iq.c.id == _ri.c.image_query_id)
             .join(_users, _users.c.id == _ri.c.answered_by)
-            .where(_ri.c.status == literal_column("'answered'", String), _ri.c.answered_at >= since)
+            .where(
+                _ri.c.status == literal_column("'answered'", String),
+                _ri.c.answered_at >= since,
+                # People's answers only: an item closed by a device's add_label is no reviewer's work.
+                _users.c.role.in_([Role.REVIEWER.value, Role.ADMIN.value]),
+            )
             .order_by(_ri.c.answered_at.desc())
             .limit(MAX_ROWS)
         )

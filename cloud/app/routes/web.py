@@ -102,7 +102,10 @@ async def queues_page(request: Request, session: SessionDep, user: PageUser) -> 
     if user is None:
         return _to_login()
     queues = await review_queue.queue_summaries(session, user.user_id)
-    return _page(request, "queues.html", user, queues=queues, nav="queues")
+    # What needs people first (most waiting on top); queues with nothing waiting after, by name.
+    waiting = sorted((q for q in queues if q.pending), key=lambda q: (-q.pending, q.detector_name))
+    empty = [q for q in queues if not q.pending]
+    return _page(request, "queues.html", user, queues=waiting + empty, empty_count=len(empty), nav="queues")
 
 
 @router.get("/ui/label")

@@ -27,7 +27,11 @@
     }
     for (const q of queues) {
       const row = table.querySelector('tr[data-detector-id="' + CSS.escape(q.detector_id) + '"]');
-      if (!row) continue;
+      if (!row) {
+        // A detector created since the page loaded: show it (and the order) as the server has it.
+        window.location.reload();
+        return;
+      }
       for (const field of ["pending", "claimable", "answered_last_hour"]) {
         const cell = row.querySelector('[data-field="' + field + '"]');
         if (cell) cell.textContent = String(q[field]);
