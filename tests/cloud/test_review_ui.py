@@ -381,3 +381,22 @@ def test_queues_with_most_waiting_come_first_and_empty_ones_last(
     at = {d: page.index(f'data-detector-id="{d}"') for d in (busy, some, idle)}
     assert at[busy] < at[some] < at[idle]
     assert f'<tr data-detector-id="{idle}" class="empty-queue">' in page
+
+
+def test_compare_with_fewer_than_two_versions_says_so(cloud: CloudServer, factory: CloudFactory) -> None:
+    detector_id = factory.detector(name=f"lonely-{datetime.now(UTC):%H%M%S%f}")
+    with browser_client(cloud) as http:
+        assert log_in(http, factory.reviewer()).status_code == 303
+        none = http.get(f"/ui/detectors/{detector_id}/compare")
+        assert none.status_code == 200 and "Nothing to compare yet" in none.text
+        assert "no model version yet" in none.text and f"/ui/detectors/{detector_id}/training" in none.text
+        factory.model_version(detector_id, "v1", "production", current=True)
+        one = http.get(f"/ui/detectors/{detector_id}/compare")
+        assert one.status_code == 200 and "one model version so far" in one.text
+        factory.model_version(detector_id, "v2")
+        two = http.get(f"/ui/detectors/{detector_id}/compare")
+        assert (
+            two.status_code == 200
+            and "Nothing to compare yet" not in two.text
+            and 'id="compare-metrics"' in two.text
+        )

@@ -352,14 +352,22 @@ async def _version_of(session: AsyncSession, detector_id: str, model_id: str) ->
     return row
 
 
+class NothingToCompare(Exception):
+    """Fewer than two versions: not an error, a page saying so."""
+
+
 async def compare_versions(
     session: AsyncSession, blobs: BlobStore, detector_id: str, a_id: str | None, b_id: str | None
 ) -> Comparison:
     """Two versions side by side; without a choice, production (or the newest) against the newest other."""
     detector = await _detector(session, detector_id)
     _, rows = await registry.list_models(session, detector_id)
-    if len(rows) == 0:
-        raise NotFoundError(f"detector {detector_id} has no model versions to compare")
+    if len(rows) < 2 and not (a_id and b_id):
+        await session.commit()
+        have = "no model version yet" if not rows else "one model version so far"
+        raise NothingToCompare(
+            f"{detector.name} has {have}; a comparison needs two. Train it to get another."
+        )
     production = next((row for row in rows if row.id == detector.production_version_id), rows[0])
     row_a = await _version_of(session, detector_id, a_id) if a_id else production
     if b_id:

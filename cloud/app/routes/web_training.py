@@ -81,4 +81,13 @@ async def compare_page(
         comparison = await training_pages.compare_versions(session, state.blobs, detector_id, a, b)
     except NotFoundError as exc:
         return _not_found(request, user, exc)
+    except training_pages.NothingToCompare as exc:
+        return _page(
+            request,
+            "error.html",
+            user,
+            title="Nothing to compare yet",
+            message=str(exc),
+            back=(f"/ui/detectors/{detector_id}/training", "Back to its training page"),
+        )
     return _page(request, "training_compare.html", user, c=comparison, d=comparison.detector)
