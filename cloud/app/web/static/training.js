@@ -41,8 +41,9 @@
     return node;
   }
 
-  // A small line chart: one polyline per series, y from the data's range, x from epoch 1..n.
-  function chart(svg, series, fixedRange) {
+  // A small line chart: one polyline per series, y from the data's range, x from epoch 1..n. `log`: a
+  // logarithmic y axis (losses: one early spike would flatten everything after it on a linear one).
+  function chart(svg, series, fixedRange, log) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const W = 420, H = 180, L = 40, R = 10, T = 10, B = 24;
     const points = series.flatMap((s) => s.points);
@@ -50,18 +51,22 @@
       svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "waiting for the first epoch"));
       return;
     }
+    const logY = Boolean(log) && points.every((p) => p[1] > 0);
+    const ty = (y) => (logY ? Math.log10(y) : y);
     const xs = points.map((p) => p[0]);
-    const ys = points.map((p) => p[1]);
+    const ys = points.map((p) => ty(p[1]));
     const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
     let y0 = fixedRange ? fixedRange[0] : Math.min(...ys);
     let y1 = fixedRange ? fixedRange[1] : Math.max(...ys);
     if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-    const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+    const sy = (y) => T + (1 - (ty(y) - y0) / (y1 - y0)) * (H - T - B);
+    const label = (y) => (logY ? Math.pow(10, y).toPrecision(2) + " (log)" : y.toFixed(2));
     svg.appendChild(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#c5cad3" }));
     svg.appendChild(el("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#c5cad3" }));
-    svg.appendChild(el("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, y1.toFixed(2)));
-    svg.appendChild(el("text", { x: L - 4, y: H - B, "text-anchor": "end" }, y0.toFixed(2)));
+    svg.appendChild(el("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, label(y1)));
+    svg.appendChild(el("text", { x: L - 4, y: H - B, "text-anchor": "end" }, label(y0)));
+    svg.dataset.scale = logY ? "log" : "linear";
     svg.appendChild(el("text", { x: L, y: H - 6 }, "epoch " + x0));
     svg.appendChild(el("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "epoch " + x1));
     for (const s of series) {
@@ -123,7 +128,7 @@
     chart($("chart-loss"), [
       { name: "train", color: COLORS.train, points: seriesOf(history, "train_loss") },
       { name: "validation", color: COLORS.val, points: seriesOf(history, "val_loss") },
-    ]);
+    ], null, true);
     chart($("chart-accuracy"), [
       { name: "train", color: COLORS.train, points: seriesOf(history, "train_accuracy") },
       { name: "validation", color: COLORS.val, points: seriesOf(history, "val_accuracy") },
