@@ -16,14 +16,9 @@ from tests.support.cloud_factories import CloudFactory
 from tests.support.ui_pages import log_in
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
 
 
 def test_an_administrator_creates_a_detector_and_changes_its_threshold(

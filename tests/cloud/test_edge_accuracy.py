@@ -21,18 +21,13 @@ from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory, Reviewer, png
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 ESC_PATH = "/api/v1/escalations"
 
 
 def accuracy_path(detector_id: str) -> str:
     return f"/api/v1/detectors/{detector_id}/edge-accuracy"
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,12 @@ from playwright.sync_api import Page, expect
 from tests.support.browser import chromium
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory
-from tests.support.ui_pages import log_in
+from tests.support.ui_pages import open_labeler, showing
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
 
 
 def big_png(width: int = 1600, height: int = 1200) -> bytes:
@@ -58,9 +53,8 @@ def test_zoom_pan_and_reset_keep_the_image_sharp_and_the_point_under_the_pointer
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        log_in(page, cloud.url, who)
-        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
-        page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{refs[0].item_id}"]')
+        open_labeler(page, cloud.url, who, detector_id)
+        showing(page, refs[0].item_id)
         expect(page.locator("#image-size")).to_contain_text("1600 × 1200 px · taken ")
         assert (
             page.get_attribute("#full-size", "href")
@@ -108,7 +102,7 @@ def test_zoom_pan_and_reset_keep_the_image_sharp_and_the_point_under_the_pointer
         # Answering still works, and the next item starts fitted.
         page.keyboard.press("+")
         page.keyboard.press("y")
-        page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{refs[1].item_id}"]')
+        showing(page, refs[1].item_id)
         expect(page.locator("#zoom")).to_contain_text("fit, ")
         page.close()
     assert [label["label"] for label in factory.labels(detector_id)] == ["YES"]
@@ -123,9 +117,8 @@ def test_on_a_count_detector_the_boxes_stay_over_the_zoomed_image(
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        log_in(page, cloud.url, who)
-        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
-        page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{ref.item_id}"]')
+        open_labeler(page, cloud.url, who, detector_id)
+        showing(page, ref.item_id)
         for presses in (0, 2):
             for _ in range(presses):
                 page.keyboard.press("+")

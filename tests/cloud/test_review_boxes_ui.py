@@ -26,7 +26,7 @@ from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory, Reviewer
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,6 @@ TOLERANCE = 0.012  # normalised; a few pixels of the displayed image
 # What the model found: two bolts.
 MODEL_A: Box = (0.10, 0.10, 0.30, 0.40)
 MODEL_B: Box = (0.60, 0.50, 0.85, 0.90)
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,9 @@ from tests.support.cloud_factories import CloudFactory
 from tests.support.ui_pages import PHONE, log_in, overflow_px, seed_ui_pages, settle
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
 
 
 def test_every_page_fits_a_phone_and_the_bar_stays_inside(cloud: CloudServer, factory: CloudFactory) -> None:

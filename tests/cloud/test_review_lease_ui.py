@@ -15,7 +15,8 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.support.browser import chromium
 from tests.support.cloud import CloudServer
-from tests.support.cloud_factories import CloudFactory, Reviewer
+from tests.support.cloud_factories import CloudFactory
+from tests.support.ui_pages import open_labeler, showing
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.support.cloud import TestDatabase
@@ -43,19 +44,6 @@ def factory(short_lease_cloud: CloudServer, cloud_db: TestDatabase) -> CloudFact
     return CloudFactory(cloud_db.url, short_lease_cloud.data_dir / "blobs")
 
 
-def open_labeler(page: Page, cloud: CloudServer, who: Reviewer, detector_id: str) -> None:
-    page.goto(f"{cloud.url}/login")
-    page.fill("input[name=username]", who.username)
-    page.fill("input[name=password]", who.password)
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/ui/queues")
-    page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
-
-
-def showing(page: Page, item_id: int) -> None:
-    page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
-
-
 def lapse(page: Page) -> None:
     """Heartbeats fail from now on; wait until the page says the lease ran out."""
     page.route("**/heartbeat", lambda route: route.abort())
@@ -79,7 +67,7 @@ def test_an_answer_after_the_lease_ran_out_takes_the_item_back_and_is_recorded_o
     claims: list[str] = []
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        open_labeler(page, short_lease_cloud, who, detector_id)
+        open_labeler(page, short_lease_cloud.url, who, detector_id)
         showing(page, order[0])
         assert page.get_attribute("#lease", "class") != "late"
         page.wait_for_function(
@@ -120,7 +108,7 @@ def test_an_answer_for_an_item_someone_else_took_meanwhile_is_reported_not_recor
     who, rival = factory.reviewer(), factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        open_labeler(page, short_lease_cloud, who, detector_id)
+        open_labeler(page, short_lease_cloud.url, who, detector_id)
         showing(page, order[0])
         lapse(page)
         with short_lease_cloud.client(token=rival.token) as http:
@@ -153,7 +141,7 @@ def test_deadlines_are_coloured_only_while_they_need_attention(
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        open_labeler(page, short_lease_cloud, who, detector_id)
+        open_labeler(page, short_lease_cloud.url, who, detector_id)
         seen = []
         for item_id in order:
             showing(page, item_id)

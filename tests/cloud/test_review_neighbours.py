@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-import pytest
 from playwright.sync_api import expect
 
 from common.backbone import BackboneRef
@@ -23,23 +21,11 @@ from tests.support.browser import chromium
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory, png
 from tests.support.cloud_factories_http import new_detector, register_tiny_backbone, upload_tiny_version
-from tests.support.cloud_factories_registry import run_in_db, token_for
 from tests.support.split_bundles import tiny_pipeline
 from tests.support.ui_pages import log_in
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
-
-
-@pytest.fixture(scope="module")
-def admin(cloud: CloudServer) -> Iterator[httpx.Client]:
-    with cloud.client(token=run_in_db(cloud.database_url, lambda s: token_for(s, "admin"))) as http:
-        yield http
+    pass
 
 
 def embeddings(path: Path, ref: BackboneRef, images: list[bytes]) -> np.ndarray:

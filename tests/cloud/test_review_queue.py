@@ -27,11 +27,6 @@ if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test 
 UNCLEAR = "UNCLEAR"
 
 
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
-
-
 def api(cloud: CloudServer, who: Reviewer) -> httpx.Client:
     return cloud.client(token=who.token)
 

@@ -13,14 +13,11 @@ from playwright.sync_api import expect
 from tests.support.browser import artifact, chromium
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory, Reviewer
+from tests.support.ui_pages import log_in as log_in_page
+from tests.support.ui_pages import open_labeler, showing
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
+    pass
 
 
 def browser_client(cloud: CloudServer) -> httpx.Client:
@@ -185,10 +182,7 @@ def test_reviewer_labels_ten_items_with_the_keyboard_and_undoes_one(
         page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
         labeler = page.locator("#labeler")
 
-        def showing(item_id: int) -> None:
-            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
-
-        showing(order[0])
+        showing(page, order[0])
         # What the reviewer sees: the question, the model's guess, its confidence, the OOD score, the keys.
         assert page.inner_text("#question") == "Is the bin full?"
         assert page.inner_text("#prediction").startswith("NO")
@@ -204,20 +198,20 @@ def test_reviewer_labels_ten_items_with_the_keyboard_and_undoes_one(
         page.screenshot(path=str(artifact("review-label-page.png")), full_page=True)
 
         for i, key in enumerate(keys):
-            showing(order[i])
+            showing(page, order[i])
             page.keyboard.press(key)
-        showing(order[10])
+        showing(page, order[10])
         assert page.inner_text("#count") == "10"
 
         # Undo takes back the tenth answer and shows that item again; answer it differently.
         page.keyboard.press("z")
-        showing(order[9])
+        showing(page, order[9])
         assert "Undid YES" in page.inner_text("#status")
         page.keyboard.press("n")
-        showing(order[10])
+        showing(page, order[10])
         # Skip the eleventh: the twelfth comes next.
         page.keyboard.press("s")
-        showing(order[11])
+        showing(page, order[11])
         assert labeler.get_attribute("data-state") == "ready"
         page.close()
 
@@ -255,27 +249,19 @@ def test_a_skipped_item_is_listed_and_can_be_taken_back_from_the_page(
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{cloud.url}/login")
-        page.fill("input[name=username]", who.username)
-        page.fill("input[name=password]", who.password)
-        page.keyboard.press("Enter")
-        page.wait_for_url("**/ui/queues")
-        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
+        open_labeler(page, cloud.url, who, detector_id)
 
-        def showing(item_id: int) -> None:
-            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
-
-        showing(order[0])
+        showing(page, order[0])
         assert not page.locator("#skipped").is_visible()
         page.keyboard.press("s")
-        showing(order[1])
+        showing(page, order[1])
         expect(page.locator("#skipped-count")).to_have_text("1")
         page.click("#skipped summary")
         page.click(f'#skipped-list button[data-item-id="{order[0]}"]')
         expect(page.locator("#status")).to_have_text(f"Item {order[0]} is back in your queue.")
         expect(page.locator("#skipped")).to_be_hidden()
         page.keyboard.press("y")
-        showing(order[0])  # offered again after the skip was taken back
+        showing(page, order[0])  # offered again after the skip was taken back
         page.keyboard.press("n")
         page.wait_for_selector('#labeler[data-state="empty"]', timeout=15_000)
         page.close()
@@ -302,30 +288,22 @@ def test_a_recent_answer_is_reopened_and_changed_from_the_strip(
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{cloud.url}/login")
-        page.fill("input[name=username]", who.username)
-        page.fill("input[name=password]", who.password)
-        page.keyboard.press("Enter")
-        page.wait_for_url("**/ui/queues")
-        page.goto(f"{cloud.url}/ui/label?detector_id={detector_id}")
-
-        def showing(item_id: int) -> None:
-            page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
+        open_labeler(page, cloud.url, who, detector_id)
 
         for item_id, key in zip(order[:3], ["y", "n", "y"], strict=True):
-            showing(item_id)
+            showing(page, item_id)
             page.keyboard.press(key)
-        showing(order[3])
+        showing(page, order[3])
         strip = page.locator("#recent-list li")
         expect(strip).to_have_count(3)
         assert strip.first.inner_text().startswith("YES") and f"item {order[2]}" in strip.first.inner_text()
         # Change the first answer: it is shown again (the current item goes back to the queue).
         page.click(f'#recent-list button[data-item-id="{order[0]}"]')
-        showing(order[0])
+        showing(page, order[0])
         expect(page.locator("#status")).to_contain_text(f"Took back YES: answer item {order[0]} again.")
         expect(strip).to_have_count(2)
         page.keyboard.press("n")
-        showing(order[3])
+        showing(page, order[3])
         expect(strip).to_have_count(3)
         page.close()
     labels = factory.labels(detector_id)
@@ -345,11 +323,7 @@ def test_a_detector_is_left_out_of_label_all_from_the_queues_page(
     who = factory.reviewer()
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.goto(f"{cloud.url}/login")
-        page.fill("input[name=username]", who.username)
-        page.fill("input[name=password]", who.password)
-        page.keyboard.press("Enter")
-        page.wait_for_url("**/ui/queues")
+        log_in_page(page, cloud.url, who)
         box = page.locator(f'tr[data-detector-id="{detector_id}"] input.label-all')
         expect(box).to_be_checked()
         box.uncheck()

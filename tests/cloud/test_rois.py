@@ -73,11 +73,6 @@ def http(cloud: CloudServer) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
-
-
 @pytest.fixture
 def jpeg(digits: list[tuple[bytes, int]]) -> bytes:
     return digits[3][0]

@@ -4,7 +4,6 @@ refresh, which tests/updater covers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,24 +16,12 @@ from tests.support.browser import chromium
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory
 from tests.support.cloud_factories_http import new_detector, register_tiny_backbone, upload_tiny_version
-from tests.support.cloud_factories_registry import run_in_db, token_for
 from tests.support.ui_pages import log_in
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.support.cloud import TestDatabase
+    pass
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def factory(cloud: CloudServer, cloud_db: TestDatabase) -> CloudFactory:
-    return CloudFactory(cloud_db.url, cloud.data_dir / "blobs")
-
-
-@pytest.fixture(scope="module")
-def admin(cloud: CloudServer) -> Iterator[httpx.Client]:
-    with cloud.client(token=run_in_db(cloud.database_url, lambda s: token_for(s, "admin"))) as http:
-        yield http
 
 
 def production_of(http: httpx.Client, detector_id: str) -> str | None:

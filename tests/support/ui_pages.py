@@ -71,6 +71,16 @@ def log_in(page: Page, base_url: str, who: Reviewer) -> None:
     page.wait_for_url("**/ui/queues")
 
 
+def open_labeler(page: Page, base_url: str, who: Reviewer, detector_id: str) -> None:
+    log_in(page, base_url, who)
+    page.goto(f"{base_url}/ui/label?detector_id={detector_id}")
+
+
+def showing(page: Page, item_id: int) -> None:
+    """Wait until the labeling page shows this item, ready for an answer."""
+    page.wait_for_selector(f'#labeler[data-state="ready"][data-item-id="{item_id}"]', timeout=15_000)
+
+
 def settle(page: Page, name: str) -> None:
     """Wait for what the page loads after it arrives (the labeling page's first item)."""
     if name == "label":

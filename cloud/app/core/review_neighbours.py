@@ -27,7 +27,7 @@ from cloud.app.core.backbones import embeddings_of
 from cloud.app.core.detectors import UNCLEAR
 from cloud.app.core.image_queries import image_limits
 from cloud.app.core.model_answers import model_cache
-from cloud.app.core.review_queue import ItemImage
+from cloud.app.core.review_queue import ItemImage, image_of
 from cloud.app.db.models import ImageQuery, Label, ReviewItem
 from cloud.app.deps import CloudState
 from cloud.app.errors import NotFoundError
@@ -165,8 +165,4 @@ async def labelled_image(session: AsyncSession, blobs: BlobStore, image_query_id
     await session.commit()
     if row is None:
         raise NotFoundError(f"no labelled image query {image_query_id[:60]}")
-    try:
-        data = await blobs.get(row.image_key)
-    except ValueError:  # a key the store refuses cannot name a stored blob
-        raise BlobNotFoundError(row.image_key) from None
-    return ItemImage(data, row.image_content_type or "application/octet-stream")
+    return await image_of(blobs, row.image_key, row.image_content_type)

@@ -292,18 +292,25 @@ async def claim_next(
     params = {"p_user": user_id, "p_now": now, "p_expires": now + timedelta(seconds=lease_s)}
     if detector_id is not None:
         params["p_detector"] = detector_id
-    row: Any
+    by = detector_id is not None
+    row = await _lease_one(session, params, _CLAIM_ON_DRIVER[by], _claim_statement(False, by))
+    return None if row is None else _claimed_item(row, lease_s, public_url)
+
+
+async def _lease_one(
+    session: AsyncSession, params: dict[str, Any], on_driver: _OnDriver, on_sqlite: Any
+) -> Any:
+    """Run a claim statement: the leased row with its detector and query, or None."""
     if _is_postgres(session):
         async with _autocommit_connection(session) as conn:
-            row = await _CLAIM_ON_DRIVER[detector_id is not None].fetchrow(conn, params)
-    else:
-        conn = await session.connection()
-        picked = (await conn.execute(_claim_statement(False, detector_id is not None), params)).first()
-        row = None
-        if picked is not None:
-            row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
-        await session.commit()
-    return None if row is None else _claimed_item(row, lease_s, public_url)
+            return await on_driver.fetchrow(conn, params)
+    conn = await session.connection()
+    picked = (await conn.execute(on_sqlite, params)).first()
+    row = None
+    if picked is not None:
+        row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
+    await session.commit()
+    return row
 
 
 async def claim_item(
@@ -318,23 +325,14 @@ async def claim_item(
         "p_expires": now + timedelta(seconds=lease_s),
         "p_item": item_id,
     }
-    row: Any
-    if _is_postgres(session):
-        async with _autocommit_connection(session) as conn:
-            row = await _RECLAIM_ON_DRIVER.fetchrow(conn, params)
-    else:
-        conn = await session.connection()
-        picked = (await conn.execute(_claim_statement(False, False, True), params)).first()
-        row = None
-        if picked is not None:
-            row = (await conn.execute(_CLAIMED_ROW, {"p_item": picked.id})).mappings().first()
-        await session.commit()
+    row = await _lease_one(session, params, _RECLAIM_ON_DRIVER, _claim_statement(False, False, True))
     if row is None:
         raise await _reclaim_conflict(session, item_id, user_id, now)
     return _claimed_item(row, lease_s, public_url)
 
 
-async def _reclaim_conflict(session: AsyncSession, item_id: int, user_id: str, now: datetime) -> Exception:
+async def _lease_state(session: AsyncSession, item_id: int) -> Any:
+    """The item's status and lease, or a 404 / 409 error when it is gone or already answered."""
     row = (
         await session.execute(
             select(_ri.c.status, _ri.c.lease_owner, _ri.c.lease_expires_at).where(_ri.c.id == item_id)
@@ -344,6 +342,13 @@ async def _reclaim_conflict(session: AsyncSession, item_id: int, user_id: str, n
         return NotFoundError(f"review item {item_id} not found")
     if row.status != ReviewStatus.PENDING:
         return ConflictError(f"review item {item_id} is already answered")
+    return row
+
+
+async def _reclaim_conflict(session: AsyncSession, item_id: int, user_id: str, now: datetime) -> Exception:
+    row = await _lease_state(session, item_id)
+    if isinstance(row, Exception):
+        return row
     if row.lease_owner not in (None, user_id) and aware(row.lease_expires_at) > now:
         return ConflictError(f"another reviewer holds review item {item_id} now")
     return ConflictError(f"review item {item_id} is not offered to you (skipped)")
@@ -414,15 +419,9 @@ async def _lease_conflict(
     session: AsyncSession, item_id: int, user_id: str, now: datetime, expiry_matters: bool = True
 ) -> Exception:
     """Why a lease-guarded write matched no row: 404 or a 409 that says what happened."""
-    row = (
-        await session.execute(
-            select(_ri.c.status, _ri.c.lease_owner, _ri.c.lease_expires_at).where(_ri.c.id == item_id)
-        )
-    ).first()
-    if row is None:
-        return NotFoundError(f"review item {item_id} not found")
-    if row.status != ReviewStatus.PENDING:
-        return ConflictError(f"review item {item_id} is already answered")
+    row = await _lease_state(session, item_id)
+    if isinstance(row, Exception):
+        return row
     if row.lease_owner != user_id:
         return ConflictError(f"review item {item_id} is not leased to you; claim an item first")
     if expiry_matters and aware(row.lease_expires_at) <= now:
@@ -899,8 +898,13 @@ async def item_image(session: AsyncSession, blobs: BlobStore, item_id: int) -> I
     await session.commit()
     if row is None:
         raise NotFoundError(f"review item {item_id} not found")
+    return await image_of(blobs, row.image_key, row.image_content_type)
+
+
+async def image_of(blobs: BlobStore, key: str, content_type: str | None) -> ItemImage:
+    """An image query's picture from the blob store (BlobNotFoundError: a 404)."""
     try:
-        data = await blobs.get(row.image_key)
+        data = await blobs.get(key)
     except ValueError:  # a key the store refuses cannot name a stored blob
-        raise BlobNotFoundError(row.image_key) from None
-    return ItemImage(data, row.image_content_type or "application/octet-stream")
+        raise BlobNotFoundError(key) from None
+    return ItemImage(data, content_type or "application/octet-stream")

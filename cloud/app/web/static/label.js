@@ -628,6 +628,21 @@
     claim();
   }
 
+  // One list entry: what it is, and a button acting on its item.
+  function itemRow(text, id, action, act) {
+    const li = document.createElement("li");
+    const what = document.createElement("span");
+    what.textContent = text;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "ghost";
+    button.textContent = action;
+    button.dataset.itemId = String(id);
+    button.addEventListener("click", () => act(id));
+    li.append(what, " ", button);
+    return li;
+  }
+
   // The items this reviewer skipped that still wait for an answer, each with a button to take the skip back.
   async function refreshSkipped() {
     let r = null;
@@ -638,19 +653,9 @@
     }
     if (r.status !== 200 || !Array.isArray(r.data)) return;
     const list = $("skipped-list");
-    const rows = r.data.map((s) => {
-      const li = document.createElement("li");
-      const what = document.createElement("span");
-      what.textContent = s.detector_name + ": " + s.query + " (item " + s.item_id + ")";
-      const back = document.createElement("button");
-      back.type = "button";
-      back.className = "ghost small";
-      back.textContent = "Un-skip";
-      back.dataset.itemId = String(s.item_id);
-      back.addEventListener("click", () => unskip(s.item_id));
-      li.append(what, " ", back);
-      return li;
-    });
+    const rows = r.data.map((s) =>
+      itemRow(s.detector_name + ": " + s.query + " (item " + s.item_id + ")", s.item_id, "Un-skip", unskip)
+    );
     list.replaceChildren(...rows);
     $("skipped-count").textContent = String(rows.length);
     $("skipped").hidden = rows.length === 0;
@@ -685,13 +690,7 @@
     }
     if (r !== null && r.status === 200) {
       // Put the current item back so that the undone one (earlier in the queue) comes next.
-      if (item) {
-        try {
-          await api("POST", "/items/" + item.id + "/release");
-        } catch (err) {
-          // the lease runs out by itself
-        }
-      }
+      if (item) await releaseShown();
       answered = Math.max(0, answered - 1);
       $("count").textContent = String(answered);
       recent = recent.filter((x) => x.id !== r.data.item_id);
@@ -719,21 +718,18 @@
   function showRecent() {
     const list = $("recent-list");
     list.replaceChildren(
-      ...recent.map((r) => {
-        const li = document.createElement("li");
-        const what = document.createElement("span");
-        what.textContent = r.label + " · " + r.detector + " (item " + r.id + ")";
-        const change = document.createElement("button");
-        change.type = "button";
-        change.className = "ghost";
-        change.textContent = "Change";
-        change.dataset.itemId = String(r.id);
-        change.addEventListener("click", () => reopen(r.id));
-        li.append(what, " ", change);
-        return li;
-      })
+      ...recent.map((r) => itemRow(r.label + " · " + r.detector + " (item " + r.id + ")", r.id, "Change", reopen))
     );
     $("recent").hidden = recent.length === 0;
+  }
+
+  // The item shown goes back to the queue for everybody (its lease would run out by itself anyway).
+  async function releaseShown() {
+    try {
+      await api("POST", "/items/" + item.id + "/release");
+    } catch (err) {
+      // the lease runs out by itself
+    }
   }
 
   // Take back the answer to `id` and show that item again, leased to this reviewer, to answer anew.
@@ -756,13 +752,7 @@
     showRecent();
     answered = Math.max(0, answered - 1);
     $("count").textContent = String(answered);
-    if (item && item.id !== id) {
-      try {
-        await api("POST", "/items/" + item.id + "/release");
-      } catch (err) {
-        // the lease runs out by itself
-      }
-    }
+    if (item && item.id !== id) await releaseShown();
     let again = null;
     try {
       again = await api("POST", "/items/" + id + "/claim");
