@@ -202,7 +202,7 @@ async def receive_escalation(
     return Received(payload.image_query_id, created=escalation_created)
 
 
-def parse_escalation(text: str) -> EscalationCreate:
+def parse_escalation(text: bytes | str) -> EscalationCreate:
     """400 naming the first field that is wrong."""
     try:
         return EscalationCreate.model_validate_json(text)
@@ -214,7 +214,7 @@ def parse_escalation(text: str) -> EscalationCreate:
         ) from None
 
 
-def _id_in(text: str) -> str | None:
+def _id_in(text: bytes | str) -> str | None:
     """The entry's image query id where its JSON has one, so a refused entry can still be named."""
     try:
         value = json.loads(text).get("image_query_id")
@@ -224,7 +224,7 @@ def _id_in(text: str) -> str | None:
 
 
 async def receive_escalations(
-    state: CloudState, session: AsyncSession, entries: list[tuple[str, bytes | Exception]]
+    state: CloudState, session: AsyncSession, entries: list[tuple[bytes | str, bytes | Exception]]
 ) -> list[EscalationItemResult]:
     """A batch, entry by entry as `receive_escalation` takes one (each commits on its own): an entry the
     client got wrong gets its 4xx in its result and the rest go on; anything else (the database away)

@@ -82,8 +82,8 @@ def is_online(hub: Hub, now: datetime | None = None) -> bool:
 class DeployedModel:
     detector_id: str
     detector_name: str | None  # None: a detector this cloud does not know (deleted, or another cloud's)
-    serving: str
     production: str | None
+    serving: str
 
     @property
     def current(self) -> bool:
@@ -103,10 +103,6 @@ class EdgeRow:
     outbox_depth: int
     models: list[DeployedModel]
 
-    @property
-    def behind(self) -> int:
-        return sum(1 for m in self.models if m.production is not None and not m.current)
-
 
 async def edge_rows(session: AsyncSession, now: datetime | None = None) -> list[EdgeRow]:
     """Every edge, offline ones first, with the version it serves per detector beside production's."""
@@ -124,15 +120,10 @@ async def edge_rows(session: AsyncSession, now: datetime | None = None) -> list[
     await session.commit()
     out = []
     for hub in found:
-        models = [
-            DeployedModel(
-                detector_id=det,
-                detector_name=production.get(det, (None, None))[0],
-                serving=str(version),
-                production=production.get(det, (None, None))[1],
-            )
-            for det, version in sorted((hub.deployed_versions or {}).items())
-        ]
+        models = []
+        for det, version in sorted((hub.deployed_versions or {}).items()):
+            name, in_production = production.get(det, (None, None))
+            models.append(DeployedModel(det, name, in_production, str(version)))
         seen = as_utc(hub.last_seen_at)
         out.append(
             EdgeRow(

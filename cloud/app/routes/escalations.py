@@ -33,8 +33,9 @@ def _refuse_unless_multipart(request: Request, state: CloudState, entries: int) 
         )
 
 
-async def _text_of(part: UploadFile | str) -> str:
-    return (await part.read()).decode("utf-8", "replace") if isinstance(part, UploadFile) else part
+async def _text_of(part: UploadFile | str) -> bytes | str:
+    """The JSON as sent: bytes stay bytes, so invalid UTF-8 is the validator's 400, not replaced."""
+    return await part.read() if isinstance(part, UploadFile) else part
 
 
 async def _image_of(part: UploadFile | str, max_bytes: int) -> bytes:
@@ -97,7 +98,7 @@ async def create_escalations(
     return EscalationBatchAck(results=await receive_escalations(state, session, entries))
 
 
-async def _entries(form: FormData, max_image_bytes: int) -> list[tuple[str, bytes | Exception]]:
+async def _entries(form: FormData, max_image_bytes: int) -> list[tuple[bytes | str, bytes | Exception]]:
     """(JSON text, image or why the image part is refused) per entry, in order."""
     texts = form.getlist("escalation")
     images = form.getlist("image")
@@ -105,7 +106,7 @@ async def _entries(form: FormData, max_image_bytes: int) -> list[tuple[str, byte
         raise BadRequestError(
             "send one 'escalation' (JSON) part and one 'image' part per entry, and no other parts"
         )
-    out: list[tuple[str, bytes | Exception]] = []
+    out: list[tuple[bytes | str, bytes | Exception]] = []
     for raw, image_part in zip(texts, images, strict=True):
         image: bytes | Exception
         try:

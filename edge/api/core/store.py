@@ -19,9 +19,10 @@ common.validation.idempotency_key: never a cut id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,18 @@ class StoredQuery:
     detector_id: str
     image_sha256: str | None
     body: str
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (BEGIN IMMEDIATE), rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True)
@@ -218,18 +231,13 @@ class EdgeStore:
         """Store the answered query, and its escalation in the same durable transaction if any.
         sqlite3.IntegrityError when its id or key is taken."""
         conn = self.durable if escalation is not None else self.fast
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             conn.execute(
                 _INSERT_RECORD,
                 (image_query_id, request_key, detector_id, image_sha256, time.time(), body),
             )
             if escalation is not None:
                 self._insert_outbox(conn, escalation)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def try_record_inline(
         self,
@@ -328,14 +336,8 @@ class EdgeStore:
 
     def enqueue(self, item: OutboxItem) -> None:
         """Queue an escalation for an already-recorded query (audits), durably."""
-        conn = self.durable
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._insert_outbox(conn, item)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with _immediate(self.durable):
+            self._insert_outbox(self.durable, item)
 
     def pending(self, limit: int, exclude: frozenset[str] = frozenset()) -> list[OutboxItem]:
         rows = self.fast.execute(
@@ -346,38 +348,21 @@ class EdgeStore:
         items = [OutboxItem(*row) for row in rows if row[0] not in exclude]
         return items[:limit]
 
-    def ack(self, image_query_id: str) -> None:
-        """The cloud has the escalation: only now may it leave the outbox."""
-        self.durable.execute("DELETE FROM outbox WHERE image_query_id = ?", (image_query_id,))
+    def ack(self, image_query_ids: list[str]) -> None:
+        """The cloud has these escalations: only now may they leave the outbox (one transaction)."""
+        with _immediate(self.durable):
+            self.durable.executemany(
+                "DELETE FROM outbox WHERE image_query_id = ?", [(i,) for i in image_query_ids]
+            )
 
-    def ack_many(self, image_query_ids: list[str]) -> None:
-        """Several acknowledgements in one transaction: one flush, not one each."""
-        self._in_one_transaction(
-            "DELETE FROM outbox WHERE image_query_id = ?", [(i,) for i in image_query_ids]
-        )
-
-    def note_failures(self, image_query_ids: list[str], error: str) -> None:
-        """The same transient failure for several entries (they stay pending), one transaction."""
-        self._in_one_transaction(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE image_query_id = ?",
-            [(error[:500], i) for i in image_query_ids],
-        )
-
-    def _in_one_transaction(self, sql: str, rows: list[tuple[str, ...]]) -> None:
-        conn = self.durable
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(sql, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def note_failure(self, image_query_id: str, error: str, dead: bool) -> None:
-        self.durable.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = ? WHERE image_query_id = ?",
-            (error[:500], "dead" if dead else "pending", image_query_id),
-        )
+    def note_failures(self, failures: list[tuple[str, str, bool]]) -> None:
+        """(image query id, error, dead) per entry the cloud did not take, in one transaction: a dead
+        entry stays until re-driven, the others are sent again."""
+        with _immediate(self.durable):
+            self.durable.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = ? WHERE image_query_id = ?",
+                [(error[:500], "dead" if dead else "pending", iq) for iq, error, dead in failures],
+            )
 
     def redrive(self, image_query_id: str | None = None) -> int:
         """Dead entries (all, or one) back to pending, for the sender's next pass; how many moved.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
@@ -154,8 +153,8 @@ class OutboxSender:
             error = f"{type(exc).__name__}: {exc}"[:300]
             self._link.failed(error)
             self._metrics.escalation_send_failures.labels("unreachable").inc(len(items))
-            ids = [item.image_query_id for item in items]
-            await self._store.run(lambda: self._store.note_failures(ids, error))
+            failures = [(item.image_query_id, error, False) for item in items]
+            await self._store.run(lambda: self._store.note_failures(failures))
             return None
 
     @staticmethod
@@ -208,10 +207,10 @@ class OutboxSender:
         acked = [item for item, code in zip(items, statuses, strict=True) if 200 <= code < 300]
         if acked:
             ids = [item.image_query_id for item in acked]
-            await self._store.run(lambda: self._store.ack_many(ids))
+            await self._store.run(lambda: self._store.ack(ids))
             for item in acked:
                 self._metrics.escalations_sent.labels(item.reason).inc()
-        settled = True
+        failures: list[tuple[str, str, bool]] = []
         for item, code, detail in zip(items, statuses, details, strict=True):
             if 200 <= code < 300:
                 continue
@@ -224,11 +223,10 @@ class OutboxSender:
                     "escalation rejected by cloud",
                     extra={"fields": {"iq": item.image_query_id, "error": error}},
                 )
-            await self._store.run(
-                functools.partial(self._store.note_failure, item.image_query_id, error, dead=dead)
-            )
-            settled = settled and dead
-        return settled
+            failures.append((item.image_query_id, error, dead))
+        if failures:
+            await self._store.run(lambda: self._store.note_failures(failures))
+        return all(dead for _, _, dead in failures)
 
     async def redrive(self, image_query_id: str | None = None) -> int:
         """Dead entries back to pending (after the cause is fixed in the cloud), sent at once."""
