@@ -111,8 +111,9 @@ class EdgeSettings(InternalTokenSettings, SecretFileSettings):
         default=30.0,
         gt=0,
         description=(
-            "A detector without a model answers with its label prior from the cloud "
-            "(edge.api.core.priors): fresh this long, then refreshed in the background."
+            "Each configured detector's label prior and threshold from the cloud (edge.api.core.priors): "
+            "fresh this long, then refreshed in the background, so a threshold changed in the cloud "
+            "applies within about this long."
         ),
     )
     prior_wait_s: float = Field(

@@ -1,6 +1,7 @@
 """Helpers for the model updater's tests: bundle archives of new versions (single-file, and split
 bundles on the tiny shared backbone), the cloud registry as an admin drives it (upload, promote,
-rollback), and `python -m edge.updater` as a real process."""
+rollback), `python -m edge.updater` as a real process, and administrators for the cloud's pages
+(tests that drive the loop through the UI)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 import httpx
 
+from cloud.app.db.models import Role
 from common.backbone import BackboneRef
 from common.bundle import OODD_FILE, PRIMARY_FILE, read_metadata, read_pipeline, write_bundle
 from common.bundle_archive import pack_bundle
 from launcher.processes import ManagedProcess, free_port, wait_for_http
 from tests.support.cloud import DEVICE_TOKEN, CloudServer, TestDatabase
+from tests.support.cloud_factories import CloudFactory, Reviewer
 from tests.support.cloud_factories_registry import ensure_detector_for_bundle, run_in_db, token_for
 from tests.support.stack import INTERNAL, INTERNAL_ENV, EdgeStack
 
@@ -226,6 +229,11 @@ class UpdaterEdge:
         """An image query through the gateway, as a camera sends it."""
         return http.post(IQ_PATH, params={"detector_id": self.detector_id}, content=image)
 
+    def new_admin(self) -> Reviewer:
+        """A new administrator of the cloud with a password, for its pages. It runs its own event loop:
+        call it before Playwright's sync API starts (which keeps one running in this thread)."""
+        return CloudFactory(self.cloud.database_url, self.cloud.data_dir / "blobs").reviewer(Role.ADMIN)
+
     def camera(self) -> httpx.Client:
         return httpx.Client(
             base_url=self.stack.gateway_url,
@@ -254,10 +262,17 @@ class UpdaterEdge:
 
 @contextmanager
 def updater_edge(
-    workdir: Path, bundle: Path, first_version: str, *, refresh_rate_s: float, preset: str = "no_cloud"
+    workdir: Path,
+    bundle: Path,
+    first_version: str,
+    *,
+    refresh_rate_s: float,
+    preset: str = "no_cloud",
+    edge_env: Mapping[str, str] | None = None,
 ) -> Iterator[UpdaterEdge]:
     """`bundle`'s detector registered in a fresh cloud with `first_version` in production, and an edge
-    whose edge config polls it every `refresh_rate_s`; yields once the updater has started."""
+    whose edge config polls it every `refresh_rate_s`; yields once the updater has started. `edge_env`
+    adds to (or overrides) edge-api's environment."""
     config = {
         "global_config": {"refresh_rate": refresh_rate_s, "confident_audit_rate": 0.0},
         "detectors": [{"detector_id": read_metadata(bundle).detector_id, "edge_inference_config": preset}],
@@ -284,6 +299,7 @@ def updater_edge(
                     "EDGE_API_TOKEN": DEVICE_TOKEN,
                     "EDGE_EDGE_ID": f"edge-{workdir.name}"[:100],
                     "EDGE_UPDATER_URL": f"http://127.0.0.1:{updater_port}",
+                    **(edge_env or {}),
                 },
             )
             stack.start(config)

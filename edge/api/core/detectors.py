@@ -2,16 +2,32 @@
 
 Model metadata is asked of the inference service and kept for a few seconds, so the hot path costs
 one dictionary lookup while a newly installed model still shows up quickly.
+
+The threshold a query is answered at is chosen here, so answers, the detector route and /status agree:
+the request's, else the edge config's (a local override), else the cloud's current setting for the
+detector (edge.api.core.priors keeps it, so an admin's change in the cloud reaches edges that already
+have a model), else the model's default.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from common.edge_config import DetectorConfig, EdgeConfig, InferenceConfig
 from common.wire.inference import ModelInfo
 from edge.api.core.inference_client import InferenceClient
+
+# "default": nothing says (no model, no cloud value, no edge config); such a detector is not answered here.
+ThresholdSource = Literal["request", "edge_config", "cloud", "model", "default"]
+FALLBACK_THRESHOLD = 0.9
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    source: ThresholdSource
 
 
 @dataclass(frozen=True)
@@ -24,11 +40,18 @@ class EdgeDetector:
     def detector_id(self) -> str:
         return self.config.detector_id
 
-    @property
-    def confidence_threshold(self) -> float:
+    def threshold(self, cloud: float | None, requested: float | None = None) -> Threshold:
+        """The threshold to answer at: `requested` (the request's), else the edge config's, else
+        `cloud` (the cloud's detector setting, as last fetched), else the model's default."""
+        if requested is not None:
+            return Threshold(requested, "request")
         if self.config.confidence_threshold is not None:
-            return self.config.confidence_threshold
-        return self.model.default_confidence_threshold if self.model else 0.9
+            return Threshold(self.config.confidence_threshold, "edge_config")
+        if cloud is not None:
+            return Threshold(cloud, "cloud")
+        if self.model is not None:
+            return Threshold(self.model.default_confidence_threshold, "model")
+        return Threshold(FALLBACK_THRESHOLD, "default")
 
 
 class DetectorDirectory:

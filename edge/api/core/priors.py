@@ -1,16 +1,21 @@
-"""Label priors of the detectors that have no model on this edge yet (docs/architecture.md §9: such a detector answers
-with its label prior, source ALGORITHM, and escalates, so a person answers and it learns).
+"""The cloud's view of each configured detector (common.wire.priors): its label counts, which a detector
+without a model on this edge answers with (docs/architecture.md §9: source ALGORITHM, escalated, so a
+person answers and it learns), and its current confidence threshold, which every answer uses unless the
+request or the edge config sets one (edge.api.core.detectors), so an admin's change in the cloud reaches
+edges that already have a model.
 
-The cloud counts each detector's labels (`GET /edge-api/v1/detectors/{id}/prior`, common.wire.priors,
-the edge's device token in `x-api-token`). The edge keeps the last answer in memory and in its SQLite
-store, so a restart or an outage keeps it; it is fresh for `ttl_s`.
+The cloud answers `GET /edge-api/v1/detectors/{id}/prior` (the edge's device token in `x-api-token`).
+The edge keeps the last answer in memory and in its SQLite store, so a restart or an outage keeps it;
+it is fresh for `ttl_s`.
 
 A request never waits long for the cloud: with a prior at hand, even a stale one, it answers at once
-and a refresh runs in the background; with none, it waits at most `wait_s` for the first fetch (one
-fetch per detector however many requests wait) and is answered 503 without one. After a failed fetch
-no new one starts for `retry_s`. A 404 means the cloud does not know the detector: its prior is
-forgotten. Priors are fetched in the background as soon as an edge config names a detector that has
-no model here, so `/edge-detector-readiness` reports it ready within a moment.
+and a refresh runs in the background; with none, a detector without a model waits at most `wait_s` for
+the first fetch (one fetch per detector however many requests wait) and is answered 503 without one,
+while one with a model never waits (`cloud_threshold`: the model's default until the fetch lands).
+After a failed fetch no new one starts for `retry_s`. A 404 means the cloud does not know the
+detector: its prior is forgotten. Priors are fetched in the background for every configured, enabled
+detector as soon as an edge config names it, so `/edge-detector-readiness` reports a model-less one
+ready within a moment and a served one answers at the cloud's threshold from its first query.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -30,8 +35,6 @@ from pydantic import ValidationError
 from common.edge_config import EdgeConfig
 from common.prior import label_prior
 from common.wire.priors import DetectorPrior
-from edge.api.core.detectors import DetectorDirectory
-from edge.api.core.inference_client import InferenceUnavailableError
 from edge.api.core.store import EdgeStore
 from edge.api.escalation.cloud_link import CloudLink
 
@@ -72,7 +75,6 @@ class PriorBook:
         self._known: dict[str, KnownPrior] = {}
         self._inflight: dict[str, asyncio.Task[DetectorPrior | None]] = {}
         self._failed_at: dict[str, float] = {}  # monotonic
-        self._background: set[asyncio.Task[None]] = set()
         self.last_error: dict[str, str] = {}
 
     async def load(self) -> None:
@@ -89,7 +91,7 @@ class PriorBook:
             self._known[detector_id] = KnownPrior(prior, fetched_at)
 
     async def close(self) -> None:
-        tasks = [*self._inflight.values(), *self._background]
+        tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         if tasks:
@@ -100,6 +102,14 @@ class PriorBook:
         """The prior at hand (fresh or not); never waits."""
         known = self._known.get(detector_id)
         return known.prior if known is not None else None
+
+    def cloud_threshold(self, detector_id: str) -> float | None:
+        """The cloud's threshold for this detector as last fetched (None: never fetched); never waits.
+        A missing or stale one is fetched in the background, for the requests after this one."""
+        known = self._known.get(detector_id)
+        if known is None or self._clock() - known.fetched_at >= self._ttl:
+            self.refresh_soon(detector_id)
+        return known.prior.confidence_threshold if known is not None else None
 
     async def lookup(self, detector_id: str) -> DetectorPrior | None:
         """The prior to answer with now: the one at hand (refreshed in the background when stale), else
@@ -126,6 +136,7 @@ class PriorBook:
             "counts": known.prior.counts,
             "label": answer.label,
             "confidence": round(answer.confidence, 6),
+            "confidence_threshold": known.prior.confidence_threshold,
             "fetched_at": known.fetched_at,
             "age_s": round(max(0.0, self._clock() - known.fetched_at), 1),
             "last_error": self.last_error.get(detector_id),
@@ -144,28 +155,10 @@ class PriorBook:
             if known is None or now - known.fetched_at >= self._ttl:
                 self.refresh_soon(detector_id)
 
-    def prefetch_unserved(self, config: EdgeConfig, directory: DetectorDirectory) -> None:
-        """In the background: the priors of the configured, enabled detectors without a model here
-        (when inference cannot say, as if without one: a prior too many costs one small request)."""
-        wanted = [d.detector_id for d in config.detectors if config.inference_config(d).enabled]
-        if wanted:
-            self._spawn(self._prefetch_unserved(wanted, directory))
-
-    async def _prefetch_unserved(self, detector_ids: list[str], directory: DetectorDirectory) -> None:
-        unserved = []
-        for detector_id in detector_ids:
-            try:
-                model = await directory.model(detector_id)
-            except InferenceUnavailableError:
-                model = None
-            if model is None:
-                unserved.append(detector_id)
-        self.prefetch(unserved)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def prefetch_configured(self, config: EdgeConfig) -> None:
+        """In the background: the priors of every configured, enabled detector, with a model here or
+        not (the ones with a model need the cloud's threshold)."""
+        self.prefetch(d.detector_id for d in config.detectors if config.inference_config(d).enabled)
 
     def _fetch_task(self, detector_id: str) -> asyncio.Task[DetectorPrior | None] | None:
         task = self._inflight.get(detector_id)

@@ -14,7 +14,8 @@ router = APIRouter(prefix="/device-api/v1/detectors", tags=["detectors"])
 
 @router.get("/{detector_id}", response_model=Detector, operation_id="get_detector", dependencies=[DEVICE])
 async def get_detector(detector_id: str, state: StateDep) -> Detector:
-    """Served for detectors this edge answers (the SDK asks before waiting); others go to the cloud."""
+    """Served for detectors this edge answers (the SDK asks before waiting); others go to the cloud.
+    Its threshold is the one queries are answered at without their own (edge.api.core.detectors)."""
     config: EdgeConfig = state.config.config
     try:
         detector = await state.directory.lookup(config, detector_id)
@@ -23,17 +24,17 @@ async def get_detector(detector_id: str, state: StateDep) -> Detector:
     if detector is None:
         raise NotServedHereError(f"detector {detector_id} is not served by this edge")
     model = detector.model
+    enabled = detector.inference_config.enabled
     if model is not None:
         mode, name, query, labels = DetectorMode(model.mode), model.detector_name, model.query, model.labels
-        threshold = detector.confidence_threshold
+        cloud = state.priors.cloud_threshold(detector_id) if enabled else None
     else:
         # No model yet: described by its label prior, which it answers with (else the cloud knows it).
-        prior = state.priors.known(detector_id) if detector.inference_config.enabled else None
+        prior = state.priors.known(detector_id) if enabled else None
         if prior is None:
             raise NotServedHereError(f"detector {detector_id} is not served by this edge")
         mode, name, query, labels = prior.mode, prior.name, prior.query, prior.labels
-        configured = detector.config.confidence_threshold
-        threshold = configured if configured is not None else prior.confidence_threshold
+        cloud = prior.confidence_threshold
     mode_configuration: dict[str, object] | None = None
     if mode is DetectorMode.MULTI_CLASS:
         mode_configuration = {"class_names": labels, "num_classes": len(labels)}
@@ -52,5 +53,5 @@ async def get_detector(detector_id: str, state: StateDep) -> Detector:
         query=query,
         mode=mode,
         mode_configuration=mode_configuration,
-        confidence_threshold=threshold,
+        confidence_threshold=detector.threshold(cloud).value,
     )

@@ -47,7 +47,7 @@ async def put_edge_config(request: Request, state: StateDep) -> dict[str, Any]:
     except EdgeConfigError as exc:
         raise BadRequestError("invalid edge config: " + "; ".join(exc.errors)) from None
     # Detectors without a model answer with their label prior: fetch those now, in the background.
-    state.priors.prefetch_unserved(config, state.directory)
+    state.priors.prefetch_configured(config)
     return redacted_config(config)
 
 
