@@ -1,12 +1,13 @@
-"""Screenshots of every review page at 1920x1080 and 390x844 (light), plus the labeling page in dark
-mode, for a person to look at:
+"""Screenshots of every review page at 1920x1080 and 390x844 (light), plus the labeling and users pages
+in dark mode, for a person to look at:
 
     python -m bench.screenshots [--output-dir bench/results/ui]     (make screenshots)
 
 A fresh PostgreSQL database and `python -m cloud.app`, seeded by tests/support/ui_pages.py (a detector
 with items to review and two model versions); Debian's chromium through Playwright, as the UI tests
-drive it. Writes `<page>-desktop.png`, `<page>-phone.png`, `label-dark-desktop.png` and `index.json`
-(what was shot and how far each page is wider than its window; 0 everywhere is the goal).
+drive it. Writes `<page>-desktop.png`, `<page>-phone.png`, `label-dark-desktop.png`,
+`users-dark-desktop.png` and `index.json` (what was shot and how far each page is wider than its
+window; 0 everywhere is the goal).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from tests.support.cloud_factories import CloudFactory
 from tests.support.ui_pages import DESKTOP, PHONE, log_in, overflow_px, seed_ui_pages, settle
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "ui"
+# Also shot in dark mode: the page people spend their day on, and the one with the most form controls.
+DARK_PAGES = ("label", "users")
 
 
 def shoot(base_url: str, factory: CloudFactory, out: Path) -> list[dict[str, Any]]:
@@ -46,10 +49,12 @@ def shoot(base_url: str, factory: CloudFactory, out: Path) -> list[dict[str, Any
             page.close()
         page = browser.new_page(viewport=DESKTOP, color_scheme="dark")
         log_in(page, base_url, pages.reviewer)
-        page.goto(base_url + pages.paths["label"])
-        settle(page, "label")
-        page.screenshot(path=str(out / "label-dark-desktop.png"), full_page=True)
-        shots.append({"page": "label", "size": "desktop", "scheme": "dark", "file": "label-dark-desktop.png"})
+        for name in DARK_PAGES:
+            page.goto(base_url + pages.paths[name])
+            settle(page, name)
+            file = out / f"{name}-dark-desktop.png"
+            page.screenshot(path=str(file), full_page=True)
+            shots.append({"page": name, "size": "desktop", "scheme": "dark", "file": file.name})
         page.close()
     return shots
 

@@ -198,3 +198,94 @@ def test_unknown_users_and_tokens_are_404(cloud: CloudServer, tokens: Tokens) ->
             admin.post("/api/v1/admin/tokens", json={"user_id": "usr_unknown", "name": "x"}).status_code
             == 404
         )
+
+
+def change_role(cloud: CloudServer, token: str, user_id: str, role: str) -> Any:
+    with cloud.client(token) as caller:
+        return caller.patch(f"/api/v1/admin/users/{user_id}", json={"role": role})
+
+
+def test_a_role_change_applies_at_once_and_is_audited(cloud: CloudServer, tokens: Tokens) -> None:
+    user = create_user(cloud, tokens.admin, "reviewer")
+    secret = create_token(cloud, tokens.admin, user["id"])["token"]
+    assert status_of(cloud, secret, "/api/v1/admin/users") == 403
+
+    promoted = change_role(cloud, tokens.admin, user["id"], "admin")
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["role"] == "admin" and promoted.json()["id"] == user["id"]
+    # The cached credential was forgotten: no wait for its TTL in the process that made the change.
+    assert status_of(cloud, secret, "/api/v1/admin/users") == 200
+    assert change_role(cloud, tokens.admin, user["id"], "reviewer").json()["role"] == "reviewer"
+    assert status_of(cloud, secret, "/api/v1/admin/users") == 403
+    # The same role again changes nothing and records nothing.
+    assert change_role(cloud, tokens.admin, user["id"], "reviewer").status_code == 200
+
+    with cloud.client(tokens.admin) as admin:
+        listed = {u["id"]: u for u in admin.get("/api/v1/admin/users").json()}
+        audit = admin.get("/api/v1/audit", params={"target_id": user["id"], "action": "user.update"}).json()
+    assert listed[user["id"]]["role"] == "reviewer"
+    changes = [(e["detail"]["previous_role"], e["detail"]["role"]) for e in reversed(audit["results"])]
+    assert changes == [("reviewer", "admin"), ("admin", "reviewer")]
+
+
+def test_an_admin_cannot_demote_or_deactivate_themselves(cloud: CloudServer, tokens: Tokens) -> None:
+    # A second admin, so that it is the self-check that refuses and not the last-admin one.
+    other = create_user(cloud, tokens.admin, "admin")
+    other_token = create_token(cloud, tokens.admin, other["id"])["token"]
+    demoted = change_role(cloud, other_token, other["id"], "reviewer")
+    assert demoted.status_code == 409 and "your own account" in demoted.json()["detail"]
+    with cloud.client(other_token) as caller:
+        gone = caller.post(f"/api/v1/admin/users/{other['id']}/deactivate")
+        assert gone.status_code == 409 and "your own account" in gone.json()["detail"]
+        assert caller.get("/api/v1/admin/users").status_code == 200  # still an active admin
+    # Another admin can.
+    assert change_role(cloud, tokens.admin, other["id"], "reviewer").json()["role"] == "reviewer"
+    assert status_of(cloud, other_token, "/api/v1/admin/users") == 403
+
+
+def test_people_stay_people_and_devices_stay_devices(cloud: CloudServer, tokens: Tokens) -> None:
+    person = create_user(cloud, tokens.admin, "reviewer")
+    device = create_user(cloud, tokens.admin, "device")
+    to_device = change_role(cloud, tokens.admin, person["id"], "device")
+    assert to_device.status_code == 409 and "create a new account" in to_device.json()["detail"]
+    to_reviewer = change_role(cloud, tokens.admin, device["id"], "reviewer")
+    assert to_reviewer.status_code == 409 and "API tokens only" in to_reviewer.json()["detail"]
+    assert change_role(cloud, tokens.admin, device["id"], "trainer").json()["role"] == "trainer"
+
+
+def test_a_bad_role_change_is_a_clear_4xx(cloud: CloudServer, tokens: Tokens) -> None:
+    user = create_user(cloud, tokens.admin, "reviewer")
+    with cloud.client(tokens.admin) as admin:
+        url = f"/api/v1/admin/users/{user['id']}"
+        for body in ({"role": "root"}, {}, {"role": "admin", "password": "sneaky-extra"}, {"role": 7}):
+            resp = admin.patch(url, json=body)
+            assert resp.status_code == 400 and resp.json()["detail"], (body, resp.text)
+        assert (
+            admin.patch(url, content=b"not json", headers={"content-type": "application/json"}).status_code
+            == 400
+        )
+        assert admin.patch("/api/v1/admin/users/usr_unknown", json={"role": "admin"}).status_code == 404
+        assert admin.patch("/api/v1/admin/users/bad%20id", json={"role": "admin"}).status_code == 400
+
+
+def test_only_admins_change_roles(cloud: CloudServer, tokens: Tokens) -> None:
+    user = create_user(cloud, tokens.admin, "reviewer")
+    for token in (tokens.reviewer, tokens.device, tokens.trainer):
+        assert change_role(cloud, token, user["id"], "admin").status_code == 403
+        with cloud.client(token) as caller:
+            assert caller.post(f"/api/v1/admin/users/{user['id']}/activate").status_code == 403
+    assert change_role(cloud, "", user["id"], "admin").status_code == 401
+
+
+def test_a_deactivated_user_can_be_activated_again(cloud: CloudServer, tokens: Tokens) -> None:
+    user = create_user(cloud, tokens.admin, "device")
+    secret = create_token(cloud, tokens.admin, user["id"])["token"]
+    with cloud.client(tokens.admin) as admin:
+        assert admin.post(f"/api/v1/admin/users/{user['id']}/deactivate").status_code == 200
+        assert status_of(cloud, secret) == 401
+        back = admin.post(f"/api/v1/admin/users/{user['id']}/activate")
+        assert back.status_code == 200 and back.json()["is_active"] is True
+        assert admin.post(f"/api/v1/admin/users/{user['id']}/activate").status_code == 200  # idempotent
+        audit = admin.get("/api/v1/audit", params={"target_id": user["id"]}).json()
+    assert status_of(cloud, secret) == 200
+    assert [e["action"] for e in audit["results"]][:2] == ["user.activate", "user.deactivate"]

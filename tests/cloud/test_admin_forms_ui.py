@@ -26,6 +26,8 @@ def test_an_administrator_creates_a_detector_and_changes_its_threshold(
 ) -> None:
     boss, reader = factory.reviewer(Role.ADMIN), factory.reviewer()
     name = f"bolts-{boss.username}"
+    taken = f"taken-{boss.username}"
+    factory.detector(name=taken)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         log_in(page, cloud.url, boss)
@@ -51,10 +53,19 @@ def test_an_administrator_creates_a_detector_and_changes_its_threshold(
         page.fill("#settings-form input[name=patience_time]", "99999")
         page.click("#settings-form button[type=submit]")
         expect(page.locator("#settings-status")).to_have_class("status error")
+        # Renamed and reworded; a name another detector has is refused with the API's reason.
+        page.fill("#describe-form input[name=name]", name + "-renamed")
+        page.fill("#describe-form input[name=query]", "How many bolts are on the left tray?")
+        page.click("#describe-form button[type=submit]")
+        expect(page.locator("h1")).to_have_text(name + "-renamed")
+        expect(page.locator(".question")).to_have_text("How many bolts are on the left tray?")
+        page.fill("#describe-form input[name=name]", taken)
+        page.click("#describe-form button[type=submit]")
+        expect(page.locator("#describe-status")).to_contain_text("exists already")
         page.close()
     with cloud.client() as device:
         detector = device.get(f"/device-api/v1/detectors/{detector_id}").json()
-    assert detector["name"] == name and detector["mode"] == "COUNT"
+    assert detector["name"] == name + "-renamed" and detector["mode"] == "COUNT"
     assert (
         detector["mode_configuration"]["class_name"] == "bolt"
         and detector["mode_configuration"]["max_count"] == 8

@@ -163,16 +163,21 @@ async def list_detectors(
 async def update_detector(
     session: AsyncSession, detector_id: str, patch: DetectorUpdate, actor: Principal
 ) -> DetectorRow:
+    """A new name that another live detector has is a 409, and nothing changes."""
     row = await get_detector(session, detector_id)
     changes: dict[str, Any] = {}
-    for field in ("confidence_threshold", "patience_time", "status"):
+    for field in ("confidence_threshold", "patience_time", "status", "name", "query"):
         value = getattr(patch, field)
         if value is not None and value != getattr(row, field):
             changes[field] = {"from": getattr(row, field), "to": value}
             setattr(row, field, value)
     if changes:
         record(session, actor, AuditAction.DETECTOR_UPDATE, "detector", row.id, {"name": row.name, **changes})
-    await session.commit()
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise ConflictError(f"a detector named {patch.name!r} exists already") from None
     return row
 
 

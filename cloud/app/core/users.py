@@ -3,7 +3,8 @@ are stored. Deactivating a user or revoking a token takes effect at once in this
 the credential cache's TTL (`cloud.app.auth.PRINCIPAL_CACHE_TTL_S`) in the other replicas.
 
 `audited_by` names the admin whose request it is (the audit log); the first start and the demo
-seeding make accounts and tokens of their own without one."""
+seeding make accounts and tokens of their own without one. An admin may not demote or deactivate
+their own account (another admin can): a slip of the mouse must not lock the system out."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ from cloud.app.security import hash_password, new_api_token, new_token_id, new_u
 
 # People sign in to the web pages; devices only ever use tokens.
 ROLES_WITH_PASSWORD = (Role.ADMIN, Role.REVIEWER)
+ROLES_WITH_TOKENS_ONLY = (Role.DEVICE, Role.TRAINER)
+
+
+def same_kind_roles(role: Role | str) -> tuple[Role, ...]:
+    """The roles an account of this role may be given: a person stays a person (a password, the web
+    pages), a device or trainer stays token-only; crossing over is a new account."""
+    return ROLES_WITH_PASSWORD if Role(role) in ROLES_WITH_PASSWORD else ROLES_WITH_TOKENS_ONLY
 
 
 async def create_user(
@@ -102,17 +110,45 @@ async def add_user(
     return user
 
 
+async def list_users_with_token_counts(session: AsyncSession) -> list[tuple[User, int]]:
+    """Each user with how many of its tokens still work (not revoked), for the users page."""
+    live = (
+        select(ApiToken.user_id, func.count().label("n"))
+        .where(ApiToken.revoked_at.is_(None))
+        .group_by(ApiToken.user_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(User, func.coalesce(live.c.n, 0))
+        .outerjoin(live, live.c.user_id == User.id)
+        .order_by(User.created_at, User.username)
+    )
+    return [(user, int(count)) for user, count in rows.all()]
+
+
+async def _refuse_losing_the_last_admin(session: AsyncSession, user: User, what: str) -> None:
+    if not (user.is_active and user.role == Role.ADMIN):
+        return
+    active_admins = (
+        await session.execute(
+            select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.is_active)
+        )
+    ).scalar_one()
+    if active_admins <= 1:
+        raise ConflictError(f"the last active admin cannot be {what}")
+
+
+def _refuse_self(user: User, audited_by: Principal | None, what: str) -> None:
+    if audited_by is not None and audited_by.user_id == user.id:
+        raise ConflictError(f"you cannot {what} your own account; another admin can")
+
+
 async def deactivate_user(session: AsyncSession, user_id: str, audited_by: Principal | None = None) -> User:
-    """Keeps the row (labels and tokens refer to it); the last active admin cannot be deactivated."""
+    """Keeps the row (labels and tokens refer to it); neither the caller's own account nor the last
+    active admin can be deactivated."""
     user = await get_user(session, user_id)
-    if user.is_active and user.role == Role.ADMIN:
-        active_admins = (
-            await session.execute(
-                select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.is_active)
-            )
-        ).scalar_one()
-        if active_admins <= 1:
-            raise ConflictError("the last active admin cannot be deactivated")
+    _refuse_self(user, audited_by, "deactivate")
+    await _refuse_losing_the_last_admin(session, user, "deactivated")
     await session.execute(
         update(User)
         .where(User.id == user_id)
@@ -121,6 +157,50 @@ async def deactivate_user(session: AsyncSession, user_id: str, audited_by: Princ
     )
     if audited_by is not None and user.is_active:
         record(session, audited_by, AuditAction.USER_DEACTIVATE, "user", user_id, {"username": user.username})
+    await session.commit()
+    forget_user(user_id)
+    await session.refresh(user)
+    return user
+
+
+async def activate_user(session: AsyncSession, user_id: str, audited_by: Principal | None = None) -> User:
+    """Undoes a deactivation: its tokens that were not revoked and its password work again."""
+    user = await get_user(session, user_id)
+    if not user.is_active:
+        user.is_active = True
+        if audited_by is not None:
+            record(
+                session, audited_by, AuditAction.USER_ACTIVATE, "user", user_id, {"username": user.username}
+            )
+        await session.commit()
+        forget_user(user_id)
+        await session.refresh(user)
+    return user
+
+
+async def change_role(
+    session: AsyncSession, user_id: str, role: Role, audited_by: Principal | None = None
+) -> User:
+    """A new role, in force at once in this process (its cached credentials are forgotten). People
+    stay people and token-only accounts stay token-only (`same_kind_roles`); an admin cannot change
+    their own role, and the last active admin keeps theirs."""
+    user = await get_user(session, user_id)
+    previous = Role(user.role)
+    if previous is role:
+        return user
+    _refuse_self(user, audited_by, "change the role of")
+    if role not in same_kind_roles(previous):
+        kind = "signs in with a password" if previous in ROLES_WITH_PASSWORD else "uses API tokens only"
+        raise ConflictError(
+            f"this {previous.value} account {kind}, so it cannot be given the {role.value} role: "
+            "create a new account for that"
+        )
+    if previous is Role.ADMIN:
+        await _refuse_losing_the_last_admin(session, user, "demoted")
+    user.role = role.value
+    if audited_by is not None:
+        detail = {"username": user.username, "role": role.value, "previous_role": previous.value}
+        record(session, audited_by, AuditAction.USER_UPDATE, "user", user_id, detail)
     await session.commit()
     forget_user(user_id)
     await session.refresh(user)

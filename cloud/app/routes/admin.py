@@ -19,6 +19,7 @@ from cloud.app.schemas.admin import (
     TokenPublic,
     UserCreate,
     UserPublic,
+    UserUpdate,
 )
 from cloud.app.schemas.fields import ID_PATTERN
 from common.wire.device_api import Detector
@@ -43,10 +44,29 @@ async def create_user(body: UserCreate, session: SessionDep, admin: AdminDep) ->
     return UserPublic.model_validate(user)
 
 
-@accounts.post("/users/{user_id}/deactivate")
+@accounts.patch(
+    "/users/{user_id}",
+    responses={409: {"description": "your own account, the last active admin, or a role of the other kind"}},
+)
+async def update_user(user_id: UserId, body: UserUpdate, session: SessionDep, admin: AdminDep) -> UserPublic:
+    """The new role applies to the user's next request (tokens and sessions alike)."""
+    user = await users.change_role(session, user_id, body.role, audited_by=admin)
+    return UserPublic.model_validate(user)
+
+
+@accounts.post(
+    "/users/{user_id}/deactivate",
+    responses={409: {"description": "your own account, or the last active admin"}},
+)
 async def deactivate_user(user_id: UserId, session: SessionDep, admin: AdminDep) -> UserPublic:
     """Its tokens and sessions stop working at once; the account and its history stay."""
     return UserPublic.model_validate(await users.deactivate_user(session, user_id, audited_by=admin))
+
+
+@accounts.post("/users/{user_id}/activate")
+async def activate_user(user_id: UserId, session: SessionDep, admin: AdminDep) -> UserPublic:
+    """Undoes a deactivation: its password and unrevoked tokens work again."""
+    return UserPublic.model_validate(await users.activate_user(session, user_id, audited_by=admin))
 
 
 @accounts.get("/tokens")

@@ -27,6 +27,15 @@ class UserCreate(BaseModel):
     email: StorableStr = Field(default="", max_length=200)
 
 
+class UserUpdate(BaseModel):
+    """A role change: people (admin, reviewer) and token-only accounts (device, trainer) keep their
+    kind, so a role is offered only within it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = Field(examples=["admin"])
+
+
 class UserPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

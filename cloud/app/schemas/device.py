@@ -54,6 +54,9 @@ class DetectorUpdate(BaseModel):
     patience_time: float | None = Field(default=None, gt=0, le=3600)
     status: Literal["ON", "OFF"] | None = None
     escalation_type: Literal["STANDARD"] | None = None
+    # Ours (the admin pages): a new name (unique, like at creation) or wording of the question.
+    name: DetectorName | None = Field(default=None, description="trimmed; unique among live detectors")
+    query: StorableStr | None = Field(default=None, min_length=1, max_length=1000)
 
 
 class LabelCreate(BaseModel):
