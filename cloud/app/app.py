@@ -18,6 +18,7 @@ from cloud.app.deps import CloudState
 from cloud.app.errors import ERROR_RESPONSES
 from cloud.app.routes import (
     admin,
+    alerts,
     backbones,
     device_account,
     device_detectors,
@@ -34,6 +35,8 @@ from cloud.app.routes import (
     review,
     training_jobs,
     web,
+    web_admin,
+    web_alerts,
     web_training,
 )
 from cloud.app.settings import CloudSettings
@@ -61,10 +64,13 @@ ROUTERS = (
     exports,
     hubs,
     admin,
+    alerts,
     training_jobs,
     health,
     web,
     web_training,
+    web_admin,
+    web_alerts,
 )
 
 

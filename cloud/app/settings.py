@@ -235,6 +235,37 @@ class CloudSettings(SecretFileSettings):
     )
     worker_poll_s: float = Field(default=2.0, gt=0, description="Seconds between the worker's job polls.")
 
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="How long the worker waits for a webhook receiver's answer."
+    )
+    webhook_retry_base_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Wait before a failed webhook delivery's second attempt; doubled after each failure.",
+    )
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, description="The longest wait between two attempts of one webhook delivery."
+    )
+    webhook_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=100,
+        description="Attempts of one webhook delivery before it is marked dead (an admin can resend it).",
+    )
+    notify_edge_offline_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="An `edge_offline` notification once an edge has sent no heartbeat for this long.",
+    )
+    notify_waiting_repeat_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "While a detector's review items wait past their patience, an `escalations_waiting` "
+            "notification at most once per this many seconds."
+        ),
+    )
+
     log_level: str = Field(
         default="info",
         description="Log level (`debug`, `info`, `warning`, `error`) of the JSON log lines (API and worker).",

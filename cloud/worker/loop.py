@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobStore, make_blob_store
+from cloud.app.core import ops_notifications, webhook_delivery
 from cloud.app.core.training_jobs import requeue_expired_training_jobs
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.settings import CloudSettings
@@ -43,6 +45,10 @@ class WorkerState:
         default_factory=lambda: f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     )
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Webhook receivers: one client, so connections to a receiver are kept alive between deliveries.
+    http: httpx.AsyncClient = field(
+        default_factory=lambda: httpx.AsyncClient(limits=httpx.Limits(max_connections=32))
+    )
 
 
 @dataclass
@@ -54,6 +60,8 @@ class TickReport:
     training_jobs_created: list[str] = field(default_factory=list)
     exports_built: list[str] = field(default_factory=list)
     detectors_purged: list[str] = field(default_factory=list)
+    notifications: int = 0
+    deliveries: dict[str, int] = field(default_factory=dict)
     failed_steps: list[str] = field(default_factory=list)
 
 
@@ -65,6 +73,7 @@ def make_state(settings: CloudSettings) -> WorkerState:
 
 
 async def close_state(state: WorkerState) -> None:
+    await state.http.aclose()
     await state.blobs.close()
     await state.engine.dispose()
 
@@ -141,11 +150,47 @@ async def purge_deleted_detectors(
         report.detectors_purged.append(purged.detector_id)
 
 
+async def scan_for_notifications(state: WorkerState, report: TickReport) -> None:
+    settings, now = state.settings, datetime.now(UTC)
+    async with state.sessions() as session:
+        report.notifications += await ops_notifications.notify_waiting(
+            session, now, settings.notify_waiting_repeat_s
+        )
+        report.notifications += await ops_notifications.notify_offline_edges(
+            session, now, settings.notify_edge_offline_s
+        )
+        report.notifications += await ops_notifications.notify_failed_jobs(session, now)
+    if report.notifications:
+        _action("notifications recorded", count=report.notifications)
+
+
+def retry_policy(settings: CloudSettings) -> webhook_delivery.Retry:
+    return webhook_delivery.Retry(
+        base_s=settings.webhook_retry_base_s,
+        max_s=settings.webhook_retry_max_s,
+        max_attempts=settings.webhook_max_attempts,
+        timeout_s=settings.webhook_timeout_s,
+    )
+
+
+async def deliver_webhooks(state: WorkerState, report: TickReport) -> None:
+    """Rounds of due deliveries until none is due (or the worker stops); each round's sends overlap."""
+    retry = retry_policy(state.settings)
+    while not state.stop.is_set():
+        counts = await webhook_delivery.deliver_due(state.sessions, state.http, state.owner, retry)
+        if not counts:
+            return
+        for outcome, n in counts.items():
+            report.deliveries[outcome] = report.deliveries.get(outcome, 0) + n
+
+
 STEPS = (
     ("leases", expire_leases),
     ("retrain", trigger_retraining),
     ("exports", build_exports),
     ("purge", purge_deleted_detectors),
+    ("notify", scan_for_notifications),
+    ("webhooks", deliver_webhooks),
 )
 
 

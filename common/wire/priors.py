@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from common.bundle import DetectorMode
+from common.wire.alerts import AlertRule
 
 
 class DetectorPrior(BaseModel):
@@ -21,3 +22,6 @@ class DetectorPrior(BaseModel):
     counts: list[int] = Field(description="labels so far per answer (same order), UNCLEAR not counted")
     confidence_threshold: float = Field(default=0.9, ge=0, le=1)
     has_model: bool = Field(default=False, description="whether a production model exists in the cloud")
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list, description="the detector's enabled alert rules, which the edge watches"
+    )

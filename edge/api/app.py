@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from common.body_limits import BodyLimits, limit_bodies
 from common.http import FastPathApp, RequestLogMiddleware, install_error_handlers
 from common.internal_auth import internal_headers
+from edge.api.alerts.firing_sender import FiringSender
+from edge.api.alerts.watcher import AlertWatcher
 from edge.api.auth.admin_token import resolve_admin_token
 from edge.api.auth.authenticator import Authenticator
 from edge.api.auth.cloud_check import CloudTokenCheck
@@ -87,6 +89,16 @@ def create_app(
             timeout_s=settings.prior_timeout_s,
         )
         await priors.load()
+        firing_sender = FiringSender(
+            store,
+            cloud_http,
+            link,
+            metrics,
+            api_token=settings.api_token,
+            edge_id=settings.edge_id,
+            retry_base_s=settings.outbox_retry_base_s,
+            retry_max_s=settings.outbox_retry_max_s,
+        )
         verdicts = VerdictCache(store, settings.token_cache_size)
         await verdicts.load()
         auth = Authenticator(
@@ -117,25 +129,29 @@ def create_app(
                     cloud_http, link, settings.api_token, settings.cloud_answer_timeout_s
                 ),
                 priors=priors,
+                alerts=AlertWatcher(store, priors, metrics, on_firing=firing_sender.wake),
             ),
             priors=priors,
             metrics=metrics,
             cloud=link,
             outbox=sender,
+            alert_sender=firing_sender,
             started_at=time.time(),
             auth=auth,
             internal_token=internal_token,
             peers=Peers.open(settings, internal_token),
         )
         sender.start()
+        firing_sender.start()
         probe.start()
-        priors.prefetch_unserved(config.config, directory)
+        priors.prefetch_configured(config.config)
         try:
             yield
         finally:
             await app.state.edge.peers.close()
             await auth.close()
             await sender.stop()
+            await firing_sender.stop()
             await probe.stop()
             await priors.close()
             await inference_http.close()

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from edge.api.alerts.firing_sender import FiringSender
 from edge.api.auth.authenticator import Authenticator
 from edge.api.auth.principal import Access, Principal
 from edge.api.core.config_store import ConfigStore
@@ -35,6 +36,7 @@ class EdgeState:
     metrics: EdgeMetrics
     cloud: CloudLink
     outbox: OutboxSender
+    alert_sender: FiringSender
     started_at: float
     auth: Authenticator
     internal_token: str

@@ -31,6 +31,15 @@ class EdgeMetrics:
         self.escalation_send_failures = Counter(
             "edge_escalation_send_failures", "Failed escalation deliveries", ["kind"], registry=r
         )
+        self.alert_firings = Counter(
+            "edge_alert_firings", "Alert rules fired on this edge", ["detector_id", "rule_id"], registry=r
+        )
+        self.alert_firings_pending = Gauge(
+            "edge_alert_firings_pending", "Alert firings waiting for the cloud", registry=r
+        )
+        self.alert_firings_dead = Gauge(
+            "edge_alert_firings_dead", "Alert firings the cloud refused (kept, not resent)", registry=r
+        )
         self.cloud_reachable = Gauge("edge_cloud_reachable", "1 when the cloud answered recently", registry=r)
         self._outcomes: dict[tuple[str, str], Counter] = {}
 

@@ -5,6 +5,7 @@ DEVICE_TOKEN and FAKE_ADMIN_TOKEN to start with, else 401; `POST /api/v1/escalat
 `/api/v1/escalations/batch` idempotent on image_query_id;
 `GET /device-api/v1/image-queries/{id}` with the answer a test sets in `answers`;
 `GET /edge-api/v1/detectors/{id}/prior` with the prior a test sets in `priors`, else 404;
+`POST /edge-api/v1/alerts/firings` idempotent on firing_id, refusing the rules in `refused_rules`;
 `GET /edge-api/v1/fetch-model-urls/{id}/` with ETag and 304 for the model a test publishes, whose
 archive and shared backbone it serves as blobs) and records fallback traffic from nginx.
 It runs in a thread so tests can read what it received, and can be stopped and restarted on the
@@ -18,6 +19,7 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from starlette.routing import Route
 from common.backbone import BackboneRef
 from common.bundle import DetectorMode
 from common.bundle_archive import sha256_of
+from common.wire.alerts import AlertCondition, AlertFiringAck, AlertFiringBatch, AlertRule, FiringRefusal
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 from tests.support.cloud import DEVICE_TOKEN
 from tests.support.thread_server import ThreadServer
@@ -91,6 +94,19 @@ class CloudState:
     # Token -> how many times /me was asked about it (kept out of `requests`: not traffic the
     # tests look at).
     me_calls: dict[str, int] = field(default_factory=dict)
+    # firing_id -> the AlertFiring JSON recorded by POST /edge-api/v1/alerts/firings (the first copy).
+    firings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # firing_id -> how many times it was posted (refused or failed posts included), and how many of
+    # those posts it was recorded in (a resend after a lost ack counts, a refused or failed post not).
+    firing_posts: dict[str, int] = field(default_factory=dict)
+    firing_records: dict[str, int] = field(default_factory=dict)
+    # Firings per alert batch, in arrival order, and the edge ids the batches named.
+    firing_batches: list[int] = field(default_factory=list)
+    firing_edges: list[str] = field(default_factory=list)
+    # Set: every alert batch is answered with this status and nothing is recorded.
+    fail_firings_with: int | None = None
+    # rule_id -> the error its firings are refused with (the rule is gone, as the cloud would say).
+    refused_rules: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fallbacks(self) -> list[Recorded]:
@@ -164,6 +180,27 @@ def build_app(state: CloudState) -> Starlette:
                 )
         return JSONResponse({"results": results})
 
+    async def alert_firings(request: Request) -> JSONResponse:
+        batch = AlertFiringBatch.model_validate_json(await request.body())
+        with state.lock:
+            state.requests.append(Recorded("POST", request.url.path, "", dict(request.headers), b""))
+            state.firing_batches.append(len(batch.firings))
+            state.firing_edges.append(batch.edge_id)
+            for firing in batch.firings:
+                state.firing_posts[firing.firing_id] = state.firing_posts.get(firing.firing_id, 0) + 1
+            if state.fail_firings_with is not None:
+                return JSONResponse({"detail": "injected failure"}, status_code=state.fail_firings_with)
+            ack = AlertFiringAck()
+            for firing in batch.firings:
+                error = state.refused_rules.get(firing.rule_id)
+                if error is not None:
+                    ack.refused.append(FiringRefusal(firing_id=firing.firing_id, error=error))
+                    continue
+                state.firings.setdefault(firing.firing_id, firing.model_dump(mode="json"))
+                state.firing_records[firing.firing_id] = state.firing_records.get(firing.firing_id, 0) + 1
+                ack.recorded.append(firing.firing_id)
+        return JSONResponse(ack.model_dump(mode="json"))
+
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -235,6 +272,7 @@ def build_app(state: CloudState) -> Starlette:
             Route("/api/v1/escalations/batch", escalation_batch, methods=["POST"]),
             Route("/device-api/v1/image-queries/{iq_id}", image_query, methods=["GET"]),
             Route("/edge-api/v1/detectors/{detector_id}/prior", prior, methods=["GET"]),
+            Route("/edge-api/v1/alerts/firings", alert_firings, methods=["POST"]),
             Route("/edge-api/v1/fetch-model-urls/{detector_id}/", fetch_model_urls, methods=["GET"]),
             Route("/blobs/{name:path}", blob, methods=["GET"]),
             Route("/health/live", live),
@@ -242,6 +280,29 @@ def build_app(state: CloudState) -> Starlette:
             Route("/{path:path}", anything, methods=methods),
         ]
     )
+
+
+def alert_rule(
+    rule_id: str,
+    detector_id: str,
+    condition: dict[str, Any],
+    *,
+    consecutive: int = 1,
+    cooldown_s: float = 300.0,
+    enabled: bool = True,
+) -> dict[str, Any]:
+    """One AlertRule as the cloud sends it in a prior, e.g. `{"kind": "answer_is", "label": "YES"}`."""
+    rule = AlertRule(
+        id=rule_id,
+        detector_id=detector_id,
+        created_at=datetime.now(UTC),
+        name=f"rule {rule_id}",
+        condition=AlertCondition.model_validate(condition),
+        consecutive=consecutive,
+        cooldown_s=cooldown_s,
+        enabled=enabled,
+    )
+    return rule.model_dump(mode="json")
 
 
 class FakeCloud:
@@ -263,8 +324,10 @@ class FakeCloud:
         mode: DetectorMode = DetectorMode.BINARY,
         query: str = "Is it there?",
         confidence_threshold: float = 0.9,
+        alert_rules: list[dict[str, Any]] | None = None,
     ) -> None:
-        """What the cloud answers to the edge's prior request for this detector."""
+        """What the cloud answers to the edge's prior request for this detector; `alert_rules` are
+        AlertRule JSON (see `alert_rule`)."""
         self.state.priors[detector_id] = {
             "detector_id": detector_id,
             "name": f"fake {detector_id[-6:]}",
@@ -274,7 +337,14 @@ class FakeCloud:
             "counts": counts,
             "confidence_threshold": confidence_threshold,
             "has_model": False,
+            "alert_rules": alert_rules or [],
         }
+
+    def firings_of(self, rule_id: str) -> list[dict[str, Any]]:
+        """The firings recorded for one rule, in the order they fired."""
+        with self.state.lock:
+            found = [f for f in self.state.firings.values() if f["rule_id"] == rule_id]
+        return sorted(found, key=lambda f: str(f["fired_at"]))
 
     def accept_token(self, token: str, username: str = "camera", *, admin: bool = False) -> None:
         """Make `token` a device (or admin) token the cloud vouches for."""

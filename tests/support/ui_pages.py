@@ -58,8 +58,10 @@ def seed_ui_pages(factory: CloudFactory) -> UiPages:
         "compare": f"/ui/detectors/{detector_id}/compare",
         "stats": "/ui/stats",
         "edges": "/ui/edges",
+        "users": "/ui/users",
+        "alerts": "/ui/alerts",
     }
-    # An administrator sees every page (the edges dashboard is theirs alone).
+    # An administrator sees every page (the edges dashboard and the users page are theirs alone).
     return UiPages(detector_id, factory.reviewer(Role.ADMIN), paths)
 
 

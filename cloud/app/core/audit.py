@@ -27,11 +27,20 @@ class AuditAction(StrEnum):
     MODEL_ROLLBACK = "model.rollback"
     MODEL_DELETE = "model.delete"
     USER_CREATE = "user.create"
+    USER_UPDATE = "user.update"
     USER_DEACTIVATE = "user.deactivate"
+    USER_ACTIVATE = "user.activate"
     TOKEN_CREATE = "token.create"
     TOKEN_REVOKE = "token.revoke"
     TRAINING_JOB_CREATE = "training_job.create"
     TRAINING_JOB_CANCEL = "training_job.cancel"
+    WEBHOOK_CREATE = "webhook.create"
+    WEBHOOK_UPDATE = "webhook.update"
+    WEBHOOK_DELETE = "webhook.delete"
+    WEBHOOK_REDELIVER = "webhook.redeliver"
+    ALERT_RULE_CREATE = "alert_rule.create"
+    ALERT_RULE_UPDATE = "alert_rule.update"
+    ALERT_RULE_DELETE = "alert_rule.delete"
 
 
 def record(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core import model_answers, priors
+from cloud.app.core import alert_rules, model_answers, priors
 from cloud.app.core.detectors import get_detector, iso_utc
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
 from cloud.app.db.models import Detector as DetectorRow
@@ -109,6 +109,11 @@ def review_reason(
     if result.confidence is None or result.confidence < threshold:
         return EscalationReason.LOW_CONFIDENCE
     return None
+
+
+def _confident(prediction: Prediction, threshold: float) -> bool:
+    """What alert rules watch: the model sure enough and the image like its training images."""
+    return prediction.confidence >= threshold and not prediction.out_of_domain
 
 
 def model_result(detector: DetectorRow, prediction: Prediction) -> Result:
@@ -259,6 +264,15 @@ async def submit_image_query(
     await state.blobs.put(row.image_key, image, info.content_type)
     if reason is not None:
         await enqueue_for_review(session, row, reason, uncertainty_of(result))
+    if prediction is not None and result is not None and _confident(prediction, threshold):
+        await alert_rules.observe_cloud_answer(
+            session,
+            detector,
+            label=result.label or prediction.label,
+            count=result.count,
+            confidence=prediction.confidence,
+            image_query_id=row.id,
+        )
     await session.commit()
     timing = ", ".join(
         f"{name};dur={value:.3f}" for name, value in (("cloud", total_ms), *diagnostics.timings_ms.items())

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.auth import Principal
 from cloud.app.blobstore import BlobStore
-from cloud.app.core import backbones
+from cloud.app.core import backbones, notifications
 from cloud.app.core.audit import AuditAction, record
 from cloud.app.core.detectors import bundle_labels
 from cloud.app.db.models import Backbone, Detector, ModelStatus, ModelVersion
@@ -297,7 +297,7 @@ async def register_bundle(
         locked = await get_detector(session, detector_id, lock=True)
         previous = locked.production_version_id
         await _set_production(session, locked, row, stamp=True)
-        _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
+        await _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
     await session.commit()
     log.info(
         "model registered",
@@ -349,11 +349,24 @@ async def _set_production(
     detector.production_version_id = target.id
 
 
-def _audit_alias(
+async def _audit_alias(
     session: AsyncSession, actor: Principal, action: AuditAction, row: ModelVersion, previous: str | None
 ) -> None:
+    """The audit row and the `model_promoted` notification, in the alias change's transaction."""
     detail = {"detector_id": row.detector_id, "version": row.version, "previous_model_id": previous}
-    record(session, actor, action, "model", row.id, detail)
+    event = record(session, actor, action, "model", row.id, detail)
+    verb = "rolled back to" if action is AuditAction.MODEL_ROLLBACK else "promoted"
+    detector = await session.get(Detector, row.detector_id)
+    name = detector.name if detector is not None else row.detector_id
+    await notifications.record_event(
+        session,
+        notifications.EventKind.MODEL_PROMOTED,
+        f"alias:{row.id}:{event.at.timestamp()}",
+        f"{name}: version {row.version} {verb} by {actor.username}",
+        {**detail, "action": action.value, "by": actor.username, "model_id": row.id, "detector_name": name},
+        detector_id=row.detector_id,
+        at=event.at,
+    )
 
 
 async def promote_model(session: AsyncSession, model_id: str, actor: Principal) -> ModelVersion:
@@ -363,7 +376,7 @@ async def promote_model(session: AsyncSession, model_id: str, actor: Principal) 
         return row  # already the alias: promoting again changes nothing
     previous = detector.production_version_id
     await _set_production(session, detector, row, stamp=True)
-    _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
+    await _audit_alias(session, actor, AuditAction.MODEL_PROMOTE, row, previous)
     await session.commit()
     log.info("model promoted", extra={"fields": {"detector_id": row.detector_id, "model_id": row.id}})
     return row
@@ -388,7 +401,7 @@ async def rollback_model(session: AsyncSession, detector_id: str, actor: Princip
     if target is None:
         raise ConflictError(f"detector {detector_id} has no earlier promoted version to roll back to")
     await _set_production(session, detector, target, stamp=False)
-    _audit_alias(session, actor, AuditAction.MODEL_ROLLBACK, target, current.id)
+    await _audit_alias(session, actor, AuditAction.MODEL_ROLLBACK, target, current.id)
     await session.commit()
     log.info(
         "model rolled back",

@@ -433,3 +433,95 @@ class LoginAttempt(Base):
         Index("ix_login_attempts_subject", "kind", "subject", "at"),
         Index("ix_login_attempts_at", "at"),
     )
+
+
+class Webhook(Base):
+    """Where notifications go: an HTTPS (or, for local receivers, HTTP) URL, the event kinds it takes
+    (cloud.app.core.notifications.EventKind values) and the secret its deliveries are signed with.
+    The secret is kept as given (signing needs it); the API shows it once, at creation."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(200))
+    events: Mapped[list[Any]] = mapped_column()
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class AlertRuleRow(Base):
+    """A detector's alert rule (common.wire.alerts.AlertRuleSpec). `streak` and `last_fired_at` are
+    the cloud's own watch over the answers it gives; every edge keeps its own."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    detector_id: Mapped[str] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    condition: Mapped[dict[str, Any]] = mapped_column()
+    consecutive: Mapped[int] = mapped_column(Integer, default=1)
+    cooldown_s: Mapped[float] = mapped_column(Float, default=300.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    webhook_ids: Mapped[list[Any]] = mapped_column(default=list)
+    streak: Mapped[int] = mapped_column(Integer, default=0)
+    last_fired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationEvent(Base):
+    """Something people are told about: an alert firing or an ops event. `dedupe_key` makes each one
+    happen once (a resent edge firing, a worker scan that sees the same failed job again)."""
+
+    __tablename__ = "notification_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    detector_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    rule_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    title: Mapped[str] = mapped_column(String(300))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_notification_events_created", "created_at", "id"),)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (or being sent: see lease_expires_at)
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DEAD = "dead"  # every attempt failed; an admin can send it again
+
+
+class WebhookDelivery(Base):
+    """One event to one webhook, stored in the event's transaction, before any attempt: a restart
+    loses none. The worker claims due rows with a lease; a worker that dies mid-send leaves the row to
+    be sent again after the lease, so receivers dedupe on the delivery id (the Idempotency-Key)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("notification_events.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "webhook_id", name="uq_webhook_deliveries_event_webhook"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )

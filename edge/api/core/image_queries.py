@@ -33,6 +33,7 @@ from common.wire.device_api import (
 )
 from common.wire.escalation import EscalationCreate, EscalationReason
 from common.wire.priors import DetectorPrior
+from edge.api.alerts.watcher import AlertWatcher
 from edge.api.core.config_store import ConfigStore
 from edge.api.core.decision import decide, decide_without_model
 from edge.api.core.detectors import DetectorDirectory, EdgeDetector
@@ -86,6 +87,7 @@ class ImageQueryService:
         rng: Callable[[], float] = random.random,
         person_answers: PersonAnswers | None = None,
         priors: PriorBook | None = None,
+        alerts: AlertWatcher | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -98,6 +100,7 @@ class ImageQueryService:
         self._rng = rng
         self._person_answers = person_answers
         self._priors = priors
+        self._alerts = alerts
         self._locks = KeyedLocks()
         self._last_escalation: dict[str, float] = {}
 
@@ -169,7 +172,7 @@ class ImageQueryService:
         else:
             mode, query = DetectorMode(model.mode), model.query
         no_cloud = detector.inference_config.disable_cloud_escalation
-        threshold = _threshold(params, detector, prior)
+        threshold = _threshold(params, detector, prior, self._priors)
         iq_id = params.image_query_id or new_image_query_id()
 
         if params.want_async or params.human_review is HumanReview.ALWAYS:
@@ -246,6 +249,9 @@ class ImageQueryService:
             },
         )
         body = await self._record(iq, keys, image, content_type, decision.escalate)
+        if self._alerts is not None:  # §12: confident answers (audited ones too) feed the alert rules
+            confident = inf.confidence >= threshold and not is_out_of_domain(inf.in_domain)
+            await self._alerts.watch(iq, confident=confident)
         if decision.escalate is not None:
             outcome = decision.escalate.value
         elif inf.confidence >= threshold:
@@ -413,10 +419,13 @@ def _refuse_unless_repeat(record: StoredQuery, params: SubmitParams, image_sha25
         raise ConflictError(why)
 
 
-def _threshold(params: SubmitParams, detector: EdgeDetector, prior: DetectorPrior | None) -> float:
-    """The request's, else the edge config's, else the model's (or, without one, the cloud's) default."""
-    if params.confidence_threshold is not None:
-        return params.confidence_threshold
-    if detector.config.confidence_threshold is None and detector.model is None and prior is not None:
-        return prior.confidence_threshold
-    return detector.confidence_threshold
+def _threshold(
+    params: SubmitParams, detector: EdgeDetector, prior: DetectorPrior | None, priors: PriorBook | None
+) -> float:
+    """The request's, else the edge config's (a local override), else the cloud's current one for this
+    detector (the prior just looked up, or the one at hand: never waited for), else the model's default."""
+    if prior is not None:
+        cloud: float | None = prior.confidence_threshold
+    else:
+        cloud = priors.cloud_threshold(params.detector_id) if priors is not None else None
+    return detector.threshold(cloud, params.confidence_threshold).value

@@ -1,7 +1,7 @@
-"""The edge's SQLite database: a local record of answered image queries, the escalation outbox, and the
-label priors of detectors without a model (edge.api.core.priors) and the device tokens the cloud
-vouched for (edge.api.auth.verdicts, by sha256 only), kept so they answer after a restart with the
-cloud unreachable.
+"""The edge's SQLite database: a local record of answered image queries, the escalation outbox, the
+alert firings waiting for the cloud (edge.api.alerts), and the label priors of detectors without a
+model (edge.api.core.priors) and the device tokens the cloud vouched for (edge.api.auth.verdicts, by
+sha256 only), kept so they answer after a restart with the cloud unreachable.
 
 Both live in one file so that recording a query and queueing its escalation is one transaction:
 a crash can never leave an escalated query without its outbox entry or the reverse. Plain records
@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS priors (
     body TEXT NOT NULL,
     fetched_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_firings (
+    firing_id TEXT PRIMARY KEY,
+    detector_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_firings_state_created ON alert_firings (state, created_at);
 CREATE TABLE IF NOT EXISTS token_verdicts (
     token_sha256 TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -127,6 +137,17 @@ class OutboxDepth:
     pending: int
     dead: int
     oldest_pending_age_s: float | None
+
+
+@dataclass(frozen=True)
+class StoredFiring:
+    """An alert firing as kept until the cloud records it; `body` is its AlertFiring JSON."""
+
+    firing_id: str
+    detector_id: str
+    body: str
+    created_at: float
+    attempts: int = 0
 
 
 class EdgeStore:
@@ -378,6 +399,51 @@ class EdgeStore:
         pending, dead, oldest = self.fast.execute(
             "SELECT SUM(state = 'pending'), SUM(state = 'dead'), MIN(CASE WHEN state = 'pending'"
             " THEN created_at END) FROM outbox"
+        ).fetchone()
+        age = None if oldest is None else max(0.0, time.time() - float(oldest))
+        return OutboxDepth(int(pending or 0), int(dead or 0), age)
+
+    # -- alert firings -----------------------------------------------------------------------------
+    # No 'sent' rows: a firing the cloud recorded is deleted at once. The cloud is idempotent on
+    # firing_id, so a kept copy would prevent nothing, and deleting needs no purge job.
+    def add_firings(self, firings: list[StoredFiring]) -> None:
+        """Keep new firings, fsynced in one transaction: on disk before the answer that fired them."""
+        with _immediate(self.durable):
+            self.durable.executemany(
+                "INSERT OR IGNORE INTO alert_firings (firing_id, detector_id, body, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(f.firing_id, f.detector_id, f.body, f.created_at) for f in firings],
+            )
+
+    def pending_firings(self, limit: int) -> list[StoredFiring]:
+        """The oldest first, so a backlog reaches the cloud in the order it fired."""
+        rows = self.fast.execute(
+            "SELECT firing_id, detector_id, body, created_at, attempts FROM alert_firings"
+            " WHERE state = 'pending' ORDER BY created_at, rowid LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [StoredFiring(str(i), str(d), str(b), float(c), int(a)) for i, d, b, c, a in rows]
+
+    def firings_sent(self, firing_ids: list[str]) -> None:
+        """The cloud recorded these. No fsync: a delete lost to a power cut only resends, which the
+        cloud recognises."""
+        with _immediate(self.fast):
+            self.fast.executemany("DELETE FROM alert_firings WHERE firing_id = ?", [(i,) for i in firing_ids])
+
+    def note_firing_failures(self, failures: list[tuple[str, str, bool]]) -> None:
+        """(firing id, error, dead) per firing the cloud did not record: a dead one is kept, counted and
+        never sent again; the others go again."""
+        with _immediate(self.fast):
+            self.fast.executemany(
+                "UPDATE alert_firings SET attempts = attempts + 1, last_error = ?, state = ?"
+                " WHERE firing_id = ?",
+                [(error[:500], "dead" if dead else "pending", i) for i, error, dead in failures],
+            )
+
+    def firing_depth(self) -> OutboxDepth:
+        pending, dead, oldest = self.fast.execute(
+            "SELECT SUM(state = 'pending'), SUM(state = 'dead'), MIN(CASE WHEN state = 'pending'"
+            " THEN created_at END) FROM alert_firings"
         ).fetchone()
         age = None if oldest is None else max(0.0, time.time() - float(oldest))
         return OutboxDepth(int(pending or 0), int(dead or 0), age)

@@ -4,12 +4,14 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from common.edge_config import DetectorConfig, EdgeConfig, redact_url
 from common.wire.edge_facts import EdgeFacts, OutboxDepth
+from common.wire.inference import ModelInfo
+from edge.api.core.detectors import EdgeDetector
 from edge.api.core.inference_client import InferenceUnavailableError
 from edge.api.deps import INTERNAL, OPERATOR, EdgeState, StateDep
 
@@ -43,15 +45,15 @@ async def facts(state: StateDep) -> EdgeFacts:
 
 
 @router.get("/status", operation_id="status", dependencies=[OPERATOR])
-async def status(state: StateDep) -> dict[str, Any]:
-    """One page for an operator: models, cache, outbox, cloud link."""
+async def status(state: StateDep, request: Request) -> dict[str, Any]:
+    """One page for an operator: models, cache, outbox, alert firings, cloud link."""
     depth = await state.store.run(state.store.depth)
     inference: dict[str, Any]
-    served: dict[str, str] | None
+    served: dict[str, ModelInfo] | None
     try:
         models = await state.inference.models()
         inference = {"reachable": True, **models.model_dump(mode="json")}
-        served = {m.detector_id: m.version for m in models.models}
+        served = {m.detector_id: m for m in models.models}
     except InferenceUnavailableError as exc:
         inference = {"reachable": False, "error": str(exc)}
         served = None
@@ -68,6 +70,7 @@ async def status(state: StateDep) -> dict[str, Any]:
             "oldest_pending_age_s": depth.oldest_pending_age_s,
             "alarm": depth.pending >= state.settings.outbox_alarm_depth,
         },
+        "alerts": await _alerts_status(state),
         "cloud": {
             "url": state.cloud.url,
             "reachable": state.cloud.reachable,
@@ -79,14 +82,34 @@ async def status(state: StateDep) -> dict[str, Any]:
     }
 
 
+async def _alerts_status(state: EdgeState) -> dict[str, Any]:
+    """Firings waiting for the cloud and refused by it (from the store, so a restart keeps them), and
+    the sender's latest failure (in memory)."""
+    depth = await state.store.run(state.store.firing_depth)
+    sender = state.alert_sender
+    return {
+        "pending": depth.pending,
+        "dead": depth.dead,
+        "oldest_pending_age_s": depth.oldest_pending_age_s,
+        "last_sent_at": sender.last_sent_at,
+        "last_error": sender.last_error,
+        "last_error_at": sender.last_error_at,
+    }
+
+
 def _detector_status(
-    state: EdgeState, config: EdgeConfig, det: DetectorConfig, served: dict[str, str] | None
+    state: EdgeState, config: EdgeConfig, det: DetectorConfig, served: dict[str, ModelInfo] | None
 ) -> dict[str, Any]:
     """How the edge answers one detector: with its model, with its label prior ("no model yet"), or
-    not at all (disabled, or neither known: the gateway asks the cloud)."""
-    enabled = config.inference_config(det).enabled
-    version = served.get(det.detector_id) if served is not None else None
+    not at all (disabled, or neither known: the gateway asks the cloud); and at which threshold, from
+    where (edge_config, cloud, model; "default" when none of them says)."""
+    inference_config = config.inference_config(det)
+    enabled = inference_config.enabled
+    model = served.get(det.detector_id) if served is not None else None
+    version = model.version if model is not None else None
     prior = state.priors.snapshot(det.detector_id)
+    cloud = state.priors.cloud_threshold(det.detector_id) if enabled else None
+    threshold = EdgeDetector(det, inference_config, model).threshold(cloud)
     if version is not None:
         model_state, answers_with = "serving", "model"
     elif served is None:
@@ -99,7 +122,8 @@ def _detector_status(
     return {
         "detector_id": det.detector_id,
         "edge_inference_config": det.edge_inference_config,
-        "confidence_threshold": det.confidence_threshold,
+        "confidence_threshold": threshold.value,
+        "confidence_threshold_source": threshold.source,
         "enabled": enabled,
         "model_version": version,
         "state": model_state if enabled else "disabled",

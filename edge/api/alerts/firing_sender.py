@@ -1,0 +1,234 @@
+"""Delivers stored alert firings to the cloud: `POST /edge-api/v1/alerts/firings`, up to
+MAX_BATCH_FIRINGS a request (docs/architecture.md §12).
+
+A firing leaves the store only once the cloud names it in `recorded`; the cloud records each
+`firing_id` once, so a crash between its ack and our delete only resends it. `refused` means it will
+never be recorded (its rule is gone): it is kept as dead and not sent again. An unreachable cloud, a
+5xx, and the statuses that say nothing about the firings (401, 403: this edge's token; 408, 425, 429)
+keep everything and back off, capped and jittered like the escalation sender; any other 4xx refuses
+the whole batch, which is then dead. Woken as soon as a firing is stored, so with the cloud up a firing
+leaves at once; while backing off from an unreachable cloud, any success on the cloud link (the probe,
+the escalation sender) ends the wait early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import httpx
+from pydantic import ValidationError
+
+from common.wire.alerts import MAX_BATCH_FIRINGS, AlertFiring, AlertFiringAck, AlertFiringBatch
+from edge.api.core.store import EdgeStore, StoredFiring
+from edge.api.escalation.cloud_link import CloudLink
+from edge.api.metrics import EdgeMetrics
+
+log = logging.getLogger("edge.alerts")
+
+FIRINGS_PATH = "/edge-api/v1/alerts/firings"
+_RETRY_STATUSES = {401, 403, 408, 425, 429}
+_IDLE_S = 5.0
+# While backing off from an unreachable cloud: how often the cloud link is looked at.
+_LINK_POLL_S = 0.25
+
+
+class _Backoff(Exception):
+    def __init__(self, unreachable: bool) -> None:
+        super().__init__()
+        self.unreachable = unreachable
+
+
+class FiringSender:
+    def __init__(
+        self,
+        store: EdgeStore,
+        http: httpx.AsyncClient,
+        link: CloudLink,
+        metrics: EdgeMetrics,
+        *,
+        api_token: str,
+        edge_id: str,
+        retry_base_s: float,
+        retry_max_s: float,
+        batch: int = MAX_BATCH_FIRINGS,
+    ) -> None:
+        self._store = store
+        self._http = http
+        self._link = link
+        self._metrics = metrics
+        self._headers = {"content-type": "application/json"}
+        if api_token:
+            self._headers["x-api-token"] = api_token
+        self._edge_id = edge_id
+        self._base = retry_base_s
+        self._max = retry_max_s
+        self._batch = max(1, min(batch, MAX_BATCH_FIRINGS))
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._task: asyncio.Task[None] | None = None
+        # For /status; in memory only (the store keeps each firing's own last error).
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_sent_at: float | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alert-firing-sender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self.send_once()
+            except asyncio.CancelledError:
+                raise
+            except _Backoff as exc:
+                await self._back_off(exc.unreachable)
+                continue
+            except Exception:
+                log.exception("alert firing sender error")
+                self._failures += 1
+                await self._back_off(False)
+                continue
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_S)
+
+    async def _back_off(self, unreachable: bool) -> None:
+        """Not woken by new firings: they must not hammer a cloud that is down."""
+        cap = min(self._max, self._base * 2.0 ** min(self._failures, 20))
+        delay = cap * (0.5 + random.random() / 2)
+        if not unreachable:
+            await asyncio.sleep(delay)
+            return
+        since = time.time()
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, _LINK_POLL_S))
+            if (self._link.last_success_at or 0.0) > since:
+                return
+
+    async def send_once(self) -> bool:
+        """Send one batch; True if there was one. Raises _Backoff when the cloud did not take it."""
+        self._wake.clear()
+        rows = await self._store.run(lambda: self._store.pending_firings(self._batch))
+        try:
+            if not rows:
+                return False
+            await self._send(rows)
+        except _Backoff:
+            self._failures += 1
+            raise
+        finally:
+            await self._refresh_depth()
+        self._failures = 0
+        return True
+
+    async def _send(self, rows: list[StoredFiring]) -> None:
+        firings: list[AlertFiring] = []
+        unreadable: list[tuple[str, str, bool]] = []
+        for row in rows:
+            try:
+                firings.append(AlertFiring.model_validate_json(row.body))
+            except ValidationError as exc:
+                unreadable.append(
+                    (row.firing_id, f"stored firing unreadable: {exc.errors()[0]['msg']}", True)
+                )
+        if unreadable:
+            await self._note(unreadable)
+        if not firings:
+            return
+        ids = [f.firing_id for f in firings]
+        body = AlertFiringBatch(edge_id=self._edge_id, firings=firings).model_dump_json()
+        start = time.perf_counter()
+        try:
+            resp = await self._http.post(FIRINGS_PATH, content=body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            self._link.failed(error)
+            await self._note([(i, error, False) for i in ids])
+            self._log_batch(ids, start, None, error=error)
+            raise _Backoff(unreachable=True) from None
+        self._link.succeeded()
+        status = resp.status_code
+        if 400 <= status < 500 and status not in _RETRY_STATUSES:
+            error = f"cloud refused the batch {status}: {resp.text[:200]}"
+            await self._note([(i, error, True) for i in ids])
+            self._log_batch(ids, start, status, dead=len(ids), error=error)
+            return
+        if not resp.is_success:
+            error = f"cloud answered {status}: {resp.text[:200]}"
+            await self._note([(i, error, False) for i in ids])
+            self._log_batch(ids, start, status, error=error)
+            raise _Backoff(unreachable=False)
+        try:
+            ack = AlertFiringAck.model_validate_json(resp.content)
+        except ValidationError:
+            error = f"cloud answered {status} without a readable ack"
+            await self._note([(i, error, False) for i in ids])
+            self._log_batch(ids, start, status, error=error)
+            raise _Backoff(unreachable=False) from None
+        wanted = set(ids)
+        recorded = [i for i in dict.fromkeys(ack.recorded) if i in wanted]
+        done = set(recorded)
+        refused = {r.firing_id: r.error for r in ack.refused if r.firing_id in wanted - done}
+        missing = [i for i in ids if i not in done and i not in refused]
+        if recorded:
+            await self._store.run(lambda: self._store.firings_sent(recorded))
+            self.last_sent_at = time.time()
+        failures = [(i, f"refused by the cloud: {e[:200]}", True) for i, e in refused.items()]
+        failures += [(i, "the cloud's ack did not name it", False) for i in missing]
+        if failures:
+            await self._note(failures)
+        first = failures[0][1] if failures else None
+        self._log_batch(ids, start, status, recorded=len(recorded), dead=len(refused), error=first)
+        if missing:
+            raise _Backoff(unreachable=False)
+
+    async def _note(self, failures: list[tuple[str, str, bool]]) -> None:
+        await self._store.run(lambda: self._store.note_firing_failures(failures))
+        self.last_error = failures[-1][1]
+        self.last_error_at = time.time()
+
+    def _log_batch(
+        self,
+        ids: list[str],
+        start: float,
+        status: int | None,
+        *,
+        recorded: int = 0,
+        dead: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """One line per batch: what went, what the cloud said, and how long it took."""
+        fields = {
+            "firings": len(ids),
+            "first_firing_id": ids[0],
+            "status": status,
+            "recorded": recorded,
+            "dead": dead,
+            "ms": round((time.perf_counter() - start) * 1e3, 1),
+            "error": error,
+        }
+        if dead:
+            log.error("alert firings refused by the cloud", extra={"fields": fields})
+        elif error is not None:
+            log.warning("alert firings not delivered; will retry", extra={"fields": fields})
+        else:
+            log.info("alert firings delivered", extra={"fields": fields})
+
+    async def _refresh_depth(self) -> None:
+        depth = await self._store.run(self._store.firing_depth)
+        self._metrics.alert_firings_pending.set(depth.pending)
+        self._metrics.alert_firings_dead.set(depth.dead)
