@@ -23,8 +23,11 @@ from sqlalchemy.pool import NullPool
 
 from cloud.app.core.users import create_token, create_user
 from cloud.app.db.models import (
+    AlertRuleRow,
+    DeliveryStatus,
     Detector,
     Hub,
+    NotificationEvent,
     ImageQuery,
     Label,
     ModelVersion,
@@ -33,6 +36,8 @@ from cloud.app.db.models import (
     ReviewStatus,
     Role,
     User,
+    Webhook,
+    WebhookDelivery,
 )
 from cloud.app.settings import to_async_url
 from common.ids import new_detector_id, new_image_query_id
@@ -261,6 +266,101 @@ class CloudFactory:
             return version_id
 
         return self._run(work)
+
+    def alerting(self, detector_id: str, detector_name: str, edge_name: str) -> None:
+        """A webhook, an alert rule on the detector and a few notifications in each delivery state,
+        as a week of use leaves them (for the alerts page)."""
+        now = datetime.now(UTC)
+        stamp = secrets.token_hex(3)
+        hook_id, rule_id = f"whk_{stamp}", f"alr_{stamp}"
+        events = [
+            (
+                "alert",
+                f"door left open: answer is YES 3 times in a row on {detector_name} ({edge_name})",
+                5,
+                DeliveryStatus.DELIVERED,
+                1,
+                200,
+                None,
+            ),
+            (
+                "edge_offline",
+                f"edge {edge_name} offline: no heartbeat for 12 min",
+                40,
+                DeliveryStatus.PENDING,
+                2,
+                503,
+                "receiver answered 503: upstream unavailable",
+            ),
+            (
+                "model_promoted",
+                f"{detector_name}: version v2 promoted by admin",
+                180,
+                DeliveryStatus.DEAD,
+                12,
+                None,
+                "ConnectError: [Errno 111] Connection refused",
+            ),
+        ]
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(Webhook).values(
+                    id=hook_id,
+                    name=f"ops channel {stamp}",
+                    url="https://hooks.example.com/intellioptics",
+                    secret="whsec_" + secrets.token_urlsafe(24),
+                    events=["alert", "edge_offline", "model_promoted"],
+                    enabled=True,
+                    created_at=now,
+                )
+            )
+            await conn.execute(
+                insert(AlertRuleRow).values(
+                    id=rule_id,
+                    detector_id=detector_id,
+                    name="door left open",
+                    condition={"kind": "answer_is", "label": "YES", "count": None},
+                    consecutive=3,
+                    cooldown_s=600.0,
+                    enabled=True,
+                    webhook_ids=[hook_id],
+                    streak=0,
+                    created_at=now,
+                )
+            )
+            for i, (kind, title, minutes, state, attempts, last_status, error) in enumerate(events):
+                at = now - timedelta(minutes=minutes)
+                event_id = f"evt_{stamp}{i}"
+                await conn.execute(
+                    insert(NotificationEvent).values(
+                        id=event_id,
+                        kind=kind,
+                        dedupe_key=f"seed:{event_id}",
+                        title=title,
+                        detector_id=detector_id,
+                        rule_id=rule_id if kind == "alert" else None,
+                        data={},
+                        created_at=at,
+                    )
+                )
+                await conn.execute(
+                    insert(WebhookDelivery).values(
+                        id=f"dlv_{stamp}{i}",
+                        event_id=event_id,
+                        webhook_id=hook_id,
+                        status=state,
+                        attempts=attempts,
+                        next_attempt_at=now + timedelta(minutes=4),
+                        last_attempt_at=at,
+                        last_status=last_status,
+                        last_error=error,
+                        delivered_at=at if state == DeliveryStatus.DELIVERED else None,
+                        created_at=at,
+                    )
+                )
+
+        self._run(work)
 
     # -- reading back -----------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ def seed_ui_pages(factory: CloudFactory) -> UiPages:
     stamp = f"{now:%H%M%S%f}"
     factory.hub(f"edge-line-1-{stamp}", {detector_id: "v2"}, 0, name="Line 1, dock door")
     factory.hub(f"edge-line-2-{stamp}", {detector_id: "v1"}, 12, name="Line 2, dock door")
+    factory.alerting(detector_id, name, "Line 1, dock door")
     paths = {
         "login": "/login",
         "queues": "/ui/queues",
