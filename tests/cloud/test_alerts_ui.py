@@ -149,6 +149,10 @@ def test_an_admin_sets_up_an_alert_and_follows_its_delivery(
             response = reviewer_page.goto(f"{cloud.url}/ui/alerts")
             assert response is not None and response.status == 403
             expect(reviewer_page.locator("nav")).not_to_contain_text("Alerts")
+            # Reviewers see what was notified about a detector on its page.
+            reviewer_page.goto(f"{cloud.url}/ui/detectors/{detector}")
+            told = reviewer_page.locator("#detector-notifications li[data-kind=alert]")
+            expect(told).to_contain_text(f"{rule_name}: answer is YES 3 times in a row")
             page.close()
     finally:
         receiver.stop()

@@ -648,11 +648,12 @@ def test_stats_report_throughput_and_lead_time_per_reviewer(
         assert labelled.status_code == 201, labelled.text
         device_user = device.get("/device-api/v1/me").json()
     with api(cloud, who) as http:
-        names = {
-            r["username"]
-            for r in http.get("/api/v1/review/stats", params={"window_s": 3600}).json()["reviewers"]
-        }
+        before_api = stats.json()["api_answered"]
+        after = http.get("/api/v1/review/stats", params={"window_s": 3600}).json()
+        names = {r["username"] for r in after["reviewers"]}
     assert who.username in names and device_user.get("username") not in names
+    # ...it is counted apart, as answers through the API.
+    assert after["api_answered"] == before_api + 1
 
 
 def test_review_api_needs_a_reviewer_and_reviewers_cannot_administer(

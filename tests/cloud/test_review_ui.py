@@ -3,8 +3,10 @@ labeling page used with the keyboard only."""
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -41,11 +43,44 @@ def test_pages_without_a_session_redirect_to_login(cloud: CloudServer, factory: 
             "/ui/stats",
         ):
             resp = http.get(path)
-            assert resp.status_code == 303 and resp.headers["location"] == "/login", path
+            # The login page is told where the person was going, and leads back there.
+            assert resp.status_code == 303, path
+            assert resp.headers["location"] == "/login?" + urlencode({"next": path}), path
         http.cookies.set("io_session", "not-a-session")
         assert http.get("/ui/queues").status_code == 303
         form = http.get("/login")
-        assert form.status_code == 200 and 'name="password"' in form.text
+        assert form.status_code == 200 and 'name="password"' in form.text and 'name="next"' not in form.text
+
+
+def test_logging_in_leads_back_to_the_page_asked_for_and_only_to_our_pages(
+    cloud: CloudServer, factory: CloudFactory
+) -> None:
+    detector_id = factory.detector()
+    who = factory.reviewer()
+    wanted = f"/ui/label?detector_id={detector_id}"
+    with browser_client(cloud) as http:
+        form = http.get("/login", params={"next": wanted})
+        assert f'name="next" value="{html.escape(wanted)}"' in form.text
+        # A wrong password keeps where to go next.
+        again = http.post("/login", data={"username": who.username, "password": "wrong", "next": wanted})
+        assert again.status_code == 401 and html.escape(wanted) in again.text
+        done = http.post("/login", data={"username": who.username, "password": who.password, "next": wanted})
+        assert done.status_code == 303 and done.headers["location"] == wanted
+    for elsewhere in (
+        "//evil.example/ui/x",
+        "https://evil.example/",
+        "/ui//evil.example",
+        "/login",
+        "/api/v1/audit",
+        "/ui\\evil",
+        "",
+    ):
+        with browser_client(cloud) as http:
+            assert 'name="next"' not in http.get("/login", params={"next": elsewhere}).text, elsewhere
+            resp = http.post(
+                "/login", data={"username": who.username, "password": who.password, "next": elsewhere}
+            )
+            assert resp.status_code == 303 and resp.headers["location"] == "/ui/queues", elsewhere
 
 
 def test_wrong_password_is_a_401_page_and_sets_no_cookie(cloud: CloudServer, factory: CloudFactory) -> None:
@@ -106,6 +141,9 @@ def test_a_bad_page_address_is_a_page_and_the_api_keeps_its_json(
         # Every page names its icon, which is served.
         page = http.get("/ui/queues")
         assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+        with browser_client(cloud) as anonymous:
+            legacy = anonymous.get("/favicon.ico")
+            assert legacy.status_code == 308 and legacy.headers["location"] == "/static/favicon.svg"
         icon = http.get("/static/favicon.svg")
         assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 

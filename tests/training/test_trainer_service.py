@@ -378,7 +378,7 @@ def test_training_and_compare_pages_show_versions_and_their_plots(
     detector_id = first_run.detector.id
     with httpx.Client(base_url=cloud.url, timeout=30) as anonymous:
         page = anonymous.get(f"/ui/detectors/{detector_id}/training")
-        assert page.status_code == 303 and page.headers["location"] == "/login"
+        assert page.status_code == 303 and page.headers["location"].startswith("/login?next=")
         assert anonymous.get(f"/ui/detectors/{detector_id}/training/status").status_code == 401
     versions = admin.get(f"/api/v1/detectors/{detector_id}/models").json()["results"]
     assert len(versions) >= 2

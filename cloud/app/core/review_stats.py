@@ -65,6 +65,18 @@ async def review_stats(session: AsyncSession, window_s: float = DEFAULT_WINDOW_S
             .limit(MAX_ROWS)
         )
     ).all()
+    api_answered = (
+        await session.execute(
+            select(func.count())
+            .select_from(_ri)
+            .join(_users, _users.c.id == _ri.c.answered_by)
+            .where(
+                _ri.c.status == literal_column("'answered'", String),
+                _ri.c.answered_at >= since,
+                _users.c.role.not_in([Role.REVIEWER.value, Role.ADMIN.value]),
+            )
+        )
+    ).scalar_one()
     await session.commit()
     hours = window_s / 3600.0
     names: dict[str, str] = {}
@@ -103,6 +115,7 @@ async def review_stats(session: AsyncSession, window_s: float = DEFAULT_WINDOW_S
         lead_time_p50_s=percentile(every_lead, 50),
         lead_time_p95_s=percentile(every_lead, 95),
         reviewers=reviewers,
+        api_answered=api_answered,
     )
 
 

@@ -13,12 +13,12 @@ from fastapi import APIRouter, Form, Path, Query, Request, status
 from starlette.responses import RedirectResponse, Response
 
 from cloud.app.auth import SESSION_COOKIE
-from cloud.app.core import edge_accuracy, hubs, review_queue, review_stats, web_sessions
+from cloud.app.core import edge_accuracy, hubs, notifications, review_queue, review_stats, web_sessions
 from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
-from cloud.app.web.pages import PageUser
+from cloud.app.web.pages import PageUser, safe_next
 from cloud.app.web.pages import render as _page
 from cloud.app.web.pages import to_login as _to_login
 
@@ -32,9 +32,18 @@ async def home() -> Response:
     return RedirectResponse("/ui/queues", status_code=status.HTTP_303_SEE_OTHER)
 
 
+NextPage = Annotated[str | None, Query(alias="next", max_length=1000)]
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """Browsers ask for it on any page, ours or the API's JSON: the page icon, for anyone."""
+    return RedirectResponse("/static/favicon.svg", status_code=status.HTTP_308_PERMANENT_REDIRECT)
+
+
 @router.get("/login")
-async def login_form(request: Request) -> Response:
-    return _page(request, "login.html", None)
+async def login_form(request: Request, next_page: NextPage = None) -> Response:
+    return _page(request, "login.html", None, next_page=next_page if safe_next(next_page) else None)
 
 
 @router.post("/login")
@@ -44,22 +53,25 @@ async def login(
     session: SessionDep,
     username: Annotated[str, Form(max_length=100)] = "",
     password: Annotated[str, Form(max_length=200)] = "",
+    next_page: Annotated[str, Form(alias="next", max_length=1000)] = "",
 ) -> Response:
+    """Back to the page that sent the person here (`next`, one of ours), else the queues."""
     address = request.client.host if request.client else ""
     gate = web_sessions.login_gate(state)
     ttl_s = state.settings.session_ttl_s
     created = await web_sessions.start_session(session, gate, username, password, address, ttl_s)
     if isinstance(created, web_sessions.LoginRefused):
         await asyncio.sleep(state.settings.login_refusal_delay_s)
-        return _refused(request, created, username)
-    response = RedirectResponse("/ui/queues", status_code=status.HTTP_303_SEE_OTHER)
+        return _refused(request, created, username, next_page)
+    landing = next_page if safe_next(next_page) else "/ui/queues"
+    response = RedirectResponse(landing, status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         SESSION_COOKIE, created.cookie, max_age=int(ttl_s), **session_cookie_flags(request, state)
     )
     return response
 
 
-def _refused(request: Request, refused: web_sessions.LoginRefused, username: str) -> Response:
+def _refused(request: Request, refused: web_sessions.LoginRefused, username: str, next_page: str) -> Response:
     """The login page again with why: one message for wrong and unknown, 429 with Retry-After else."""
     if refused.reason == "credentials":
         code, error, headers = status.HTTP_401_UNAUTHORIZED, "Wrong username or password.", {}
@@ -70,7 +82,15 @@ def _refused(request: Request, refused: web_sessions.LoginRefused, username: str
             error = f"Too many failed attempts. Try again in {wait} s."
         else:
             error = "The server is busy checking other logins. Try again in a moment."
-    response = _page(request, "login.html", None, status_code=code, error=error, username=username)
+    response = _page(
+        request,
+        "login.html",
+        None,
+        status_code=code,
+        error=error,
+        username=username,
+        next_page=next_page if safe_next(next_page) else None,
+    )
     response.headers.update(headers)
     return response
 
@@ -100,7 +120,7 @@ async def ui_home() -> Response:
 @router.get("/ui/queues")
 async def queues_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     queues = await review_queue.queue_summaries(session, user.user_id)
     # What needs people first (most waiting on top); queues with nothing waiting after, by name.
     waiting = sorted((q for q in queues if q.pending), key=lambda q: (-q.pending, q.detector_name))
@@ -113,7 +133,7 @@ async def label_page(
     request: Request, state: StateDep, user: PageUser, detector_id: DetectorQuery = None
 ) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     return _page(
         request,
         "label.html",
@@ -132,20 +152,22 @@ async def detector_page(
     detector_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)],
 ) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     try:
         overview = await review_stats.detector_overview(session, detector_id)
         accuracy = await edge_accuracy.edge_accuracy(session, detector_id)
     except NotFoundError as exc:
         return _page(request, "error.html", user, status_code=404, title="Not found", message=str(exc))
-    return _page(request, "detector.html", user, d=overview, acc=accuracy, nav="queues")
+    # What was notified about this detector (alerts, promotions, waiting escalations): reviewers too.
+    told = [event for event, _ in await notifications.recent_events(session, 10, detector_id)]
+    return _page(request, "detector.html", user, d=overview, acc=accuracy, notified=told, nav="queues")
 
 
 @router.get("/ui/edges")
 async def edges_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     """Administrators: every edge, online or not, its outbox and the versions it serves."""
     if user is None:
-        return _to_login()
+        return _to_login(request)
     if user.role is not Role.ADMIN:
         return _page(
             request,
@@ -167,6 +189,6 @@ async def stats_page(
     window_s: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = review_stats.DEFAULT_WINDOW_S,
 ) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     stats = await review_stats.review_stats(session, window_s)
     return _page(request, "stats.html", user, stats=stats, nav="stats")

@@ -21,7 +21,7 @@ router = APIRouter(prefix="", tags=["web"], include_in_schema=False)
 async def users_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     """Every account with its live token count, and every token (newest first), revoked ones too."""
     if user is None:
-        return to_login()
+        return to_login(request)
     if user.role is not Role.ADMIN:
         return render(
             request,

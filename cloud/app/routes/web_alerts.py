@@ -30,7 +30,7 @@ EVENT_NAMES = {
 @router.get("/ui/alerts")
 async def alerts_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     if user is None:
-        return to_login()
+        return to_login(request)
     if user.role is not Role.ADMIN:
         return render(
             request,

@@ -45,7 +45,7 @@ async def training_page(
     request: Request, detector_id: DetectorId, state: StateDep, session: SessionDep, user: PageUser
 ) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     try:
         overview = await training_pages.training_overview(session, state.blobs, detector_id)
     except NotFoundError as exc:
@@ -76,7 +76,7 @@ async def compare_page(
     b: ModelQuery = None,
 ) -> Response:
     if user is None:
-        return _to_login()
+        return _to_login(request)
     try:
         comparison = await training_pages.compare_versions(session, state.blobs, detector_id, a, b)
     except NotFoundError as exc:

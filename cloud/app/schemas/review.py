@@ -159,6 +159,9 @@ class ReviewStatsOut(BaseModel):
     lead_time_p50_s: float | None
     lead_time_p95_s: float | None
     reviewers: list[ReviewerStats]
+    api_answered: int = Field(
+        default=0, description="items closed through the API (device or trainer tokens): not reviewers' work"
+    )
 
 
 class LabelAllIn(BaseModel):

@@ -7,6 +7,7 @@ import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -61,8 +62,22 @@ async def page_user(request: Request, session: SessionDep) -> Principal | None:
 PageUser = Annotated[Principal | None, Depends(page_user)]
 
 
-def to_login() -> Response:
-    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+def to_login(request: Request | None = None) -> Response:
+    """To the login page; from a page (a bookmark, an expired session) with `next`, so that logging in
+    leads back to it."""
+    target = "/login"
+    if request is not None and request.method == "GET":
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if safe_next(here):
+            target += "?" + urlencode({"next": here})
+    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+
+
+def safe_next(path: str | None) -> bool:
+    """Only our own pages: a path under /ui, never another site (`//host`, `/\\host`) or a URL."""
+    if not path or len(path) > 1000 or not path.startswith(PAGE_PREFIX + "/"):
+        return False
+    return not any(c in path for c in ("\\", "\r", "\n", "\t")) and "//" not in path and "@" not in path
 
 
 def render(
