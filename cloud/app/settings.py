@@ -252,6 +252,11 @@ class CloudSettings(SecretFileSettings):
         le=100,
         description="Attempts of one webhook delivery before it is marked dead (an admin can resend it).",
     )
+    edge_online_window_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="An edge counts as online while its last heartbeat is at most this old (three heartbeats).",
+    )
     notify_edge_offline_s: float = Field(
         default=600.0,
         gt=0,

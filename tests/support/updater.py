@@ -152,12 +152,13 @@ class Registry:
 
 
 @contextmanager
-def registry_cloud(workdir: Path) -> Iterator[CloudServer]:
-    """A cloud API process on a fresh database (PostgreSQL, or SQLite with CLOUD_TEST_DB=sqlite)."""
+def registry_cloud(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[CloudServer]:
+    """A cloud API process on a fresh database (PostgreSQL, or SQLite with CLOUD_TEST_DB=sqlite);
+    `env` adds to its environment."""
     for sub in ("db", "cloud"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     database = TestDatabase(workdir / "db").create()
-    server = CloudServer(database.url, workdir / "cloud")
+    server = CloudServer(database.url, workdir / "cloud", env=dict(env or {}))
     try:
         yield server.start()
     finally:
@@ -269,6 +270,7 @@ def updater_edge(
     refresh_rate_s: float,
     preset: str = "no_cloud",
     edge_env: Mapping[str, str] | None = None,
+    cloud_env: Mapping[str, str] | None = None,
 ) -> Iterator[UpdaterEdge]:
     """`bundle`'s detector registered in a fresh cloud with `first_version` in production, and an edge
     whose edge config polls it every `refresh_rate_s`; yields once the updater has started. `edge_env`
@@ -277,7 +279,7 @@ def updater_edge(
         "global_config": {"refresh_rate": refresh_rate_s, "confident_audit_rate": 0.0},
         "detectors": [{"detector_id": read_metadata(bundle).detector_id, "edge_inference_config": preset}],
     }
-    with registry_cloud(workdir / "cloud") as cloud:
+    with registry_cloud(workdir / "cloud", cloud_env) as cloud:
         registry = Registry(cloud)
         stack: EdgeStack | None = None
         updater: ManagedProcess | None = None

@@ -1,8 +1,8 @@
 """Hubs are edge boxes. An edge registers itself with its first heartbeat and then reports, on every
 heartbeat, the model version it serves per detector and the depth of its escalation outbox.
 
-A hub is online while its last heartbeat is at most ONLINE_WINDOW_S old: three heartbeat intervals,
-so that one or two lost heartbeats do not flap it offline.
+A hub is online while its last heartbeat is at most `CLOUD_EDGE_ONLINE_WINDOW_S` old (by default
+ONLINE_WINDOW_S: three heartbeat intervals, so that one or two lost heartbeats do not flap it offline).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ async def get_hub(session: AsyncSession, hub_id: str) -> Hub:
     return hub
 
 
-def is_online(hub: Hub, now: datetime | None = None) -> bool:
-    return (now or datetime.now(UTC)) - as_utc(hub.last_seen_at) <= timedelta(seconds=ONLINE_WINDOW_S)
+def is_online(hub: Hub, window_s: float = ONLINE_WINDOW_S, now: datetime | None = None) -> bool:
+    return (now or datetime.now(UTC)) - as_utc(hub.last_seen_at) <= timedelta(seconds=window_s)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ class EdgeRow:
     models: list[DeployedModel]
 
 
-async def edge_rows(session: AsyncSession, now: datetime | None = None) -> list[EdgeRow]:
+async def edge_rows(
+    session: AsyncSession, window_s: float = ONLINE_WINDOW_S, now: datetime | None = None
+) -> list[EdgeRow]:
     """Every edge, offline ones first, with the version it serves per detector beside production's."""
     moment = now or datetime.now(UTC)
     found = await list_hubs(session)
@@ -129,7 +131,7 @@ async def edge_rows(session: AsyncSession, now: datetime | None = None) -> list[
             EdgeRow(
                 id=hub.id,
                 name=hub.name or "",
-                online=is_online(hub, moment),
+                online=is_online(hub, window_s, moment),
                 last_seen_at=seen,
                 silent_s=max(0.0, (moment - seen).total_seconds()),
                 registered_at=as_utc(hub.registered_at),

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from cloud.app.core import hubs
-from cloud.app.deps import AdminDep, DeviceDep, SessionDep
+from cloud.app.deps import AdminDep, DeviceDep, SessionDep, StateDep
 from cloud.app.schemas.hubs import EDGE_ID_PATTERN, HubHeartbeat, HubPublic
 
 router = APIRouter(prefix="/api/v1/hubs", tags=["hubs"])
@@ -30,11 +30,12 @@ async def heartbeat(body: HubHeartbeat, session: SessionDep, device: DeviceDep) 
 
 
 @router.get("")
-async def list_hubs(session: SessionDep, admin: AdminDep) -> list[HubPublic]:
-    return [HubPublic.of(hub, hubs.is_online(hub)) for hub in await hubs.list_hubs(session)]
+async def list_hubs(session: SessionDep, state: StateDep, admin: AdminDep) -> list[HubPublic]:
+    window_s = state.settings.edge_online_window_s
+    return [HubPublic.of(hub, hubs.is_online(hub, window_s)) for hub in await hubs.list_hubs(session)]
 
 
 @router.get("/{hub_id}")
-async def get_hub(hub_id: HubId, session: SessionDep, admin: AdminDep) -> HubPublic:
+async def get_hub(hub_id: HubId, session: SessionDep, state: StateDep, admin: AdminDep) -> HubPublic:
     hub = await hubs.get_hub(session, hub_id)
-    return HubPublic.of(hub, hubs.is_online(hub))
+    return HubPublic.of(hub, hubs.is_online(hub, state.settings.edge_online_window_s))

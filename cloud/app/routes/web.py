@@ -164,7 +164,7 @@ async def detector_page(
 
 
 @router.get("/ui/edges")
-async def edges_page(request: Request, session: SessionDep, user: PageUser) -> Response:
+async def edges_page(request: Request, session: SessionDep, state: StateDep, user: PageUser) -> Response:
     """Administrators: every edge, online or not, its outbox and the versions it serves."""
     if user is None:
         return _to_login(request)
@@ -177,8 +177,9 @@ async def edges_page(request: Request, session: SessionDep, user: PageUser) -> R
             title="Administrators only",
             message="The edges page is for administrators.",
         )
-    rows = await hubs.edge_rows(session)
-    return _page(request, "edges.html", user, edges=rows, online_window_s=hubs.ONLINE_WINDOW_S, nav="edges")
+    window_s = state.settings.edge_online_window_s
+    rows = await hubs.edge_rows(session, window_s)
+    return _page(request, "edges.html", user, edges=rows, online_window_s=window_s, nav="edges")
 
 
 @router.get("/ui/stats")
