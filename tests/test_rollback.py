@@ -89,6 +89,7 @@ def test_the_heartbeat_and_edge_api_status_report_what_the_edge_serves(edge: Upd
     assert hub["info"]["updater"]["refresh_rate_s"] == REFRESH_S
     # The edge id and outbox depth came from edge-api (its /internal/facts).
     assert hub["info"]["updater"]["outbox_depth_known"] is True
+    assert hub["info"]["updater"]["outbox_dead"] == 0  # the dashboard's "Dead" column
     assert hub["info"]["updater"]["edge_api_error"] is None
 
     status = httpx.get(f"{edge.stack.edge_url}/status", headers=ADMIN, timeout=10).json()

@@ -97,6 +97,8 @@ class Updater:
         self.config_error: str | None = None
         self.edge_api_edge_id: str | None = None
         self.outbox_depth: int | None = None
+        self.outbox_dead: int | None = None
+        self.outbox_oldest_s: float | None = None
         self.edge_api_error: str | None = None
         self.heartbeat_at: float | None = None
         self.heartbeat_error: str | None = None
@@ -247,6 +249,8 @@ class Updater:
         self.edge_api_error = None
         self.edge_api_edge_id = facts.edge_id
         self.outbox_depth = facts.outbox.pending
+        self.outbox_dead = facts.outbox.dead
+        self.outbox_oldest_s = facts.outbox.oldest_pending_age_s
 
     @property
     def edge_id(self) -> str | None:
@@ -270,6 +274,8 @@ class Updater:
                 "config_error": self.config_error,
                 "edge_api_error": self.edge_api_error,
                 "outbox_depth_known": self.outbox_depth is not None,
+                "outbox_dead": self.outbox_dead,
+                "outbox_oldest_pending_age_s": self.outbox_oldest_s,
                 "detectors": {
                     s.detector_id: {
                         "outcome": s.outcome.value if s.outcome else None,

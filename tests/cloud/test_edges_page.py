@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -25,7 +25,13 @@ if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test 
     pass
 
 
-def heartbeat(cloud: CloudServer, edge_id: str, versions: dict[str, str], outbox: int) -> None:
+def heartbeat(
+    cloud: CloudServer,
+    edge_id: str,
+    versions: dict[str, str],
+    outbox: int,
+    info: dict[str, Any] | None = None,
+) -> None:
     with cloud.client() as device:
         resp = device.post(
             "/api/v1/hubs/heartbeat",
@@ -34,6 +40,7 @@ def heartbeat(cloud: CloudServer, edge_id: str, versions: dict[str, str], outbox
                 "name": f"{edge_id} east door",
                 "deployed_versions": versions,
                 "outbox_depth": outbox,
+                "info": info,
             },
         )
         assert resp.status_code == 200, resp.text
@@ -60,7 +67,17 @@ def test_an_edge_turns_offline_when_its_heartbeats_stop(cloud: CloudServer, fact
     stamp = f"{datetime.now(UTC):%H%M%S%f}"
     quiet, busy = f"edge-quiet-{stamp}", f"edge-busy-{stamp}"
     heartbeat(cloud, quiet, {detector_id: "v2"}, 0)
-    heartbeat(cloud, busy, {detector_id: "v1"}, 37)
+    troubled = {
+        "updater": {
+            "outbox_dead": 2,
+            "edge_api_error": None,
+            "config_error": "detectors[1].detector_id is not a detector id",
+            "detectors": {
+                detector_id: {"last_error": None, "rejected": {"version": "v3", "reason": "warm-up failed"}}
+            },
+        }
+    }
+    heartbeat(cloud, busy, {detector_id: "v1"}, 37, troubled)
     admin = factory.reviewer(Role.ADMIN)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
@@ -71,6 +88,14 @@ def test_an_edge_turns_offline_when_its_heartbeats_stop(cloud: CloudServer, fact
         assert "online" in row.inner_text() and "(production)" in row.inner_text()
         behind = page.locator(f'tr[data-edge-id="{busy}"]')
         assert "37" in behind.inner_text() and "production is v2" in behind.inner_text()
+        # What its updater reported: dead escalations and each problem, in words.
+        expect(behind.locator("[data-field=dead]")).to_have_text("2")
+        expect(behind.locator("[data-field=problems]")).to_contain_text(
+            "version v3 rejected (warm-up failed)"
+        )
+        expect(behind.locator("[data-field=problems]")).to_contain_text("edge config: detectors[1]")
+        expect(row.locator("[data-field=dead]")).to_have_text("–")  # nothing reported, nothing claimed
+        expect(row.locator("[data-field=problems]")).to_have_text("none")
         # Its heartbeats stop: past three intervals it is offline, and listed first.
         silence(cloud, quiet, ONLINE_WINDOW_S + 30)
         page.reload()

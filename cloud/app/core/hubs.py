@@ -8,7 +8,7 @@ ONLINE_WINDOW_S: three heartbeat intervals, so that one or two lost heartbeats d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,6 +102,36 @@ class EdgeRow:
     registered_at: datetime
     outbox_depth: int
     models: list[DeployedModel]
+    # From the heartbeat's free-form info (an older edge reports neither: None and []).
+    outbox_dead: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def reported_problems(info: dict[str, Any] | None) -> tuple[int | None, list[str]]:
+    """Dead escalations and what went wrong, as the edge's updater last reported them: its config
+    and edge-api errors, and per detector the last poll error or a rejected version. A heartbeat is
+    the edge's word, so anything unexpected in it is skipped rather than trusted."""
+    updater = (info or {}).get("updater")
+    if not isinstance(updater, dict):
+        return None, []
+    dead = updater.get("outbox_dead")
+    problems = [
+        f"{what}: {updater[key]}"
+        for key, what in (("config_error", "edge config"), ("edge_api_error", "edge-api"))
+        if isinstance(updater.get(key), str) and updater[key]
+    ]
+    detectors = updater.get("detectors")
+    for detector_id, state in detectors.items() if isinstance(detectors, dict) else []:
+        if not isinstance(state, dict):
+            continue
+        rejected = state.get("rejected")
+        if isinstance(rejected, dict) and rejected.get("version"):
+            problems.append(
+                f"{detector_id}: version {rejected['version']} rejected ({rejected.get('reason', '')})"
+            )
+        if isinstance(state.get("last_error"), str) and state["last_error"]:
+            problems.append(f"{detector_id}: {state['last_error']}")
+    return (dead if isinstance(dead, int) and not isinstance(dead, bool) else None), problems[:10]
 
 
 async def edge_rows(
@@ -127,6 +157,7 @@ async def edge_rows(
             name, in_production = production.get(det, (None, None))
             models.append(DeployedModel(det, name, in_production, str(version)))
         seen = as_utc(hub.last_seen_at)
+        dead, problems = reported_problems(hub.info)
         out.append(
             EdgeRow(
                 id=hub.id,
@@ -137,6 +168,8 @@ async def edge_rows(
                 registered_at=as_utc(hub.registered_at),
                 outbox_depth=hub.outbox_depth,
                 models=models,
+                outbox_dead=dead,
+                problems=problems,
             )
         )
     return sorted(out, key=lambda e: (e.online, e.name or e.id, e.id))
