@@ -5,7 +5,7 @@ each service maps to its own 400."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.ids import is_detector_id, is_image_query_id
@@ -32,6 +32,19 @@ class SubmitParams:
     inspection_id: str | None = None
     metadata: dict[str, Any] | None = None  # decoded and checked by common.validation
     image_query_id: str | None = None
+
+
+def with_detector_policy(
+    params: SubmitParams, policy: HumanReview, cloud_allowed: bool = True
+) -> SubmitParams:
+    """A query that leaves human review to the detector (DEFAULT) gets the detector's policy, which an
+    admin sets in the cloud; a query's own ALWAYS or NEVER wins. Where nothing may reach the cloud (an
+    edge-only detector) ALWAYS cannot hold, so the query keeps DEFAULT there."""
+    if params.human_review is not HumanReview.DEFAULT or policy is HumanReview.DEFAULT:
+        return params
+    if policy is HumanReview.ALWAYS and not cloud_allowed:
+        return params
+    return replace(params, human_review=policy)
 
 
 def parse_submit_params(query: Mapping[str, str]) -> SubmitParams:

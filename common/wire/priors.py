@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from common.bundle import DetectorMode
 from common.wire.alerts import AlertRule
+from common.wire.device_api import HumanReview
 
 
 class DetectorPrior(BaseModel):
@@ -22,6 +23,9 @@ class DetectorPrior(BaseModel):
     counts: list[int] = Field(description="labels so far per answer (same order), UNCLEAR not counted")
     confidence_threshold: float = Field(default=0.9, ge=0, le=1)
     has_model: bool = Field(default=False, description="whether a production model exists in the cloud")
+    human_review: HumanReview = Field(
+        default=HumanReview.DEFAULT, description="the detector's policy for queries that say DEFAULT"
+    )
     alert_rules: list[AlertRule] = Field(
         default_factory=list, description="the detector's enabled alert rules, which the edge watches"
     )

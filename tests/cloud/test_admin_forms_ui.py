@@ -43,8 +43,11 @@ def test_an_administrator_creates_a_detector_and_changes_its_threshold(
         expect(page.locator("h1")).to_have_text(name)
         page.fill("#settings-form input[name=confidence_threshold]", "0.75")
         page.fill("#settings-form input[name=patience_time]", "45")
+        page.select_option("#settings-form select[name=human_review]", "ALWAYS")
         page.click("#settings-form button[type=submit]")
-        expect(page.locator("#settings-status")).to_have_text("Saved: threshold 0.75, patience 45 s.")
+        expect(page.locator("#settings-status")).to_have_text(
+            "Saved: threshold 0.75, patience 45 s, people review every query."
+        )
         # A bad value is refused by the API with its reason, and nothing changes.
         page.fill("#settings-form input[name=confidence_threshold]", "0.5")
         page.evaluate(
@@ -71,6 +74,8 @@ def test_an_administrator_creates_a_detector_and_changes_its_threshold(
         and detector["mode_configuration"]["max_count"] == 8
     )
     assert detector["confidence_threshold"] == 0.75 and detector["patience_time"] == 45
+    with cloud.client() as device:  # edges learn the policy with the detector's prior
+        assert device.get(f"/edge-api/v1/detectors/{detector_id}/prior").json()["human_review"] == "ALWAYS"
 
     with httpx.Client(base_url=cloud.url, timeout=30, follow_redirects=False) as http:
         assert (

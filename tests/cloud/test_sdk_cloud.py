@@ -240,6 +240,37 @@ def test_the_cloud_answers_with_the_production_model_as_the_runtime_does(
         assert unsure["intellioptics"]["escalation_reason"] == "low_confidence"
 
 
+def test_the_detectors_people_review_policy_decides_for_queries_that_leave_it_to_it(
+    gl: Groundlight,
+    cloud: CloudServer,
+    admin_http: httpx.Client,
+    demo_models: Path,
+    digits: list[tuple[bytes, int]],
+    tmp_path: Path,
+) -> None:
+    det = gl.create_detector(unique("sdk policy"), "Is this digit a 7?", confidence_threshold=0.5)
+    runtime = ModelRuntime(upload_production_model(admin_http, demo_models, det.id, tmp_path))
+    image = next(i for i, _ in digits if runtime.predict(i, ImageLimits()).confidence >= 0.5)
+    patch = f"/device-api/v1/detectors/{det.id}"
+    assert admin_http.patch(patch, json={"human_review": "ALWAYS"}).status_code == 200
+    with cloud.client() as http:
+        queued = http.post(IQ_PATH, params={"detector_id": det.id}, content=image).json()
+        assert queued["result"]["source"] == "ALGORITHM" and queued["done_processing"] is False
+        assert queued["intellioptics"]["escalation_reason"] == "human_review_always"
+        own = http.post(
+            IQ_PATH, params={"detector_id": det.id, "human_review": "NEVER"}, content=image
+        ).json()
+        assert own["done_processing"] is True  # the query's own choice wins
+        assert (
+            admin_http.patch(patch, json={"human_review": "NEVER", "confidence_threshold": 1.0}).status_code
+            == 200
+        )
+        unsure = http.post(IQ_PATH, params={"detector_id": det.id}, content=image).json()
+        assert unsure["result"]["confidence"] < 1.0 and unsure["done_processing"] is True
+        assert http.get(f"/edge-api/v1/detectors/{det.id}/prior").json()["human_review"] == "NEVER"
+    assert admin_http.patch(patch, json={"human_review": "SOMETIMES"}).status_code in (400, 422)
+
+
 def test_an_async_query_gets_the_model_answer_after_the_response(
     gl: Groundlight, admin_http: httpx.Client, demo_models: Path, jpeg: bytes, tmp_path: Path
 ) -> None:

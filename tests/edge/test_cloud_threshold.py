@@ -47,14 +47,15 @@ def cloud(stack: EdgeStack) -> Iterator[FakeCloud]:
     stack.put_config(edge_config())
 
 
-def set_cloud_threshold(cloud: FakeCloud, threshold: float) -> None:
-    """The digit detector's threshold as an admin set it in the cloud."""
+def set_cloud_threshold(cloud: FakeCloud, threshold: float, human_review: str = "DEFAULT") -> None:
+    """The digit detector's threshold (and people-review policy) as an admin set it in the cloud."""
     cloud.set_prior(
         DIGIT,
         [str(i) for i in range(10)],
         [0] * 10,
         mode=DetectorMode.MULTI_CLASS,
         confidence_threshold=threshold,
+        human_review=human_review,
     )
 
 
@@ -165,3 +166,47 @@ def test_with_the_cloud_unreachable_the_stored_threshold_is_used(
     finally:
         cloud.start()
     wait_until(lambda: answered_at(stack, image, 0.99), what="the cloud's value once it is back")
+
+
+def raw_answer(stack: EdgeStack, image: bytes, **params: str) -> dict[str, Any]:
+    resp = httpx.post(
+        f"{stack.edge_url}{IQ_PATH}",
+        params={"detector_id": DIGIT, **params},
+        content=image,
+        headers={"Content-Type": "image/jpeg", **DEVICE},
+        timeout=15,
+    )
+    assert resp.status_code == 200, resp.text
+    iq: dict[str, Any] = resp.json()
+    return iq
+
+
+def test_the_detectors_people_review_policy_applies_to_queries_that_leave_it_to_the_detector(
+    stack: EdgeStack, cloud: FakeCloud, digits
+) -> None:
+    image, _ = confident_image(stack, digits, above=0.5)
+    set_cloud_threshold(cloud, 0.5, human_review="ALWAYS")
+    wait_until(
+        lambda: raw_answer(stack, image)["confidence_threshold"] == 0.5, what="the policy after a refresh"
+    )
+    # A confident answer, but the detector wants people to see every query.
+    iq = raw_answer(stack, image)
+    assert iq["intellioptics"]["escalated"] is True and iq["done_processing"] is False
+    assert iq["intellioptics"]["escalation_reason"] == "human_review_always"
+    # The query's own choice wins.
+    iq = raw_answer(stack, image, human_review="NEVER")
+    assert iq["intellioptics"]["escalated"] is False and iq["result"]["label"] is not None
+
+    # NEVER: even an answer below the threshold stays on the edge.
+    set_cloud_threshold(cloud, 1.0, human_review="NEVER")
+    wait_until(lambda: raw_answer(stack, image)["confidence_threshold"] == 1.0, what="NEVER after a refresh")
+    iq = answer(stack, image)
+    assert iq["result"]["confidence"] < 1.0 and iq["intellioptics"]["escalated"] is False
+    assert iq["intellioptics"]["escalation_reason"] == "human_review_never"
+
+    # An edge-only detector sends nothing to people: ALWAYS cannot hold there, the model answers.
+    set_cloud_threshold(cloud, 0.5, human_review="ALWAYS")
+    stack.put_config(edge_config(**{DIGIT: "fast_edge_only"}))
+    wait_until(lambda: raw_answer(stack, image)["confidence_threshold"] == 0.5, what="ALWAYS after a refresh")
+    iq = answer(stack, image)
+    assert iq["intellioptics"]["escalated"] is False and iq["done_processing"] is True

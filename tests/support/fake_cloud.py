@@ -325,6 +325,7 @@ class FakeCloud:
         query: str = "Is it there?",
         confidence_threshold: float = 0.9,
         alert_rules: list[dict[str, Any]] | None = None,
+        human_review: str = "DEFAULT",
     ) -> None:
         """What the cloud answers to the edge's prior request for this detector; `alert_rules` are
         AlertRule JSON (see `alert_rule`)."""
@@ -338,6 +339,7 @@ class FakeCloud:
             "confidence_threshold": confidence_threshold,
             "has_model": False,
             "alert_rules": alert_rules or [],
+            "human_review": human_review,
         }
 
     def firings_of(self, rule_id: str) -> list[dict[str, Any]]:

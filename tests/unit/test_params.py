@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common.params import SubmitParams, with_detector_policy
 from common.wire.device_api import HumanReview
 from edge.api.core.params import parse_submit_params
 from edge.api.errors import BadRequestError
@@ -57,3 +58,24 @@ def test_bad_parameters_are_rejected_with_400(query: dict[str, str]) -> None:
     with pytest.raises(BadRequestError) as info:
         parse_submit_params(query)
     assert info.value.status == 400 and str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("asked", "policy", "cloud_allowed", "gets"),
+    [
+        ("DEFAULT", "DEFAULT", True, "DEFAULT"),
+        ("DEFAULT", "ALWAYS", True, "ALWAYS"),
+        ("DEFAULT", "NEVER", True, "NEVER"),
+        ("NEVER", "ALWAYS", True, "NEVER"),  # the query's own choice wins
+        ("ALWAYS", "NEVER", True, "ALWAYS"),
+        ("DEFAULT", "ALWAYS", False, "DEFAULT"),  # nothing can reach people from an edge-only detector
+        ("DEFAULT", "NEVER", False, "NEVER"),
+    ],
+)
+def test_a_detectors_people_review_policy_fills_in_for_default(
+    asked: str, policy: str, cloud_allowed: bool, gets: str
+) -> None:
+    params = SubmitParams(detector_id="det_x", human_review=HumanReview(asked), confidence_threshold=0.7)
+    out = with_detector_policy(params, HumanReview(policy), cloud_allowed)
+    assert out.human_review is HumanReview(gets)
+    assert out.confidence_threshold == 0.7 and out.detector_id == "det_x"

@@ -166,7 +166,7 @@ async def update_detector(
     """A new name that another live detector has is a 409, and nothing changes."""
     row = await get_detector(session, detector_id)
     changes: dict[str, Any] = {}
-    for field in ("confidence_threshold", "patience_time", "status", "name", "query"):
+    for field in ("confidence_threshold", "patience_time", "status", "name", "query", "human_review"):
         value = getattr(patch, field)
         if value is not None and value != getattr(row, field):
             changes[field] = {"from": getattr(row, field), "to": value}

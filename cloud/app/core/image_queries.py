@@ -34,7 +34,7 @@ from cloud.app.schemas.device import AccountMonthToDateInfo
 from common.bundle import DetectorMode
 from common.ids import is_image_query_id, new_image_query_id
 from common.imaging import ImageFormat, ImageInfo, ImageLimits, decode_image, inspect_image
-from common.params import SubmitParams
+from common.params import SubmitParams, with_detector_policy
 from common.runtime import Prediction
 from common.validation import (
     EarlierQuery,
@@ -201,6 +201,7 @@ async def submit_image_query(
         except InvalidInputError as exc:
             raise BadRequestError(str(exc)) from None
     detector = await get_detector(session, params.detector_id)
+    params = with_detector_policy(params, HumanReview(detector.human_review))
     request_key = idempotency_key(request_id)
     image_sha256 = await sha256_of_image(image)
     existing = await find_image_queries(session, params.image_query_id, request_key)

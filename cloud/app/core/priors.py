@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud.app.db.models import Detector, Label, LabelSource
 from common.bundle import DetectorMode
 from common.prior import PriorAnswer, label_prior
-from common.wire.device_api import Result, ResultSource, make_result
+from common.wire.device_api import HumanReview, Result, ResultSource, make_result
 from common.wire.priors import DetectorPrior
 
 COUNTED_SOURCES = (LabelSource.HUMAN.value, LabelSource.CUSTOMER.value)
@@ -65,6 +65,7 @@ async def detector_prior(session: AsyncSession, detector: Detector) -> DetectorP
         labels=[str(label) for label in detector.labels],
         counts=counts_in_key_order(detector, counts),
         confidence_threshold=detector.confidence_threshold,
+        human_review=HumanReview(detector.human_review),
         has_model=detector.production_version_id is not None,
     )
 

@@ -166,6 +166,7 @@ class DetectorOverview:
     labels: list[str]
     confidence_threshold: float
     patience_time: float
+    human_review: str
     pending: int
     recent: list[RecentQuery]
     label_counts: list[LabelCount]
@@ -228,6 +229,7 @@ async def detector_overview(session: AsyncSession, detector_id: str, recent: int
         labels=labels,
         confidence_threshold=det.confidence_threshold,
         patience_time=det.patience_time,
+        human_review=det.human_review,
         pending=int(pending),
         recent=[_recent(q) for q in queries],
         label_counts=sorted(

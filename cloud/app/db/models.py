@@ -96,6 +96,8 @@ class Detector(Base):
     labels: Mapped[list[Any]] = mapped_column()
     confidence_threshold: Mapped[float] = mapped_column(Float, default=0.9)
     patience_time: Mapped[float] = mapped_column(Float, default=30.0)
+    # common.wire.device_api.HumanReview: what a query that says DEFAULT gets (common.params).
+    human_review: Mapped[str] = mapped_column(String(10), default="DEFAULT", server_default="DEFAULT")
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", nullable=True)
     status: Mapped[str] = mapped_column(String(10), default="ON")
     # The registry alias edges follow; NULL = no model yet (queries get the label prior and go to review).

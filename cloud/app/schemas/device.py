@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.app.schemas.fields import RoisIn, StorableJson, StorableStr
 from common.validation import MAX_NAME_CHARS, check_name
-from common.wire.device_api import Roi
+from common.wire.device_api import HumanReview, Roi
 
 # common.validation's name rule: stored trimmed, so a lookup by the trimmed name finds it.
 DetectorName = Annotated[str, AfterValidator(check_name)]
@@ -57,6 +57,9 @@ class DetectorUpdate(BaseModel):
     # Ours (the admin pages): a new name (unique, like at creation) or wording of the question.
     name: DetectorName | None = Field(default=None, description="trimmed; unique among live detectors")
     query: StorableStr | None = Field(default=None, min_length=1, max_length=1000)
+    human_review: HumanReview | None = Field(
+        default=None, description="for queries that say DEFAULT: DEFAULT (by confidence), ALWAYS or NEVER"
+    )
 
 
 class LabelCreate(BaseModel):

@@ -19,6 +19,7 @@ from common.bundle import DetectorMode
 from common.confidence import is_out_of_domain
 from common.ids import new_image_query_id
 from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
+from common.params import with_detector_policy
 from common.prior import label_prior
 from common.validation import EarlierQuery, idempotency_key, image_digest, repeat_conflict
 from common.wire.device_api import (
@@ -173,6 +174,9 @@ class ImageQueryService:
             mode, query = DetectorMode(model.mode), model.query
         no_cloud = detector.inference_config.disable_cloud_escalation
         threshold = _threshold(params, detector, prior, self._priors)
+        known = prior or (self._priors.known(params.detector_id) if self._priors is not None else None)
+        if known is not None:  # the detector's human-review policy, for queries that leave it to it
+            params = with_detector_policy(params, known.human_review, cloud_allowed=not no_cloud)
         iq_id = params.image_query_id or new_image_query_id()
 
         if params.want_async or params.human_review is HumanReview.ALWAYS:

@@ -79,11 +79,13 @@
       const body = {
         confidence_threshold: Number(f.namedItem("confidence_threshold").value),
         patience_time: Number(f.namedItem("patience_time").value),
+        human_review: f.namedItem("human_review").value,
       };
       const url = "/device-api/v1/detectors/" + encodeURIComponent(settings.dataset.detectorId);
       const r = await send("PATCH", url, body);
       if (r.ok) {
-        say("settings-status", "Saved: threshold " + r.data.confidence_threshold + ", patience " + r.data.patience_time + " s.");
+        const review = { DEFAULT: "when the model is unsure", ALWAYS: "every query", NEVER: "never" }[body.human_review];
+        say("settings-status", "Saved: threshold " + r.data.confidence_threshold + ", patience " + r.data.patience_time + " s, people review " + review + ".");
       } else {
         say("settings-status", r.detail || "could not save (" + r.status + ")", "error");
       }
