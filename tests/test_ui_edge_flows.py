@@ -6,6 +6,8 @@ REFRESH_S. In order:
 
 a. A threshold saved on the detector page is what the edge answers at after its prior's next refresh
    (EDGE_PRIOR_TTL_S is short here): an image the model was confident about is escalated above it.
+a'. A detector created on the queues page and changed on its page: the edge, told to serve it,
+   answers it with its label prior at the threshold set there, and at the new one after a refresh.
 b. Promote and roll back on the detector's training page (the version list): the edge serves each
    after a refresh.
 c. An alert rule set in the cloud fires on the edge's own confident answers; its firing reaches the
@@ -36,7 +38,7 @@ from common.bundle import current_bundle_dir
 from tests.support.browser import chromium
 from tests.support.cloud_factories import Reviewer
 from tests.support.cloud_factories_registry import run_in_db
-from tests.support.stack import ADMIN
+from tests.support.stack import ADMIN, DEVICE
 from tests.support.ui_pages import log_in
 from tests.support.updater import UpdaterEdge, bundle_archive, updater_edge
 from tests.support.webhooks import WebhookReceiver, run_worker
@@ -174,6 +176,66 @@ def test_a_threshold_changed_on_the_detector_page_reaches_the_running_edge(
     )
     assert response.status_code == 200, response.text
     wait_for(lambda: ask(edge, image)["confidence_threshold"] == before, "the threshold restored")
+
+
+def edge_answer(edge: UpdaterEdge, detector_id: str, image: bytes) -> dict[str, Any] | None:
+    """edge-api's own answer (not the gateway's fallback to the cloud); None while it cannot give one."""
+    response = httpx.post(
+        f"{edge.stack.edge_url}/device-api/v1/image-queries",
+        params={"detector_id": detector_id},
+        content=image,
+        headers={"Content-Type": "image/jpeg", **DEVICE},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        return None
+    iq: dict[str, Any] = response.json()
+    return iq
+
+
+@pytest.mark.timeout(300)
+def test_a_detector_created_on_the_page_is_answered_by_the_edge_at_the_threshold_set_there(
+    edge: UpdaterEdge, admin: Reviewer, digits
+) -> None:
+    """Created and then changed on the pages; the edge, told to serve it, answers it (with its label
+    prior: no model yet) at the threshold of the moment, after a refresh."""
+    image = digits[4][0]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        log_in(page, edge.cloud.url, admin)
+        page.click("#new-detector summary")
+        page.fill("#create-form input[name=name]", f"dock-door-{admin.username}")
+        page.fill("#create-form input[name=query]", "Is the dock door open?")
+        page.select_option("#create-form select[name=mode]", "BINARY")
+        page.fill("#create-form input[name=confidence_threshold]", "0.75")
+        page.click("#create-form button[type=submit]")
+        page.wait_for_url("**/ui/detectors/det_*")
+        created = page.url.rsplit("/", 1)[1]
+
+        edge.stack.put_config(
+            {
+                "global_config": {"refresh_rate": REFRESH_S, "confident_audit_rate": 0.0},
+                "detectors": [
+                    {"detector_id": DIGIT, "edge_inference_config": "default"},
+                    {"detector_id": created, "edge_inference_config": "default"},
+                ],
+            }
+        )
+        first = wait_for(lambda: edge_answer(edge, created, image), "the edge's first answer")
+        assert first["confidence_threshold"] == 0.75 and first["result"]["from_edge"] is True
+        assert first["query"] == "Is the dock door open?"
+
+        page.fill("#settings-form input[name=confidence_threshold]", "0.6")
+        page.click("#settings-form button[type=submit]")
+        expect(page.locator("#settings-status")).to_contain_text("Saved: threshold 0.6,")
+        page.close()
+    later = wait_for(
+        lambda: (
+            (a := edge_answer(edge, created, image)) is not None and a["confidence_threshold"] == 0.6 and a
+        ),
+        "the edge to answer at 0.6 after a refresh",
+    )
+    assert later["result"]["from_edge"] is True
 
 
 @pytest.mark.timeout(300)
