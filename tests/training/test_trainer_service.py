@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from common.bundle import verify_bundle
 from common.bundle_archive import install_bundle_archive, sha256_of
@@ -312,7 +313,7 @@ def test_cancel_from_the_training_page_stops_the_job_within_an_epoch(
             timeout=JOB_TIMEOUT_S * 1000,
         )
         assert page.locator("#chart-loss polyline").count() == 2
-        assert page.get_attribute("#chart-loss", "data-scale") == "log"  # losses are positive
+        expect(page.locator("#chart-loss")).to_have_attribute("data-scale", "log")
         assert page.locator("#chart-accuracy polyline").count() == 2
         assert trainer.owner in page.inner_text("[data-field=trainer]")
         assert "[train] epoch" in page.inner_text("#live-log")

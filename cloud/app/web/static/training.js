@@ -51,8 +51,11 @@
       svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "waiting for the first epoch"));
       return;
     }
-    const logY = Boolean(log) && points.every((p) => p[1] > 0);
-    const ty = (y) => (logY ? Math.log10(y) : y);
+    // A loss that rounds to 0 sits at the floor of the axis rather than turning it linear.
+    const positive = points.filter((p) => p[1] > 0).map((p) => p[1]);
+    const logY = Boolean(log) && positive.length > 0;
+    const floor = logY ? Math.min(...positive) / 10 : 0;
+    const ty = (y) => (logY ? Math.log10(Math.max(y, floor)) : y);
     const xs = points.map((p) => p[0]);
     const ys = points.map((p) => ty(p[1]));
     const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
