@@ -1,4 +1,4 @@
-"""Composition root of the cloud API: settings → engine, blob store → routes."""
+"""Composition root of the cloud API: settings → engine, blob store, login gate, model copies → routes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from fastapi.staticfiles import StaticFiles
 
 from cloud.app.auth import SESSION_COOKIE
 from cloud.app.blobstore import make_blob_store
-from cloud.app.core.model_answers import close_model_cache, install_model_cache
-from cloud.app.core.web_sessions import close_login_gate, install_login_gate
+from cloud.app.core.backbones import LocalBackbones, model_root
+from cloud.app.core.model_answers import CloudModelCache
+from cloud.app.core.registry import InstalledBundles
+from cloud.app.core.web_sessions import LoginGate
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.deps import CloudState
 from cloud.app.errors import ERROR_RESPONSES
@@ -82,16 +84,23 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.async_database_url)
         blobs = make_blob_store(settings)
-        app.state.cloud = CloudState(
-            settings=settings, engine=engine, sessions=make_sessionmaker(engine), blobs=blobs
+        backbones = LocalBackbones.for_settings(settings)
+        state = CloudState(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            blobs=blobs,
+            login_gate=LoginGate.for_settings(settings),
+            backbones=backbones,
+            bundles=InstalledBundles(model_root(settings), backbones),
+            model_cache=CloudModelCache(settings.model_cache_size, backbones.store, backbones.pool),
         )
-        install_model_cache(app.state.cloud)
-        install_login_gate(app.state.cloud)
+        app.state.cloud = state
         try:
             yield
         finally:
-            close_login_gate(app.state.cloud)
-            close_model_cache(app.state.cloud)
+            state.login_gate.close()
+            state.model_cache.clear()
             await blobs.close()
             await engine.dispose()
 

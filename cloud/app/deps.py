@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,15 +21,29 @@ from cloud.app.blobstore import BlobStore
 from cloud.app.db.models import Role
 from cloud.app.settings import CloudSettings
 
+if TYPE_CHECKING:
+    # For the annotations only: every route and page imports this module, so importing core modules
+    # here at runtime would make a cycle as soon as one of them (or what it imports) imported deps.
+    from cloud.app.core.backbones import LocalBackbones
+    from cloud.app.core.model_answers import CloudModelCache
+    from cloud.app.core.registry import InstalledBundles
+    from cloud.app.core.web_sessions import LoginGate
+
 
 @dataclass
 class CloudState:
+    """The API process's shared services, made (and closed) by the app's lifespan (cloud.app.app).
+    Routes hand core functions the parts they use, never the whole container."""
+
     settings: CloudSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     blobs: BlobStore
-    # Services that parts of the app add in the lifespan (model cache for cloud answers, ...).
-    extras: dict[str, Any] = field(default_factory=dict)
+    login_gate: LoginGate
+    # The cloud's own copies of production models: backbones, installed bundles, loaded runtimes.
+    backbones: LocalBackbones
+    bundles: InstalledBundles
+    model_cache: CloudModelCache
 
 
 async def get_state(request: Request) -> CloudState:

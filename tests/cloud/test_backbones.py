@@ -25,10 +25,9 @@ from cloud.app.blobstore import LocalBlobStore
 from cloud.app.core import backbones as core_backbones
 from cloud.app.core import model_answers
 from cloud.app.core.exports import run_export
-from cloud.app.core.registry import fetch_etag
+from cloud.app.core.registry import InstalledBundles, fetch_etag
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.db.models import Detector
-from cloud.app.deps import CloudState
 from cloud.app.settings import CloudSettings, to_async_url
 from common.backbone import MAX_BACKBONE_BYTES, BackboneRef, BackboneStore
 from common.bundle import HEAD_FILE, OODD_FILE, DetectorMode, read_metadata, read_pipeline, write_split_bundle
@@ -419,23 +418,22 @@ def test_detectors_on_one_backbone_share_one_session_in_the_cloud(
     async def scenario() -> None:
         settings = CloudSettings(data_dir=tmp_path / "cloud", database_url=cloud.database_url)
         engine = make_engine(to_async_url(cloud.database_url), pool_size=2)
-        state = CloudState(
-            settings=settings,
-            engine=engine,
-            sessions=make_sessionmaker(engine),
-            blobs=LocalBlobStore(cloud.data_dir / "blobs"),
+        local = core_backbones.LocalBackbones.for_settings(settings)
+        models = model_answers.ProductionModels(
+            LocalBlobStore(cloud.data_dir / "blobs"),
+            InstalledBundles(core_backbones.model_root(settings), local),
+            model_answers.CloudModelCache(settings.model_cache_size, local.store, local.pool),
         )
         try:
-            async with state.sessions() as session:
+            async with make_sessionmaker(engine)() as session:
                 for detector_id in detectors:
                     prediction = await model_answers.predict(
-                        state, session, detector_id, png_bytes(1), ImageLimits()
+                        models, session, detector_id, png_bytes(1), ImageLimits()
                     )
                     assert prediction is not None and prediction.detector_id == detector_id
-            pool = core_backbones.backbone_pool(state)
-            assert pool.loaded() == {backbone.sha: 2}
-            assert core_backbones.local_store(state).list() == [backbone.sha]
-            model_answers.model_cache(state).clear()
+            assert local.pool.loaded() == {backbone.sha: 2}
+            assert local.store.list() == [backbone.sha]
+            models.cache.clear()
         finally:
             await engine.dispose()
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cloud.app.blobstore import LocalBlobStore
-from cloud.app.core.registry import production_bundle_dir
+from cloud.app.blobstore import BlobStore, LocalBlobStore
+from cloud.app.core.backbones import LocalBackbones, model_root
+from cloud.app.core.registry import InstalledBundles, production_bundle_dir
 from cloud.app.db.engine import make_engine, make_sessionmaker
-from cloud.app.deps import CloudState
 from cloud.app.settings import CloudSettings, to_async_url
 from common.bundle import (
     MANIFEST_FILE,
@@ -548,13 +549,16 @@ def test_production_bundle_dir_installs_once_and_follows_the_alias(
     async def scenario() -> None:
         settings = CloudSettings(data_dir=tmp_path / "cloud", database_url=cloud.database_url)
         engine = make_engine(to_async_url(cloud.database_url), pool_size=2)
-        state = CloudState(settings=settings, engine=engine, sessions=make_sessionmaker(engine), blobs=blobs)
+        sessions = make_sessionmaker(engine)
+        installed = InstalledBundles(model_root(settings), LocalBackbones.for_settings(settings))
         try:
-            async with state.sessions() as session:
-                assert await production_bundle_dir(state, session, detector_id) is None
+            async with sessions() as session:
+                assert await production_bundle_dir(installed, session, blobs, detector_id) is None
                 await as_admin(f"/api/v1/models/{m1['id']}/promote")
                 # Many callers at once: one download and install, and everyone gets the same directory.
-                dirs = await asyncio.gather(*(_call_fresh(state, detector_id) for _ in range(5)))
+                dirs = await asyncio.gather(
+                    *(_call_fresh(sessions, installed, blobs, detector_id) for _ in range(5))
+                )
                 first = settings.data_dir / "models" / detector_id / "v1"
                 assert set(dirs) == {first}
                 assert blobs.downloads == 1
@@ -563,16 +567,16 @@ def test_production_bundle_dir_installs_once_and_follows_the_alias(
                 blob = server_blobs / "models" / detector_id / "v1.tar.gz"
                 saved = blob.read_bytes()
                 blob.unlink()
-                assert await production_bundle_dir(state, session, detector_id) == first
+                assert await production_bundle_dir(installed, session, blobs, detector_id) == first
                 assert blobs.downloads == 1
                 blob.write_bytes(saved)
 
                 await as_admin(f"/api/v1/models/{m2['id']}/promote")
-                second = await production_bundle_dir(state, session, detector_id)
+                second = await production_bundle_dir(installed, session, blobs, detector_id)
                 assert second == settings.data_dir / "models" / detector_id / "v2"
                 assert read_metadata(second).version == "v2"
                 await as_admin(f"/api/v1/detectors/{detector_id}/models/rollback")
-                assert await production_bundle_dir(state, session, detector_id) == first
+                assert await production_bundle_dir(installed, session, blobs, detector_id) == first
         finally:
             await engine.dispose()
 
@@ -589,6 +593,11 @@ class CountingBlobStore(LocalBlobStore):
         await super().get_to_file(key, path)
 
 
-async def _call_fresh(state: CloudState, detector_id: str) -> Path | None:
-    async with state.sessions() as session:
-        return await production_bundle_dir(state, session, detector_id)
+async def _call_fresh(
+    sessions: async_sessionmaker[AsyncSession],
+    installed: InstalledBundles,
+    blobs: BlobStore,
+    detector_id: str,
+) -> Path | None:
+    async with sessions() as session:
+        return await production_bundle_dir(installed, session, blobs, detector_id)

@@ -23,7 +23,6 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.blobstore import BlobStore
 from cloud.app.db.models import Backbone, ImageEmbedding, ImageQuery
-from cloud.app.deps import CloudState
 from cloud.app.errors import (
     BadRequestError,
     ConflictError,
@@ -46,6 +44,7 @@ from cloud.app.errors import (
     UnprocessableError,
 )
 from cloud.app.schemas.backbones import BackboneOut, EmbeddingsStored
+from cloud.app.settings import CloudSettings
 from common.backbone import (
     SHA256_RE,
     BackboneError,
@@ -214,47 +213,36 @@ async def download_to(session: AsyncSession, blobs: BlobStore, sha256: str, dest
 # --- the cloud's own installed copies ---------------------------------------------------------------
 
 
-@dataclass
-class _Local:
-    """Per process: the backbone store under data_dir/models, the shared pool, install locks."""
-
-    store: BackboneStore
-    pool: BackbonePool
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-
-_EXTRAS_KEY = "backbones.local"
-
-
-def _local(state: CloudState) -> _Local:
-    local = state.extras.get(_EXTRAS_KEY)
-    if not isinstance(local, _Local):
-        local = _Local(BackboneStore.for_model_root(model_root(state)), BackbonePool())
-        state.extras[_EXTRAS_KEY] = local
-    return local
-
-
-def model_root(state: CloudState) -> Path:
+def model_root(settings: CloudSettings) -> Path:
     """Where the cloud installs production bundles (and, under backbones/, their backbones)."""
-    return state.settings.data_dir / "models"
+    return settings.data_dir / "models"
 
 
-def local_store(state: CloudState) -> BackboneStore:
-    return _local(state).store
+class LocalBackbones:
+    """The cloud's installed backbones under `model_root`/backbones, with the one `BackbonePool` every
+    runtime it loads shares them through, and per-sha256 install locks. One per process (the app's
+    lifespan makes it), so all detectors on one backbone share a single ONNX Runtime session."""
+
+    def __init__(self, model_root: Path, tmp_root: Path) -> None:
+        self.store = BackboneStore.for_model_root(model_root)
+        self.pool = BackbonePool()
+        # Downloads land here first, so a partial blob never sits in the store.
+        self.tmp_root = tmp_root
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def for_settings(cls, settings: CloudSettings) -> LocalBackbones:
+        return cls(model_root(settings), settings.data_dir / "tmp")
 
 
-def backbone_pool(state: CloudState) -> BackbonePool:
-    """One per process: every runtime the cloud loads shares its backbones through it."""
-    return _local(state).pool
-
-
-async def ensure_installed(state: CloudState, session: AsyncSession, sha256: str) -> Path:
+async def ensure_installed(
+    local: LocalBackbones, session: AsyncSession, blobs: BlobStore, sha256: str
+) -> Path:
     """The verified local backbone.onnx, installed from its blob if absent (single-flight per sha256).
 
     UnprocessableError when the registry does not know it, BlobNotFoundError when its blob has gone,
     BackboneError when the stored bytes do not hash to the name.
     """
-    local = _local(state)
     store = local.store
     if store.has(sha256):
         try:
@@ -274,12 +262,12 @@ async def ensure_installed(state: CloudState, session: AsyncSession, sha256: str
                 f"backbone {sha256} is not registered; upload it with PUT /api/v1/backbones/{sha256} first"
             )
         ref = stored_ref(row)
-        tmp_root = state.settings.data_dir / "tmp"
+        tmp_root = local.tmp_root
         await asyncio.to_thread(tmp_root.mkdir, parents=True, exist_ok=True)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backbone-", dir=tmp_root))
         try:
             blob = work / "backbone.onnx"
-            await state.blobs.get_to_file(row.blob_key, blob)
+            await blobs.get_to_file(row.blob_key, blob)
             path = await asyncio.to_thread(store.install_file, blob, ref)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)

@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloud.app.blobstore import BlobStore
 from cloud.app.core.detectors import get_detector
 from cloud.app.core.image_queries import (
     check_decodes,
     get_image_query,
     image_key,
-    image_limits,
     insert_image_query,
     refuse_unless_repeat,
     sha256_of_image,
@@ -34,11 +34,10 @@ from cloud.app.core.image_queries import (
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
 from cloud.app.db.models import Escalation
 from cloud.app.db.models import ImageQuery as ImageQueryRow
-from cloud.app.deps import CloudState
 from cloud.app.errors import BadRequestError, CloudError, NotFoundError
 from cloud.app.schemas.fields import check_json, check_text
 from common.ids import is_image_query_id
-from common.imaging import ImageError, inspect_image
+from common.imaging import ImageError, ImageLimits, inspect_image
 from common.validation import InvalidInputError, check_metadata
 from common.wire.device_api import HumanReview, ResultSource
 from common.wire.escalation import EscalationCreate, EscalationItemResult, EscalationReason
@@ -108,12 +107,12 @@ def _refuse_unless_resend(held: ImageQueryRow, detector_id: str, image_sha256: s
 
 
 async def receive_escalation(
-    state: CloudState, session: AsyncSession, payload: EscalationCreate, image: bytes
+    session: AsyncSession, blobs: BlobStore, limits: ImageLimits, payload: EscalationCreate, image: bytes
 ) -> Received:
     """400/413/415 for a malformed entry (the edge dead-letters it), 404 for an unknown detector,
-    409 when the id is held for another detector or image (dead-lettered too)."""
+    409 when the id is held for another detector or image (dead-lettered too). The image goes to
+    `blobs` only when this call created the query."""
     _check_consistent(payload)
-    limits = image_limits(state)
     info = inspect_image(image, limits)
     try:
         detector = await get_detector(session, payload.detector_id)
@@ -159,7 +158,7 @@ async def receive_escalation(
     )
     query_created = await insert_image_query(session, row)
     if query_created:
-        await state.blobs.put(row.image_key, image, info.content_type)
+        await blobs.put(row.image_key, image, info.content_type)
         target = row
     else:
         # Another copy of this escalation won, or the query reached the cloud first through the
@@ -224,7 +223,10 @@ def _id_in(text: bytes | str) -> str | None:
 
 
 async def receive_escalations(
-    state: CloudState, session: AsyncSession, entries: list[tuple[bytes | str, bytes | Exception]]
+    session: AsyncSession,
+    blobs: BlobStore,
+    limits: ImageLimits,
+    entries: list[tuple[bytes | str, bytes | Exception]],
 ) -> list[EscalationItemResult]:
     """A batch, entry by entry as `receive_escalation` takes one (each commits on its own): an entry the
     client got wrong gets its 4xx in its result and the rest go on; anything else (the database away)
@@ -234,7 +236,7 @@ async def receive_escalations(
         try:
             if isinstance(image, Exception):
                 raise image
-            received = await receive_escalation(state, session, parse_escalation(text), image)
+            received = await receive_escalation(session, blobs, limits, parse_escalation(text), image)
         except (CloudError, ImageError) as exc:
             await session.rollback()
             results.append(

@@ -20,17 +20,19 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, null, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cloud.app.blobstore import BlobStore
 from cloud.app.core import alert_rules, model_answers, priors
 from cloud.app.core.detectors import get_detector, iso_utc
+from cloud.app.core.model_answers import ProductionModels
 from cloud.app.core.review_items import enqueue_for_review, insert_ignoring_duplicates
 from cloud.app.db.models import Detector as DetectorRow
 from cloud.app.db.models import Escalation
 from cloud.app.db.models import ImageQuery as ImageQueryRow
-from cloud.app.deps import CloudState
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import AccountMonthToDateInfo
+from cloud.app.settings import CloudSettings
 from common.bundle import DetectorMode
 from common.ids import is_image_query_id, new_image_query_id
 from common.imaging import ImageFormat, ImageInfo, ImageLimits, decode_image, inspect_image
@@ -78,8 +80,8 @@ class Submitted:
     answer_later: bool = False
 
 
-def image_limits(state: CloudState) -> ImageLimits:
-    return ImageLimits(max_bytes=state.settings.max_image_bytes)
+def image_limits(settings: CloudSettings) -> ImageLimits:
+    return ImageLimits(max_bytes=settings.max_image_bytes)
 
 
 def image_key(detector_id: str, image_query_id: str, fmt: ImageFormat) -> str:
@@ -189,11 +191,17 @@ async def sha256_of_image(image: bytes) -> str:
 
 
 async def submit_image_query(
-    state: CloudState, session: AsyncSession, params: SubmitParams, image: bytes, request_id: str | None
+    session: AsyncSession,
+    blobs: BlobStore,
+    models: ProductionModels,
+    limits: ImageLimits,
+    params: SubmitParams,
+    image: bytes,
+    request_id: str | None,
 ) -> Submitted:
-    """Bad bytes are refused (400/413/415) before anything is stored or run."""
+    """Bad bytes are refused (400/413/415) before anything is stored or run; the image goes to `blobs`,
+    the answer comes from the production model in `models`."""
     start = time.perf_counter()
-    limits = image_limits(state)
     info = inspect_image(image, limits)
     if params.metadata is not None:
         try:
@@ -217,7 +225,7 @@ async def submit_image_query(
     patience = params.patience_time if params.patience_time is not None else detector.patience_time
     prediction = None
     if not params.want_async:  # the documented async contract is `result: null` at submission
-        prediction = await model_answers.predict(state, session, detector.id, image, limits, info)
+        prediction = await model_answers.predict(models, session, detector.id, image, limits, info)
     if prediction is None:
         # Nothing decoded the pixels yet; a reviewer must never be shown bytes that do not decode.
         await asyncio.to_thread(check_decodes, image, limits, info)
@@ -262,7 +270,7 @@ async def submit_image_query(
         # The rollback expired `detector`; its id is the one asked for.
         refuse_unless_repeat(winners, params.detector_id, image_sha256, params.image_query_id)
         return Submitted(image_query_to_wire(winners[0]), created=False)
-    await state.blobs.put(row.image_key, image, info.content_type)
+    await blobs.put(row.image_key, image, info.content_type)
     if reason is not None:
         await enqueue_for_review(session, row, reason, uncertainty_of(result))
     if prediction is not None and result is not None and _confident(prediction, threshold):
@@ -284,20 +292,24 @@ async def submit_image_query(
 
 
 async def answer_in_background(
-    state: CloudState, image_query_id: str, detector_id: str, image: bytes, info: ImageInfo | None
+    sessions: async_sessionmaker[AsyncSession],
+    models: ProductionModels,
+    limits: ImageLimits,
+    image_query_id: str,
+    detector_id: str,
+    image: bytes,
+    info: ImageInfo | None,
 ) -> None:
     """After a want_async submission was answered `result: null`: add the model's answer (the label
     prior's without a model) so that `wait_for_ml_result` sees one. A person's answer that arrived
     first is never overwritten, and the query stays queued for review."""
     try:
-        async with state.sessions() as session:
+        async with sessions() as session:
             detector = await session.get(DetectorRow, detector_id)
             row = await session.get(ImageQueryRow, image_query_id)
             if detector is None or detector.deleted_at is not None or row is None or row.done_processing:
                 return
-            prediction = await model_answers.predict(
-                state, session, detector_id, image, image_limits(state), info
-            )
+            prediction = await model_answers.predict(models, session, detector_id, image, limits, info)
             if prediction is not None:
                 result = model_result(detector, prediction)
             else:
@@ -392,9 +404,9 @@ async def list_image_queries(
     return list(rows), int(count)
 
 
-async def get_image(state: CloudState, session: AsyncSession, image_query_id: str) -> tuple[bytes, str]:
+async def get_image(session: AsyncSession, blobs: BlobStore, image_query_id: str) -> tuple[bytes, str]:
     row = await get_image_query(session, image_query_id)
-    return await state.blobs.get(row.image_key), row.image_content_type
+    return await blobs.get(row.image_key), row.image_content_type
 
 
 def image_query_to_wire(row: ImageQueryRow) -> ImageQuery:

@@ -8,7 +8,8 @@ keeps its reference and finishes, and the sessions are freed when the last refer
 on a shared backbone is released then too).
 
 Split bundles load their backbone from data_dir/models/backbones through one `BackbonePool` per
-process (cloud.app.core.backbones), so detectors trained on one backbone share one session.
+process (cloud.app.core.backbones.LocalBackbones), so detectors trained on one backbone share one
+session. The app's lifespan makes the cache and clears it on shutdown.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core import backbones, registry
-from cloud.app.deps import CloudState
+from cloud.app.blobstore import BlobStore
+from cloud.app.core import registry
+from cloud.app.core.registry import InstalledBundles
 from common.backbone import BackboneStore
 from common.bundle import BundleError
 from common.imaging import ImageInfo, ImageLimits
@@ -31,7 +34,6 @@ from common.runtime import BackbonePool, ModelRuntime, Prediction
 
 log = logging.getLogger("cloud.answers")
 
-EXTRAS_KEY = "cloud_model_cache"
 # A bundle that failed to load is not retried on every request, only after this long.
 _FAILED_RETRY_S = 60.0
 
@@ -122,29 +124,25 @@ def _load(bundle_dir: Path, store: BackboneStore, pool: BackbonePool) -> ModelRu
     return runtime
 
 
-def install_model_cache(state: CloudState) -> CloudModelCache:
-    cache = CloudModelCache(
-        state.settings.model_cache_size, backbones.local_store(state), backbones.backbone_pool(state)
-    )
-    state.extras[EXTRAS_KEY] = cache
-    return cache
+@dataclass(frozen=True)
+class ProductionModels:
+    """What answering with a detector's production model reads besides the session: the blob store its
+    bundle (and backbone) comes from, where bundles are installed, and the loaded runtimes."""
 
+    blobs: BlobStore
+    bundles: InstalledBundles
+    cache: CloudModelCache
 
-def close_model_cache(state: CloudState) -> None:
-    cache = state.extras.pop(EXTRAS_KEY, None)
-    if isinstance(cache, CloudModelCache):
-        cache.clear()
-
-
-def model_cache(state: CloudState) -> CloudModelCache:
-    cache = state.extras.get(EXTRAS_KEY)
-    if not isinstance(cache, CloudModelCache):
-        cache = install_model_cache(state)
-    return cache
+    async def runtime(self, session: AsyncSession, detector_id: str) -> ModelRuntime | None:
+        """The loaded production runtime; None without a production version. Load failures raise."""
+        bundle_dir = await registry.production_bundle_dir(self.bundles, session, self.blobs, detector_id)
+        if bundle_dir is None:
+            return None
+        return await self.cache.get(detector_id, bundle_dir)
 
 
 async def predict(
-    state: CloudState,
+    models: ProductionModels,
     session: AsyncSession,
     detector_id: str,
     image: bytes,
@@ -158,10 +156,9 @@ async def predict(
     the label prior and goes to people instead of failing.
     """
     try:
-        bundle_dir = await registry.production_bundle_dir(state, session, detector_id)
-        if bundle_dir is None:
+        runtime = await models.runtime(session, detector_id)
+        if runtime is None:
             return None
-        runtime = await model_cache(state).get(detector_id, bundle_dir)
     except Exception as exc:  # any load failure: answer without a model rather than fail the request
         log.warning(
             "production bundle unusable",

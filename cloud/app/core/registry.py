@@ -36,9 +36,9 @@ from cloud.app.auth import Principal
 from cloud.app.blobstore import BlobStore
 from cloud.app.core import backbones, notifications
 from cloud.app.core.audit import AuditAction, record
+from cloud.app.core.backbones import LocalBackbones
 from cloud.app.core.detectors import bundle_labels
 from cloud.app.db.models import Backbone, Detector, ModelStatus, ModelVersion
-from cloud.app.deps import CloudState
 from cloud.app.errors import ConflictError, NotFoundError, PayloadTooLargeError, UnprocessableError
 from cloud.app.schemas.models import ModelVersionDetail, ModelVersionOut
 from common.backbone import BackboneStore
@@ -237,8 +237,9 @@ def _same_or_conflict(existing: ModelVersion, prepared: PreparedBundle) -> Model
 
 
 async def register_bundle(
-    state: CloudState,
     session: AsyncSession,
+    blobs: BlobStore,
+    local: LocalBackbones,
     detector_id: str,
     upload: Path,
     work_dir: Path,
@@ -247,8 +248,10 @@ async def register_bundle(
     promote: bool = False,
     lineage: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, bool]:
-    """Verify, warm up and store an uploaded bundle archive. Returns (row, created)."""
-    blobs = state.blobs
+    """Verify, warm up and store an uploaded bundle archive. Returns (row, created).
+
+    The warm-up loads a split bundle's backbone from `local`, installing it there first.
+    """
     detector = await get_detector(session, detector_id)
     prepared = await asyncio.to_thread(prepare_bundle, upload, work_dir)
     _check_fits_detector(prepared, detector)
@@ -263,10 +266,8 @@ async def register_bundle(
 
     await _check_backbone_registered(session, prepared)
     if prepared.manifest.backbone is not None:
-        await backbones.ensure_installed(state, session, prepared.manifest.backbone.sha256)
-    await asyncio.to_thread(
-        warm_up, prepared.bundle_dir, backbones.local_store(state), backbones.backbone_pool(state)
-    )
+        await backbones.ensure_installed(local, session, blobs, prepared.manifest.backbone.sha256)
+    await asyncio.to_thread(warm_up, prepared.bundle_dir, local.store, local.pool)
 
     row = ModelVersion(
         id=new_model_id(),
@@ -542,22 +543,16 @@ async def download_to(session: AsyncSession, blobs: BlobStore, model_id: str, de
 
 
 @dataclass
-class _InstalledBundles:
-    """Per process: detector id -> (model id, sha256, dir), and one lock per detector."""
+class InstalledBundles:
+    """The production bundles installed under `model_root` (backbones.model_root), with their
+    backbones in `backbones`. One per process (the app's lifespan makes it): it remembers
+    detector id -> (model id, sha256, dir) so a hit costs no blob I/O, and holds one install lock
+    per detector."""
 
+    model_root: Path
+    backbones: LocalBackbones
     dirs: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-
-_EXTRAS_KEY = "registry.installed_bundles"
-
-
-def _installed(state: CloudState) -> _InstalledBundles:
-    cache = state.extras.get(_EXTRAS_KEY)
-    if not isinstance(cache, _InstalledBundles):
-        cache = _InstalledBundles()
-        state.extras[_EXTRAS_KEY] = cache
-    return cache
 
 
 def _install_archive(archive: Path, expected_sha256: str, model_root: Path, version: str, work: Path) -> Path:
@@ -586,7 +581,9 @@ def _intact(path: Path) -> bool:
     return True
 
 
-async def production_bundle_dir(state: CloudState, session: AsyncSession, detector_id: str) -> Path | None:
+async def production_bundle_dir(
+    installed: InstalledBundles, session: AsyncSession, blobs: BlobStore, detector_id: str
+) -> Path | None:
     """The verified, installed production bundle of a detector, for the cloud's own answers.
 
     Downloaded once per version into data_dir/models/<detector_id>/<version>/ (single-flight per
@@ -610,23 +607,22 @@ async def production_bundle_dir(state: CloudState, session: AsyncSession, detect
     if row is None:
         return None
     model_id, version, sha256, blob_key, manifest = row
-    cache = _installed(state)
-    hit = cache.dirs.get(detector_id)
+    hit = installed.dirs.get(detector_id)
     if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
         return hit[2]
-    lock = cache.locks.setdefault(detector_id, asyncio.Lock())
+    lock = installed.locks.setdefault(detector_id, asyncio.Lock())
     async with lock:
-        hit = cache.dirs.get(detector_id)
+        hit = installed.dirs.get(detector_id)
         if hit is not None and hit[0] == model_id and hit[1] == sha256 and hit[2].is_dir():
             return hit[2]
-        model_root = backbones.model_root(state)
+        model_root = installed.model_root
         needed = (manifest or {}).get("backbone")
         if isinstance(needed, dict) and isinstance(needed.get("sha256"), str):
-            await backbones.ensure_installed(state, session, needed["sha256"])
+            await backbones.ensure_installed(installed.backbones, session, blobs, needed["sha256"])
         final: Path = model_root / detector_id / version
         if not await asyncio.to_thread(_intact, final):  # a missing directory is not intact either
-            final = await _download_and_install(state.blobs, blob_key, sha256, model_root, version)
-        cache.dirs[detector_id] = (model_id, sha256, final)
+            final = await _download_and_install(blobs, blob_key, sha256, model_root, version)
+        installed.dirs[detector_id] = (model_id, sha256, final)
         return final
 
 

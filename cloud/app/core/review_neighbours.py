@@ -22,14 +22,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
-from cloud.app.core import registry
 from cloud.app.core.backbones import embeddings_of
 from cloud.app.core.detectors import UNCLEAR
-from cloud.app.core.image_queries import image_limits
-from cloud.app.core.model_answers import model_cache
+from cloud.app.core.model_answers import ProductionModels
 from cloud.app.core.review_queue import ItemImage, image_of
 from cloud.app.db.models import ImageQuery, Label, ReviewItem
-from cloud.app.deps import CloudState
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.review import Neighbour, NeighboursOut
 from common.backbone import BackboneRef
@@ -51,29 +48,34 @@ def neighbour_image_path(image_query_id: str) -> str:
 
 
 async def similar_labelled(
-    state: CloudState, session: AsyncSession, item_id: int, k: int = K
+    session: AsyncSession,
+    blobs: BlobStore,
+    models: ProductionModels,
+    limits: ImageLimits,
+    item_id: int,
+    k: int = K,
 ) -> NeighboursOut:
+    """The item's image from `blobs`, embedded by the production runtime from `models`."""
     item = await _item(session, item_id)
 
     def unavailable(why: str) -> NeighboursOut:
         return NeighboursOut(item_id=item_id, available=False, why=why, neighbours=[])
 
     try:
-        bundle_dir = await registry.production_bundle_dir(state, session, item.detector_id)
-        if bundle_dir is None:
-            return unavailable("this detector has no production model yet")
-        runtime = await model_cache(state).get(item.detector_id, bundle_dir)
+        runtime = await models.runtime(session, item.detector_id)
     except Exception:  # the cache logs load failures; the reviewer only needs to know there is none
         return unavailable("the production model cannot be loaded here")
+    if runtime is None:
+        return unavailable("this detector has no production model yet")
     if runtime.backbone is None:
         return unavailable("the production model has no shared backbone to compare images in")
     ref = runtime.backbone.ref
     try:
-        image = await state.blobs.get(item.image_key)
+        image = await blobs.get(item.image_key)
     except (BlobNotFoundError, ValueError):
         return unavailable("the item's image is missing")
     try:
-        query = await asyncio.to_thread(_embed, runtime, ref, image, image_limits(state))
+        query = await asyncio.to_thread(_embed, runtime, ref, image, limits)
     except ImageError:
         return unavailable("the item's image does not decode")
     stored = await embeddings_of(session, item.detector_id, ref.sha256)

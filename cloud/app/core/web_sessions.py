@@ -20,8 +20,8 @@ from cloud.app.auth import forget_digest
 from cloud.app.core import login_limits
 from cloud.app.core.login_limits import LoginLockedError, LoginPolicy
 from cloud.app.db.models import Role, User, WebSession
-from cloud.app.deps import CloudState
 from cloud.app.security import PasswordPool, PasswordPoolBusy, hash_password, new_session_token, token_digest
+from cloud.app.settings import CloudSettings
 from common.clock import utcnow
 
 # Roles that may use the pages (devices have no password anyway).
@@ -29,7 +29,6 @@ PAGE_ROLES = frozenset({Role.ADMIN.value, Role.REVIEWER.value})
 _DUMMY_HASH = hash_password("not a password anybody has")
 # How long a client is told to wait when every password worker is busy.
 BUSY_RETRY_S = 1
-_EXTRAS_KEY = "login_gate"
 
 
 @dataclass(frozen=True)
@@ -49,38 +48,27 @@ class LoginRefused:
 
 @dataclass(frozen=True)
 class LoginGate:
-    """What a login needs besides the database: the throttle's numbers and the password workers."""
+    """What a login needs besides the database: the throttle's numbers and the password workers.
+    One per process (the app's lifespan makes it and closes it), so the worker limit holds overall."""
 
     policy: LoginPolicy
     passwords: PasswordPool
 
+    @classmethod
+    def for_settings(cls, settings: CloudSettings) -> LoginGate:
+        return cls(
+            LoginPolicy(
+                max_failures_per_user=settings.login_max_failures_per_user,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                window_s=settings.login_window_s,
+                lockout_s=settings.login_lockout_s,
+            ),
+            PasswordPool(settings.password_workers, settings.password_queue, settings.password_cpu_share),
+        )
 
-def install_login_gate(state: CloudState) -> LoginGate:
-    settings = state.settings
-    gate = LoginGate(
-        LoginPolicy(
-            max_failures_per_user=settings.login_max_failures_per_user,
-            max_failures_per_address=settings.login_max_failures_per_address,
-            window_s=settings.login_window_s,
-            lockout_s=settings.login_lockout_s,
-        ),
-        PasswordPool(settings.password_workers, settings.password_queue, settings.password_cpu_share),
-    )
-    state.extras[_EXTRAS_KEY] = gate
-    return gate
-
-
-def close_login_gate(state: CloudState) -> None:
-    gate = state.extras.pop(_EXTRAS_KEY, None)
-    if isinstance(gate, LoginGate):
-        gate.passwords.close()
-
-
-def login_gate(state: CloudState) -> LoginGate:
-    gate = state.extras.get(_EXTRAS_KEY)
-    if not isinstance(gate, LoginGate):
-        raise RuntimeError("the login gate is installed by the app's lifespan")
-    return gate
+    def close(self) -> None:
+        """Stops the password workers."""
+        self.passwords.close()
 
 
 async def start_session(

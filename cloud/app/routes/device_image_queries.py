@@ -9,6 +9,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from cloud.app.core import image_queries as core
+from cloud.app.core.model_answers import ProductionModels
 from cloud.app.deps import DeviceDep, SessionDep, StateDep
 from cloud.app.errors import BadRequestError
 from cloud.app.routes.bodies import read_limited_body
@@ -45,14 +46,18 @@ async def submit_image_query(
     except InvalidParameterError as exc:
         raise BadRequestError(str(exc)) from None
     body = await read_limited_body(request, state.settings.max_image_bytes, ImageTooLargeError, "image")
+    models = ProductionModels(state.blobs, state.bundles, state.model_cache)
+    limits = core.image_limits(state.settings)
     submitted = await core.submit_image_query(
-        state, session, params, body, request.headers.get(REQUEST_ID_HEADER)
+        session, state.blobs, models, limits, params, body, request.headers.get(REQUEST_ID_HEADER)
     )
     headers = {"Server-Timing": submitted.server_timing} if submitted.server_timing else None
     later = None
     if submitted.answer_later:
         iq = submitted.image_query
-        later = BackgroundTask(core.answer_in_background, state, iq.id, iq.detector_id, body, None)
+        later = BackgroundTask(
+            core.answer_in_background, state.sessions, models, limits, iq.id, iq.detector_id, body, None
+        )
     return Response(
         submitted.image_query.model_dump_json(),
         media_type="application/json",
@@ -96,5 +101,5 @@ async def get_image_query(image_query_id: str, principal: DeviceDep, session: Se
 async def get_image(
     image_query_id: str, principal: DeviceDep, state: StateDep, session: SessionDep
 ) -> Response:
-    data, content_type = await core.get_image(state, session, image_query_id)
+    data, content_type = await core.get_image(session, state.blobs, image_query_id)
     return Response(data, media_type=content_type)

@@ -11,6 +11,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from cloud.app.core.escalations import parse_escalation, receive_escalation, receive_escalations
+from cloud.app.core.image_queries import image_limits
 from cloud.app.deps import CloudState, DeviceDep, SessionDep, StateDep
 from cloud.app.errors import BadRequestError
 from cloud.app.schemas.device import EscalationAck
@@ -71,7 +72,8 @@ async def create_escalation(
             raise BadRequestError("multipart parts 'escalation' (JSON) and 'image' are both required")
         text = await _text_of(raw)
         image = await _image_of(image_part, state.settings.max_image_bytes)
-    received = await receive_escalation(state, session, parse_escalation(text), image)
+    limits = image_limits(state.settings)
+    received = await receive_escalation(session, state.blobs, limits, parse_escalation(text), image)
     ack = EscalationAck(image_query_id=received.image_query_id, created=received.created)
     return Response(
         ack.model_dump_json(), status_code=201 if received.created else 200, media_type="application/json"
@@ -95,7 +97,8 @@ async def create_escalations(
     most = MAX_BATCH_ESCALATIONS
     async with request.form(max_files=most, max_fields=most, max_part_size=_MAX_PAYLOAD_BYTES) as form:
         entries = await _entries(form, state.settings.max_image_bytes)
-    return EscalationBatchAck(results=await receive_escalations(state, session, entries))
+    limits = image_limits(state.settings)
+    return EscalationBatchAck(results=await receive_escalations(session, state.blobs, limits, entries))
 
 
 async def _entries(form: FormData, max_image_bytes: int) -> list[tuple[bytes | str, bytes | Exception]]:

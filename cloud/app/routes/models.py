@@ -101,7 +101,15 @@ async def upload_model(
         upload = work / "upload.tar.gz"
         await asyncio.to_thread(save_upload, bundle.file, upload, MAX_ARCHIVE_BYTES)
         row, created = await registry.register_bundle(
-            state, session, detector_id, upload, work, actor=trainer, promote=promote, lineage=extra_lineage
+            session,
+            state.blobs,
+            state.backbones,
+            detector_id,
+            upload,
+            work,
+            actor=trainer,
+            promote=promote,
+            lineage=extra_lineage,
         )
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)

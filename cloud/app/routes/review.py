@@ -12,6 +12,8 @@ from fastapi import APIRouter, Path, Query, status
 from starlette.responses import Response
 
 from cloud.app.core import review_neighbours, review_queue, review_stats
+from cloud.app.core.image_queries import image_limits
+from cloud.app.core.model_answers import ProductionModels
 from cloud.app.deps import ReviewerDep, SessionDep, StateDep
 from cloud.app.schemas.fields import ID_PATTERN
 from cloud.app.schemas.review import (
@@ -174,7 +176,10 @@ async def neighbours(
 ) -> NeighboursOut:
     """The `k` labelled images of the item's detector most like it, in the production model's
     embedding space, with their labels: what the model was taught about images like this one."""
-    return await review_neighbours.similar_labelled(state, session, item_id, k)
+    models = ProductionModels(state.blobs, state.bundles, state.model_cache)
+    return await review_neighbours.similar_labelled(
+        session, state.blobs, models, image_limits(state.settings), item_id, k
+    )
 
 
 @router.get("/images/{image_query_id}", operation_id="review_labelled_image")

@@ -57,9 +57,8 @@ async def login(
 ) -> Response:
     """Back to the page that sent the person here (`next`, one of ours), else the queues."""
     address = request.client.host if request.client else ""
-    gate = web_sessions.login_gate(state)
     ttl_s = state.settings.session_ttl_s
-    created = await web_sessions.start_session(session, gate, username, password, address, ttl_s)
+    created = await web_sessions.start_session(session, state.login_gate, username, password, address, ttl_s)
     if isinstance(created, web_sessions.LoginRefused):
         await asyncio.sleep(state.settings.login_refusal_delay_s)
         return _refused(request, created, username, next_page)
