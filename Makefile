@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/sbin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-tools bench-review bench-training bench-loop test-fast lint format bench models clean cloud-schema settings-table screenshots
+.PHONY: help setup run test test-tools bench-review bench-training bench-loop test-fast lint format bench models clean cloud-schema settings-table screenshots compose
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ clean: ## Remove local state (models, databases), keep the venv
 
 settings-table: setup ## Regenerate README.md's settings tables from the services' settings classes
 	$(PY) scripts/settings_table.py --write
+
+compose: setup ## Regenerate docker-compose.{edge,cloud,gpu}.yml from launcher/services.py
+	$(PY) -m launcher.compose
 
 cloud-schema: setup ## Regenerate the initial cloud migration from cloud/app/db/models.py (before the first release only)
 	rm -f cloud/app/db/migrations/versions/0001_initial_schema.py /tmp/io-schema.db

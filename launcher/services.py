@@ -1,10 +1,12 @@
 """The services of both stacks, declared once.
 
-`docker-compose.edge.yml` renders `EDGE_SERVICES`, `docker-compose.cloud.yml` renders `CLOUD_SERVICES`,
-and the local launcher runs the ones marked `local` from both (a test compares the three), so "works
-locally" means "works in containers". Values are written the way compose writes them: service
-hostnames (`http://inference:8001`), container paths (`/data/...`, `/config/...`) and compose
-interpolation (`${NAME:-default}`); `launcher.local` maps them for a run on one machine.
+`python -m launcher.compose` (`make compose`) writes `docker-compose.edge.yml` from `EDGE_SERVICES`,
+`docker-compose.cloud.yml` from `CLOUD_SERVICES` and the GPU override of the trainer, and the local
+launcher runs the ones marked `local` from both, so "works locally" means "works in containers".
+Values are written the way compose writes them: service hostnames (`http://inference:8001`),
+container paths (`/data/...`, `/config/...`) and compose interpolation (`${NAME:-default}`);
+`launcher.local` maps them for a run on one machine. What only Docker needs (stop periods, health
+check commands, the comments the files carry) is each service's `compose`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 GATEWAY = "gateway"
 EDGE_API = "edge-api"
@@ -79,6 +82,46 @@ def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A compose `healthcheck:` written out in full, for a service that is not probed over HTTP."""
+
+    test: tuple[str, ...]
+    interval: str = "10s"
+    timeout: str = "3s"
+    retries: int = 3
+    start_period: str = "10s"
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """What only compose needs of a service; launcher.compose writes it, a local run ignores it.
+
+    `stop_grace_period` must outlast the service's own shutdown (`stop_reason` says what that is, as the
+    comment beside it). `init` runs tini as PID 1 (our Python images; nginx and postgres handle signals
+    themselves). A service with a `health_path` is probed over HTTP with `probe`: the image's `python`
+    or, in the nginx images that have none, busybox `wget`; `healthcheck` replaces that probe (postgres).
+    `read_only` lists the volume targets mounted `:ro`, `restart_with` the dependencies the service is
+    restarted along with, each with its reason; `about` is the comment above the service and `notes` the
+    comments above its keys (one for a key the service lacks stands where the key would be).
+    """
+
+    stop_grace_period: str = ""
+    stop_reason: str = ""
+    init: bool = False
+    probe: Literal["python", "wget"] = "python"
+    healthcheck: HealthCheck | None = None
+    read_only: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    restart_with: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    about: str = ""
+    notes: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+
+
+# What the stop periods outlast: common.http.serve's graceful shutdown, and nginx's on SIGQUIT.
+_UVICORN_STOP = "uvicorn lets requests under way finish for up to 10 s."
+_NGINX_STOP = "SIGQUIT (the image's stop signal): nginx finishes the requests under way."
+
+
+@dataclass(frozen=True)
 class Service:
     """One service as compose runs it.
 
@@ -92,7 +135,8 @@ class Service:
     server. A service with an `image` runs that stock image and no Dockerfile of ours; `local=False`
     keeps it out of the launcher (the database: a local run uses the embedded SQLite, or
     DATABASE_URL; the cloud-gateway: a local run has one cloud-api). `local_environment` holds the
-    only values a local run sets differently from compose, with the reason beside each.
+    only values a local run sets differently from compose, with the reason beside each; `compose` what
+    only the compose files need.
     """
 
     name: str
@@ -113,6 +157,7 @@ class Service:
     profiles: tuple[str, ...] = ()
     local: bool = True
     local_environment: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    compose: ComposeOptions = field(default_factory=ComposeOptions)
 
     @property
     def compose_ports(self) -> list[str]:
@@ -134,6 +179,7 @@ DEMO_MODELS_SERVICE = Service(
     dockerfile="docker/demo-models.Dockerfile",
     one_shot=True,
     profiles=("demo",),
+    compose=ComposeOptions(stop_grace_period="30s"),
 )
 
 INFERENCE_SERVICE = Service(
@@ -153,6 +199,7 @@ INFERENCE_SERVICE = Service(
     health_path="/health/live",
     volumes=_frozen({MODEL_ROOT: "edge-models", EDGE_SECRETS: "edge-secrets"}),
     dockerfile="docker/inference.Dockerfile",
+    compose=ComposeOptions(stop_grace_period="20s", stop_reason=_UVICORN_STOP, init=True),
 )
 
 EDGE_API_SERVICE = Service(
@@ -196,10 +243,14 @@ EDGE_API_SERVICE = Service(
     binds=_frozen({CONFIG_DIR: "./config"}),
     depends_on=(INFERENCE,),
     dockerfile="docker/edge-api.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="20s",
+        stop_reason=f"{_UVICORN_STOP.removesuffix('.')}; then the outbox sender stops.",
+        init=True,
+    ),
 )
 
-# Polls the cloud's registry for each configured detector, installs into the volume inference reads,
-# and asks inference to swap; reads the edge config and outbox depth from edge-api.
+# It also reads the edge config and outbox depth from edge-api (`about` says what it does).
 UPDATER_SERVICE = Service(
     name=UPDATER,
     argv=("python", "-m", "edge.updater"),
@@ -230,6 +281,14 @@ UPDATER_SERVICE = Service(
     volumes=_frozen({MODEL_ROOT: "edge-models", EDGE_SECRETS: "edge-secrets"}),
     depends_on=(INFERENCE, EDGE_API),
     dockerfile="docker/updater.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="35s",
+        stop_reason="uvicorn's 5 s, then a download, install or swap under way gets "
+        "UPDATER_SHUTDOWN_GRACE_S (20 s).",
+        init=True,
+        about="Keeps each configured detector's model in step with the cloud's registry: installs into "
+        "the edge-models volume inference reads and asks inference to swap; heartbeats to the cloud.",
+    ),
 )
 
 GATEWAY_SERVICE = Service(
@@ -255,10 +314,18 @@ GATEWAY_SERVICE = Service(
     volumes=_frozen({GATEWAY_TLS: "gateway-tls"}),
     depends_on=(EDGE_API,),
     dockerfile="docker/gateway.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="15s",
+        stop_reason=_NGINX_STOP,
+        probe="wget",
+        restart_with=_frozen(
+            {EDGE_API: "nginx resolves edge-api once, at start: follow it when compose recreates edge-api."}
+        ),
+    ),
 )
 
-# Reads the cameras named in the edge config (from edge-api) and posts their frames through the
-# gateway, the cameras' own path (cloud fallback included); status and metrics on port 8720.
+# It posts through the gateway, the cameras' own path (cloud fallback included); status and metrics on
+# port 8720 (`about` says what it does).
 STREAMS_SERVICE = Service(
     name=STREAMS,
     argv=("python", "-m", "edge.streams"),
@@ -283,27 +350,49 @@ STREAMS_SERVICE = Service(
     volumes=_frozen({EDGE_SECRETS: "edge-secrets"}),
     depends_on=(EDGE_API, GATEWAY),
     dockerfile="docker/streams.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="15s",
+        stop_reason="uvicorn's 5 s, then each camera reader gets up to 1 s to stop.",
+        init=True,
+        about="Reads the cameras named in the edge config and posts their frames through the gateway. "
+        "For file or folder sources, add a read-only bind (e.g. ./media:/media:ro).",
+    ),
 )
 
 # --- cloud (docker-compose.cloud.yml) ------------------------------------------------------------------
+
+# The cloud's database and its user (one name for both).
+DATABASE = "intellioptics"
+POSTGRES_PORT = 5432
 
 POSTGRES_SERVICE = Service(
     name=POSTGRES,
     argv=(),
     environment=_frozen(
         {
-            "POSTGRES_USER": "intellioptics",
+            "POSTGRES_USER": DATABASE,
             # Set before the first start (deploy/init-secrets.sh); the image reads the file itself.
             "POSTGRES_PASSWORD_FILE": POSTGRES_PASSWORD_SECRET,
-            "POSTGRES_DB": "intellioptics",
+            "POSTGRES_DB": DATABASE,
         }
     ),
-    port=5432,
-    # Only the cloud's services reach it, on the container network.
+    port=POSTGRES_PORT,
     published=False,
     volumes=_frozen({"/var/lib/postgresql/data": "postgres-data"}),
     image="postgres:15",
     local=False,
+    compose=ComposeOptions(
+        stop_grace_period="30s",
+        stop_reason="A fast shutdown (SIGINT) ends with a checkpoint.",
+        healthcheck=HealthCheck(
+            test=("CMD-SHELL", f"pg_isready -U {DATABASE} -d {DATABASE}"),
+            interval="5s",
+            retries=10,
+        ),
+        notes=_frozen(
+            {"ports": "No published port: only the cloud's services reach it, on the container network."}
+        ),
+    ),
 )
 
 # Azure Blob emulator for trying the azure blob backend (profile "azure"; CLOUD_BLOB_BACKEND=azure).
@@ -326,6 +415,7 @@ AZURITE_SERVICE = Service(
     image="mcr.microsoft.com/azure-storage/azurite:3.35.0",
     profiles=("azure",),
     local=False,
+    compose=ComposeOptions(stop_grace_period="10s"),
 )
 
 # What the API and the worker share: one database, one data volume (blobs), one public address.
@@ -333,7 +423,7 @@ _CLOUD_COMMON = {
     # Compose: the postgres service, its password from the secret file it starts with (put into the
     # URL, encoded, by cloud.app.settings). Locally: the embedded SQLite in CLOUD_DATA_DIR unless the
     # environment sets DATABASE_URL.
-    "DATABASE_URL": "postgresql://intellioptics@postgres:5432/intellioptics",
+    "DATABASE_URL": f"postgresql://{DATABASE}@{POSTGRES}:{POSTGRES_PORT}/{DATABASE}",
     "CLOUD_DATABASE_PASSWORD_FILE": POSTGRES_PASSWORD_SECRET,
     "CLOUD_DATA_DIR": CLOUD_DATA,
     # The address edges and browsers use (model download URLs, links): the edges' cloud URL.
@@ -379,6 +469,19 @@ CLOUD_API_SERVICE = Service(
     volumes=_frozen({CLOUD_DATA: "cloud-data"}),
     depends_on=(POSTGRES,),
     dockerfile="docker/cloud-api.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="20s",
+        stop_reason=_UVICORN_STOP,
+        init=True,
+        notes=_frozen(
+            {
+                "ports": "No published port and no container_name, so that `--scale cloud-api=N` can run N "
+                f"of them: the cloud-gateway publishes {CLOUD_GATEWAY_PORT} and spreads requests over "
+                f"them, and the services below reach {CLOUD_API_HOST}:{CLOUD_API_PORT}, which Docker's "
+                "DNS answers with every replica."
+            }
+        ),
+    ),
     local_environment=_frozen(
         {
             **_CLOUD_LOCAL,
@@ -417,12 +520,27 @@ CLOUD_GATEWAY_SERVICE = Service(
     port_env="CLOUD_GATEWAY_PORT",
     publish_host="",
     extra_ports=(CLOUD_GATEWAY_TLS_PORT,),
-    # Answered by a replica: healthy once one of them is reachable through it.
     health_path="/health/live",
     volumes=_frozen({GATEWAY_TLS: "cloud-gateway-tls"}),
     depends_on=(CLOUD_API,),
     dockerfile="docker/cloud-gateway.Dockerfile",
     local=False,
+    compose=ComposeOptions(
+        stop_grace_period="15s",
+        stop_reason=_NGINX_STOP,
+        probe="wget",
+        about=f"The cloud's public door: nginx on {CLOUD_GATEWAY_PORT} (HTTP) and {CLOUD_GATEWAY_TLS_PORT} "
+        "(HTTPS) in front of every cloud-api replica (nginx/cloud-gateway.conf.template). It "
+        "re-resolves cloud-api every few seconds, so replicas that `--scale` adds or removes need no "
+        "restart of it.",
+        notes=_frozen(
+            {
+                "volumes": "Its certificate and key: self-signed at first start, or put yours there "
+                "(same file names).",
+                "healthcheck": "Answered by a replica: healthy once the gateway reaches one.",
+            }
+        ),
+    ),
 )
 
 CLOUD_WORKER_SERVICE = Service(
@@ -430,10 +548,15 @@ CLOUD_WORKER_SERVICE = Service(
     argv=("python", "-m", "cloud.worker"),
     environment=_frozen(_CLOUD_COMMON),
     volumes=_frozen({CLOUD_DATA: "cloud-data"}),
-    # The API's prestart migrates the schema the worker uses.
     depends_on=(CLOUD_API,),
     dockerfile="docker/cloud-worker.Dockerfile",
     local_environment=_frozen(_CLOUD_LOCAL),
+    compose=ComposeOptions(
+        stop_grace_period="30s",
+        stop_reason="SIGTERM ends the loop after the step under way (an export may take a while).",
+        init=True,
+        notes=_frozen({"depends_on": "The API's prestart migrates the schema first."}),
+    ),
 )
 
 # Leases training jobs from the API (GPU reserved in compose; CUDA when present, else the CPU).
@@ -455,10 +578,16 @@ TRAINER_SERVICE = Service(
     volumes=_frozen({TRAINER_DATA: "trainer-data", CLOUD_DATA: "cloud-data"}),
     depends_on=(CLOUD_API,),
     dockerfile="docker/trainer.Dockerfile",
+    compose=ComposeOptions(
+        stop_grace_period="60s",
+        stop_reason="SIGTERM stops a job at its next epoch and hands its lease back to the cloud.",
+        init=True,
+        read_only=_frozen({CLOUD_DATA: "Only for the trainer token the API's first start writes there."}),
+    ),
 )
 
-# Compose only (profile "demo"): builds the demo bundles and registers their detectors in the cloud,
-# as `make run` does itself (launcher.run, cloud/app/seed_demo.py), so edges pull their models.
+# Compose only (profile "demo"), so that edges pull the demo models; `make run` does the same itself
+# (launcher.run).
 DEMO_DETECTORS_SERVICE = Service(
     name=DEMO_DETECTORS,
     argv=("demo-detectors",),
@@ -476,6 +605,12 @@ DEMO_DETECTORS_SERVICE = Service(
     one_shot=True,
     profiles=("demo",),
     local=False,
+    compose=ComposeOptions(
+        stop_grace_period="30s",
+        about='Profile "demo": trains the demo bundles (once: they stay in the demo-models volume) and '
+        "registers their detectors and production models in the cloud, as `make run` does "
+        "(cloud/app/seed_demo.py).",
+    ),
 )
 
 # Everything each compose file declares, jobs and optional services included.
@@ -496,8 +631,11 @@ CLOUD_SERVICES: tuple[Service, ...] = (
     TRAINER_SERVICE,
     DEMO_DETECTORS_SERVICE,
 )
+# The compose file of each stack (launcher.compose writes them, and the GPU override of the cloud's).
+EDGE_COMPOSE_FILE = "docker-compose.edge.yml"
+CLOUD_COMPOSE_FILE = "docker-compose.cloud.yml"
 COMPOSE_FILES: Mapping[str, tuple[Service, ...]] = MappingProxyType(
-    {"docker-compose.edge.yml": EDGE_SERVICES, "docker-compose.cloud.yml": CLOUD_SERVICES}
+    {EDGE_COMPOSE_FILE: EDGE_SERVICES, CLOUD_COMPOSE_FILE: CLOUD_SERVICES}
 )
 
 # What `make run` runs, in start order (each service after everything it depends on that runs

@@ -1,20 +1,26 @@
-"""The compose files run exactly what launcher/services.py declares (and the launcher runs locally).
+"""The compose files are what launcher/compose.py writes from launcher/services.py, and run what it declares.
 
-docker-compose.edge.yml holds EDGE_SERVICES and docker-compose.cloud.yml CLOUD_SERVICES; both are
-compared value by value: command, environment, published ports, volumes, start order, health checks
-and profiles, plus each service's Dockerfile CMD or stock image.
+`python -m launcher.compose --check` must find nothing to change (regenerate with `make compose`). The
+files as written are then compared with the services value by value (command, environment, published
+ports, volumes, start order, health checks and profiles, plus each service's Dockerfile CMD or stock
+image): the generator's own checks, and what the launcher runs locally.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from launcher import compose
 from launcher.gateway import PLACEHOLDERS, TEMPLATE_PATH
 from launcher.local import LocalLayout, local_services
 from launcher.services import (
@@ -34,6 +40,64 @@ COMPOSE: dict[str, dict[str, Any]] = {
 }
 CASES = [(file, service) for file, services in COMPOSE_FILES.items() for service in services]
 IDS = [service.name for _, service in CASES]
+
+
+GENERATED = [*COMPOSE_FILES, compose.GPU_COMPOSE_FILE]
+
+
+# --- generated -----------------------------------------------------------------------------------------
+
+
+def test_the_files_on_disk_are_what_make_compose_writes():
+    differences = compose.stale(REPO)
+
+    assert differences == {}, "run `make compose`:\n" + "".join(differences.values())
+    assert sorted(compose.render_all()) == sorted(GENERATED)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_each_file_says_first_that_it_is_generated_and_by_what(name):
+    first = (REPO / name).read_text().splitlines()[0]
+
+    assert first == compose.GENERATED
+    assert "launcher/services.py" in first and "`python -m launcher.compose`" in first
+
+
+def test_check_exits_1_and_says_what_differs(tmp_path, capsys):
+    for name in GENERATED:
+        shutil.copy(REPO / name, tmp_path / name)
+    edge = tmp_path / "docker-compose.edge.yml"
+    edge.write_text(edge.read_text().replace("stop_grace_period: 35s", "stop_grace_period: 5s"))
+    (tmp_path / compose.GPU_COMPOSE_FILE).unlink()
+
+    assert compose.main(["--check", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "docker-compose.edge.yml is not what launcher/services.py makes of it" in err
+    assert "\n-    stop_grace_period: 5s\n+    stop_grace_period: 35s\n" in err
+    assert f"{compose.GPU_COMPOSE_FILE} is missing" in err
+    assert "docker-compose.cloud.yml" not in err
+
+    assert compose.main(["--root", str(tmp_path)]) == 0
+    assert compose.main(["--check", "--root", str(tmp_path)]) == 0
+    assert edge.read_text() == (REPO / "docker-compose.edge.yml").read_text()
+
+
+def test_the_module_writes_the_same_bytes_in_another_process(tmp_path):
+    # Another hash seed: no set or dict order of the interpreter's leaks into the files.
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher.compose", "--root", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert {name: (tmp_path / name).read_text() for name in GENERATED} == compose.render_all()
+
+
+# --- the files against the services --------------------------------------------------------------------
 
 
 def compose_service(file: str, name: str) -> dict[str, Any]:
