@@ -14,11 +14,10 @@ from starlette.responses import RedirectResponse, Response
 
 from cloud.app.auth import SESSION_COOKIE
 from cloud.app.core import edge_accuracy, hubs, notifications, review_queue, review_stats, web_sessions
-from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep, StateDep
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.fields import ID_PATTERN
-from cloud.app.web.pages import PageUser, safe_next
+from cloud.app.web.pages import PageUser, admins_only, safe_next
 from cloud.app.web.pages import render as _page
 from cloud.app.web.pages import to_login as _to_login
 
@@ -167,15 +166,8 @@ async def edges_page(request: Request, session: SessionDep, state: StateDep, use
     """Administrators: every edge, online or not, its outbox and the versions it serves."""
     if user is None:
         return _to_login(request)
-    if user.role is not Role.ADMIN:
-        return _page(
-            request,
-            "error.html",
-            user,
-            status_code=403,
-            title="Administrators only",
-            message="The edges page is for administrators.",
-        )
+    if (refused := admins_only(request, user, "edges")) is not None:
+        return refused
     window_s = state.settings.edge_online_window_s
     rows = await hubs.edge_rows(session, window_s)
     return _page(request, "edges.html", user, edges=rows, online_window_s=window_s, nav="edges")

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from cloud.app.core import users
 from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep
-from cloud.app.web.pages import PageUser, render, to_login
+from cloud.app.web.pages import PageUser, admins_only, render, to_login
 
 router = APIRouter(prefix="", tags=["web"], include_in_schema=False)
 
@@ -22,15 +22,8 @@ async def users_page(request: Request, session: SessionDep, user: PageUser) -> R
     """Every account with its live token count, and every token (newest first), revoked ones too."""
     if user is None:
         return to_login(request)
-    if user.role is not Role.ADMIN:
-        return render(
-            request,
-            "error.html",
-            user,
-            status_code=403,
-            title="Administrators only",
-            message="The users page is for administrators.",
-        )
+    if (refused := admins_only(request, user, "users")) is not None:
+        return refused
     accounts = await users.list_users_with_token_counts(session)
     tokens = list(reversed(await users.list_tokens(session)))
     return render(

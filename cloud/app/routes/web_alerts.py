@@ -10,10 +10,10 @@ from starlette.responses import Response
 
 from cloud.app.core import alert_rules, notifications, webhooks
 from cloud.app.core.notifications import EventKind
-from cloud.app.db.models import Detector, Role
+from cloud.app.db.models import Detector
 from cloud.app.deps import SessionDep
 from cloud.app.schemas.alerts import NotificationPublic, WebhookPublic
-from cloud.app.web.pages import PageUser, render, to_login
+from cloud.app.web.pages import PageUser, admins_only, render, to_login
 from common.wire.alerts import AlertCondition
 
 router = APIRouter(prefix="", tags=["web"], include_in_schema=False)
@@ -31,15 +31,8 @@ EVENT_NAMES = {
 async def alerts_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     if user is None:
         return to_login(request)
-    if user.role is not Role.ADMIN:
-        return render(
-            request,
-            "error.html",
-            user,
-            status_code=403,
-            title="Administrators only",
-            message="The alerts page is for administrators.",
-        )
+    if (refused := admins_only(request, user, "alerts")) is not None:
+        return refused
     detectors = (
         (await session.execute(select(Detector).where(Detector.deleted_at.is_(None)).order_by(Detector.name)))
         .scalars()

@@ -18,6 +18,7 @@ from starlette.types import ExceptionHandler
 
 from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
 from cloud.app.core import web_sessions
+from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
@@ -84,6 +85,14 @@ def render(
     request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any
 ) -> Response:
     return TEMPLATES.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
+
+
+def admins_only(request: Request, user: Principal, page: str) -> Response | None:
+    """The 403 page for anyone but an administrator (None: go on and render)."""
+    if user.role is Role.ADMIN:
+        return None
+    message = f"The {page} page is for administrators."
+    return render(request, "error.html", user, status_code=403, title="Administrators only", message=message)
 
 
 PAGE_PREFIX = "/ui"

@@ -2,29 +2,7 @@
 // threshold and patience and delete it (detector page), through the same API the SDK uses.
 (function () {
   "use strict";
-
-  async function send(method, url, body) {
-    const resp = await fetch(url, {
-      method,
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", accept: "application/json" },
-      body: JSON.stringify(body),
-    });
-    let data = null;
-    try {
-      data = await resp.json();
-    } catch (err) {
-      data = null;
-    }
-    const detail = data && data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)) : "";
-    return { ok: resp.ok, status: resp.status, data, detail };
-  }
-
-  function say(id, text, kind) {
-    const el = document.getElementById(id);
-    el.textContent = text;
-    el.className = "status" + (kind ? " " + kind : "");
-  }
+  const { send, say } = window.IO;
 
   // A note left by the page before a navigation (a deleted detector), shown once at the top.
   const NOTE = "io-note";

@@ -5,32 +5,9 @@
 
   const page = document.getElementById("alerts-page");
   if (!page) return;
+  const { send } = window.IO;
 
-  async function send(method, url, body) {
-    const resp = await fetch(url, {
-      method,
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", accept: "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    let data = null;
-    try {
-      data = await resp.json();
-    } catch (err) {
-      data = null;
-    }
-    let detail = "";
-    if (data && data.detail) {
-      detail = typeof data.detail === "string" ? data.detail : data.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-    }
-    return { ok: resp.ok, status: resp.status, data, detail };
-  }
-
-  function say(text, kind) {
-    const el = document.getElementById("alerts-status");
-    el.textContent = text;
-    el.className = "status" + (kind ? " " + kind : "");
-  }
+  const say = (text, kind) => window.IO.say("alerts-status", text, kind);
 
   async function act(method, url, body, done) {
     const r = await send(method, url, body);

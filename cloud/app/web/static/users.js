@@ -6,40 +6,10 @@
 (() => {
   const root = document.getElementById("users-page");
   if (!root) return;
+  const { send, say } = window.IO;
   const NOTE = "io-note"; // survives the reload (admin.js shows the detector-deleted note the same way)
   const PASSWORD_ROLES = (root.dataset.passwordRoles || "").split(",");
   const API = "/api/v1/admin";
-
-  async function send(method, url, body) {
-    let resp;
-    try {
-      resp = await fetch(url, {
-        method,
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json", accept: "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (err) {
-      return { ok: false, status: 0, data: null, detail: "cannot reach the cloud; try again" };
-    }
-    if (resp.status === 401) {
-      window.location.assign("/login");
-    }
-    let data = null;
-    try {
-      data = await resp.json();
-    } catch (err) {
-      data = null;
-    }
-    const detail = data && data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)) : "";
-    return { ok: resp.ok, status: resp.status, data, detail };
-  }
-
-  function say(id, text, kind) {
-    const el = document.getElementById(id);
-    el.textContent = text;
-    el.className = "status" + (kind ? " " + kind : "");
-  }
 
   function reloadWith(note) {
     window.sessionStorage.setItem(NOTE, note);
