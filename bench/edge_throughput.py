@@ -905,6 +905,103 @@ def measure_fanout(
     return result
 
 
+def _lite0_by_concurrency(
+    stack: BenchStack,
+    local: InProcess,
+    bundle: BenchBundle,
+    concurrencies: Sequence[int],
+    protocol: MeasurementProtocol,
+    args: argparse.Namespace,
+    cooldown: Cooldown,
+    out: dict[str, Any],
+) -> None:
+    """(a) in-process and (b) through the chain at each concurrency, alternated so drift hits both."""
+    for c in concurrencies:
+        res = local.measure(c, protocol, stack.pid_groups())
+        out["in_process"][str(c)] = res
+        log(f"  (a) in-process lite0  c={c:<3} {_short(res)}")
+        cooldown.wait()
+        before = inference_counters(stack)
+        res = measure_http(
+            stack,
+            stack.gateway_port,
+            f"{SUBMIT_PATH}?detector_id={bundle.detector_id}",
+            bundle,
+            c,
+            protocol,
+            args.client,
+            timings_from_server_timing,
+            edge_breakdown,
+        )
+        cooldown.done()
+        res["inference_counters"] = _delta(inference_counters(stack), before)
+        out["chain"][str(c)] = res
+        log(f"  (b) chain      lite0  c={c:<3} {_short(res)}")
+
+
+def _lite0_multi_detector(
+    stack: BenchStack,
+    frames: Sequence[bytes],
+    multi_c: int,
+    protocol: MeasurementProtocol,
+    cooldown: Cooldown,
+    into: dict[str, Any],
+) -> None:
+    """One image asked of one detector vs of all of them, through the chain and straight to inference:
+    what the shared backbone saves."""
+    targets: dict[str, tuple[int, Callable[[str], str]]] = {
+        "chain": (stack.gateway_port, lambda d: f"{SUBMIT_PATH}?detector_id={d}"),
+        "inference_direct": (stack.inference_port, lambda d: f"/infer?detector_id={d}"),
+    }
+    for name, (port, path_for) in targets.items():
+        runs: dict[str, dict[str, Any]] = {}
+        for n in (1, len(LITE0_DETECTORS)):
+            cooldown.wait()
+            res = measure_fanout(stack, port, path_for, LITE0_DETECTORS[:n], frames, multi_c, protocol)
+            cooldown.done()
+            runs[str(n)] = res
+            log(f"  multi {name:<16} detectors={n} c={multi_c:<3} {_short(res)} (images/s)")
+        one, many = runs["1"]["throughput_rps"], runs[str(len(LITE0_DETECTORS))]["throughput_rps"]
+        ratio = round(one / many, 3) if one and many else None
+        cpu_one = _chain_cpu_ms(runs["1"])
+        cpu_many = _chain_cpu_ms(runs[str(len(LITE0_DETECTORS))])
+        cpu_ratio = round(cpu_many / cpu_one, 3) if cpu_one and cpu_many else None
+        into[name] = {
+            "by_detectors": runs,
+            "cost_ratio": ratio,
+            "cpu_cost_ratio": cpu_ratio,
+        }
+
+
+def _lite0_ratios(out: dict[str, Any]) -> None:
+    """Chain over in-process, in throughput and in CPU per request: the cost of the service hops."""
+    out["ratio_by_concurrency"] = {
+        c: round(out["chain"][c]["throughput_rps"] / a["throughput_rps"], 3)
+        for c, a in out["in_process"].items()
+        if c in out["chain"] and a["throughput_rps"]
+    }
+    out["cpu_ms_per_request_by_concurrency"] = {
+        c: {"in_process": _inproc_cpu_ms(a), "chain": _chain_cpu_ms(out["chain"].get(c, {}))}
+        for c, a in out["in_process"].items()
+    }
+    out["cpu_ratio_by_concurrency"] = {
+        c: round(v["in_process"] / v["chain"], 3)
+        for c, v in out["cpu_ms_per_request_by_concurrency"].items()
+        if v["in_process"] and v["chain"]
+    }
+
+
+def _lite0_errors(out: dict[str, Any]) -> int:
+    """Every failed request of the Lite0 runs, warm-up included: any is a reason to distrust the rates."""
+    errors: int = sum(r["errors_including_warmup"] for r in out["chain"].values())
+    errors += sum(
+        r["errors_including_warmup"]
+        for multi in out["multi_detector"].values()
+        for r in multi["by_detectors"].values()
+    )
+    return errors
+
+
 def run_lite0(args: argparse.Namespace) -> dict[str, Any]:
     """Lite0 split bundles: in-process vs chain per concurrency, then the cost of asking one image of
     three detectors on the backbone against asking it of one."""
@@ -950,73 +1047,12 @@ def run_lite0(args: argparse.Namespace) -> dict[str, Any]:
             local = InProcess(model_root, bundle, threads)
             provider = local.provider
             try:
-                for c in concurrencies:
-                    res = local.measure(c, protocol, stack.pid_groups())
-                    out["in_process"][str(c)] = res
-                    log(f"  (a) in-process lite0  c={c:<3} {_short(res)}")
-                    cooldown.wait()
-                    before = inference_counters(stack)
-                    res = measure_http(
-                        stack,
-                        stack.gateway_port,
-                        f"{SUBMIT_PATH}?detector_id={bundle.detector_id}",
-                        bundle,
-                        c,
-                        protocol,
-                        args.client,
-                        timings_from_server_timing,
-                        edge_breakdown,
-                    )
-                    cooldown.done()
-                    res["inference_counters"] = _delta(inference_counters(stack), before)
-                    out["chain"][str(c)] = res
-                    log(f"  (b) chain      lite0  c={c:<3} {_short(res)}")
+                _lite0_by_concurrency(stack, local, bundle, concurrencies, protocol, args, cooldown, out)
             finally:
                 local.close()
-            targets: dict[str, tuple[int, Callable[[str], str]]] = {
-                "chain": (stack.gateway_port, lambda d: f"{SUBMIT_PATH}?detector_id={d}"),
-                "inference_direct": (stack.inference_port, lambda d: f"/infer?detector_id={d}"),
-            }
-            for name, (port, path_for) in targets.items():
-                runs: dict[str, dict[str, Any]] = {}
-                for n in (1, len(LITE0_DETECTORS)):
-                    cooldown.wait()
-                    res = measure_fanout(
-                        stack, port, path_for, LITE0_DETECTORS[:n], frames, multi_c, protocol
-                    )
-                    cooldown.done()
-                    runs[str(n)] = res
-                    log(f"  multi {name:<16} detectors={n} c={multi_c:<3} {_short(res)} (images/s)")
-                one, many = runs["1"]["throughput_rps"], runs[str(len(LITE0_DETECTORS))]["throughput_rps"]
-                ratio = round(one / many, 3) if one and many else None
-                cpu_one = _chain_cpu_ms(runs["1"])
-                cpu_many = _chain_cpu_ms(runs[str(len(LITE0_DETECTORS))])
-                cpu_ratio = round(cpu_many / cpu_one, 3) if cpu_one and cpu_many else None
-                out["multi_detector"][name] = {
-                    "by_detectors": runs,
-                    "cost_ratio": ratio,
-                    "cpu_cost_ratio": cpu_ratio,
-                }
-    out["ratio_by_concurrency"] = {
-        c: round(out["chain"][c]["throughput_rps"] / a["throughput_rps"], 3)
-        for c, a in out["in_process"].items()
-        if c in out["chain"] and a["throughput_rps"]
-    }
-    out["cpu_ms_per_request_by_concurrency"] = {
-        c: {"in_process": _inproc_cpu_ms(a), "chain": _chain_cpu_ms(out["chain"].get(c, {}))}
-        for c, a in out["in_process"].items()
-    }
-    out["cpu_ratio_by_concurrency"] = {
-        c: round(v["in_process"] / v["chain"], 3)
-        for c, v in out["cpu_ms_per_request_by_concurrency"].items()
-        if v["in_process"] and v["chain"]
-    }
-    errors = sum(r["errors_including_warmup"] for r in out["chain"].values())
-    errors += sum(
-        r["errors_including_warmup"]
-        for multi in out["multi_detector"].values()
-        for r in multi["by_detectors"].values()
-    )
+            _lite0_multi_detector(stack, frames, multi_c, protocol, cooldown, out["multi_detector"])
+    _lite0_ratios(out)
+    errors = _lite0_errors(out)
     out["setup"] = {
         "concurrency": concurrencies,
         "multi_concurrency": multi_c,

@@ -163,6 +163,27 @@ class _Record:
     timings: list[dict[str, float] | None] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
+    def add(self, sample: Sample, t0: float, t1: float) -> None:
+        """One finished call, in completion order (the windows are slices of these lists)."""
+        self.done.append(t1)
+        self.latency.append(t1 - t0)
+        self.ok.append(sample.ok)
+        self.timings.append(sample.timings)
+        if not sample.ok:
+            key = sample.error or f"HTTP {sample.status}"
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+
+@dataclass
+class _Windows:
+    """Window boundaries (perf_counter), CPU snapshots at them, the first completion index of each
+    window, and each window's throughput."""
+
+    boundaries: list[float]
+    snapshots: list[CpuSnapshot]
+    starts: list[int]
+    rates: list[float] = field(default_factory=list)
+
 
 def _pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
     if len(values) == 0:
@@ -202,55 +223,61 @@ async def measure(
                 sample = await call()
             except Exception as exc:  # a caller never raises on purpose; count it, keep going
                 sample = Sample(False, 0, None, f"{type(exc).__name__}: {exc}")
-            t1 = clock()
-            rec.done.append(t1)
-            rec.latency.append(t1 - t0)
-            rec.ok.append(sample.ok)
-            rec.timings.append(sample.timings)
-            if not sample.ok:
-                key = sample.error or f"HTTP {sample.status}"
-                rec.errors[key] = rec.errors.get(key, 0) + 1
+            rec.add(sample, t0, clock())
 
     tasks = [asyncio.create_task(worker(c)) for c in callers]
     try:
         await asyncio.sleep(protocol.warmup_s)
         if on_windows:
             on_windows[0]()
-        boundaries = [time.perf_counter()]
-        snapshots = [cpu.snapshot()] if cpu else []
-        starts = [len(rec.done)]
-        rates: list[float] = []
-        while len(rates) < protocol.max_windows:
-            await asyncio.sleep(protocol.window_s)
-            boundaries.append(time.perf_counter())
-            if cpu:
-                snapshots.append(cpu.snapshot())
-            # Completions are appended in time order (one event loop), so a window is a slice.
-            end = len(rec.done)
-            while end > starts[-1] and rec.done[end - 1] >= boundaries[-1]:
-                end -= 1
-            starts.append(end)
-            rates.append((starts[-1] - starts[-2]) / (boundaries[-1] - boundaries[-2]))
-            if _window_throughputs_stable(rates, protocol.stable_windows, protocol.tolerance):
-                break
-            if all(t.done() for t in tasks):
-                break
+        win = await _measure_windows(rec, tasks, protocol, cpu)
         if on_windows:
             on_windows[1]()
     finally:
         stopping = True
-        _, pending = await asyncio.wait(tasks, timeout=30)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(c.aclose() for c in callers), return_exceptions=True)
+        await _stop(tasks, callers)
+    return _summary(rec, win, protocol, len(callers), cpu, breakdown)
 
-    stable = _window_throughputs_stable(rates, protocol.stable_windows, protocol.tolerance)
-    used = min(protocol.stable_windows, len(rates))
-    lo, hi = starts[-used - 1], starts[-1]
-    span = boundaries[-1] - boundaries[-used - 1]
-    lat_ms = np.asarray(rec.latency[lo:hi]) * 1e3
-    ok = np.asarray(rec.ok[lo:hi], dtype=bool)
+
+async def _measure_windows(
+    rec: _Record, tasks: Sequence[asyncio.Task[None]], protocol: MeasurementProtocol, cpu: CpuMeter | None
+) -> _Windows:
+    """Fixed windows until the last few agree on throughput (or max_windows, or every caller died)."""
+    win = _Windows(
+        boundaries=[time.perf_counter()],
+        snapshots=[cpu.snapshot()] if cpu else [],
+        starts=[len(rec.done)],
+    )
+    boundaries, starts, rates = win.boundaries, win.starts, win.rates
+    while len(rates) < protocol.max_windows:
+        await asyncio.sleep(protocol.window_s)
+        boundaries.append(time.perf_counter())
+        if cpu:
+            win.snapshots.append(cpu.snapshot())
+        # Completions are appended in time order (one event loop), so a window is a slice.
+        end = len(rec.done)
+        while end > starts[-1] and rec.done[end - 1] >= boundaries[-1]:
+            end -= 1
+        starts.append(end)
+        rates.append((starts[-1] - starts[-2]) / (boundaries[-1] - boundaries[-2]))
+        if _window_throughputs_stable(rates, protocol.stable_windows, protocol.tolerance):
+            break
+        if all(t.done() for t in tasks):
+            break
+    return win
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]], callers: Sequence[Caller]) -> None:
+    """Let in-flight calls finish (30 s at most), then close every caller's connection."""
+    _, pending = await asyncio.wait(tasks, timeout=30)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(c.aclose() for c in callers), return_exceptions=True)
+
+
+def _window_rows(rec: _Record, rates: list[float], starts: list[int]) -> list[dict[str, Any]]:
+    """Every window, stable or not, so a reader can see how the run settled."""
     windows = []
     for i, rate in enumerate(rates):
         a, b = starts[i], starts[i + 1]
@@ -263,9 +290,46 @@ async def measure(
                 "p50_ms": _pct(w_lat, 50),
             }
         )
+    return windows
+
+
+def _add_reported_timings(
+    result: dict[str, Any],
+    lat_ms: np.ndarray,
+    timings: list[dict[str, float] | None],
+    ok: np.ndarray,
+    breakdown: Callable[[float, dict[str, float]], dict[str, float]] | None,
+) -> None:
+    """Medians of what the successful calls reported about themselves (and of their breakdown)."""
+    timed = [(lat, t) for lat, t, good_ in zip(lat_ms, timings, ok, strict=True) if good_ and t]
+    if timed:
+        names = sorted({k for _, t in timed for k in t})
+        result["reported_timings_p50_ms"] = {k: _pct([t[k] for _, t in timed if k in t], 50) for k in names}
+        if breakdown is not None:
+            parts = [breakdown(float(lat), t) for lat, t in timed]
+            result["breakdown_p50_ms"] = {k: _pct([p[k] for p in parts], 50) for k in parts[0]}
+
+
+def _summary(
+    rec: _Record,
+    win: _Windows,
+    protocol: MeasurementProtocol,
+    concurrency: int,
+    cpu: CpuMeter | None,
+    breakdown: Callable[[float, dict[str, float]], dict[str, float]] | None,
+) -> dict[str, Any]:
+    """Throughput and latency from the stable windows only; the warm-up and early windows are left out."""
+    boundaries, starts, rates, snapshots = win.boundaries, win.starts, win.rates, win.snapshots
+    stable = _window_throughputs_stable(rates, protocol.stable_windows, protocol.tolerance)
+    used = min(protocol.stable_windows, len(rates))
+    lo, hi = starts[-used - 1], starts[-1]
+    span = boundaries[-1] - boundaries[-used - 1]
+    lat_ms = np.asarray(rec.latency[lo:hi]) * 1e3
+    ok = np.asarray(rec.ok[lo:hi], dtype=bool)
+    windows = _window_rows(rec, rates, starts)
     good = lat_ms[ok] if len(lat_ms) else lat_ms
     result: dict[str, Any] = {
-        "concurrency": len(callers),
+        "concurrency": concurrency,
         "stabilized": stable,
         "windows_measured": len(rates),
         "windows_used": used,
@@ -281,13 +345,7 @@ async def measure(
         "windows": windows,
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
     }
-    timed = [(lat, t) for lat, t, good_ in zip(lat_ms, rec.timings[lo:hi], ok, strict=True) if good_ and t]
-    if timed:
-        names = sorted({k for _, t in timed for k in t})
-        result["reported_timings_p50_ms"] = {k: _pct([t[k] for _, t in timed if k in t], 50) for k in names}
-        if breakdown is not None:
-            parts = [breakdown(float(lat), t) for lat, t in timed]
-            result["breakdown_p50_ms"] = {k: _pct([p[k] for p in parts], 50) for k in parts[0]}
+    _add_reported_timings(result, lat_ms, rec.timings[lo:hi], ok, breakdown)
     if cpu and snapshots:
         result["cpu"] = CpuMeter.between(snapshots[-used - 1], snapshots[-1], hi - lo)
     return result

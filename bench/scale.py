@@ -696,6 +696,112 @@ def camera_images() -> list[bytes]:
     return [image for image, _ in demo_digit_images(8)] + list(out_of_domain_images(4))
 
 
+def _steady(
+    plan: Plan,
+    cloud: CloudReplicas,
+    edges: list[ScaledEdge],
+    images: list[bytes],
+    database: TestDatabase,
+    pg_cpu: PostgresCpu,
+    ledger: Ledger,
+) -> dict[str, Any]:
+    """1. Steady escalation, then its leftovers drained so the outage starts from empty outboxes."""
+    log(f"steady: {plan.rate:g} escalating queries/s over {plan.edges} edges")
+    meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
+    steady = run(
+        functools.partial(steady_phase, edges, images, database.url, plan.rate, plan.steady, meter, ledger)
+    )
+    leftovers = run(
+        functools.partial(
+            wait_drained, edges, database.url, len(ledger.escalated_ids()), 120.0, "steady leftovers"
+        )
+    )
+    steady["drained_after"] = leftovers.drained
+    log(
+        f"  {steady['escalations_per_s']} escalations/s; edge p95 "
+        f"{steady['edge_answers']['p95_ms']} ms; errors {steady['edge_answers']['errors']}"
+    )
+    return steady
+
+
+def _outage(
+    plan: Plan,
+    cloud: CloudReplicas,
+    edges: list[ScaledEdge],
+    images: list[bytes],
+    pg_cpu: PostgresCpu,
+    ledger: Ledger,
+) -> dict[str, Any]:
+    """2a. Every replica down while cameras keep sending: the edges must answer and queue."""
+    log(f"outage: every replica stopped; {plan.outage_rate:g} queries/s for {plan.outage_s:g} s")
+    stop_replicas(cloud)
+    meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
+    outage = run(
+        functools.partial(outage_traffic, edges, images, plan.outage_rate, plan.outage_s, meter, ledger)
+    )
+    log(
+        f"  backlog {outage['backlog']}; edge p95 {outage['edge_answers']['p95_ms']} ms; "
+        f"errors {outage['edge_answers']['errors']}"
+    )
+    return outage
+
+
+def _drain(
+    plan: Plan,
+    cloud: CloudReplicas,
+    edges: list[ScaledEdge],
+    database: TestDatabase,
+    pg_cpu: PostgresCpu,
+    ledger: Ledger,
+) -> dict[str, Any]:
+    """2b. The replicas back: how fast the edges' backlog reaches the cloud."""
+    log("drain: every replica started again")
+    drain = run(
+        functools.partial(
+            restart_and_drain,
+            cloud,
+            edges,
+            database.url,
+            plan.drain_timeout_s,
+            pg_cpu,
+            len(ledger.escalated_ids()),
+        )
+    )
+    log(
+        f"  {drain['escalations_drained']} escalations in {drain['drain_s']} s = "
+        f"{drain['drain_per_s']}/s" + ("" if drain["drained"] else " (NOT drained: timed out)")
+    )
+    return drain
+
+
+def _review(
+    plan: Plan,
+    cloud: CloudReplicas,
+    edges: list[ScaledEdge],
+    database: TestDatabase,
+    pg_cpu: PostgresCpu,
+) -> dict[str, Any]:
+    """3. The review rate through the gateway, with the queue's no-double-assignment check."""
+    factory = CloudFactory(database.url, cloud.data_dir / "blobs")
+    reviewers = [factory.reviewer() for _ in range(plan.reviewers)]
+    cookies = [run(functools.partial(_login, cloud.url, r.username, r.password)) for r in reviewers]
+    detector_id = factory.detector(name=f"scale-{plan.reviewers}-reviewers")
+    log(f"review: seeding {plan.items} items for {plan.reviewers} reviewer(s)...")
+    factory.review_items(detector_id, plan.items)
+    meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
+    review, review_ledger = run(
+        functools.partial(measure_reviewers, cloud.server(), cookies, detector_id, plan.review, meter)
+    )
+    review_checks = run(
+        functools.partial(
+            verify, database.url, {str(plan.reviewers): review_ledger}, [r.user_id for r in reviewers]
+        )
+    )
+    review["checks"] = review_checks
+    log(f"  {review['items_per_s']} items/s; double assignments {review_checks['double_assignments']}")
+    return review
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.from_args(args)
     started = dt.datetime.now(dt.UTC)
@@ -723,81 +829,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             setup_s = time.monotonic() - t0
             log(f"{plan.edges} edges up ({setup_s:.0f} s since the cloud started)")
 
-            # 1. steady escalation
-            log(f"steady: {plan.rate:g} escalating queries/s over {plan.edges} edges")
-            meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
-            steady = run(
-                functools.partial(
-                    steady_phase, edges, images, database.url, plan.rate, plan.steady, meter, ledger
-                )
-            )
-            leftovers = run(
-                functools.partial(
-                    wait_drained, edges, database.url, len(ledger.escalated_ids()), 120.0, "steady leftovers"
-                )
-            )
-            steady["drained_after"] = leftovers.drained
-            phases["steady"] = steady
-            log(
-                f"  {steady['escalations_per_s']} escalations/s; edge p95 "
-                f"{steady['edge_answers']['p95_ms']} ms; errors {steady['edge_answers']['errors']}"
-            )
-
-            # 2. outage, then drain
-            log(f"outage: every replica stopped; {plan.outage_rate:g} queries/s for {plan.outage_s:g} s")
-            stop_replicas(cloud)
-            meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
-            outage = run(
-                functools.partial(
-                    outage_traffic, edges, images, plan.outage_rate, plan.outage_s, meter, ledger
-                )
-            )
-            phases["outage"] = outage
-            log(
-                f"  backlog {outage['backlog']}; edge p95 {outage['edge_answers']['p95_ms']} ms; "
-                f"errors {outage['edge_answers']['errors']}"
-            )
-            log("drain: every replica started again")
-            drain = run(
-                functools.partial(
-                    restart_and_drain,
-                    cloud,
-                    edges,
-                    database.url,
-                    plan.drain_timeout_s,
-                    pg_cpu,
-                    len(ledger.escalated_ids()),
-                )
-            )
-            phases["drain"] = drain
-            log(
-                f"  {drain['escalations_drained']} escalations in {drain['drain_s']} s = "
-                f"{drain['drain_per_s']}/s" + ("" if drain["drained"] else " (NOT drained: timed out)")
-            )
+            phases["steady"] = _steady(plan, cloud, edges, images, database, pg_cpu, ledger)
+            phases["outage"] = _outage(plan, cloud, edges, images, pg_cpu, ledger)
+            phases["drain"] = _drain(plan, cloud, edges, database, pg_cpu, ledger)
             checks = run(functools.partial(exactly_once, database.url, ledger.escalated_ids(), edges))
             log(f"  lost {checks['lost']}, duplicated {checks['duplicated']}")
-
-            # 3. review rate through the gateway
-            factory = CloudFactory(database.url, cloud.data_dir / "blobs")
-            reviewers = [factory.reviewer() for _ in range(plan.reviewers)]
-            cookies = [run(functools.partial(_login, cloud.url, r.username, r.password)) for r in reviewers]
-            detector_id = factory.detector(name=f"scale-{plan.reviewers}-reviewers")
-            log(f"review: seeding {plan.items} items for {plan.reviewers} reviewer(s)...")
-            factory.review_items(detector_id, plan.items)
-            meter = BenchMeter(pid_groups(cloud, edges), pg_cpu)
-            review, review_ledger = run(
-                functools.partial(measure_reviewers, cloud.server(), cookies, detector_id, plan.review, meter)
-            )
-            review_checks = run(
-                functools.partial(
-                    verify, database.url, {str(plan.reviewers): review_ledger}, [r.user_id for r in reviewers]
-                )
-            )
-            review["checks"] = review_checks
-            phases["review"] = review
-            log(
-                f"  {review['items_per_s']} items/s; double assignments {review_checks['double_assignments']}"
-            )
+            phases["review"] = _review(plan, cloud, edges, database, pg_cpu)
             pg = run(functools.partial(postgres_settings, PG_ADMIN_URL))
         finally:
             log("stopping everything...")

@@ -210,6 +210,37 @@ _EVENTS: Mapping[str, Callable[[Mapping[str, Any]], str]] = {
 }
 
 
+def _chatter(
+    service: str, logger: str, msg: str, record: Mapping[str, Any], ts: float | None
+) -> Entry | None:
+    """Info lines of libraries and training steps: debug (or reworded), so the console shows the system."""
+    calling = _HTTPX_REQUEST.match(msg) if logger == "httpx" else None
+    if calling:
+        return Entry("debug", f"called {calling['method']} {calling['url']} -> {calling['status']}", ts)
+    if logger.startswith(("httpx", "httpcore", "uvicorn")):
+        return Entry("debug", msg + _fields(record), ts)
+    if logger.startswith("alembic"):
+        migration = _MIGRATION.match(msg)
+        if migration is None:
+            return Entry("debug", msg, ts)
+        return Entry("info", f"database migrated to {migration['target']} ({migration['what']})", ts)
+    if service == TRAINER and logger in _TRAINING_STEPS:
+        return Entry("debug", msg, ts)
+    return None
+
+
+def _event_text(level: Level, logger: str, msg: str, record: Mapping[str, Any]) -> tuple[Level, str]:
+    """The event in words of its own where it has them, else `msg (fields)`; a job's end sets the level."""
+    if msg == "job ended":
+        return _job_ended(record)
+    if msg in _EVENTS:
+        return level, _EVENTS[msg](record)
+    if logger.startswith("training.service") and record.get("job_id") and msg.startswith("["):
+        # The trainer's report of a job's progress (training.service.reporter): "[stage] message".
+        return level, f"training job {record['job_id']} {msg}"
+    return level, msg + _fields(record)
+
+
 def _event(service: str, record: Mapping[str, Any]) -> Entry:
     level = _LEVELS.get(str(record.get("level", "info")).lower(), "info")
     logger = str(record.get("logger", ""))
@@ -218,27 +249,10 @@ def _event(service: str, record: Mapping[str, Any]) -> Entry:
     if logger.endswith(".access") and msg == "request":
         return _access(record, ts)
     if level == "info":
-        calling = _HTTPX_REQUEST.match(msg) if logger == "httpx" else None
-        if calling:
-            return Entry("debug", f"called {calling['method']} {calling['url']} -> {calling['status']}", ts)
-        if logger.startswith(("httpx", "httpcore", "uvicorn")):
-            return Entry("debug", msg + _fields(record), ts)
-        if logger.startswith("alembic"):
-            migration = _MIGRATION.match(msg)
-            if migration is None:
-                return Entry("debug", msg, ts)
-            return Entry("info", f"database migrated to {migration['target']} ({migration['what']})", ts)
-        if service == TRAINER and logger in _TRAINING_STEPS:
-            return Entry("debug", msg, ts)
-    if msg == "job ended":
-        level, text = _job_ended(record)
-    elif msg in _EVENTS:
-        text = _EVENTS[msg](record)
-    elif logger.startswith("training.service") and record.get("job_id") and msg.startswith("["):
-        # The trainer's report of a job's progress (training.service.reporter): "[stage] message".
-        text = f"training job {record['job_id']} {msg}"
-    else:
-        text = msg + _fields(record)
+        chatter = _chatter(service, logger, msg, record, ts)
+        if chatter is not None:
+            return chatter
+    level, text = _event_text(level, logger, msg, record)
     if level in ("warning", "error"):
         text = f"{level}: {text}"
     exc = record.get("exc")

@@ -291,6 +291,32 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
     Only regular-file members named `manifest.json` or named by an item are read; links, devices
     and other files are ignored, and no path is ever extracted to disk.
     """
+    manifest_raw, blobs = _read_members(path, max_image_bytes)
+    manifest = _parse_manifest(path, manifest_raw)
+    images = _item_images(path, manifest, blobs)
+    matrices: dict[str, NDArray[np.float16]] = {}
+    for sha, entry in manifest.embeddings.items():
+        matrices[sha] = _embedding_matrix(path, entry, blobs.get(entry.file))
+    return DatasetExport(
+        manifest=manifest,
+        images=images,
+        source=str(path),
+        embeddings=matrices,
+        embedding_ids={sha: list(entry.image_query_ids) for sha, entry in manifest.embeddings.items()},
+    )
+
+
+def _member_limit(name: str, max_image_bytes: int) -> int:
+    """Each kind of member has its own size cap, so a hostile archive cannot exhaust memory."""
+    if name == MANIFEST_NAME:
+        return MAX_MANIFEST_BYTES
+    if name.startswith(EMBEDDINGS_DIR + "/"):
+        return MAX_EMBEDDINGS_BYTES
+    return max_image_bytes
+
+
+def _read_members(path: Path, max_image_bytes: int) -> tuple[bytes | None, dict[str, bytes]]:
+    """(manifest bytes, other wanted members by name) in one streaming pass: a .tar.gz cannot seek."""
     manifest_raw: bytes | None = None
     blobs: dict[str, bytes] = {}
     try:
@@ -299,13 +325,7 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
                 if not member.isfile():
                     continue
                 name = _member_name(member)
-                limit = (
-                    MAX_MANIFEST_BYTES
-                    if name == MANIFEST_NAME
-                    else MAX_EMBEDDINGS_BYTES
-                    if name.startswith(EMBEDDINGS_DIR + "/")
-                    else max_image_bytes
-                )
+                limit = _member_limit(name, max_image_bytes)
                 if not (
                     name == MANIFEST_NAME
                     or name.startswith(IMAGES_DIR + "/")
@@ -324,16 +344,25 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
                     blobs[name] = data
     except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ExportError(f"{path}: not a readable tar.gz: {exc}") from None
+    return manifest_raw, blobs
+
+
+def _parse_manifest(path: Path, manifest_raw: bytes | None) -> ExportManifest:
+    """The manifest, with the first validation error named by where it is (for whoever made the file)."""
     if manifest_raw is None:
         raise ExportError(f"{path}: {MANIFEST_NAME} is missing")
     try:
-        manifest = ExportManifest.model_validate_json(manifest_raw)
+        return ExportManifest.model_validate_json(manifest_raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ExportError(
             f"{path}: {MANIFEST_NAME} is invalid at {where or '<root>'}: {first['msg']}"
         ) from None
+
+
+def _item_images(path: Path, manifest: ExportManifest, blobs: dict[str, bytes]) -> dict[str, bytes]:
+    """image_query_id -> image bytes; an item naming an image the archive lacks is an error, not a skip."""
     images: dict[str, bytes] = {}
     for item in manifest.items:
         if item.image is None:
@@ -344,16 +373,7 @@ def read_export(path: Path, max_image_bytes: int = MAX_IMAGE_BYTES) -> DatasetEx
                 f"{path}: {item.image} (item {item.image_query_id}) is missing from the archive"
             )
         images[item.image_query_id] = blob
-    matrices: dict[str, NDArray[np.float16]] = {}
-    for sha, entry in manifest.embeddings.items():
-        matrices[sha] = _embedding_matrix(path, entry, blobs.get(entry.file))
-    return DatasetExport(
-        manifest=manifest,
-        images=images,
-        source=str(path),
-        embeddings=matrices,
-        embedding_ids={sha: list(entry.image_query_ids) for sha, entry in manifest.embeddings.items()},
-    )
+    return images
 
 
 def _embedding_matrix(path: Path, entry: ExportEmbeddingsEntry, blob: bytes | None) -> NDArray[np.float16]:

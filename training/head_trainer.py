@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from common.backbone import BackboneStore
+from common.backbone import BackboneRef, BackboneStore
 from common.bundle import OODD_FILE, BundleError, PredictorMetadata, read_metadata, write_split_bundle
 from common.confidence import in_domain_probability, softmax
 from common.imaging import ImageError, ImageLimits
@@ -44,10 +44,11 @@ from training.dataset_export import UNCLEAR, DatasetExport, ExportItem, item_spl
 from training.embeddings import Embedder
 from training.evaluation import Evaluation, OperatingPoint, evaluate_probabilities, operating_point
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
-from training.finetune import FineTuneOptions, describe, fine_tune_head
+from training.finetune import FineTuned, FineTuneOptions, describe, fine_tune_head
 from training.heads import FittedHead, HeadOptions, fit_head
 from training.oodd import (
     LowRankOodd,
+    NegativeCalibration,
     calibrate_with_negatives,
     fit_lowrank_oodd,
     in_domain_needed,
@@ -297,6 +298,306 @@ def _production_point(
     return point, None, labels_then
 
 
+@dataclass(frozen=True)
+class _FittedOodd:
+    oodd: LowRankOodd
+    oof_distances: NDArray[np.float64]
+    quantile: float
+    tightened: NegativeCalibration | None
+
+
+@dataclass(frozen=True)
+class _EvalSet:
+    ids: list[str]
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    probs: NDArray[np.float64]
+    q: NDArray[np.float64]
+    method: str
+
+
+def _train_device(options: TrainingOptions) -> str:
+    """Where torch fits: CUDA when asked for, or when `auto` finds one."""
+    return (
+        "cuda"
+        if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+
+
+def _fit_split(
+    data: _Data, labels: list[str], options: TrainingOptions
+) -> tuple[NDArray[np.bool_], bool, NDArray[np.bool_]]:
+    """(test mask, holdout?, fit mask): a held-out test split only when it is big enough and the rest
+    still has every class; otherwise every item is fitted and judged out of fold."""
+    present = np.unique(data.y)
+    if present.size < 2:
+        raise TrainingError(
+            f"a head needs labels of at least two classes; this export has {dict(Counter(labels[i] for i in data.y))}"
+        )
+    test_mask = np.array(
+        [item_split(i, options.val_fraction, options.test_fraction) == "test" for i in data.ids]
+    )
+    holdout = test_mask.sum() >= options.min_test_items and np.unique(data.y[~test_mask]).size == present.size
+    fit_mask = ~test_mask if holdout else np.ones(len(data.ids), dtype=bool)
+    return test_mask, bool(holdout), fit_mask
+
+
+def _fit_oodd(
+    head: FittedHead,
+    x_fit: NDArray[np.float32],
+    y_fit: NDArray[np.int64],
+    k: int,
+    unclear: _Data,
+    threshold: float,
+    options: TrainingOptions,
+) -> _FittedOodd:
+    """The OODD, calibrated on out-of-fold distances (honest), then tightened below UNCLEAR examples."""
+    feats_fit = head.features(x_fit)
+    fit_present, compact = np.unique(y_fit, return_inverse=True)
+    oof_distances = out_of_fold_distances(feats_fit, y_fit, head.folds, k, options.oodd_rank)
+    quantile = quantile_for(len(y_fit))
+    oodd = fit_lowrank_oodd(
+        feats_fit, compact, oof_distances, fit_present.size, options.oodd_rank, quantile=quantile
+    )
+    need = in_domain_needed(threshold, k)
+    tightened = (
+        calibrate_with_negatives(
+            oof_distances, oodd.distances(head.features(unclear.x)), need, quantile=quantile
+        )
+        if need is not None and len(unclear.ids) > 0
+        else None
+    )
+    if tightened is not None:
+        oodd = dataclasses.replace(oodd, threshold=tightened.threshold, scale=tightened.scale)
+    return _FittedOodd(oodd, oof_distances, quantile, tightened)
+
+
+def _eval_set(
+    head: FittedHead, fitted: _FittedOodd, data: _Data, test_mask: NDArray[np.bool_], holdout: bool
+) -> _EvalSet:
+    """The items the candidate is judged on, with its answers: held-out ones, else out-of-fold ones."""
+    oodd = fitted.oodd
+    if holdout:
+        eval_ids = [i for i, t in zip(data.ids, test_mask, strict=True) if t]
+        x_eval, y_eval = data.x[test_mask], data.y[test_mask]
+        probs = softmax(head.logits(x_eval), head.temperature)
+        q = oodd.in_domain(head.features(x_eval))
+        return _EvalSet(eval_ids, x_eval, y_eval, probs, q, "holdout")
+    probs = softmax(head.oof_logits, head.temperature)
+    q = in_domain_probability(fitted.oof_distances, oodd.threshold, oodd.scale)
+    return _EvalSet(list(data.ids), data.x, data.y, probs, q, "cross_validation")
+
+
+@dataclass(frozen=True)
+class _ProductionInputs:
+    """What evaluating production needs besides the evaluation items."""
+
+    spec: DetectorSpec
+    embedder: Embedder
+    store: BackboneStore
+    images: dict[str, bytes]
+    threshold: float
+
+
+def _judge_against_production(
+    export: DatasetExport,
+    options: TrainingOptions,
+    candidate: OperatingPoint,
+    ev: _EvalSet,
+    holdout: bool,
+    production_bundle: Path | None,
+    production: _ProductionInputs,
+    clock: _Clock,
+) -> tuple[OperatingPoint | None, str | None, int | None, PromotionDecision]:
+    """Production on the same items (when it can be judged fairly), then the promotion rule."""
+    point, production_error, production_labels = None, None, None
+    if production_bundle is not None:
+        clock.report("evaluate", f"production on the same {len(ev.ids)} items")
+        point, production_error, production_labels = _production_point(
+            production_bundle,
+            production.spec,
+            production.embedder,
+            production.store,
+            ev.x,
+            ev.y,
+            ev.ids,
+            production.images,
+            production.threshold,
+        )
+        if not holdout:  # cross-validated: production cannot be judged on items it may have learnt
+            point = None
+            production_error = None if production_labels is not None else production_error
+    decision = decide_at_threshold(
+        candidate,
+        point,
+        options.operating_policy(),
+        production_error=production_error,
+        # Counted as production's were (the export's label snapshot), not as the usable items.
+        candidate_labels=export.label_snapshot().count,
+        production_labels=production_labels if production_bundle is not None else None,
+    )
+    clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
+    return point, production_error, production_labels, decision
+
+
+def _data_info(
+    data: _Data, items: list[ExportItem], labels: list[str], ev: _EvalSet, n_fit: int
+) -> dict[str, Any]:
+    """What the job learnt from, for the bundle's lineage and the job's summary."""
+    counts = Counter(labels[i] for i in data.y)
+    median_side = int(np.median(data.sides)) if data.sides else None
+    return {
+        "items": len(items),
+        "used": len(data.ids),
+        "new_embeddings": len(data.new_ids),
+        "stored_embeddings": len(data.ids) - len(data.new_ids),
+        "skipped": data.skipped,
+        "per_label": {label: counts.get(label, 0) for label in labels},
+        "median_side": median_side,
+        "evaluation": ev.method,
+        "n_fit": n_fit,
+        "n_eval": len(ev.ids),
+    }
+
+
+def _head_metrics(
+    candidate: OperatingPoint,
+    production: OperatingPoint | None,
+    production_error: str | None,
+    evaluation: Evaluation,
+    decision: PromotionDecision,
+    head: FittedHead,
+    fitted: _FittedOodd,
+    unclear: _Data,
+    method: str,
+    clock: _Clock,
+) -> dict[str, Any]:
+    """The bundle's metrics: what the promotion rule saw, so a person can check its decision."""
+    oodd, tightened = fitted.oodd, fitted.tightened
+    return {
+        "engine": "head",
+        "operating_point": candidate.as_dict(),
+        "production_operating_point": production.as_dict() if production else None,
+        "production_error": production_error,
+        "evaluation": {"split": method, "candidate": evaluation.as_dict()},
+        "test_accuracy": evaluation.accuracy,
+        "test_balanced_accuracy": evaluation.balanced_accuracy,
+        "test_ece_after_temperature": evaluation.ece,
+        "promotion": decision.as_dict(),
+        "head": {**head.params, "candidates": head.candidates, "fit_seconds": round(head.seconds, 3)},
+        "oodd": {
+            "rank": int(oodd.components.shape[0]),
+            "shrinkage": oodd.shrinkage,
+            "quantile": fitted.quantile,
+            "unclear_examples": len(unclear.ids),
+            "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
+        },
+        # The clock's own dict: laps still to come (write) land in it before the metrics are written.
+        "timings_s": clock.marks,
+    }
+
+
+def _head_lineage(
+    export: DatasetExport,
+    options: TrainingOptions,
+    embedder: Embedder,
+    production: OperatingPoint | None,
+    parent_version: str | None,
+    data_info: dict[str, Any],
+    device: str,
+) -> dict[str, Any]:
+    """Where the version came from: enough to reproduce it and to trace it back to its labels."""
+    ref = embedder.backbone.ref
+    snapshot = export.label_snapshot()
+    return {
+        "parent_version": production.model_version if production is not None else parent_version,
+        "label_snapshot": snapshot.as_dict(),
+        "code": CODE_REF,
+        "code_version": code_version(),
+        "training_config": options.model_dump(mode="json"),
+        "backbone": {"id": ref.id, "sha256": ref.sha256, "weights_sha256": ref.weights_sha256},
+        "data": data_info,
+        "seed": options.seed,
+        "torch": torch.__version__,
+        "device": device,
+    }
+
+
+def _write_checked_bundle(
+    bundle_dir: Path,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+    embedder: Embedder,
+    metadata: PredictorMetadata,
+    store: BackboneStore,
+    head: FittedHead,
+    oodd: LowRankOodd,
+    x_check: NDArray[np.float32],
+) -> None:
+    """Write the bundle and load it back as an edge would; a bundle that fails is never left behind."""
+    try:
+        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
+        _check_in_runtime(bundle_dir, store, head, oodd, x_check)
+    except BaseException:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        raise
+
+
+def _fit_head_on(
+    x_fit: NDArray[np.float32],
+    y_fit: NDArray[np.int64],
+    k: int,
+    ref: BackboneRef,
+    device: str,
+    holdout: bool,
+    options: TrainingOptions,
+    clock: _Clock,
+) -> FittedHead:
+    """The head, told which embedding columns are channel statistics (the OODD reads those)."""
+    stats = ref.parts.get("stats")
+    columns = (int(stats[0]), int(stats[1])) if stats else None
+    head_opts = HeadOptions(folds=options.head_folds, seed=options.seed, device=device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    clock.report(
+        "train",
+        f"fitting a head on {len(y_fit)} embeddings ({'held-out test split' if holdout else 'cross-validated'})",
+    )
+    head = fit_head(x_fit, y_fit, k, head_opts, feature_columns=columns)
+    clock.lap("fit_head")
+    return head
+
+
+def _head_version(
+    export: DatasetExport,
+    embedder: Embedder,
+    spec: DetectorSpec,
+    head: FittedHead,
+    oodd: LowRankOodd,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+) -> str:
+    """The answers, the backbone, the labels and the moment: a retrain on the same labels is a new
+    version with its own record (its metadata differs), never a clash with an earlier upload."""
+    key = (
+        behaviour_key(embedder.backbone.pipeline, spec, head.temperature, oodd.calibration())
+        + embedder.backbone.ref.sha256.encode()
+        + export.label_snapshot().sha256.encode()
+        + str(time.time_ns()).encode()
+    )
+    return version_id(head_onnx, oodd_onnx, key)
+
+
+def _plot_head_reports(evaluation: Evaluation, reports_dir: Path, method: str, temperature: float) -> None:
+    """The confusion matrix and reliability diagram a reviewer looks at before trusting a version."""
+    plot_confusion_matrix(evaluation, reports_dir / CONFUSION_MATRIX, title=f"Confusion matrix ({method})")
+    plot_reliability(
+        [(f"candidate, T={temperature:.2f}", evaluation.reliability, evaluation.ece)],
+        reports_dir / RELIABILITY,
+    )
+
+
 def train_head_from_export(
     export: DatasetExport,
     out_dir: Path,
@@ -326,153 +627,39 @@ def train_head_from_export(
     data = _embed(export, items, embedder, label_index, on_new_embeddings, clock)
     unclear = _embed(export, export.unclear_items(), embedder, {UNCLEAR: -1}, on_new_embeddings, clock)
     clock.lap("embed")
-    present = np.unique(data.y)
-    if present.size < 2:
-        raise TrainingError(
-            f"a head needs labels of at least two classes; this export has {dict(Counter(labels[i] for i in data.y))}"
-        )
-    test_mask = np.array(
-        [item_split(i, options.val_fraction, options.test_fraction) == "test" for i in data.ids]
-    )
-    holdout = test_mask.sum() >= options.min_test_items and np.unique(data.y[~test_mask]).size == present.size
-    fit_mask = ~test_mask if holdout else np.ones(len(data.ids), dtype=bool)
+    test_mask, holdout, fit_mask = _fit_split(data, labels, options)
     x_fit, y_fit = data.x[fit_mask], data.y[fit_mask]
     ref = embedder.backbone.ref
-    stats = ref.parts.get("stats")
-    columns = (int(stats[0]), int(stats[1])) if stats else None
-    device = (
-        "cuda"
-        if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    head_opts = HeadOptions(folds=options.head_folds, seed=options.seed, device=device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    clock.report(
-        "train",
-        f"fitting a head on {len(y_fit)} embeddings ({'held-out test split' if holdout else 'cross-validated'})",
-    )
-    head = fit_head(x_fit, y_fit, k, head_opts, feature_columns=columns)
-    clock.lap("fit_head")
+    device = _train_device(options)
+    head = _fit_head_on(x_fit, y_fit, k, ref, device, holdout, options, clock)
     clock.report(
         "calibrate", f"{head.kind} head chosen ({head.params}); temperature {head.temperature:.3f}; OODD"
     )
-    feats_fit = head.features(x_fit)
-    fit_present, compact = np.unique(y_fit, return_inverse=True)
-    oof_distances = out_of_fold_distances(feats_fit, y_fit, head.folds, k, options.oodd_rank)
-    quantile = quantile_for(len(y_fit))
-    oodd = fit_lowrank_oodd(
-        feats_fit, compact, oof_distances, fit_present.size, options.oodd_rank, quantile=quantile
-    )
-    need = in_domain_needed(threshold, k)
-    tightened = (
-        calibrate_with_negatives(
-            oof_distances, oodd.distances(head.features(unclear.x)), need, quantile=quantile
-        )
-        if need is not None and len(unclear.ids) > 0
-        else None
-    )
-    if tightened is not None:
-        oodd = dataclasses.replace(oodd, threshold=tightened.threshold, scale=tightened.scale)
+    fitted = _fit_oodd(head, x_fit, y_fit, k, unclear, threshold, options)
+    oodd = fitted.oodd
     clock.lap("fit_oodd")
 
-    if holdout:
-        eval_ids = [i for i, t in zip(data.ids, test_mask, strict=True) if t]
-        x_eval, y_eval = data.x[test_mask], data.y[test_mask]
-        probs = softmax(head.logits(x_eval), head.temperature)
-        q = oodd.in_domain(head.features(x_eval))
-        method = "holdout"
-    else:
-        eval_ids, x_eval, y_eval = list(data.ids), data.x, data.y
-        probs = softmax(head.oof_logits, head.temperature)
-        q = in_domain_probability(oof_distances, oodd.threshold, oodd.scale)
-        method = "cross_validation"
-    evaluation = evaluate_probabilities(probs, y_eval, labels, eval_ids if holdout else ())
+    ev = _eval_set(head, fitted, data, test_mask, holdout)
+    evaluation = evaluate_probabilities(ev.probs, ev.y, labels, ev.ids if holdout else ())
     head_onnx, oodd_onnx = _export_graphs(head, oodd, data.x[:PARITY_ROWS])
     created_at = utc_now_iso()
-    # The answers, the backbone, the labels and the moment: a retrain on the same labels is a new
-    # version with its own record (its metadata differs), never a clash with an earlier upload.
-    key = (
-        behaviour_key(embedder.backbone.pipeline, spec, head.temperature, oodd.calibration())
-        + ref.sha256.encode()
-        + export.label_snapshot().sha256.encode()
-        + str(time.time_ns()).encode()
-    )
-    version = version_id(head_onnx, oodd_onnx, key)
-    candidate = operating_point(probs, q, y_eval, threshold, eval_ids, version, method)
+    version = _head_version(export, embedder, spec, head, oodd, head_onnx, oodd_onnx)
+    candidate = operating_point(ev.probs, ev.q, ev.y, threshold, ev.ids, version, ev.method)
     clock.lap("export")
 
     store = BackboneStore(out_dir / "backbones")
     store.install_file(embedder.backbone.path, ref)
-    production, production_error, production_labels = None, None, None
-    if production_bundle is not None:
-        clock.report("evaluate", f"production on the same {len(eval_ids)} items")
-        prod_store = production_backbones or store
-        production, production_error, production_labels = _production_point(
-            production_bundle, spec, embedder, prod_store, x_eval, y_eval, eval_ids, data.images, threshold
-        )
-        if not holdout:  # cross-validated: production cannot be judged on items it may have learnt
-            production = None
-            production_error = None if production_labels is not None else production_error
-    decision = decide_at_threshold(
-        candidate,
-        production,
-        options.operating_policy(),
-        production_error=production_error,
-        # Counted as production's were (the export's label snapshot), not as the usable items.
-        candidate_labels=export.label_snapshot().count,
-        production_labels=production_labels if production_bundle is not None else None,
+    prod_inputs = _ProductionInputs(spec, embedder, production_backbones or store, data.images, threshold)
+    production, production_error, production_labels, decision = _judge_against_production(
+        export, options, candidate, ev, holdout, production_bundle, prod_inputs, clock
     )
-    clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
     clock.lap("judge")
 
-    counts = Counter(labels[i] for i in data.y)
-    median_side = int(np.median(data.sides)) if data.sides else None
-    data_info = {
-        "items": len(items),
-        "used": len(data.ids),
-        "new_embeddings": len(data.new_ids),
-        "stored_embeddings": len(data.ids) - len(data.new_ids),
-        "skipped": data.skipped,
-        "per_label": {label: counts.get(label, 0) for label in labels},
-        "median_side": median_side,
-        "evaluation": method,
-        "n_fit": len(y_fit),
-        "n_eval": len(eval_ids),
-    }
-    metrics: dict[str, Any] = {
-        "engine": "head",
-        "operating_point": candidate.as_dict(),
-        "production_operating_point": production.as_dict() if production else None,
-        "production_error": production_error,
-        "evaluation": {"split": method, "candidate": evaluation.as_dict()},
-        "test_accuracy": evaluation.accuracy,
-        "test_balanced_accuracy": evaluation.balanced_accuracy,
-        "test_ece_after_temperature": evaluation.ece,
-        "promotion": decision.as_dict(),
-        "head": {**head.params, "candidates": head.candidates, "fit_seconds": round(head.seconds, 3)},
-        "oodd": {
-            "rank": int(oodd.components.shape[0]),
-            "shrinkage": oodd.shrinkage,
-            "quantile": quantile,
-            "unclear_examples": len(unclear.ids),
-            "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
-        },
-        "timings_s": clock.marks,
-    }
-    snapshot = export.label_snapshot()
-    lineage: dict[str, Any] = {
-        "parent_version": production.model_version if production is not None else parent_version,
-        "label_snapshot": snapshot.as_dict(),
-        "code": CODE_REF,
-        "code_version": code_version(),
-        "training_config": options.model_dump(mode="json"),
-        "backbone": {"id": ref.id, "sha256": ref.sha256, "weights_sha256": ref.weights_sha256},
-        "data": data_info,
-        "seed": options.seed,
-        "torch": torch.__version__,
-        "device": device,
-    }
+    data_info = _data_info(data, items, labels, ev, len(y_fit))
+    metrics = _head_metrics(
+        candidate, production, production_error, evaluation, decision, head, fitted, unclear, ev.method, clock
+    )
+    lineage = _head_lineage(export, options, embedder, production, parent_version, data_info, device)
     metadata = PredictorMetadata(
         detector_id=spec.detector_id,
         version=version,
@@ -490,12 +677,9 @@ def train_head_from_export(
         head_input="embedding",
     )
     clock.report("write", f"bundle {version} into {bundle_dir}")
-    try:
-        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
-        _check_in_runtime(bundle_dir, store, head, oodd, data.x[:PARITY_ROWS])
-    except BaseException:
-        shutil.rmtree(bundle_dir, ignore_errors=True)
-        raise
+    _write_checked_bundle(
+        bundle_dir, head_onnx, oodd_onnx, embedder, metadata, store, head, oodd, data.x[:PARITY_ROWS]
+    )
     reports_dir = out_dir / REPORTS_DIR
     outcome = HeadOutcome(
         bundle_dir=bundle_dir,
@@ -512,11 +696,7 @@ def train_head_from_export(
         production_labels=production_labels,
         oodd=oodd,
     )
-    plot_confusion_matrix(evaluation, reports_dir / CONFUSION_MATRIX, title=f"Confusion matrix ({method})")
-    plot_reliability(
-        [(f"candidate, T={head.temperature:.2f}", evaluation.reliability, evaluation.ece)],
-        reports_dir / RELIABILITY,
-    )
+    _plot_head_reports(evaluation, reports_dir, ev.method, head.temperature)
     clock.lap("write")
     outcome = dataclasses.replace(outcome, wall_s=time.perf_counter() - clock.t0)
     write_json(
@@ -548,6 +728,123 @@ def _check_in_runtime(
         )
 
 
+def _splits_with_images(
+    export: DatasetExport, options: TrainingOptions
+) -> tuple[list[ExportItem], dict[str, list[ExportItem]]]:
+    """(items with an image, train/val/test by the hash of each id): the test items are the head's."""
+    items = [item for item in export.trainable_items() if export.has_image(item)]
+    splits = {
+        s: [
+            i for i in items if item_split(i.image_query_id, options.val_fraction, options.test_fraction) == s
+        ]
+        for s in ("train", "val", "test")
+    }
+    return items, splits
+
+
+def _feature_maps_of(
+    export: DatasetExport, embedder: Embedder, label_index: dict[str, int], part: list[ExportItem]
+) -> tuple[NDArray[np.float32], NDArray[np.int64], list[str]]:
+    """(maps, labels, ids) of the images that decode; an undecodable one is left out, not guessed."""
+    result = embedder.feature_maps([export.image_bytes(i) for i in part])
+    keep = [j for j in range(len(part)) if j not in result.failed]
+    return (
+        result.vectors[keep],
+        np.asarray([label_index[part[j].label] for j in keep], np.int64),
+        [part[j].image_query_id for j in keep],
+    )
+
+
+def _export_fine_tuned(tuned: FineTuned, x_te: NDArray[np.float32], probs: NDArray[np.float64]) -> bytes:
+    """head.onnx of the fine-tuned head, refused when ONNX Runtime answers differently from torch."""
+    module = tuned.module.eval()
+    head_onnx = _export(module, torch.from_numpy(x_te[:1]), "feature_map", ["logits", "features"])
+    logits_o, _ = _session(head_onnx).run(["logits", "features"], {"feature_map": x_te[:16]})
+    diff = float(np.max(np.abs(softmax(logits_o, tuned.temperature) - probs[:16])))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportMismatchError(f"fine-tuned head.onnx and torch probabilities differ by {diff:.3g}")
+    return head_onnx
+
+
+def _fine_tuned_version(
+    embedder: Embedder,
+    spec: DetectorSpec,
+    tuned: FineTuned,
+    oodd: LowRankOodd,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+) -> str:
+    """Like the head's version, marked as reading the feature map, so the two never share an id."""
+    key = (
+        behaviour_key(embedder.backbone.pipeline, spec, tuned.temperature, oodd.calibration())
+        + embedder.backbone.ref.sha256.encode()
+        + b"feature_map"
+        + str(time.time_ns()).encode()
+    )
+    return version_id(head_onnx, oodd_onnx, key)
+
+
+def _fine_tuned_metrics(
+    candidate: OperatingPoint,
+    base: HeadOutcome,
+    evaluation: Evaluation,
+    decision: PromotionDecision,
+    tuned: FineTuned,
+    clock: _Clock,
+) -> dict[str, Any]:
+    """The bundle's metrics, with the head it must beat in production's place."""
+    return {
+        "engine": "fine_tuned",
+        "operating_point": candidate.as_dict(),
+        "production_operating_point": base.candidate.as_dict(),
+        "evaluation": {"split": "holdout", "candidate": evaluation.as_dict()},
+        "test_accuracy": evaluation.accuracy,
+        "test_balanced_accuracy": evaluation.balanced_accuracy,
+        "test_ece_after_temperature": evaluation.ece,
+        "promotion": decision.as_dict(),
+        "head": describe(tuned),
+        "timings_s": clock.marks,
+    }
+
+
+def _write_fine_tuned_bundle(
+    bundle_dir: Path,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+    embedder: Embedder,
+    metadata: PredictorMetadata,
+    store: BackboneStore,
+    x_te: NDArray[np.float32],
+    probs: NDArray[np.float64],
+) -> None:
+    """Write the bundle and load it back as an edge would; a bundle that fails is never left behind."""
+    ref = embedder.backbone.ref
+    try:
+        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
+        pool = BackbonePool(["CPUExecutionProvider"])
+        runtime = ModelRuntime(bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=pool)
+        try:
+            got, _ = runtime.run_head({str(ref.feature_map_output): x_te[:16]})
+        finally:
+            runtime.close()
+        if float(np.max(np.abs(got - probs[:16]))) > PARITY_TOLERANCE:
+            raise ExportMismatchError(f"{bundle_dir}: the runtime's fine-tuned answers differ from torch's")
+    except BaseException:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        raise
+
+
+def _plot_fine_tuned_reports(evaluation: Evaluation, reports_dir: Path, temperature: float) -> None:
+    """The same reports as a head's, so a reviewer compares the two candidates side by side."""
+    plot_confusion_matrix(
+        evaluation, reports_dir / CONFUSION_MATRIX, title="Confusion matrix (fine-tuned, test)"
+    )
+    plot_reliability(
+        [(f"fine-tuned, T={temperature:.2f}", evaluation.reliability, evaluation.ece)],
+        reports_dir / RELIABILITY,
+    )
+
+
 def fine_tune_from_export(
     export: DatasetExport,
     out_dir: Path,
@@ -567,33 +864,13 @@ def fine_tune_from_export(
     labels = list(spec.labels)
     label_index = {label: i for i, label in enumerate(labels)}
     threshold = base.candidate.threshold
-    items = [item for item in export.trainable_items() if export.has_image(item)]
-    splits = {
-        s: [
-            i for i in items if item_split(i.image_query_id, options.val_fraction, options.test_fraction) == s
-        ]
-        for s in ("train", "val", "test")
-    }
+    items, splits = _splits_with_images(export, options)
     clock.report("prepare", f"feature maps of {len(items)} images")
-
-    def maps(part: list[ExportItem]) -> tuple[NDArray[np.float32], NDArray[np.int64], list[str]]:
-        result = embedder.feature_maps([export.image_bytes(i) for i in part])
-        keep = [j for j in range(len(part)) if j not in result.failed]
-        return (
-            result.vectors[keep],
-            np.asarray([label_index[part[j].label] for j in keep], np.int64),
-            [part[j].image_query_id for j in keep],
-        )
-
     (x_tr, y_tr, _), (x_val, y_val, _), (x_te, y_te, te_ids) = (
-        maps(splits[s]) for s in ("train", "val", "test")
+        _feature_maps_of(export, embedder, label_index, splits[s]) for s in ("train", "val", "test")
     )
     clock.lap("feature_maps")
-    device = (
-        "cuda"
-        if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
+    device = _train_device(options)
     opts = finetune or FineTuneOptions(seed=options.seed, device=device)
     clock.report(
         "train", f"fine-tuning blocks 11-15 on {len(y_tr)} images for {opts.epochs} epochs on {device}"
@@ -614,21 +891,10 @@ def fine_tune_from_export(
     feats = _features(tuned.module, x_te)
     q = base.oodd.in_domain(feats)
     evaluation = evaluate_probabilities(probs, y_te, labels, te_ids)
-    module = tuned.module.eval()
-    head_onnx = _export(module, torch.from_numpy(x_te[:1]), "feature_map", ["logits", "features"])
-    logits_o, _ = _session(head_onnx).run(["logits", "features"], {"feature_map": x_te[:16]})
-    diff = float(np.max(np.abs(softmax(logits_o, tuned.temperature) - probs[:16])))
-    if not diff <= PARITY_TOLERANCE:
-        raise ExportMismatchError(f"fine-tuned head.onnx and torch probabilities differ by {diff:.3g}")
+    head_onnx = _export_fine_tuned(tuned, x_te, probs)
     oodd_onnx = (base.bundle_dir / OODD_FILE).read_bytes()
     ref = embedder.backbone.ref
-    key = (
-        behaviour_key(embedder.backbone.pipeline, spec, tuned.temperature, base.oodd.calibration())
-        + ref.sha256.encode()
-        + b"feature_map"
-        + str(time.time_ns()).encode()
-    )
-    version = version_id(head_onnx, oodd_onnx, key)
+    version = _fine_tuned_version(embedder, spec, tuned, base.oodd, head_onnx, oodd_onnx)
     candidate = operating_point(probs, q, y_te, threshold, te_ids, version, "holdout")
     if candidate.items_sha256 != base.candidate.items_sha256:
         raise TrainingError(
@@ -643,18 +909,7 @@ def fine_tune_from_export(
         require_win=True,
     )
     clock.report("evaluate", f"promote={decision.promote}: {'; '.join(decision.reasons)}")
-    metrics: dict[str, Any] = {
-        "engine": "fine_tuned",
-        "operating_point": candidate.as_dict(),
-        "production_operating_point": base.candidate.as_dict(),
-        "evaluation": {"split": "holdout", "candidate": evaluation.as_dict()},
-        "test_accuracy": evaluation.accuracy,
-        "test_balanced_accuracy": evaluation.balanced_accuracy,
-        "test_ece_after_temperature": evaluation.ece,
-        "promotion": decision.as_dict(),
-        "head": describe(tuned),
-        "timings_s": clock.marks,
-    }
+    metrics = _fine_tuned_metrics(candidate, base, evaluation, decision, tuned, clock)
     lineage = {
         **base.metadata.lineage,
         "parent_version": base.version,
@@ -673,27 +928,9 @@ def fine_tune_from_export(
     bundle_dir = out_dir / BUNDLE_DIR
     store = BackboneStore(out_dir / "backbones")
     store.install_file(embedder.backbone.path, ref)
-    try:
-        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
-        pool = BackbonePool(["CPUExecutionProvider"])
-        runtime = ModelRuntime(bundle_dir, ["CPUExecutionProvider"], backbone_store=store, backbones=pool)
-        try:
-            got, _ = runtime.run_head({str(ref.feature_map_output): x_te[:16]})
-        finally:
-            runtime.close()
-        if float(np.max(np.abs(got - probs[:16]))) > PARITY_TOLERANCE:
-            raise ExportMismatchError(f"{bundle_dir}: the runtime's fine-tuned answers differ from torch's")
-    except BaseException:
-        shutil.rmtree(bundle_dir, ignore_errors=True)
-        raise
+    _write_fine_tuned_bundle(bundle_dir, head_onnx, oodd_onnx, embedder, metadata, store, x_te, probs)
     reports_dir = out_dir / REPORTS_DIR
-    plot_confusion_matrix(
-        evaluation, reports_dir / CONFUSION_MATRIX, title="Confusion matrix (fine-tuned, test)"
-    )
-    plot_reliability(
-        [(f"fine-tuned, T={tuned.temperature:.2f}", evaluation.reliability, evaluation.ece)],
-        reports_dir / RELIABILITY,
-    )
+    _plot_fine_tuned_reports(evaluation, reports_dir, tuned.temperature)
     outcome = HeadOutcome(
         bundle_dir=bundle_dir,
         reports_dir=reports_dir,

@@ -294,6 +294,166 @@ class _Candidate:
     temperature: float = 1.0
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every fit of one head shares: the class count, the options and the device."""
+
+    num_classes: int
+    opts: HeadOptions
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class _Space:
+    """The standardised embeddings (`xs_full`) and, when PCA applies, their projection `xs`."""
+
+    mean: NDArray[np.float32]
+    scale: NDArray[np.float32]
+    xs_full: Tensor
+    basis: Tensor | None
+    xs: Tensor
+
+
+def _checked_inputs(
+    embeddings: NDArray[np.floating], labels: NDArray[np.integer]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """float32 (N, D) and int64 (N,): refused early when no classifier could be fitted on them."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"need (N, D) embeddings and N ≥ 2 labels, got {x.shape} and {y.shape}")
+    if np.unique(y).size < 2:
+        raise ValueError("a head needs items of at least two classes")
+    return x, y
+
+
+def _standardise(x: NDArray[np.float32], pca_dims: int, device: torch.device) -> _Space:
+    """Standardise, then project onto at most `pca_dims` directions: fits stay fast and well-posed."""
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), 1e-3).astype(np.float32)
+    xs_full = torch.from_numpy(((x - mean) / scale).astype(np.float32)).to(device)
+    r = min(pca_dims, x.shape[0], x.shape[1])
+    basis: Tensor | None = None
+    if r < x.shape[1]:
+        _, _, v = torch.svd_lowrank(xs_full, q=min(r + 8, x.shape[0], x.shape[1]), niter=2)
+        basis = v[:, :r].contiguous()
+    xs = xs_full @ basis if basis is not None else xs_full
+    return _Space(mean, scale, xs_full, basis, xs)
+
+
+def _weights_for_labels(
+    setup: _Setup, labels_: NDArray[np.int64]
+) -> tuple[Tensor | None, NDArray[np.float32]]:
+    """Loss weights for these labels and the bias that undoes them, so rare classes still count."""
+    w = class_weights(labels_, setup.num_classes)
+    return (
+        torch.tensor(w, dtype=torch.float32, device=setup.device) if w is not None else None
+    ), _prior_correction(w)
+
+
+def _cross_validate(
+    setup: _Setup,
+    kind: HeadKind,
+    setting: float,
+    fold_ids: NDArray[np.int64],
+    xs_: Tensor,
+    yt_: Tensor,
+    y_: NDArray[np.int64],
+) -> NDArray[np.float32]:
+    """Out-of-fold logits: each row from a fit that did not see it, so calibration is honest."""
+    num_classes, opts = setup.num_classes, setup.opts
+    oof = np.zeros((y_.shape[0], num_classes), dtype=np.float32)
+    for f in range(int(fold_ids.max()) + 1):
+        train, held = fold_ids != f, fold_ids == f
+        w, correction = _weights_for_labels(setup, y_[train])
+        if kind == "linear":
+            params = list(
+                _train_linear(xs_[train], yt_[train], num_classes, setting, w, opts.lbfgs_iterations)
+            )
+        else:
+            params = _train_mlp(xs_[train], yt_[train], num_classes, opts, setting, w)
+        out = _logits(kind, params, xs_[held]).cpu().numpy()
+        oof[held] = out + (correction if correction.size else 0.0)
+    return oof
+
+
+def _linear_candidates(
+    setup: _Setup,
+    xs_sel: Tensor,
+    yt_sel: Tensor,
+    sub_y: NDArray[np.int64],
+    sub_folds: NDArray[np.int64],
+    sub_k: int,
+) -> list[_Candidate]:
+    """One candidate per L2 setting; strong to weak, each fit warm-starts the next (much faster)."""
+    num_classes, opts = setup.num_classes, setup.opts
+    grid = sorted(opts.l2_grid, reverse=True)  # strong to weak: each fit warm-starts the next
+    oofs = {l2: np.zeros((sub_y.shape[0], num_classes), dtype=np.float32) for l2 in grid}
+    for f in range(sub_k):
+        train, held = sub_folds != f, sub_folds == f
+        w, correction = _weights_for_labels(setup, sub_y[train])
+        init = None
+        for l2 in grid:
+            wb = _train_linear(xs_sel[train], yt_sel[train], num_classes, l2, w, opts.lbfgs_iterations, init)
+            init = wb
+            out = _logits("linear", list(wb), xs_sel[held]).cpu().numpy()
+            oofs[l2][held] = out + (correction if correction.size else 0.0)
+    return [_Candidate("linear", l2, oofs[l2]) for l2 in grid]
+
+
+def _choose_candidate(
+    setup: _Setup, xs: Tensor, yt: Tensor, y: NDArray[np.int64], k: int, folds: NDArray[np.int64]
+) -> tuple[_Candidate, list[_Candidate], NDArray[np.int64]]:
+    """(best, every candidate tried, the folds of the best's out-of-fold logits), by calibrated NLL."""
+    opts, device = setup.opts, setup.device
+    # Hyperparameters are chosen on at most `select_items` items (stratified); the chosen one's
+    # out-of-fold logits over every item then come from `final_folds` more fits.
+    sel = _selection_subset(y, opts.select_items, opts.seed)
+    sub_y = y[sel]
+    sub_k = fold_count(sub_y, opts.folds)
+    sub_folds = stratified_folds(sub_y, sub_k, opts.seed) if sel.size < y.size else folds
+    xs_sel, yt_sel = xs[torch.from_numpy(sel).to(device)], yt[torch.from_numpy(sel).to(device)]
+
+    candidates: list[_Candidate] = []
+    candidates += _linear_candidates(setup, xs_sel, yt_sel, sub_y, sub_folds, sub_k)
+    if sub_y.shape[0] >= opts.mlp_min_items:
+        mlp_folds = sub_folds % min(sub_k, 3)
+        for wd in opts.mlp_weight_decays:
+            candidates.append(
+                _Candidate("mlp", wd, _cross_validate(setup, "mlp", wd, mlp_folds, xs_sel, yt_sel, sub_y))
+            )
+    for cand in candidates:
+        cand.temperature = fit_temperature(cand.oof, sub_y, TEMPERATURE_BOUNDS)
+        cand.nll = negative_log_likelihood(cand.oof, sub_y, cand.temperature)
+    best = min(candidates, key=lambda c: (c.nll, c.kind != "linear"))
+    if sel.size < y.size:
+        folds = folds % min(k, opts.final_folds)
+        best = _Candidate(
+            best.kind, best.setting, _cross_validate(setup, best.kind, best.setting, folds, xs, yt, y)
+        )
+        best.temperature = fit_temperature(best.oof, y, TEMPERATURE_BOUNDS)
+        best.nll = negative_log_likelihood(best.oof, y, best.temperature)
+    return best, candidates, folds
+
+
+def _fit_final(
+    setup: _Setup, best: _Candidate, space: _Space, yt: Tensor, y: NDArray[np.int64]
+) -> list[NDArray[np.float32]]:
+    """The chosen head on every item, as arrays that read the raw (standardised) embedding."""
+    num_classes, opts = setup.num_classes, setup.opts
+    w, correction = _weights_for_labels(setup, y)
+    if best.kind == "linear":
+        final = list(_train_linear(space.xs, yt, num_classes, best.setting, w, opts.lbfgs_iterations))
+    else:
+        final = _train_mlp(space.xs, yt, num_classes, opts, best.setting, w)
+    if space.basis is not None:  # fold the projection into the first layer: the graph reads the embedding
+        final = [space.basis @ final[0], *final[1:]]
+    arrays = [t.cpu().numpy().astype(np.float32) for t in final]
+    if correction.size:
+        arrays[-1] = arrays[-1] + correction
+    return arrays
+
+
 def fit_head(
     embeddings: NDArray[np.floating],
     labels: NDArray[np.integer],
@@ -304,115 +464,27 @@ def fit_head(
     """Choose and fit a head on (N, D) embeddings and class indices (N,); see the module docstring."""
     opts = options or HeadOptions()
     t0 = time.perf_counter()
-    x = np.asarray(embeddings, dtype=np.float32)
-    y = np.asarray(labels, dtype=np.int64)
-    if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
-        raise ValueError(f"need (N, D) embeddings and N ≥ 2 labels, got {x.shape} and {y.shape}")
-    if np.unique(y).size < 2:
-        raise ValueError("a head needs items of at least two classes")
+    x, y = _checked_inputs(embeddings, labels)
     torch.manual_seed(opts.seed)
-    device = torch.device(opts.device)
-    mean = x.mean(axis=0)
-    scale = np.maximum(x.std(axis=0), 1e-3).astype(np.float32)
-    xs_full = torch.from_numpy(((x - mean) / scale).astype(np.float32)).to(device)
-    r = min(opts.pca_dims, x.shape[0], x.shape[1])
-    basis: Tensor | None = None
-    if r < x.shape[1]:
-        _, _, v = torch.svd_lowrank(xs_full, q=min(r + 8, x.shape[0], x.shape[1]), niter=2)
-        basis = v[:, :r].contiguous()
-    xs = xs_full @ basis if basis is not None else xs_full
-    yt = torch.from_numpy(y).to(device)
+    setup = _Setup(num_classes, opts, torch.device(opts.device))
+    space = _standardise(x, opts.pca_dims, setup.device)
+    yt = torch.from_numpy(y).to(setup.device)
     k = fold_count(y, opts.folds)
     folds = stratified_folds(y, k, opts.seed) if k > 1 else np.zeros(y.shape[0], dtype=np.int64)
 
-    def weights_for_labels(labels_: NDArray[np.int64]) -> tuple[Tensor | None, NDArray[np.float32]]:
-        w = class_weights(labels_, num_classes)
-        return (
-            torch.tensor(w, dtype=torch.float32, device=device) if w is not None else None
-        ), _prior_correction(w)
-
     candidates: list[_Candidate] = []
     if k > 1:
-        # Hyperparameters are chosen on at most `select_items` items (stratified); the chosen one's
-        # out-of-fold logits over every item then come from `final_folds` more fits.
-        sel = _selection_subset(y, opts.select_items, opts.seed)
-        sub_y = y[sel]
-        sub_k = fold_count(sub_y, opts.folds)
-        sub_folds = stratified_folds(sub_y, sub_k, opts.seed) if sel.size < y.size else folds
-        xs_sel, yt_sel = xs[torch.from_numpy(sel).to(device)], yt[torch.from_numpy(sel).to(device)]
-
-        def cross_validate(
-            kind: HeadKind,
-            setting: float,
-            fold_ids: NDArray[np.int64],
-            xs_: Tensor,
-            yt_: Tensor,
-            y_: NDArray[np.int64],
-        ) -> NDArray[np.float32]:
-            oof = np.zeros((y_.shape[0], num_classes), dtype=np.float32)
-            for f in range(int(fold_ids.max()) + 1):
-                train, held = fold_ids != f, fold_ids == f
-                w, correction = weights_for_labels(y_[train])
-                if kind == "linear":
-                    params = list(
-                        _train_linear(xs_[train], yt_[train], num_classes, setting, w, opts.lbfgs_iterations)
-                    )
-                else:
-                    params = _train_mlp(xs_[train], yt_[train], num_classes, opts, setting, w)
-                out = _logits(kind, params, xs_[held]).cpu().numpy()
-                oof[held] = out + (correction if correction.size else 0.0)
-            return oof
-
-        grid = sorted(opts.l2_grid, reverse=True)  # strong to weak: each fit warm-starts the next
-        oofs = {l2: np.zeros((sub_y.shape[0], num_classes), dtype=np.float32) for l2 in grid}
-        for f in range(sub_k):
-            train, held = sub_folds != f, sub_folds == f
-            w, correction = weights_for_labels(sub_y[train])
-            init = None
-            for l2 in grid:
-                wb = _train_linear(
-                    xs_sel[train], yt_sel[train], num_classes, l2, w, opts.lbfgs_iterations, init
-                )
-                init = wb
-                out = _logits("linear", list(wb), xs_sel[held]).cpu().numpy()
-                oofs[l2][held] = out + (correction if correction.size else 0.0)
-        candidates += [_Candidate("linear", l2, oofs[l2]) for l2 in grid]
-        if sub_y.shape[0] >= opts.mlp_min_items:
-            mlp_folds = sub_folds % min(sub_k, 3)
-            for wd in opts.mlp_weight_decays:
-                candidates.append(
-                    _Candidate("mlp", wd, cross_validate("mlp", wd, mlp_folds, xs_sel, yt_sel, sub_y))
-                )
-        for cand in candidates:
-            cand.temperature = fit_temperature(cand.oof, sub_y, TEMPERATURE_BOUNDS)
-            cand.nll = negative_log_likelihood(cand.oof, sub_y, cand.temperature)
-        best = min(candidates, key=lambda c: (c.nll, c.kind != "linear"))
-        if sel.size < y.size:
-            folds = folds % min(k, opts.final_folds)
-            best = _Candidate(
-                best.kind, best.setting, cross_validate(best.kind, best.setting, folds, xs, yt, y)
-            )
-            best.temperature = fit_temperature(best.oof, y, TEMPERATURE_BOUNDS)
-            best.nll = negative_log_likelihood(best.oof, y, best.temperature)
+        best, candidates, folds = _choose_candidate(setup, space.xs, yt, y, k, folds)
     else:
         best = _Candidate("linear", max(opts.l2_grid), np.zeros((y.shape[0], num_classes), dtype=np.float32))
 
-    w, correction = weights_for_labels(y)
-    if best.kind == "linear":
-        final = list(_train_linear(xs, yt, num_classes, best.setting, w, opts.lbfgs_iterations))
-    else:
-        final = _train_mlp(xs, yt, num_classes, opts, best.setting, w)
-    if basis is not None:  # fold the projection into the first layer: the graph reads the embedding
-        final = [basis @ final[0], *final[1:]]
-    arrays = [t.cpu().numpy().astype(np.float32) for t in final]
-    if correction.size:
-        arrays[-1] = arrays[-1] + correction
+    arrays = _fit_final(setup, best, space, yt, y)
     if k == 1:
-        best.oof = _forward_numpy(best.kind, arrays, xs_full.cpu().numpy())  # in-sample, T = 1
+        best.oof = _forward_numpy(best.kind, arrays, space.xs_full.cpu().numpy())  # in-sample, T = 1
     return FittedHead(
         kind=best.kind,
-        mean=mean.astype(np.float32),
-        scale=scale,
+        mean=space.mean.astype(np.float32),
+        scale=space.scale,
         weights=arrays,
         temperature=float(best.temperature),
         oof_logits=best.oof,

@@ -183,66 +183,88 @@ def decide_at_threshold(
             False, why, esc, f"production could not be evaluated ({production_error}); a person decides"
         )
     if production is None:
-        if production_labels is None:
-            return decide(True, why, esc, "first version")
-        if candidate_labels > production_labels:
-            return decide(
-                True, why, esc, f"learnt from {candidate_labels} labels, production from {production_labels}"
-            )
-        return decide(
-            False, why, esc, f"not more labels than production ({candidate_labels} vs {production_labels})"
-        )
-    comparable = (
+        promote, reason = _without_production(candidate_labels, production_labels)
+    elif not _comparable(candidate, production, pol):
+        promote, reason = _by_labels(candidate_labels, production_labels)
+    else:
+        promote, reason = _against_production(candidate, production, pol, require_win)
+    return decide(promote, why, esc, reason)
+
+
+def _without_production(candidate_labels: int, production_labels: int | None) -> tuple[bool, str]:
+    """No production version to evaluate: the first version goes in, a later one needs more labels."""
+    if production_labels is None:
+        return True, "first version"
+    if candidate_labels > production_labels:
+        return True, f"learnt from {candidate_labels} labels, production from {production_labels}"
+    return False, f"not more labels than production ({candidate_labels} vs {production_labels})"
+
+
+def _comparable(candidate: OperatingPoint, production: OperatingPoint, pol: OperatingPolicy) -> bool:
+    """Only scores on the very same (and enough) items say which version cameras would do better with."""
+    return (
         production.items_sha256 == candidate.items_sha256
         and bool(candidate.items_sha256)
         and production.n >= pol.min_compare_items
     )
-    if not comparable:
-        if production_labels is not None and candidate_labels > production_labels:
-            return decide(
-                True, why, esc, f"learnt from {candidate_labels} labels, production from {production_labels}"
-            )
-        return decide(
-            False,
-            why,
-            esc,
-            "production could not be compared on the same items, and the candidate learnt from no more "
-            f"labels ({candidate_labels} vs {production_labels if production_labels is not None else 'unknown'})",
-        )
+
+
+def _by_labels(candidate_labels: int, production_labels: int | None) -> tuple[bool, str]:
+    """Production not comparable on the same items: newer data (more labels) is the only evidence."""
+    if production_labels is not None and candidate_labels > production_labels:
+        return True, f"learnt from {candidate_labels} labels, production from {production_labels}"
+    return (
+        False,
+        "production could not be compared on the same items, and the candidate learnt from no more "
+        f"labels ({candidate_labels} vs {production_labels if production_labels is not None else 'unknown'})",
+    )
+
+
+def _against_production(
+    candidate: OperatingPoint, production: OperatingPoint, pol: OperatingPolicy, require_win: bool
+) -> tuple[bool, str]:
+    """Both evaluated on the same items: a production that breaks its promise loses outright."""
     prod_kept, prod_why = promise_kept(production, pol)
     prod_esc = f"production escalation {production.escalation_rate:.4f}"
     if not prod_kept:
-        return decide(True, why, esc, f"production breaks the promise: {prod_why}")
+        return True, f"production breaks the promise: {prod_why}"
     if require_win:
-        margin = pol.max_escalation_increase
-        if candidate.escalation_rate > production.escalation_rate - margin:
-            return decide(False, why, esc, prod_esc + f": not {margin:.2f} lower")
-        if candidate.accuracy < production.accuracy - margin:
-            return decide(
-                False,
-                why,
-                esc,
-                f"accuracy {candidate.accuracy:.4f} below production's {production.accuracy:.4f}",
-            )
-        return decide(True, why, esc, prod_esc + ": the candidate wins")
+        return _clear_win(candidate, production, pol, prod_esc)
+    return _not_worse(candidate, production, pol, prod_esc)
+
+
+def _clear_win(
+    candidate: OperatingPoint, production: OperatingPoint, pol: OperatingPolicy, prod_esc: str
+) -> tuple[bool, str]:
+    """A slower second candidate must pay for its cost: clearly fewer escalations, no real accuracy loss."""
+    margin = pol.max_escalation_increase
+    if candidate.escalation_rate > production.escalation_rate - margin:
+        return False, prod_esc + f": not {margin:.2f} lower"
+    if candidate.accuracy < production.accuracy - margin:
+        return False, f"accuracy {candidate.accuracy:.4f} below production's {production.accuracy:.4f}"
+    return True, prod_esc + ": the candidate wins"
+
+
+def _not_worse(
+    candidate: OperatingPoint, production: OperatingPoint, pol: OperatingPolicy, prod_esc: str
+) -> tuple[bool, str]:
+    """The candidate (newer labels) replaces production unless it is worse beyond the noise."""
     # On a few dozen shared items one item is several points: differences within a standard error
     # of the two rates are noise, and the candidate (which learnt from more labels) gets the benefit.
     noise = _difference_se(candidate.escalation_rate, production.escalation_rate, candidate.n)
     if candidate.escalation_rate > production.escalation_rate + pol.max_escalation_increase + noise:
-        return decide(False, why, esc, prod_esc + ": the candidate escalates more")
+        return False, prod_esc + ": the candidate escalates more"
     if candidate.escalation_rate < production.escalation_rate - pol.max_escalation_increase:
         # Both keep the promise and the candidate answers more itself: cameras get more confident
         # answers that are as right as promised (production's higher accuracy on its few confident
         # answers is no reason to keep escalating the rest).
-        return decide(True, why, esc, prod_esc + ": the candidate escalates less")
+        return True, prod_esc + ": the candidate escalates less"
     cand_acc, prod_acc = candidate.confident_accuracy, production.confident_accuracy
     if cand_acc is not None and prod_acc is not None:
         acc_noise = _difference_se(cand_acc, prod_acc, min(candidate.confident, production.confident))
         if cand_acc < prod_acc - pol.promise_tolerance - acc_noise:
-            return decide(
-                False, why, esc, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}"
-            )
-    return decide(True, why, esc, prod_esc + ": not worse")
+            return False, f"confident accuracy {cand_acc:.4f} below production's {prod_acc:.4f}"
+    return True, prod_esc + ": not worse"
 
 
 def _difference_se(a: float, b: float, n: int) -> float:

@@ -237,6 +237,123 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+@dataclass
+class _Optimisation:
+    """Everything a training step needs besides the batch, built once per run."""
+
+    device: torch.device
+    use_amp: bool
+    fmt: torch.memory_format
+    weight: Tensor | None
+    optimizer: torch.optim.Adam
+    onecycle: torch.optim.lr_scheduler.OneCycleLR | None
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    scaler: torch.amp.GradScaler
+
+
+def _check_images(x_train: Tensor, x_val: Tensor) -> None:
+    """Fail before touching the device: the loop assumes uint8 images and non-empty splits."""
+    if x_train.dtype != torch.uint8 or x_val.dtype != torch.uint8:
+        raise ValueError("training images must be uint8 (N, C, H, W)")
+    if x_train.shape[0] == 0 or x_val.shape[0] == 0:
+        raise ValueError("need at least one training and one validation image")
+
+
+def _seed_torch(cfg: TrainConfig, device: torch.device) -> None:
+    """Threads, seed and (on CUDA) deterministic kernels, so a run is reproducible."""
+    torch.set_num_threads(cfg.threads or available_cores())
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def _optimisation(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, use_amp: bool, steps_per_epoch: int
+) -> _Optimisation:
+    """Move the model to the device and build its optimiser, LR schedule and loss scaler."""
+    weight = None
+    if cfg.class_weights is not None:
+        weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device)
+    _set_memory_format(model, fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    onecycle: torch.optim.lr_scheduler.OneCycleLR | None = None
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+    if cfg.lr_schedule == "onecycle":
+        onecycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
+    else:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=PLATEAU_FACTOR, patience=max(1, (cfg.patience or 4) // 2)
+        )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return _Optimisation(device, use_amp, fmt, weight, optimizer, onecycle, plateau, scaler)
+
+
+def _train_epoch(
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    normalizer: Normalizer,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    opt: _Optimisation,
+) -> tuple[Tensor, Tensor]:
+    """One pass over the (augmented) training set; the sums stay on the device until the epoch ends."""
+    device = opt.device
+    model.train()
+    order = _epoch_order(y_train.cpu(), cfg, gen)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, x_train.shape[0], cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        xb = normalizer.normalize(
+            augment(Normalizer.scale(x_train[idx.to(x_train.device)].to(device)), cfg, gen)
+        )
+        xb = xb.contiguous(memory_format=opt.fmt)
+        yb = y_train[idx.to(y_train.device)].to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=opt.use_amp):
+            logits, _ = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=opt.weight)
+        opt.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(opt.scaler.scale(loss))
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        if opt.onecycle is not None:
+            opt.onecycle.step()
+        total_loss += loss.detach().to(torch.float64) * idx.shape[0]
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return total_loss, correct
+
+
+def _validate(
+    model: nn.Module, x_val: Tensor, y_val_cpu: Tensor, normalizer: Normalizer, weight: Tensor | None
+) -> tuple[float, float]:
+    """(loss, accuracy) on the validation set, weighted like the training loss so the two compare."""
+    val_logits, _ = predict(model, x_val, normalizer)
+    val_loss = float(
+        F.cross_entropy(
+            torch.from_numpy(val_logits), y_val_cpu, weight=None if weight is None else weight.cpu()
+        )
+    )
+    val_acc = float((val_logits.argmax(axis=1) == y_val_cpu.numpy()).mean())
+    return val_loss, val_acc
+
+
+def _finish(model: nn.Module, cfg: TrainConfig, result: TrainResult, best_state: dict[str, Tensor]) -> None:
+    """Back to the CPU in eval mode, with the best weights when early stopping chose them."""
+    model.to("cpu")
+    if cfg.patience is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.history) - 1
+    _set_memory_format(model, torch.contiguous_format)
+    model.eval()
+
+
 def train_classifier(
     model: nn.Module,
     x_train: Tensor,
@@ -254,83 +371,32 @@ def train_classifier(
     (that is how a caller cancels a run).
     """
     cfg = config or TrainConfig()
-    if x_train.dtype != torch.uint8 or x_val.dtype != torch.uint8:
-        raise ValueError("training images must be uint8 (N, C, H, W)")
-    if x_train.shape[0] == 0 or x_val.shape[0] == 0:
-        raise ValueError("need at least one training and one validation image")
+    _check_images(x_train, x_val)
     device = resolve_device(cfg.device)
     use_amp = cfg.amp and device.type == "cuda"
-    torch.set_num_threads(cfg.threads or available_cores())
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        # A small dataset fits on the GPU as uint8; moving it once beats a copy per batch.
-        if x_train.numel() < 2**30:
-            x_train, y_train = x_train.to(device), y_train.to(device)
+    _seed_torch(cfg, device)
+    # A small dataset fits on the GPU as uint8; moving it once beats a copy per batch.
+    if device.type == "cuda" and x_train.numel() < 2**30:
+        x_train, y_train = x_train.to(device), y_train.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    weight = None
-    if cfg.class_weights is not None:
-        weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     steps_per_epoch = math.ceil(x_train.shape[0] / cfg.batch_size)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device)
-    _set_memory_format(model, fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
-    onecycle: torch.optim.lr_scheduler.OneCycleLR | None = None
-    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-    if cfg.lr_schedule == "onecycle":
-        onecycle = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
-        )
-    else:
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=PLATEAU_FACTOR, patience=max(1, (cfg.patience or 4) // 2)
-        )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    opt = _optimisation(model, cfg, device, use_amp, steps_per_epoch)
     y_val_cpu = y_val.to("cpu")
     result = TrainResult(model, device=device.type, amp=use_amp)
     best_loss, best_state, since_best = math.inf, _cpu_state(model), 0
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        lr = float(optimizer.param_groups[0]["lr"])
-        model.train()
-        order = _epoch_order(y_train.cpu(), cfg, gen)
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, x_train.shape[0], cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            xb = normalizer.normalize(
-                augment(Normalizer.scale(x_train[idx.to(x_train.device)].to(device)), cfg, gen)
-            )
-            xb = xb.contiguous(memory_format=fmt)
-            yb = y_train[idx.to(y_train.device)].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits, _ = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(scaler.scale(loss))
-            scaler.step(optimizer)
-            scaler.update()
-            if onecycle is not None:
-                onecycle.step()
-            total_loss += loss.detach().to(torch.float64) * idx.shape[0]
-            correct += (logits.argmax(dim=1) == yb).sum()
-        val_logits, _ = predict(model, x_val, normalizer)
-        val_loss = float(
-            F.cross_entropy(
-                torch.from_numpy(val_logits), y_val_cpu, weight=None if weight is None else weight.cpu()
-            )
-        )
-        val_acc = float((val_logits.argmax(axis=1) == y_val_cpu.numpy()).mean())
+        lr = float(opt.optimizer.param_groups[0]["lr"])
+        total_loss, correct = _train_epoch(model, x_train, y_train, normalizer, cfg, gen, opt)
+        val_loss, val_acc = _validate(model, x_val, y_val_cpu, normalizer, opt.weight)
         n = x_train.shape[0]
         improved = val_loss < best_loss
         if improved:
             best_loss, best_state, since_best, result.best_epoch = val_loss, _cpu_state(model), 0, epoch
         else:
             since_best += 1
-        if plateau is not None:
-            plateau.step(val_loss)
+        if opt.plateau is not None:
+            opt.plateau.step(val_loss)
         stats = EpochStats(
             epoch,
             float(total_loss) / n,
@@ -347,13 +413,7 @@ def train_classifier(
         if cfg.patience is not None and since_best >= cfg.patience and epoch + 1 < cfg.epochs:
             result.stopped_early = True
             break
-    model.to("cpu")
-    if cfg.patience is not None:
-        model.load_state_dict(best_state)
-    else:
-        result.best_epoch = len(result.history) - 1
-    _set_memory_format(model, torch.contiguous_format)
-    model.eval()
+    _finish(model, cfg, result, best_state)
     return result
 
 

@@ -78,9 +78,10 @@ def _digest(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()
 
 
-def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
-    """Worker thread: decode the new images, one backbone pass over them, then each head on its rows."""
-    t0 = time.perf_counter()
+def _decode_rows(
+    job: _SplitJob, limits: ImageLimits
+) -> tuple[list[Embedding | Exception], list[NDArray[np.float32]], list[int]]:
+    """Decode each new image on its own, so a corrupt one fails only its own row."""
     rows: list[Embedding | Exception] = []
     tensors: list[NDArray[np.float32]] = []
     decoded: list[int] = []
@@ -91,17 +92,77 @@ def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
             rows.append(np.empty(0, dtype=np.float32))  # filled in below
         except Exception as exc:  # per image: a corrupt image must not fail its batch-mates
             rows.append(exc)
+    return rows, tensors, decoded
+
+
+def _run_backbone(
+    job: _SplitJob,
+    rows: list[Embedding | Exception],
+    tensors: list[NDArray[np.float32]],
+    decoded: list[int],
+) -> None:
+    """One backbone pass for every decoded image: the batch is what makes the split model pay off."""
+    if not tensors:
+        return
+    try:
+        if job.backbone is None:
+            raise RuntimeError("no backbone to compute image outputs with")
+        out = job.backbone.run(np.concatenate(tensors), [job.group.output])[job.group.output]
+        for j, i in enumerate(decoded):
+            rows[i] = out[j : j + 1].copy()  # a copy: the cache must not keep the whole batch alive
+    except Exception as exc:  # the backbone pass failed: every image it had fails alike
+        for i in decoded:
+            rows[i] = exc
+
+
+def _run_head(
+    job: _SplitJob,
+    runtime: ModelRuntime,
+    members: list[int],
+    rows: list[Embedding | Exception],
+    index: dict[EmbeddingKey | None, int],
+    predictions: list[Prediction | Exception | None],
+    decode_ms: float,
+    backbone_ms: float,
+) -> None:
+    """One head over all its requests' rows at once; its failure fails only its own requests."""
+    inputs: list[Embedding] = []
+    ready: list[int] = []
+    for i in members:
+        item = job.items[i]
+        value = item.outputs if item.outputs is not None else rows[index[item.key]]
+        if isinstance(value, Exception):
+            predictions[i] = value
+        else:
+            inputs.append(value)
+            ready.append(i)
+    if not inputs:
+        return
+    h0 = time.perf_counter()
+    try:
+        head_out = runtime.run_head_full({job.group.output: np.concatenate(inputs)})
+    except Exception as exc:  # one head failing fails its own requests only
+        for i in ready:
+            predictions[i] = exc
+        return
+    head_ms = (time.perf_counter() - h0) * 1e3
+    for j, i in enumerate(ready):
+        computed = job.items[i].outputs is None
+        timings = {
+            "decode": decode_ms if computed else 0.0,
+            "backbone": backbone_ms if computed else 0.0,
+            "head": head_ms,
+            "model": (backbone_ms if computed else 0.0) + head_ms,
+        }
+        predictions[i] = runtime.prediction_at(head_out, j, timings)
+
+
+def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
+    """Worker thread: decode the new images, one backbone pass over them, then each head on its rows."""
+    t0 = time.perf_counter()
+    rows, tensors, decoded = _decode_rows(job, limits)
     t1 = time.perf_counter()
-    if tensors:
-        try:
-            if job.backbone is None:
-                raise RuntimeError("no backbone to compute image outputs with")
-            out = job.backbone.run(np.concatenate(tensors), [job.group.output])[job.group.output]
-            for j, i in enumerate(decoded):
-                rows[i] = out[j : j + 1].copy()  # a copy: the cache must not keep the whole batch alive
-        except Exception as exc:  # the backbone pass failed: every image it had fails alike
-            for i in decoded:
-                rows[i] = exc
+    _run_backbone(job, rows, tensors, decoded)
     t2 = time.perf_counter()
     decode_ms = (t1 - t0) * 1e3 / len(job.rows) if job.rows else 0.0
     backbone_ms = (t2 - t1) * 1e3
@@ -111,35 +172,7 @@ def _run_split(job: _SplitJob, limits: ImageLimits) -> _SplitResult:
         heads.setdefault(item.runtime, []).append(i)
     predictions: list[Prediction | Exception | None] = [None] * len(job.items)
     for runtime, members in heads.items():
-        inputs: list[Embedding] = []
-        ready: list[int] = []
-        for i in members:
-            item = job.items[i]
-            value = item.outputs if item.outputs is not None else rows[index[item.key]]
-            if isinstance(value, Exception):
-                predictions[i] = value
-            else:
-                inputs.append(value)
-                ready.append(i)
-        if not inputs:
-            continue
-        h0 = time.perf_counter()
-        try:
-            head_out = runtime.run_head_full({job.group.output: np.concatenate(inputs)})
-        except Exception as exc:  # one head failing fails its own requests only
-            for i in ready:
-                predictions[i] = exc
-            continue
-        head_ms = (time.perf_counter() - h0) * 1e3
-        for j, i in enumerate(ready):
-            computed = job.items[i].outputs is None
-            timings = {
-                "decode": decode_ms if computed else 0.0,
-                "backbone": backbone_ms if computed else 0.0,
-                "head": head_ms,
-                "model": (backbone_ms if computed else 0.0) + head_ms,
-            }
-            predictions[i] = runtime.prediction_at(head_out, j, timings)
+        _run_head(job, runtime, members, rows, index, predictions, decode_ms, backbone_ms)
     done = [p if p is not None else RuntimeError("no prediction") for p in predictions]
     return _SplitResult(rows=rows, predictions=done)
 

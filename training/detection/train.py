@@ -60,6 +60,7 @@ from training.embeddings import Embedder
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
 from training.oodd import (
     LowRankOodd,
+    NegativeCalibration,
     calibrate_with_negatives,
     fit_lowrank_oodd,
     in_domain_needed,
@@ -326,6 +327,49 @@ def _autocast_dtype(device: str, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if native else None
 
 
+def _stacked_targets(
+    boxes: Sequence[NDArray[np.float32]], grid: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(heat, reg, mask) of every cached map, built once: the epochs only index them."""
+    targets = [heatmap_targets(b, grid) for b in boxes]
+    heat = torch.from_numpy(np.stack([t[0] for t in targets]))
+    reg = torch.from_numpy(np.stack([t[1] for t in targets]))
+    mask = torch.from_numpy(np.stack([t[2] for t in targets]))
+    return heat, reg, mask
+
+
+def _weight_average(
+    net: CentreNet, ema_decay: float, total: int
+) -> torch.optim.swa_utils.AveragedModel | None:
+    """The moving average the head answers with; None when the job is too short to average."""
+    # The average spans about the last tenth of the steps: a small job (tens of steps) must not
+    # answer with weights that are mostly those of its first steps.
+    decay = min(ema_decay, 1.0 - 10.0 / total) if total > 10 else 0.0
+    return (
+        torch.optim.swa_utils.AveragedModel(
+            net,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),  # type: ignore[no-untyped-call]
+            use_buffers=True,
+        )
+        if decay > 0
+        else None
+    )
+
+
+def _warmup_cosine(
+    optimiser: torch.optim.Optimizer, steps_per_epoch: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over the first epoch, then cosine to zero: AdamW on a fresh head needs both."""
+    warmup = max(1, steps_per_epoch)
+
+    def rate(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
+
+
 def _fit(
     maps: _Maps,
     opts: DetectionOptions,
@@ -342,35 +386,14 @@ def _fit(
     net = net.to(device)
     deep_all = _deep_maps(net, maps.maps, device)
     grid = maps.maps.shape[2] * net.upsample
-    targets = [heatmap_targets(b, grid) for b in maps.boxes]
-    heat = torch.from_numpy(np.stack([t[0] for t in targets]))
-    reg = torch.from_numpy(np.stack([t[1] for t in targets]))
-    mask = torch.from_numpy(np.stack([t[2] for t in targets]))
+    heat, reg, mask = _stacked_targets(maps.boxes, grid)
     x_all = torch.from_numpy(maps.maps)
     n = x_all.shape[0]
     steps_per_epoch = max(1, math.ceil(n / opts.batch_size))
     total = opts.epochs * steps_per_epoch
-    # The average spans about the last tenth of the steps: a small job (tens of steps) must not
-    # answer with weights that are mostly those of its first steps.
-    decay = min(opts.ema_decay, 1.0 - 10.0 / total) if total > 10 else 0.0
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            net,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),  # type: ignore[no-untyped-call]
-            use_buffers=True,
-        )
-        if decay > 0
-        else None
-    )
+    ema = _weight_average(net, opts.ema_decay, total)
     optimiser = torch.optim.AdamW(net.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
-    warmup = max(1, steps_per_epoch)
-
-    def rate(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
+    schedule = _warmup_cosine(optimiser, steps_per_epoch, total)
     generator = torch.Generator().manual_seed(seed)
     cast = _autocast_dtype(device, amp)
     parts: dict[str, float] = {}
@@ -603,6 +626,267 @@ def _fold_of(item_id: str, folds: int) -> int:
     return int.from_bytes(hashlib.sha256(f"fold:{item_id}".encode()).digest()[:4], "big") % folds
 
 
+@dataclass(frozen=True)
+class _Calibrated:
+    """The Platt parameters of the box scores, the held-out answers after them, the count temperature."""
+
+    a: float
+    b: float
+    answers: HeadAnswers
+    temperature: float
+
+
+@dataclass(frozen=True)
+class _FittedOodd:
+    oodd: LowRankOodd
+    quantile: float
+    tightened: NegativeCalibration | None
+
+
+def _check_job(bundle_dir: Path, spec: DetectorSpec, labels: list[str], embedder: Embedder) -> None:
+    """Refuse a job that could not produce a loadable bundle before spending any time on it."""
+    if bundle_dir.exists() and any(bundle_dir.iterdir()):
+        raise TrainingError(f"{bundle_dir} already holds files; choose another --out")
+    if spec.mode not in BOX_MODES:
+        raise TrainingError(f"a detection head answers COUNT or BOUNDING_BOX, not {spec.mode.value}")
+    if labels != [str(i) for i in range(len(labels))] or len(labels) < 2:
+        raise TrainingError(f"a {spec.mode.value} detector's labels are 0..max_count, not {labels}")
+    ref = embedder.backbone.ref
+    if not ref.feature_map_output or not ref.feature_map_shape:
+        raise TrainingError(f"backbone {ref.id} has no feature map for a detection head")
+
+
+def _torch_device(options: TrainingOptions) -> str:
+    """Threads and device as asked; asking for CUDA without one is an error, not a silent CPU run."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return "cuda" if options.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+_Decoded = list[tuple[DetectionItem, Image.Image]]
+
+
+def _train_and_held(decoded: _Decoded, options: TrainingOptions) -> tuple[_Decoded, _Decoded]:
+    """By each item's hash split: calibration and the metrics need images the head never saw."""
+    train = [(it, img) for it, img in decoded if _split_of(it.id, options) == "train"]
+    held = [(it, img) for it, img in decoded if _split_of(it.id, options) != "train"]
+    if len(train) < 2 or not held:
+        raise TrainingError(
+            f"a detection head needs train and held-out images; the split gave {len(train)} and {len(held)}"
+        )
+    return train, held
+
+
+def _calibrate(
+    head: DetectionHead,
+    held_maps: NDArray[np.float32],
+    held_truth: list[NDArray[np.float32]],
+    held_counts: NDArray[np.int64],
+    opts: DetectionOptions,
+) -> _Calibrated:
+    """Box scores that mean P(a true box) (Platt), then one temperature that makes the counts honest."""
+    raw = head_answers(head, held_maps)
+    positive = peak_matches(raw, held_truth, opts.match_iou)
+    a, b = fit_platt(raw.peak_logits[raw.peaks], positive[raw.peaks])
+    head.set_platt(a, b)
+    answers = head_answers(head, held_maps)
+    temperature = fit_temperature(
+        answers.logits.astype(np.float64), held_counts, (math.log(0.25), math.log(8.0))
+    )
+    return _Calibrated(a, b, answers, temperature)
+
+
+def _negative_features(
+    head: DetectionHead, embedder: Embedder, negatives: Sequence[bytes], skip: Counter[str]
+) -> NDArray[np.float32] | None:
+    """Features of the UNCLEAR images that decode (counted in `skip` when not); None when none do."""
+    neg_decoded = []
+    for data in negatives:
+        try:
+            neg_decoded.append(embedder.preprocessor.decode(data, ImageLimits()))
+        except ImageError:
+            skip["undecodable_negatives"] += 1
+    if not neg_decoded:
+        return None
+    return head_answers(head, _feature_maps(embedder, neg_decoded)).features
+
+
+def _fit_oodd(
+    head: DetectionHead,
+    cached: _Maps,
+    held: _Decoded,
+    answers: HeadAnswers,
+    need: float | None,
+    negatives: Sequence[bytes],
+    embedder: Embedder,
+    options: TrainingOptions,
+    skip: Counter[str],
+) -> _FittedOodd:
+    """One Gaussian over the (un-augmented) labelled images' channel statistics, calibrated out of
+    fold, then tightened so that reviewers' UNCLEAR images fall below the bar."""
+    originals = np.flatnonzero(cached.original)
+    train_features = head_answers(head, cached.maps[originals]).features
+    features = np.concatenate([train_features, answers.features])
+    ids = [cached.ids[i] for i in originals] + [it.id for it, _ in held]
+    folds = np.asarray([_fold_of(i, OODD_FOLDS) for i in ids], dtype=np.int64)
+    zeros = np.zeros(len(ids), dtype=np.int64)
+    oof = out_of_fold_distances(features, zeros, folds, 1, options.oodd_rank)
+    quantile = quantile_for(len(ids))
+    oodd = fit_lowrank_oodd(features, zeros, oof, 1, options.oodd_rank, quantile=quantile)
+    tightened = None
+    if negatives and need is not None:
+        neg_features = _negative_features(head, embedder, negatives, skip)
+        if neg_features is not None:
+            tightened = calibrate_with_negatives(oof, oodd.distances(neg_features), need, quantile=quantile)
+            if tightened is not None:
+                oodd = dataclasses.replace(oodd, threshold=tightened.threshold, scale=tightened.scale)
+    return _FittedOodd(oodd, quantile, tightened)
+
+
+def _detection_metrics(
+    evaluation: DetectionMetrics,
+    calibrated: _Calibrated,
+    fitted: _FittedOodd,
+    held_counts: NDArray[np.int64],
+    threshold: float,
+    n_labels: int,
+    losses: dict[str, float],
+    n_negatives: int,
+) -> dict[str, Any]:
+    """The bundle's metrics: box figures, and what the count answers would do at the threshold."""
+    answers, temperature, oodd, tightened = (
+        calibrated.answers,
+        calibrated.temperature,
+        fitted.oodd,
+        fitted.tightened,
+    )
+    probs = softmax(answers.logits, temperature)
+    q = oodd.in_domain(answers.features)
+    confidence = np.asarray(
+        [final_confidence(float(p.max()), float(qq), n_labels) for p, qq in zip(probs, q, strict=True)]
+    )
+    correct = probs.argmax(axis=1) == held_counts
+    confident = confidence >= threshold
+    return {
+        "engine": "detection",
+        **evaluation.as_dict(),
+        "evaluation": "held-out (also where the box scores and the count temperature were calibrated)",
+        "count_ece": round(expected_calibration_error(probs, held_counts), 4),
+        "count_nll": round(negative_log_likelihood(answers.logits, held_counts, temperature), 4),
+        "threshold": threshold,
+        "escalation_rate": round(float(1.0 - confident.mean()), 4),
+        "confident_count_accuracy": round(float(correct[confident].mean()), 4) if confident.any() else None,
+        "platt": {"scale": round(calibrated.a, 6), "bias": round(calibrated.b, 6)},
+        "train_loss": losses,
+        "oodd": {
+            "rank": int(oodd.components.shape[0]),
+            "shrinkage": oodd.shrinkage,
+            "quantile": fitted.quantile,
+            "unclear_examples": n_negatives,
+            "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
+        },
+    }
+
+
+def _detection_version(
+    embedder: Embedder,
+    spec: DetectorSpec,
+    calibrated: _Calibrated,
+    oodd: LowRankOodd,
+    opts: DetectionOptions,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+) -> str:
+    """The answers, the backbone, the box decoding and the moment: each job is a version of its own."""
+    key = (
+        behaviour_key(embedder.backbone.pipeline, spec, calibrated.temperature, oodd.calibration())
+        + embedder.backbone.ref.sha256.encode()
+        + repr((calibrated.a, calibrated.b, opts.max_boxes, opts.score_threshold)).encode()
+        + str(time.time_ns()).encode()
+    )
+    return version_id(head_onnx, oodd_onnx, key)
+
+
+def _detection_data_info(
+    checked: list[DetectionItem],
+    decoded: _Decoded,
+    train: _Decoded,
+    held: _Decoded,
+    cached: _Maps,
+    skip: Counter[str],
+    labels: list[str],
+    max_count: int,
+) -> dict[str, Any]:
+    """What the job learnt from, for the bundle's lineage and the job's summary."""
+    counts = Counter(min(it.count, max_count) for it, _ in decoded)
+    return {
+        "items": len(checked) + sum(skip.values()),
+        "used": len(decoded),
+        "skipped": dict(skip),
+        "per_label": {label: counts.get(int(label), 0) for label in labels},
+        "n_train": len(train),
+        "n_heldout": len(held),
+        "train_maps": int(cached.maps.shape[0]),
+        "objects": int(sum(it.count for it, _ in decoded)),
+    }
+
+
+def _detection_lineage(
+    options: TrainingOptions,
+    opts: DetectionOptions,
+    embedder: Embedder,
+    data_info: dict[str, Any],
+    device: str,
+    label_snapshot: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Where the version came from: enough to reproduce it and to trace it back to its labels."""
+    ref = embedder.backbone.ref
+    lineage: dict[str, Any] = {
+        "code": CODE_REF,
+        "code_version": code_version(),
+        "training_config": options.model_dump(mode="json"),
+        "detection_config": dataclasses.asdict(opts),
+        "backbone": {"id": ref.id, "sha256": ref.sha256, "weights_sha256": ref.weights_sha256},
+        "data": data_info,
+        "seed": options.seed,
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if label_snapshot is not None:
+        lineage["label_snapshot"] = label_snapshot
+    return lineage
+
+
+def _write_checked_bundle(
+    bundle_dir: Path,
+    head_onnx: bytes,
+    oodd_onnx: bytes,
+    embedder: Embedder,
+    metadata: PredictorMetadata,
+    store: BackboneStore,
+    held_maps: NDArray[np.float32],
+    held: _Decoded,
+    calibrated: _Calibrated,
+) -> None:
+    """Write the bundle and load it back as an edge would; a bundle that fails is never left behind."""
+    try:
+        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
+        rows = min(PARITY_ROWS, len(held))
+        _check_in_runtime(
+            bundle_dir,
+            store,
+            held_maps[:rows],
+            calibrated.answers,
+            [it.image for it, _ in held[: min(8, rows)]],
+            calibrated.temperature,
+        )
+    except BaseException:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        raise
+
+
 def train_detection(
     items: Iterable[ItemLike],
     spec: DetectorSpec,
@@ -621,31 +905,15 @@ def train_detection(
     clock = _Clock(progress)
     opts = detection or DetectionOptions()
     bundle_dir = out_dir / BUNDLE_DIR
-    if bundle_dir.exists() and any(bundle_dir.iterdir()):
-        raise TrainingError(f"{bundle_dir} already holds files; choose another --out")
-    if spec.mode not in BOX_MODES:
-        raise TrainingError(f"a detection head answers COUNT or BOUNDING_BOX, not {spec.mode.value}")
     labels = list(spec.labels)
-    if labels != [str(i) for i in range(len(labels))] or len(labels) < 2:
-        raise TrainingError(f"a {spec.mode.value} detector's labels are 0..max_count, not {labels}")
+    _check_job(bundle_dir, spec, labels, embedder)
     max_count = len(labels) - 1
     ref = embedder.backbone.ref
-    if not ref.feature_map_output or not ref.feature_map_shape:
-        raise TrainingError(f"backbone {ref.id} has no feature map for a detection head")
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was asked for, but torch sees no CUDA device")
-    device = "cuda" if options.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = _torch_device(options)
     skip: Counter[str] = Counter(skipped or {})
     checked = as_detection_items(items)
     decoded = _decode(checked, embedder, skip)
-    train = [(it, img) for it, img in decoded if _split_of(it.id, options) == "train"]
-    held = [(it, img) for it, img in decoded if _split_of(it.id, options) != "train"]
-    if len(train) < 2 or not held:
-        raise TrainingError(
-            f"a detection head needs train and held-out images; the split gave {len(train)} and {len(held)}"
-        )
+    train, held = _train_and_held(decoded, options)
     clock.report("prepare", f"{len(decoded)} labelled images: {len(train)} to train on, {len(held)} held out")
     cached = _train_maps(train, embedder, opts, options.seed, clock)
     held_maps = _feature_maps(embedder, [img for _, img in held])
@@ -658,109 +926,33 @@ def train_detection(
     head = DetectionHead(net, max_count, opts.max_boxes)
     held_truth = [it.boxes for it, _ in held]
     held_counts = np.asarray([min(it.count, max_count) for it, _ in held], dtype=np.int64)
-    raw = head_answers(head, held_maps)
-    positive = peak_matches(raw, held_truth, opts.match_iou)
-    a, b = fit_platt(raw.peak_logits[raw.peaks], positive[raw.peaks])
-    head.set_platt(a, b)
-    answers = head_answers(head, held_maps)
-    temperature = fit_temperature(
-        answers.logits.astype(np.float64), held_counts, (math.log(0.25), math.log(8.0))
+    calibrated = _calibrate(head, held_maps, held_truth, held_counts, opts)
+    answers, temperature = calibrated.answers, calibrated.temperature
+    clock.report(
+        "calibrate",
+        f"Platt a={calibrated.a:.3f} b={calibrated.b:.3f}; count temperature {temperature:.3f}; OODD",
     )
-    clock.report("calibrate", f"Platt a={a:.3f} b={b:.3f}; count temperature {temperature:.3f}; OODD")
-
-    # The OODD: one Gaussian over the (un-augmented) labelled images' channel statistics.
-    originals = np.flatnonzero(cached.original)
-    train_features = head_answers(head, cached.maps[originals]).features
-    features = np.concatenate([train_features, answers.features])
-    ids = [cached.ids[i] for i in originals] + [it.id for it, _ in held]
-    folds = np.asarray([_fold_of(i, OODD_FOLDS) for i in ids], dtype=np.int64)
-    zeros = np.zeros(len(ids), dtype=np.int64)
-    oof = out_of_fold_distances(features, zeros, folds, 1, options.oodd_rank)
-    quantile = quantile_for(len(ids))
-    oodd = fit_lowrank_oodd(features, zeros, oof, 1, options.oodd_rank, quantile=quantile)
     threshold = options.confidence_threshold or spec.default_confidence_threshold
     need = in_domain_needed(threshold, len(labels))
-    tightened = None
-    if negatives and need is not None:
-        neg_decoded = []
-        for data in negatives:
-            try:
-                neg_decoded.append(embedder.preprocessor.decode(data, ImageLimits()))
-            except ImageError:
-                skip["undecodable_negatives"] += 1
-        if neg_decoded:
-            neg_features = head_answers(head, _feature_maps(embedder, neg_decoded)).features
-            tightened = calibrate_with_negatives(oof, oodd.distances(neg_features), need, quantile=quantile)
-            if tightened is not None:
-                oodd = dataclasses.replace(oodd, threshold=tightened.threshold, scale=tightened.scale)
+    fitted = _fit_oodd(head, cached, held, answers, need, negatives, embedder, options, skip)
+    oodd = fitted.oodd
     clock.lap("calibrate")
 
     # Held-out figures (the calibration split: two Platt parameters and one temperature were fitted there).
     evaluation = evaluate_detections(
         detections_of(answers), held_truth, np.argmax(answers.logits, axis=1), max_count=max_count
     )
-    probs = softmax(answers.logits, temperature)
-    q = oodd.in_domain(answers.features)
-    confidence = np.asarray(
-        [final_confidence(float(p.max()), float(qq), len(labels)) for p, qq in zip(probs, q, strict=True)]
+    metrics = _detection_metrics(
+        evaluation, calibrated, fitted, held_counts, threshold, len(labels), losses, len(negatives)
     )
-    correct = probs.argmax(axis=1) == held_counts
-    confident = confidence >= threshold
-    metrics: dict[str, Any] = {
-        "engine": "detection",
-        **evaluation.as_dict(),
-        "evaluation": "held-out (also where the box scores and the count temperature were calibrated)",
-        "count_ece": round(expected_calibration_error(probs, held_counts), 4),
-        "count_nll": round(negative_log_likelihood(answers.logits, held_counts, temperature), 4),
-        "threshold": threshold,
-        "escalation_rate": round(float(1.0 - confident.mean()), 4),
-        "confident_count_accuracy": round(float(correct[confident].mean()), 4) if confident.any() else None,
-        "platt": {"scale": round(a, 6), "bias": round(b, 6)},
-        "train_loss": losses,
-        "oodd": {
-            "rank": int(oodd.components.shape[0]),
-            "shrinkage": oodd.shrinkage,
-            "quantile": quantile,
-            "unclear_examples": len(negatives),
-            "tightened_by_unclear": tightened.as_dict() if tightened is not None else None,
-        },
-    }
 
     head_onnx = export_head(head, held_maps[:PARITY_ROWS], temperature)
     oodd_onnx = export_oodd(oodd, answers.features)
     clock.lap("export")
-    key = (
-        behaviour_key(embedder.backbone.pipeline, spec, temperature, oodd.calibration())
-        + ref.sha256.encode()
-        + repr((a, b, opts.max_boxes, opts.score_threshold)).encode()
-        + str(time.time_ns()).encode()
-    )
-    version = version_id(head_onnx, oodd_onnx, key)
-    counts = Counter(min(it.count, max_count) for it, _ in decoded)
-    data_info = {
-        "items": len(checked) + sum(skip.values()),
-        "used": len(decoded),
-        "skipped": dict(skip),
-        "per_label": {label: counts.get(int(label), 0) for label in labels},
-        "n_train": len(train),
-        "n_heldout": len(held),
-        "train_maps": int(cached.maps.shape[0]),
-        "objects": int(sum(it.count for it, _ in decoded)),
-    }
+    version = _detection_version(embedder, spec, calibrated, oodd, opts, head_onnx, oodd_onnx)
+    data_info = _detection_data_info(checked, decoded, train, held, cached, skip, labels, max_count)
     metrics["timings_s"] = clock.marks
-    lineage: dict[str, Any] = {
-        "code": CODE_REF,
-        "code_version": code_version(),
-        "training_config": options.model_dump(mode="json"),
-        "detection_config": dataclasses.asdict(opts),
-        "backbone": {"id": ref.id, "sha256": ref.sha256, "weights_sha256": ref.weights_sha256},
-        "data": data_info,
-        "seed": options.seed,
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if label_snapshot is not None:
-        lineage["label_snapshot"] = label_snapshot
+    lineage = _detection_lineage(options, opts, embedder, data_info, device, label_snapshot)
     metadata = PredictorMetadata(
         detector_id=spec.detector_id,
         version=version,
@@ -783,20 +975,9 @@ def train_detection(
     clock.report("write", f"bundle {version} into {bundle_dir}")
     store = BackboneStore(out_dir / "backbones")
     store.install_file(embedder.backbone.path, ref)
-    try:
-        write_split_bundle(bundle_dir, head_onnx, oodd_onnx, embedder.backbone.pipeline, metadata)
-        rows = min(PARITY_ROWS, len(held))
-        _check_in_runtime(
-            bundle_dir,
-            store,
-            held_maps[:rows],
-            answers,
-            [it.image for it, _ in held[: min(8, rows)]],
-            temperature,
-        )
-    except BaseException:
-        shutil.rmtree(bundle_dir, ignore_errors=True)
-        raise
+    _write_checked_bundle(
+        bundle_dir, head_onnx, oodd_onnx, embedder, metadata, store, held_maps, held, calibrated
+    )
     clock.lap("write")
     wall = time.perf_counter() - clock.t0
     clock.report("done", f"{version} in {wall:.1f}s")

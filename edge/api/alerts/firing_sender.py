@@ -136,6 +136,19 @@ class FiringSender:
         return True
 
     async def _send(self, rows: list[StoredFiring]) -> None:
+        firings = await self._readable(rows)
+        if not firings:
+            return
+        ids = [f.firing_id for f in firings]
+        body = AlertFiringBatch(edge_id=self._edge_id, firings=firings).model_dump_json()
+        start = time.perf_counter()
+        resp = await self._post(ids, body, start)
+        ack = await self._ack_of(resp, ids, start)
+        if ack is not None:
+            await self._settle(ack, ids, start, resp.status_code)
+
+    async def _readable(self, rows: list[StoredFiring]) -> list[AlertFiring]:
+        """The firings that still parse; one that does not can never be sent, so it is marked dead."""
         firings: list[AlertFiring] = []
         unreadable: list[tuple[str, str, bool]] = []
         for row in rows:
@@ -147,11 +160,10 @@ class FiringSender:
                 )
         if unreadable:
             await self._note(unreadable)
-        if not firings:
-            return
-        ids = [f.firing_id for f in firings]
-        body = AlertFiringBatch(edge_id=self._edge_id, firings=firings).model_dump_json()
-        start = time.perf_counter()
+        return firings
+
+    async def _post(self, ids: list[str], body: str, start: float) -> httpx.Response:
+        """The request; an unreachable cloud keeps the batch and backs off until the link is back."""
         try:
             resp = await self._http.post(FIRINGS_PATH, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -161,24 +173,31 @@ class FiringSender:
             self._log_batch(ids, start, None, error=error)
             raise _Backoff(unreachable=True) from None
         self._link.succeeded()
+        return resp
+
+    async def _ack_of(self, resp: httpx.Response, ids: list[str], start: float) -> AlertFiringAck | None:
+        """The cloud's ack; None when it refused the whole batch (now dead), _Backoff when it may retry."""
         status = resp.status_code
         if 400 <= status < 500 and status not in _RETRY_STATUSES:
             error = f"cloud refused the batch {status}: {resp.text[:200]}"
             await self._note([(i, error, True) for i in ids])
             self._log_batch(ids, start, status, dead=len(ids), error=error)
-            return
+            return None
         if not resp.is_success:
             error = f"cloud answered {status}: {resp.text[:200]}"
             await self._note([(i, error, False) for i in ids])
             self._log_batch(ids, start, status, error=error)
             raise _Backoff(unreachable=False)
         try:
-            ack = AlertFiringAck.model_validate_json(resp.content)
+            return AlertFiringAck.model_validate_json(resp.content)
         except ValidationError:
             error = f"cloud answered {status} without a readable ack"
             await self._note([(i, error, False) for i in ids])
             self._log_batch(ids, start, status, error=error)
             raise _Backoff(unreachable=False) from None
+
+    async def _settle(self, ack: AlertFiringAck, ids: list[str], start: float, status: int) -> None:
+        """Delete what the cloud recorded, mark what it refused dead, and retry what it did not name."""
         wanted = set(ids)
         recorded = [i for i in dict.fromkeys(ack.recorded) if i in wanted]
         done = set(recorded)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from common.bundle import DetectorMode
 from common.confidence import is_out_of_domain
+from common.edge_config import EdgeConfig
 from common.ids import new_image_query_id
 from common.imaging import ImageLimits, check_image_bytes, content_type_of, decode_image, inspect_image
 from common.params import with_detector_policy
@@ -33,10 +34,11 @@ from common.wire.device_api import (
     utc_now_iso,
 )
 from common.wire.escalation import EscalationCreate, EscalationReason
+from common.wire.inference import InferenceResult
 from common.wire.priors import DetectorPrior
 from edge.api.alerts.watcher import AlertWatcher
 from edge.api.core.config_store import ConfigStore
-from edge.api.core.decision import decide, decide_without_model
+from edge.api.core.decision import Decision, decide, decide_without_model
 from edge.api.core.detectors import DetectorDirectory, EdgeDetector
 from edge.api.core.inference_client import InferenceClient, InferenceUnavailableError, NoModelError
 from edge.api.core.locks import KeyedLocks
@@ -149,29 +151,8 @@ class ImageQueryService:
         # limits (its 4xx comes back as ours); paths that skip inference decode fully below.
         content_type = content_type_of(check_image_bytes(image, self._limits))
         config = self._config.config
-        try:
-            detector = await self._directory.lookup(config, params.detector_id)
-        except InferenceUnavailableError as exc:
-            raise self._cannot_answer(None, str(exc), image) from None
-        if detector is None or not detector.inference_config.enabled:
-            self._metrics.count_image_query(params.detector_id, "not_served")
-            raise self._cannot_answer(
-                None, f"detector {params.detector_id} is not served by this edge", image
-            )
-        model = detector.model
-        prior: DetectorPrior | None = None
-        if model is None:
-            if self._priors is not None:
-                prior = await self._priors.lookup(params.detector_id)
-            if prior is None:
-                raise self._cannot_answer(
-                    detector,
-                    f"no model is installed for {params.detector_id} yet and its label prior is not known",
-                    image,
-                )
-            mode, query = prior.mode, prior.query
-        else:
-            mode, query = DetectorMode(model.mode), model.query
+        detector = await self._served_detector(config, params.detector_id, image)
+        prior, mode, query = await self._prior_mode_query(detector, params.detector_id, image)
         no_cloud = detector.inference_config.disable_cloud_escalation
         threshold = _threshold(params, detector, prior, self._priors)
         known = prior or (self._priors.known(params.detector_id) if self._priors is not None else None)
@@ -180,27 +161,89 @@ class ImageQueryService:
         iq_id = params.image_query_id or new_image_query_id()
 
         if params.want_async or params.human_review is HumanReview.ALWAYS:
-            if no_cloud:
-                raise BadRequestError(
-                    f"detector {params.detector_id} is edge-only (cloud escalation disabled); "
-                    "want_async and human_review=ALWAYS need the cloud"
-                )
-            # Bytes that leave the edge must be a decodable image: check fully before queueing.
-            await asyncio.to_thread(decode_image, image, self._limits)
-            reason = (
-                EscalationReason.WANT_ASYNC if params.want_async else EscalationReason.HUMAN_REVIEW_ALWAYS
+            return await self._escalate_unanswered(
+                params, image, keys, content_type, mode, query, threshold, iq_id, no_cloud
             )
-            iq = self._image_query(iq_id, params, mode, query, threshold, None, done=False)
-            iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
-            body = await self._record(iq, keys, image, content_type, reason)
-            self._metrics.count_image_query(params.detector_id, reason.value)
-            return Answer(body)
 
         if prior is not None:
             return await self._answer_with_prior(
                 params, image, keys, content_type, detector, prior, iq_id, threshold, start
             )
+        return await self._answer_with_model(
+            params, image, keys, content_type, detector, mode, query, iq_id, threshold, start, config
+        )
 
+    async def _served_detector(self, config: EdgeConfig, detector_id: str, image: bytes) -> EdgeDetector:
+        """The detector, if this edge serves it; otherwise the 503 that sends the request to the cloud."""
+        try:
+            detector = await self._directory.lookup(config, detector_id)
+        except InferenceUnavailableError as exc:
+            raise self._cannot_answer(None, str(exc), image) from None
+        if detector is None or not detector.inference_config.enabled:
+            self._metrics.count_image_query(detector_id, "not_served")
+            raise self._cannot_answer(None, f"detector {detector_id} is not served by this edge", image)
+        return detector
+
+    async def _prior_mode_query(
+        self, detector: EdgeDetector, detector_id: str, image: bytes
+    ) -> tuple[DetectorPrior | None, DetectorMode, str]:
+        """Mode and query from the model, else from the label prior (returned, as it answers instead)."""
+        model = detector.model
+        if model is not None:
+            return None, DetectorMode(model.mode), model.query
+        prior: DetectorPrior | None = None
+        if self._priors is not None:
+            prior = await self._priors.lookup(detector_id)
+        if prior is None:
+            raise self._cannot_answer(
+                detector,
+                f"no model is installed for {detector_id} yet and its label prior is not known",
+                image,
+            )
+        return prior, prior.mode, prior.query
+
+    async def _escalate_unanswered(
+        self,
+        params: SubmitParams,
+        image: bytes,
+        keys: Keys,
+        content_type: str,
+        mode: DetectorMode,
+        query: str,
+        threshold: float,
+        iq_id: str,
+        no_cloud: bool,
+    ) -> Answer:
+        """want_async / human_review=ALWAYS: no edge answer at all, straight to the cloud's people."""
+        if no_cloud:
+            raise BadRequestError(
+                f"detector {params.detector_id} is edge-only (cloud escalation disabled); "
+                "want_async and human_review=ALWAYS need the cloud"
+            )
+        # Bytes that leave the edge must be a decodable image: check fully before queueing.
+        await asyncio.to_thread(decode_image, image, self._limits)
+        reason = EscalationReason.WANT_ASYNC if params.want_async else EscalationReason.HUMAN_REVIEW_ALWAYS
+        iq = self._image_query(iq_id, params, mode, query, threshold, None, done=False)
+        iq.intellioptics = EdgeDiagnostics(escalated=True, escalation_reason=reason.value)
+        body = await self._record(iq, keys, image, content_type, reason)
+        self._metrics.count_image_query(params.detector_id, reason.value)
+        return Answer(body)
+
+    async def _answer_with_model(
+        self,
+        params: SubmitParams,
+        image: bytes,
+        keys: Keys,
+        content_type: str,
+        detector: EdgeDetector,
+        mode: DetectorMode,
+        query: str,
+        iq_id: str,
+        threshold: float,
+        start: float,
+        config: EdgeConfig,
+    ) -> Answer:
+        """The model's answer, escalated or not by the decision tree; the prior if the model just went."""
         t_infer = time.perf_counter()
         try:
             inf = await self._inference.infer(params.detector_id, image)
@@ -216,6 +259,34 @@ class ImageQueryService:
             raise self._cannot_answer(detector, str(exc), image) from None
         infer_ms = (time.perf_counter() - t_infer) * 1e3
 
+        decision = self._decide(params, detector, inf, threshold, config)
+        result = make_result(
+            mode, inf.label, inf.confidence, ResultSource.ALGORITHM, True, inf.greater_than_max
+        )
+        iq = self._image_query(iq_id, params, mode, query, threshold, result, done=decision.done_processing)
+        iq.rois = inf.rois
+        total_ms = (time.perf_counter() - start) * 1e3
+        iq.intellioptics = _model_diagnostics(inf, decision, infer_ms, total_ms)
+        body = await self._record(iq, keys, image, content_type, decision.escalate)
+        if self._alerts is not None:  # §12: confident answers (audited ones too) feed the alert rules
+            confident = inf.confidence >= threshold and not is_out_of_domain(inf.in_domain)
+            await self._alerts.watch(iq, confident=confident)
+        self._metrics.count_image_query(params.detector_id, _model_outcome(decision, inf, threshold))
+        timing = ", ".join(
+            f"{name};dur={value:.3f}"
+            for name, value in (("edge", total_ms), ("inference", infer_ms), *inf.timings_ms.items())
+        )
+        return Answer(body, server_timing=timing)
+
+    def _decide(
+        self,
+        params: SubmitParams,
+        detector: EdgeDetector,
+        inf: InferenceResult,
+        threshold: float,
+        config: EdgeConfig,
+    ) -> Decision:
+        """The decision tree for a model answer; an escalation (not an audit) restarts the cooldown."""
         now = time.monotonic()
         last = self._last_escalation.get(params.detector_id)
         decision = decide(
@@ -230,44 +301,7 @@ class ImageQueryService:
         )
         if decision.escalate is not None and not decision.audit:
             self._last_escalation[params.detector_id] = now
-        result = make_result(
-            mode, inf.label, inf.confidence, ResultSource.ALGORITHM, True, inf.greater_than_max
-        )
-        iq = self._image_query(iq_id, params, mode, query, threshold, result, done=decision.done_processing)
-        iq.rois = inf.rois
-        total_ms = (time.perf_counter() - start) * 1e3
-        iq.intellioptics = EdgeDiagnostics(
-            raw_confidence=inf.raw_confidence,
-            in_domain_score=inf.in_domain,
-            out_of_domain=is_out_of_domain(inf.in_domain),
-            model_version=inf.model_version,
-            escalated=decision.escalate is not None,
-            escalation_reason=decision.escalate.value
-            if decision.escalate
-            else decision.not_escalated_because,
-            audit=decision.audit,
-            timings_ms={
-                **inf.timings_ms,
-                "inference_call": round(infer_ms, 3),
-                "edge_total": round(total_ms, 3),
-            },
-        )
-        body = await self._record(iq, keys, image, content_type, decision.escalate)
-        if self._alerts is not None:  # §12: confident answers (audited ones too) feed the alert rules
-            confident = inf.confidence >= threshold and not is_out_of_domain(inf.in_domain)
-            await self._alerts.watch(iq, confident=confident)
-        if decision.escalate is not None:
-            outcome = decision.escalate.value
-        elif inf.confidence >= threshold:
-            outcome = "confident"
-        else:
-            outcome = decision.not_escalated_because or "not_escalated"
-        self._metrics.count_image_query(params.detector_id, outcome)
-        timing = ", ".join(
-            f"{name};dur={value:.3f}"
-            for name, value in (("edge", total_ms), ("inference", infer_ms), *inf.timings_ms.items())
-        )
-        return Answer(body, server_timing=timing)
+        return decision
 
     def _cannot_answer(self, detector: EdgeDetector | None, why: str, image: bytes) -> EdgeCannotAnswerError:
         """The 503 that sends a request on to the cloud; bytes that are no usable image never go."""
@@ -421,6 +455,35 @@ def _refuse_unless_repeat(record: StoredQuery, params: SubmitParams, image_sha25
     )
     if why is not None:
         raise ConflictError(why)
+
+
+def _model_diagnostics(
+    inf: InferenceResult, decision: Decision, infer_ms: float, total_ms: float
+) -> EdgeDiagnostics:
+    """What the edge saw and decided, kept with the query so a reviewer can tell why it went (or not)."""
+    return EdgeDiagnostics(
+        raw_confidence=inf.raw_confidence,
+        in_domain_score=inf.in_domain,
+        out_of_domain=is_out_of_domain(inf.in_domain),
+        model_version=inf.model_version,
+        escalated=decision.escalate is not None,
+        escalation_reason=decision.escalate.value if decision.escalate else decision.not_escalated_because,
+        audit=decision.audit,
+        timings_ms={
+            **inf.timings_ms,
+            "inference_call": round(infer_ms, 3),
+            "edge_total": round(total_ms, 3),
+        },
+    )
+
+
+def _model_outcome(decision: Decision, inf: InferenceResult, threshold: float) -> str:
+    """The metrics label of a model answer: why it escalated, else confident, else why it stayed."""
+    if decision.escalate is not None:
+        return decision.escalate.value
+    if inf.confidence >= threshold:
+        return "confident"
+    return decision.not_escalated_because or "not_escalated"
 
 
 def _threshold(

@@ -148,25 +148,21 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(answer)
 
 
-def _parse_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
-    """(status, body, keep_alive) once `buf` holds a whole answer; None while it does not yet."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEAD_BYTES:
-            raise ProtocolError("answer head is too large")
-        return None
-    lines = bytes(buf[:end]).split(b"\r\n")
-    status_line = lines[0]
+def _parse_status_line(status_line: bytes) -> int:
+    """The status code, refusing anything but HTTP/1.x so a confused peer fails loudly."""
     if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
     try:
-        status = int(status_line[9:12])
+        return int(status_line[9:12])
     except ValueError:
         raise ProtocolError(f"bad status line: {status_line[:60]!r}") from None
+
+
+def _parse_headers(header_lines: list[bytes], keep_alive: bool) -> tuple[int, bool, bool]:
+    """(content_length or -1, chunked, keep_alive): only the headers that frame the body matter here."""
     length = -1
     chunked = False
-    keep_alive = status_line.startswith(b"HTTP/1.1")
-    for line in lines[1:]:
+    for line in header_lines:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
@@ -179,6 +175,20 @@ def _parse_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None
         elif name == b"connection":
             token = value.strip().lower()
             keep_alive = token != b"close" and (keep_alive or token == b"keep-alive")
+    return length, chunked, keep_alive
+
+
+def _parse_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
+    """(status, body, keep_alive) once `buf` holds a whole answer; None while it does not yet."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEAD_BYTES:
+            raise ProtocolError("answer head is too large")
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    status_line = lines[0]
+    status = _parse_status_line(status_line)
+    length, chunked, keep_alive = _parse_headers(lines[1:], status_line.startswith(b"HTTP/1.1"))
     start = end + 4
     if status in (204, 304) or 100 <= status < 200:
         return status, b"", keep_alive
