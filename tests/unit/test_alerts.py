@@ -20,10 +20,11 @@ from common.bundle import DetectorMode
 from common.wire.alerts import AlertCondition, AlertConditionKind, AlertFiring, AlertRule
 from common.wire.device_api import ImageQuery, ResultSource, ResultType, make_result
 from common.wire.priors import DetectorPrior
-from edge.api.alerts.firing_sender import FIRINGS_PATH, FiringSender, _Backoff
+from edge.api.alerts.firing_sender import FIRINGS_PATH, FiringSender
 from edge.api.alerts.watcher import AlertWatcher
 from edge.api.core.store import EdgeStore
 from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.sending_loop import Backoff
 from edge.api.metrics import EdgeMetrics
 
 DETECTOR = "det_alerts"
@@ -273,7 +274,7 @@ async def test_recorded_firings_leave_refused_ones_die_and_unnamed_ones_stay(sto
         )
 
     sender, (a, b, c), _ = await sender_for(store, reply)
-    with pytest.raises(_Backoff):  # c was not acknowledged: it goes again, later
+    with pytest.raises(Backoff):  # c was not acknowledged: it goes again, later
         await sender.send_once()
     assert [f["firing_id"] for f in seen[0]["firings"]] == [a, b, c] and seen[0]["edge_id"] == "edge-1"
     assert states(store) == {b: "dead", c: "pending"}
@@ -288,7 +289,7 @@ async def test_what_a_batch_refused_whole_does_to_its_firings(
     if dead:
         assert await sender.send_once() is True
     else:
-        with pytest.raises(_Backoff):
+        with pytest.raises(Backoff):
             await sender.send_once()
     assert states(store) == dict.fromkeys(ids, "dead" if dead else "pending")
     assert str(status) in (sender.last_error or "")
@@ -299,7 +300,7 @@ async def test_an_unreachable_cloud_keeps_everything_and_marks_the_link_down(sto
         raise httpx.ConnectError("connection refused")
 
     sender, ids, link = await sender_for(store, reply, count=1)
-    with pytest.raises(_Backoff) as caught:
+    with pytest.raises(Backoff) as caught:
         await sender.send_once()
     assert caught.value.unreachable and link.reachable is False
     assert states(store) == {ids[0]: "pending"}

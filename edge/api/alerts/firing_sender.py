@@ -14,9 +14,7 @@ the escalation sender) ends the wait early.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 
 import httpx
@@ -25,6 +23,7 @@ from pydantic import ValidationError
 from common.wire.alerts import MAX_BATCH_FIRINGS, AlertFiring, AlertFiringAck, AlertFiringBatch
 from edge.api.core.store import EdgeStore, StoredFiring
 from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.sending_loop import Backoff, SendingLoop
 from edge.api.metrics import EdgeMetrics
 
 log = logging.getLogger("edge.alerts")
@@ -36,13 +35,10 @@ _IDLE_S = 5.0
 _LINK_POLL_S = 0.25
 
 
-class _Backoff(Exception):
-    def __init__(self, unreachable: bool) -> None:
-        super().__init__()
-        self.unreachable = unreachable
+class FiringSender(SendingLoop):
+    name = "alert-firing-sender"
+    idle_s = _IDLE_S
 
-
-class FiringSender:
     def __init__(
         self,
         store: EdgeStore,
@@ -56,6 +52,7 @@ class FiringSender:
         retry_max_s: float,
         batch: int = MAX_BATCH_FIRINGS,
     ) -> None:
+        super().__init__(retry_base_s, retry_max_s)
         self._store = store
         self._http = http
         self._link = link
@@ -64,52 +61,20 @@ class FiringSender:
         if api_token:
             self._headers["x-api-token"] = api_token
         self._edge_id = edge_id
-        self._base = retry_base_s
-        self._max = retry_max_s
         self._batch = max(1, min(batch, MAX_BATCH_FIRINGS))
-        self._wake = asyncio.Event()
-        self._failures = 0
-        self._task: asyncio.Task[None] | None = None
         # For /status; in memory only (the store keeps each firing's own last error).
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_sent_at: float | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def round(self) -> bool:
+        return await self.send_once()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="alert-firing-sender")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                busy = await self.send_once()
-            except asyncio.CancelledError:
-                raise
-            except _Backoff as exc:
-                await self._back_off(exc.unreachable)
-                continue
-            except Exception:
-                log.exception("alert firing sender error")
-                self._failures += 1
-                await self._back_off(False)
-                continue
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_S)
-
-    async def _back_off(self, unreachable: bool) -> None:
-        """Not woken by new firings: they must not hammer a cloud that is down."""
-        cap = min(self._max, self._base * 2.0 ** min(self._failures, 20))
-        delay = cap * (0.5 + random.random() / 2)
-        if not unreachable:
+    async def back_off(self, cause: Backoff | None) -> None:
+        """Not woken by new firings (they must not hammer a cloud that is down); but an unreachable
+        cloud that something else reached again ends the wait."""
+        delay = self.delay()
+        if cause is None or not cause.unreachable:
             await asyncio.sleep(delay)
             return
         since = time.time()
@@ -120,14 +85,14 @@ class FiringSender:
                 return
 
     async def send_once(self) -> bool:
-        """Send one batch; True if there was one. Raises _Backoff when the cloud did not take it."""
+        """Send one batch; True if there was one. Raises Backoff when the cloud did not take it."""
         self._wake.clear()
         rows = await self._store.run(lambda: self._store.pending_firings(self._batch))
         try:
             if not rows:
                 return False
             await self._send(rows)
-        except _Backoff:
+        except Backoff:
             self._failures += 1
             raise
         finally:
@@ -171,12 +136,12 @@ class FiringSender:
             self._link.failed(error)
             await self._note([(i, error, False) for i in ids])
             self._log_batch(ids, start, None, error=error)
-            raise _Backoff(unreachable=True) from None
+            raise Backoff(unreachable=True) from None
         self._link.succeeded()
         return resp
 
     async def _ack_of(self, resp: httpx.Response, ids: list[str], start: float) -> AlertFiringAck | None:
-        """The cloud's ack; None when it refused the whole batch (now dead), _Backoff when it may retry."""
+        """The cloud's ack; None when it refused the whole batch (now dead), Backoff when it may retry."""
         status = resp.status_code
         if 400 <= status < 500 and status not in _RETRY_STATUSES:
             error = f"cloud refused the batch {status}: {resp.text[:200]}"
@@ -187,14 +152,14 @@ class FiringSender:
             error = f"cloud answered {status}: {resp.text[:200]}"
             await self._note([(i, error, False) for i in ids])
             self._log_batch(ids, start, status, error=error)
-            raise _Backoff(unreachable=False)
+            raise Backoff(unreachable=False)
         try:
             return AlertFiringAck.model_validate_json(resp.content)
         except ValidationError:
             error = f"cloud answered {status} without a readable ack"
             await self._note([(i, error, False) for i in ids])
             self._log_batch(ids, start, status, error=error)
-            raise _Backoff(unreachable=False) from None
+            raise Backoff(unreachable=False) from None
 
     async def _settle(self, ack: AlertFiringAck, ids: list[str], start: float, status: int) -> None:
         """Delete what the cloud recorded, mark what it refused dead, and retry what it did not name."""
@@ -213,7 +178,7 @@ class FiringSender:
         first = failures[0][1] if failures else None
         self._log_batch(ids, start, status, recorded=len(recorded), dead=len(refused), error=first)
         if missing:
-            raise _Backoff(unreachable=False)
+            raise Backoff(unreachable=False)
 
     async def _note(self, failures: list[tuple[str, str, bool]]) -> None:
         await self._store.run(lambda: self._store.note_firing_failures(failures))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 
 import httpx
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from common.wire.escalation import MAX_BATCH_ESCALATIONS, EscalationBatchAck
 from edge.api.core.store import EdgeStore, OutboxItem
 from edge.api.escalation.cloud_link import CloudLink
+from edge.api.escalation.sending_loop import Backoff, SendingLoop
 from edge.api.metrics import EdgeMetrics
 
 log = logging.getLogger("edge.outbox")
@@ -37,11 +37,9 @@ _RETRY_STATUSES = {401, 403, 408, 425, 429}
 _NO_BATCH_FOR_S = 600.0
 
 
-class _Backoff(Exception):
-    pass
+class OutboxSender(SendingLoop):
+    name = "outbox-sender"
 
-
-class OutboxSender:
     def __init__(
         self,
         store: EdgeStore,
@@ -55,6 +53,7 @@ class OutboxSender:
         alarm_depth: int = 10_000,
         batch: int = 16,
     ) -> None:
+        super().__init__(retry_base_s, retry_max_s)
         self._batch = max(1, min(batch, MAX_BATCH_ESCALATIONS))
         self._no_batch_until = 0.0
         self._alarm_depth = alarm_depth
@@ -64,54 +63,14 @@ class OutboxSender:
         self._link = link
         self._metrics = metrics
         self._token = api_token
-        self._base = retry_base_s
-        self._max = retry_max_s
         self._concurrency = concurrency
-        self._wake = asyncio.Event()
-        self._failures = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-sender")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                sent_any = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
-            except _Backoff:
-                # Not woken early: new escalations must not hammer a cloud that is down.
-                await asyncio.sleep(self._delay())
-                continue
-            except Exception:
-                log.exception("outbox sender error")
-                await asyncio.sleep(self._delay())
-                continue
-            if not sent_any:
-                await self._sleep(5.0)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Returns early on wake(); a wake during the last drain is kept, so nothing waits needlessly."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-
-    def _delay(self) -> float:
-        cap = min(self._max, self._base * 2.0 ** min(self._failures, 20))
-        return cap * (0.5 + random.random() / 2)
+    async def round(self) -> bool:
+        return await self.drain_once()
 
     async def drain_once(self) -> bool:
         """Send one round (`concurrency` requests at most); True if anything was pending. Raises
-        _Backoff when the cloud is unhappy."""
+        Backoff when the cloud is unhappy."""
         self._wake.clear()
         pending = await self._store.run(lambda: self._store.pending(self._concurrency * self._batch))
         await self._refresh_depth()
@@ -129,7 +88,7 @@ class OutboxSender:
         await self._refresh_depth()
         if not all(results):
             self._failures += 1
-            raise _Backoff
+            raise Backoff
         self._failures = 0
         return True
 
