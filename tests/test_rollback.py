@@ -20,22 +20,13 @@ import pytest
 
 from common.bundle import current_bundle_dir
 from tests.support.stack import ADMIN
-from tests.support.updater import UpdaterEdge, bundle_archive, updater_edge, updater_status
+from tests.support.updater import UpdaterEdge, bundle_archive, updater_edge, updater_status, wait_for
 
 DIGIT = "det_DemoWhichDigit0000000000000"
 REFRESH_S = 1.0
 # The swap itself: a kept version is verified, repointed, loaded and warmed (well under a second on an
 # idle box); the rest is room for a busy CI machine.
 SLACK_S = 2.0
-
-
-def wait_for(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 @pytest.fixture(scope="module")

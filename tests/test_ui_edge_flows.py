@@ -35,6 +35,7 @@ from sqlalchemy import update
 from cloud.app.core.webhook_delivery import verify_signature
 from cloud.app.db.models import Hub
 from common.bundle import current_bundle_dir
+from tests.support import updater
 from tests.support.browser import chromium
 from tests.support.cloud_factories import Reviewer
 from tests.support.cloud_factories_registry import run_in_db
@@ -61,12 +62,7 @@ T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = WITHIN_S) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
+    return updater.wait_for(check, what, timeout)
 
 
 @pytest.fixture(scope="module")

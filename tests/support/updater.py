@@ -9,11 +9,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,6 +28,19 @@ from tests.support.cloud_factories_registry import ensure_detector_for_bundle, r
 from tests.support.stack import INTERNAL, INTERNAL_ENV, EdgeStack
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Polls `check` every 0.1 s until it gives something true, which is returned."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return value
 
 
 def bundle_archive(
