@@ -3,7 +3,7 @@
 Each wraps an `httpx.AsyncClient` it is given (base URL, timeouts, and a transport seam for tests) and
 turns transport failures into its own errors, so the poll logic never sees httpx:
 
-- CloudError, InferenceError, EdgeApiError: could not ask, or got an unexpected answer; try again later.
+- RegistryError, InferenceError, EdgeApiError: could not ask, or got an unexpected answer; try again later.
 - DownloadRejected: the bytes are not the bundle (or shared backbone) the cloud announced (size or
   sha256); never installed.
 - SwapRejected: inference could not load or warm the bundle (422); the old version is still serving.
@@ -30,7 +30,7 @@ from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 FACTS_PATH = "/internal/facts"
 
 
-class CloudError(RuntimeError):
+class RegistryError(RuntimeError):
     """The cloud could not be asked, refused the token, or answered something unexpected."""
 
 
@@ -83,23 +83,23 @@ class RegistryClient:
         try:
             response = await self.http.get(f"/edge-api/v1/fetch-model-urls/{detector_id}/", headers=headers)
         except httpx.HTTPError as exc:
-            raise CloudError(_unreachable("cloud", self.http.base_url, exc)) from None
+            raise RegistryError(_unreachable("cloud", self.http.base_url, exc)) from None
         if response.status_code == 304:
             return Fetched("not_modified", etag=etag)
         if response.status_code == 404:
             return Fetched("no_model", detail=_detail(response))
         if response.status_code != 200:
-            raise CloudError(
+            raise RegistryError(
                 f"cloud answered {response.status_code} to fetch-model-urls: {_detail(response)}"
             )
         try:
             info = ModelFetchInfo.model_validate_json(response.content)
         except ValidationError as exc:
-            raise CloudError(
+            raise RegistryError(
                 f"cloud sent a malformed fetch-model-urls answer: {exc.errors()[0]['msg']}"
             ) from None
         if info.detector_id != detector_id:
-            raise CloudError(f"cloud answered for {info.detector_id} when asked for {detector_id}")
+            raise RegistryError(f"cloud answered for {info.detector_id} when asked for {detector_id}")
         return Fetched("model", etag=response.headers.get("etag"), info=info)
 
     async def download(self, info: ModelFetchInfo, dest: Path) -> None:
@@ -121,7 +121,7 @@ class RegistryClient:
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise CloudError(f"{what} answered {response.status_code}: {_detail(response)}")
+                    raise RegistryError(f"{what} answered {response.status_code}: {_detail(response)}")
                 with dest.open("wb") as out:
                     async for chunk in response.aiter_bytes():
                         size += len(chunk)
@@ -132,7 +132,7 @@ class RegistryClient:
                         digest.update(chunk)
                         await asyncio.to_thread(out.write, chunk)
         except httpx.HTTPError as exc:
-            raise CloudError(_unreachable(what, self.http.base_url, exc)) from None
+            raise RegistryError(_unreachable(what, self.http.base_url, exc)) from None
         if size != size_bytes:
             raise DownloadRejected(f"{noun} is {size} bytes, the cloud announced {size_bytes}")
         if digest.hexdigest() != sha256:
@@ -142,9 +142,11 @@ class RegistryClient:
         try:
             response = await self.http.post("/api/v1/hubs/heartbeat", json=body, headers=self._headers())
         except httpx.HTTPError as exc:
-            raise CloudError(_unreachable("cloud", self.http.base_url, exc)) from None
+            raise RegistryError(_unreachable("cloud", self.http.base_url, exc)) from None
         if response.status_code != 200:
-            raise CloudError(f"cloud answered {response.status_code} to the heartbeat: {_detail(response)}")
+            raise RegistryError(
+                f"cloud answered {response.status_code} to the heartbeat: {_detail(response)}"
+            )
 
 
 class SwapClient:

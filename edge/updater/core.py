@@ -32,10 +32,10 @@ from common.wire.inference import SwapResult
 from common.wire.model_registry import ModelFetchInfo
 from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import (
-    CloudError,
     DownloadRejected,
     InferenceError,
     RegistryClient,
+    RegistryError,
     SwapClient,
     SwapRejected,
 )
@@ -149,7 +149,7 @@ class DetectorPoller:
         state.polled_at = time.time()
         try:
             outcome, detail = await self._poll(state)
-        except (CloudError, InferenceError, OSError) as exc:
+        except (RegistryError, InferenceError, OSError) as exc:
             outcome, detail = Outcome.ERROR, str(exc)[:MAX_ERROR_CHARS]
             state.failures += 1
             state.last_error, state.last_error_at = detail, time.time()

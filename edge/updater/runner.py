@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.edge_config import EdgeConfig
-from edge.updater.clients import CloudError, EdgeApiClient, EdgeApiError, RegistryClient
+from edge.updater.clients import EdgeApiClient, EdgeApiError, RegistryClient, RegistryError
 from edge.updater.core import MAX_ERROR_CHARS, DetectorPoller, DetectorState, Outcome, next_delay
 from edge.updater.installer import Installer
 from edge.updater.metrics import UpdaterMetrics
@@ -318,7 +318,7 @@ class Updater:
             return False
         try:
             await self.registry.heartbeat(body)
-        except CloudError as exc:
+        except RegistryError as exc:
             if str(exc) != self.heartbeat_error:
                 log.warning("heartbeat failed", extra={"fields": {"error": str(exc)}})
             self.heartbeat_error = str(exc)

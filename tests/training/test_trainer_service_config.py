@@ -15,7 +15,7 @@ from common.wire.device_api import AccountMe, Role, UserGroup
 from common.wire.training_jobs import LeaseRequest
 from launcher.local import LocalLayout, local_services
 from launcher.services import CLOUD_API, TRAINER
-from training.service.client import CloudClient, CloudError
+from training.service.client import CloudCallError, CloudClient
 from training.service.job import JobError, job_options, public_error
 from training.service.loop import TrainerService
 from training.service.settings import TrainerSettings, default_owner
@@ -131,7 +131,7 @@ def test_the_trainer_says_it_is_ready_once_on_a_clean_start_and_again_after_a_pr
         assert service.ready()
         service._ready_until = 0.0  # the next poll checks again
         assert service.ready()
-        cloud.me = CloudError("cloud answered 503")
+        cloud.me = CloudCallError("cloud answered 503")
         service._ready_until = 0.0
         assert not service.ready()
         cloud.me = trainer_me()
@@ -149,7 +149,7 @@ def test_a_malformed_cloud_answer_is_a_short_cloud_error() -> None:
     transport = httpx.MockTransport(lambda request: answers[request.url.path])
     client = CloudClient("http://cloud.test", lambda: "token", transport=transport)
     for call in (lambda: client.get_export("exp_1"), client.whoami):
-        with pytest.raises(CloudError) as raised:
+        with pytest.raises(CloudCallError) as raised:
             call()
         assert raised.value.status == 200 and not raised.value.unreachable
         assert "the cloud's answer does not parse as" in str(raised.value) and len(str(raised.value)) < 300

@@ -2,7 +2,7 @@
 model reports. Synchronous httpx (the trainer is one job at a time, and heartbeats run in a thread).
 
 Errors:
-    CloudError          the cloud answered 4xx/5xx (`status`, `detail`) or could not be reached
+    CloudCallError          the cloud answered 4xx/5xx (`status`, `detail`) or could not be reached
     └── LeaseLost       409 on a job call: another trainer holds the lease, or the job has ended
 """
 
@@ -54,7 +54,7 @@ M = TypeVar("M", bound=BaseModel)
 Files = Mapping[str, tuple[str, IO[bytes] | bytes, str]]
 
 
-class CloudError(Exception):
+class CloudCallError(Exception):
     def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
@@ -65,7 +65,7 @@ class CloudError(Exception):
         return self.status is None
 
 
-class LeaseLost(CloudError):
+class LeaseLost(CloudCallError):
     """The job is no longer ours to report on."""
 
 
@@ -76,11 +76,11 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def parse(model: type[M], response: httpx.Response, what: str) -> M:
-    """The answer as `model`; a CloudError (with the answer's status) when it is not one."""
+    """The answer as `model`; a CloudCallError (with the answer's status) when it is not one."""
     try:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
-        raise CloudError(
+        raise CloudCallError(
             f"{what}: the cloud's answer does not parse as {model.__name__} ({_first_error(exc)})",
             response.status_code,
             "malformed answer",
@@ -93,7 +93,9 @@ def body(model: type[M], what: str, **fields: object) -> M:
         return model.model_validate(fields)
     except ValidationError as exc:
         message = _first_error(exc)
-        raise CloudError(f"{what}: not sent, the cloud would refuse it ({message})", 422, message) from None
+        raise CloudCallError(
+            f"{what}: not sent, the cloud would refuse it ({message})", 422, message
+        ) from None
 
 
 class CloudClient:
@@ -120,7 +122,7 @@ class CloudClient:
         if response.status_code < 400:
             return response
         detail = _detail(response)
-        error = LeaseLost if lease and response.status_code == 409 else CloudError
+        error = LeaseLost if lease and response.status_code == 409 else CloudCallError
         raise error(
             f"{what}: the cloud answered {response.status_code}: {detail}", response.status_code, detail
         )
@@ -157,7 +159,9 @@ class CloudClient:
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
                     continue
-                raise CloudError(f"{what}: cannot reach the cloud ({type(exc).__name__}: {exc})") from None
+                raise CloudCallError(
+                    f"{what}: cannot reach the cloud ({type(exc).__name__}: {exc})"
+                ) from None
             if response.status_code >= 500 and attempt < len(delays):
                 time.sleep(delays[attempt])
                 continue
@@ -343,7 +347,7 @@ class CloudClient:
                     self._check(response, what)
                 yield response
         except httpx.HTTPError as exc:
-            raise CloudError(f"{what}: cannot reach the cloud ({type(exc).__name__}: {exc})") from None
+            raise CloudCallError(f"{what}: cannot reach the cloud ({type(exc).__name__}: {exc})") from None
 
     def _download(self, path: str, dest: Path, what: str) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)

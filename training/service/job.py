@@ -56,7 +56,7 @@ from training.embeddings import Embedder
 from training.finetune import FineTuneOptions
 from training.head_trainer import HeadOutcome, fine_tune_from_export, train_head_from_export
 from training.reports import CONFUSION_MATRIX, DETECTIONS, LEARNING_CURVES, METRICS_JSON, RELIABILITY
-from training.service.client import CloudClient, CloudError, LeaseLost
+from training.service.client import CloudCallError, CloudClient, LeaseLost
 from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
 from training.service.settings import TrainerSettings
 from training.train import resolve_device
@@ -160,7 +160,7 @@ def locked_work_dir(work_dir: Path, job_id: str) -> Iterator[Path]:
 
 def public_error(exc: BaseException) -> str:
     """What the cloud may show about a failure: the message of an expected error, else only its kind."""
-    if isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudError):
+    if isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudCallError):
         text = str(exc).strip() or type(exc).__name__
         return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
     return f"internal error in the trainer ({type(exc).__name__}); see the trainer's log"
@@ -214,7 +214,7 @@ class JobRun:
             message = self._cancel_message()
             return self._fail(message, "cancelled")
         except Exception as exc:
-            if not isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudError):
+            if not isinstance(exc, JobError | TrainingError | ExportError | BundleError | CloudCallError):
                 log.exception("training job failed", extra={"fields": {"job_id": self.job_id}})
             return self._fail(public_error(exc), "failed")
         reporter.stop()
@@ -244,7 +244,7 @@ class JobRun:
         reporter.beat()
         try:
             self.client.fail(self.job_id, self.settings.owner, message)
-        except CloudError as exc:
+        except CloudCallError as exc:
             log.warning("could not report the end of the job", extra={"fields": {"error": str(exc)}})
             return JobOutcome(self.job_id, "lost", error=message)
         return JobOutcome(self.job_id, ending, error=message)
@@ -548,7 +548,7 @@ class JobRun:
             if actual != info.sha256:
                 raise BundleError(f"downloaded sha256 {actual} is not the registry's {info.sha256}")
             unpack_bundle(archive, bundle_dir)
-        except (CloudError, BundleError, OSError) as exc:
+        except (CloudCallError, BundleError, OSError) as exc:
             reporter.log(
                 f"[download] production version {version} is unusable here ({exc}); no automatic promotion"
             )
@@ -642,7 +642,7 @@ class _EmbeddingUploads:
         np.save(buffer, np.concatenate(self.rows).astype(np.float16), allow_pickle=False)
         try:
             self.client.upload_embeddings(self.sha256, self.ids, buffer.getvalue())
-        except CloudError as exc:
+        except CloudCallError as exc:
             self.failed = True
             log.warning("embeddings not stored in the cloud", extra={"fields": {"error": str(exc)}})
         self.ids, self.rows = [], []

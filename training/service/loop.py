@@ -17,7 +17,7 @@ import time
 from types import FrameType
 
 from common.wire.device_api import Role
-from training.service.client import CloudClient, CloudError
+from training.service.client import CloudCallError, CloudClient
 from training.service.settings import TrainerSettings
 
 log = logging.getLogger("training.service")
@@ -61,7 +61,7 @@ class TrainerService:
             return False
         try:
             me = self.client.whoami()
-        except CloudError as exc:
+        except CloudCallError as exc:
             self._note(f"cannot use the cloud at {self.settings.cloud_url}: {exc}")
             return False
         if me.role not in TRAINING_ROLES:
@@ -108,7 +108,7 @@ class TrainerService:
                 continue
             try:
                 job = self.client.lease(settings.owner, settings.lease_s)
-            except CloudError as exc:
+            except CloudCallError as exc:
                 log.warning("lease failed", extra={"fields": {"error": str(exc)}})
                 self._problem, self._ready_until = "lease failed", 0.0  # check the credentials again
                 self.stop.wait(backoff)

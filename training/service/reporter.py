@@ -26,7 +26,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from common.clock import utc_stamp as _utc_now
-from training.service.client import CloudClient, CloudError, LeaseLost
+from training.service.client import CloudCallError, CloudClient, LeaseLost
 
 if TYPE_CHECKING:
     from training.trainer import TrainingProgress
@@ -189,7 +189,7 @@ class JobReporter:
                 self.lease_lost.set()
                 log.warning("lease lost", extra={"fields": {"job_id": self.job_id, "detail": exc.detail}})
                 return False
-            except CloudError as exc:
+            except CloudCallError as exc:
                 self._pending.extendleft(reversed(lines))
                 log.warning("heartbeat failed", extra={"fields": {"job_id": self.job_id, "error": str(exc)}})
                 return False
