@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.db.models import ApiToken, Role, User, WebSession
 from cloud.app.security import token_digest
+from common.clock import as_utc
 
 SESSION_COOKIE = "io_session"
 # last_used_at is written at most this often per token, not on every request.
@@ -108,7 +109,7 @@ async def principal_from_token(session: AsyncSession, token: str) -> Principal |
     api_token, user = row
     now = datetime.now(UTC)
     last = api_token.last_used_at
-    if last is None or now - _aware(last) > _TOUCH_EVERY:
+    if last is None or now - as_utc(last) > _TOUCH_EVERY:
         await session.execute(update(ApiToken).where(ApiToken.id == api_token.id).values(last_used_at=now))
         await session.commit()
     principal = Principal(user.id, user.username, Role(user.role), "token")
@@ -131,7 +132,7 @@ async def principal_from_session(session: AsyncSession, cookie: str) -> Principa
     if row is None:
         return None
     web_session, user = row
-    left_s = (_aware(web_session.expires_at) - datetime.now(UTC)).total_seconds()
+    left_s = (as_utc(web_session.expires_at) - datetime.now(UTC)).total_seconds()
     if left_s <= 0:
         return None
     principal = Principal(user.id, user.username, Role(user.role), "session")
@@ -144,8 +145,3 @@ def require_role(principal: Principal, *roles: Role) -> Principal:
     if principal.role is Role.ADMIN or principal.role in roles:
         return principal
     raise ForbiddenError(f"this route needs the role {' or '.join(r.value for r in roles)}")
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

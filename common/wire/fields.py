@@ -10,12 +10,13 @@ common.validation's, which the edge applies too."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
 from common import validation
+from common.clock import as_utc as as_utc
 from common.wire.device_api import Roi
 
 
@@ -38,11 +39,6 @@ RoisIn = Annotated[list[Roi] | None, BeforeValidator(validation.check_rois)]
 
 def json_size(value: Any) -> int:
     return len(json.dumps(value))
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # Outbound times: always timezone-aware, whichever database they came from.

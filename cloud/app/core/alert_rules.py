@@ -20,6 +20,7 @@ from cloud.app.db.models import Detector as DetectorRow
 from cloud.app.errors import BadRequestError, NotFoundError
 from common.alerts import Streak, observe
 from common.bundle import DetectorMode
+from common.clock import as_utc
 from common.ids import new_id
 from common.wire.alerts import (
     AlertCondition,
@@ -45,7 +46,7 @@ def rule_to_wire(row: AlertRuleRow) -> AlertRule:
         cooldown_s=row.cooldown_s,
         enabled=row.enabled,
         webhook_ids=list(row.webhook_ids),
-        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC),
+        created_at=as_utc(row.created_at),
     )
 
 
@@ -232,7 +233,7 @@ async def observe_cloud_answer(
     for row in rows:
         spec = rule_to_wire(row)
         last = row.last_fired_at
-        streak = Streak(row.streak, None if last is None else _aware(last).timestamp())
+        streak = Streak(row.streak, None if last is None else as_utc(last).timestamp())
         fired = observe(spec, streak, label=label, count=count, now=now.timestamp())
         row.streak = streak.length
         if fired is None:
@@ -252,7 +253,3 @@ async def observe_cloud_answer(
         await _record_alert(
             session, row, detector, f"alert:cloud:{row.id}:{image_query_id}", firing, "cloud", None
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -52,6 +52,7 @@ from common.backbone import (
     BackboneStore,
     sha256_path,
 )
+from common.clock import as_utc
 from common.runtime import BackbonePool, BackboneRuntime
 
 log = logging.getLogger("cloud.backbones")
@@ -77,17 +78,13 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def backbone_out(row: Backbone, public_url: str) -> BackboneOut:
     return BackboneOut(
         sha256=row.sha256,
         id=row.id,
         size_bytes=row.size_bytes,
         ref=row.ref,
-        created_at=_aware(row.created_at),
+        created_at=as_utc(row.created_at),
         download_url=download_url(public_url, row.sha256),
     )
 

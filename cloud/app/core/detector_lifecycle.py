@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,7 @@ from cloud.app.db.models import (
 )
 from cloud.app.errors import ConflictError, NotFoundError
 from cloud.app.schemas.model_reports import ReportName
-from common.clock import utcnow
+from common.clock import as_utc, utcnow
 from common.ids import is_detector_id
 
 log = logging.getLogger("cloud.detector_lifecycle")
@@ -48,14 +48,9 @@ def tombstone(detector_id: str) -> str:
     return f" deleted {detector_id}"
 
 
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def purge_after(row: Detector, retention_s: float) -> datetime:
     assert row.deleted_at is not None
-    return aware(row.deleted_at) + timedelta(seconds=retention_s)
+    return as_utc(row.deleted_at) + timedelta(seconds=retention_s)
 
 
 async def delete_detector(
@@ -134,7 +129,7 @@ async def restore_detector(
         .values(status=ReviewStatus.PENDING)
         .execution_options(synchronize_session=False)
     )
-    detail = {"name": new_name, "deleted_at": iso_utc(aware(deleted_at)) if deleted_at else None}
+    detail = {"name": new_name, "deleted_at": iso_utc(as_utc(deleted_at)) if deleted_at else None}
     if new_name != old_name:
         detail["deleted_name"] = old_name
     record(session, actor, AuditAction.DETECTOR_RESTORE, "detector", row.id, detail)

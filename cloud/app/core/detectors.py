@@ -21,6 +21,7 @@ from cloud.app.db.models import Detector as DetectorRow
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import DetectorCreationInput, DetectorUpdate
 from common.bundle import DetectorMode
+from common.clock import as_utc
 from common.ids import is_detector_id, new_detector_id
 from common.validation import InvalidInputError, check_metadata, decode_metadata
 from common.wire.device_api import BOUNDING_BOX_LABEL, GREATER_THAN_MAX, NO_OBJECTS, Detector
@@ -35,8 +36,7 @@ BOUNDING_BOX_LABELS = [NO_OBJECTS, BOUNDING_BOX_LABEL, GREATER_THAN_MAX]
 
 def iso_utc(moment: datetime) -> str:
     """ISO-8601 with a Z; SQLite hands back naive datetimes, which are UTC."""
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return as_utc(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def mode_spec(

@@ -26,11 +26,11 @@ from sqlalchemy import String, Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.core.detectors import UNCLEAR
-from cloud.app.core.review_queue import aware
 from cloud.app.db.models import Detector, Escalation, ImageQuery, ReviewItem
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.edge_accuracy import AccuracyEstimate, EdgeAccuracyOut, VersionAccuracy
 from common.bundle import DetectorMode
+from common.clock import as_utc
 from common.wire.escalation import EscalationReason
 
 CONFIDENCE_LEVEL = 0.95
@@ -198,7 +198,7 @@ def _trials(mode: str, rows: Iterable[Any]) -> tuple[list[Trial], int]:
         if verdict is None:
             continue
         version = (row.diagnostics or {}).get("model_version")
-        trials.append(Trial(None if version is None else str(version), aware(row.created_at), verdict))
+        trials.append(Trial(None if version is None else str(version), as_utc(row.created_at), verdict))
     return trials, unclear
 
 

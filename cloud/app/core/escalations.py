@@ -36,6 +36,7 @@ from cloud.app.db.models import Escalation
 from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.errors import BadRequestError, CloudError, NotFoundError
 from cloud.app.schemas.fields import check_json, check_text
+from common.clock import as_utc
 from common.ids import is_image_query_id
 from common.imaging import ImageError, ImageLimits, inspect_image
 from common.validation import InvalidInputError, check_metadata
@@ -93,7 +94,7 @@ def _created_at(text: str) -> datetime:
     now = datetime.now(UTC)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = as_utc(moment)
         if not _EARLIEST <= moment <= now + _MAX_CLOCK_SKEW:
             return now
     except (ValueError, OverflowError):

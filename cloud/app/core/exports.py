@@ -61,6 +61,7 @@ from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Labe
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.exports import ExportJobOut
 from common.bundle import DetectorMode
+from common.clock import as_utc
 from common.clock import utcnow as _utcnow
 from common.ids import new_id
 from common.wire.dataset_export import (
@@ -102,13 +103,8 @@ def image_extension(content_type: str) -> str:
     return _EXTENSIONS.get(content_type.split(";")[0].strip().lower(), "bin")
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime) -> str:
-    return _aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return as_utc(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- API side -------------------------------------------------------------------------------------
@@ -155,8 +151,8 @@ def export_out(job: ExportJob, public_url: str) -> ExportJobOut:
         item_count=job.item_count,
         error=job.error,
         requested_by=job.requested_by,
-        created_at=_aware(job.created_at),
-        finished_at=_aware(job.finished_at) if job.finished_at else None,
+        created_at=as_utc(job.created_at),
+        finished_at=as_utc(job.finished_at) if job.finished_at else None,
         download_url=f"{public_url.rstrip('/')}/api/v1/exports/{job.id}/download" if done else None,
         backbone_sha256=job.backbone_sha256,
         images=job.images or "all",

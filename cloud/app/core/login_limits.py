@@ -19,12 +19,13 @@ import hashlib
 import ipaddress
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.db.models import LoginAttempt
+from common.clock import as_utc
 
 USER = "user"
 ADDRESS = "address"
@@ -107,7 +108,7 @@ async def _locked_for(
     ).one()
     if count < policy.limit(kind) or last is None:
         return 0.0
-    return (_aware(last) + timedelta(seconds=policy.lockout_s) - now).total_seconds()
+    return (as_utc(last) + timedelta(seconds=policy.lockout_s) - now).total_seconds()
 
 
 async def failed(session: AsyncSession, policy: LoginPolicy, now: datetime) -> None:
@@ -133,8 +134,3 @@ async def abandon(session: AsyncSession, attempt: Attempt) -> None:
     ids = [row_id for _, row_id in attempt.rows.values()]
     await session.execute(delete(LoginAttempt).where(LoginAttempt.id.in_(ids)))
     await session.commit()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

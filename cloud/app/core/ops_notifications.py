@@ -6,7 +6,7 @@ rollbacks are recorded where they happen (cloud.app.core.registry), in their own
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,13 +22,10 @@ from cloud.app.db.models import (
     ReviewStatus,
     TrainingJob,
 )
+from common.clock import as_utc
 
 # Failed jobs older than this when first seen (a database from before notifications) are not news.
 FAILED_JOB_LOOKBACK = timedelta(days=1)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def notify_waiting(session: AsyncSession, now: datetime, repeat_s: float) -> int:
@@ -55,11 +52,11 @@ async def notify_waiting(session: AsyncSession, now: datetime, repeat_s: float) 
                 )
             )
         ).scalar_one_or_none()
-        if last is not None and (now - _aware(last)).total_seconds() < repeat_s:
+        if last is not None and (now - as_utc(last)).total_seconds() < repeat_s:
             continue
         detector = await session.get(Detector, detector_id)
         name = detector.name if detector is not None else detector_id
-        late_s = (now - _aware(oldest)).total_seconds()
+        late_s = (now - as_utc(oldest)).total_seconds()
         title = f"{name}: {waiting} escalation{'s' if waiting != 1 else ''} waiting past patience"
         data = {"detector_name": name, "waiting": waiting, "oldest_overdue_s": round(late_s, 1)}
         key = f"waiting:{detector_id}:{window}"
@@ -79,7 +76,7 @@ async def notify_offline_edges(session: AsyncSession, now: datetime, offline_s: 
     )
     recorded = 0
     for hub in quiet:
-        seen = _aware(hub.last_seen_at)
+        seen = as_utc(hub.last_seen_at)
         silent_min = (now - seen).total_seconds() / 60
         title = f"edge {hub.name or hub.id} offline: no heartbeat for {silent_min:.0f} min"
         data = {

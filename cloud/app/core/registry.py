@@ -24,7 +24,7 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from common.bundle_archive import (
     sha256_of,
     unpack_bundle,
 )
+from common.clock import as_utc
 from common.clock import utcnow as _utcnow
 from common.ids import new_id
 from common.runtime import BackbonePool, ModelRuntime
@@ -84,10 +85,7 @@ def download_url(public_url: str, model_id: str) -> str:
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they are UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None if moment is None else as_utc(moment)
 
 
 # --- upload -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy.sql.dml import Insert
 
 from cloud.app.db.models import Base, ReviewItem, ReviewStatus
 from cloud.app.db.models import ImageQuery as ImageQueryRow
+from common.clock import as_utc
 
 
 def insert_ignoring_duplicates(
@@ -31,10 +32,6 @@ def insert_ignoring_duplicates(
     raise RuntimeError(f"unsupported database dialect {dialect}")
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 async def enqueue_for_review(
     session: AsyncSession, image_query_row: ImageQueryRow, reason: str, uncertainty: float
 ) -> bool:
@@ -42,7 +39,7 @@ async def enqueue_for_review(
 
     The deadline is the query's patience: reviewers see the items whose callers give up first.
     """
-    deadline = _aware(image_query_row.created_at) + timedelta(seconds=image_query_row.patience_time)
+    deadline = as_utc(image_query_row.created_at) + timedelta(seconds=image_query_row.patience_time)
     stmt = insert_ignoring_duplicates(
         session,
         ReviewItem,

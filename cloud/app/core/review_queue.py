@@ -31,7 +31,7 @@ import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -84,7 +84,7 @@ from cloud.app.schemas.review import (
     UndoOut,
 )
 from common.bundle import BOX_MODES
-from common.clock import utcnow
+from common.clock import as_utc, utcnow
 from common.wire.device_api import Roi
 
 _ri = cast(Table, ReviewItem.__table__)
@@ -102,11 +102,6 @@ _TS = DateTime(timezone=True)
 
 # The labeling page's key for UNCLEAR; it keeps S (skip) and Z (undo) for itself, and no label gets those.
 UNCLEAR_KEY = "u"
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _is_postgres(session: AsyncSession) -> bool:
@@ -349,7 +344,7 @@ async def _reclaim_conflict(session: AsyncSession, item_id: int, user_id: str, n
     row = await _lease_state(session, item_id)
     if isinstance(row, Exception):
         return row
-    if row.lease_owner not in (None, user_id) and aware(row.lease_expires_at) > now:
+    if row.lease_owner not in (None, user_id) and as_utc(row.lease_expires_at) > now:
         return ConflictError(f"another reviewer holds review item {item_id} now")
     return ConflictError(f"review item {item_id} is not offered to you (skipped)")
 
@@ -401,9 +396,9 @@ def _claimed_item(row: Any, lease_s: float, public_url: str) -> ClaimedItem:
             out_of_domain=diagnostics.get("out_of_domain"),
         ),
         confidence_threshold=row["confidence_threshold"],
-        created_at=aware(row["query_created_at"]),
-        deadline=aware(row["deadline"]),
-        lease_expires_at=aware(row["lease_expires_at"]),
+        created_at=as_utc(row["query_created_at"]),
+        deadline=as_utc(row["deadline"]),
+        lease_expires_at=as_utc(row["lease_expires_at"]),
         lease_s=lease_s,
     )
 
@@ -424,7 +419,7 @@ async def _lease_conflict(
         return row
     if row.lease_owner != user_id:
         return ConflictError(f"review item {item_id} is not leased to you; claim an item first")
-    if expiry_matters and aware(row.lease_expires_at) <= now:
+    if expiry_matters and as_utc(row.lease_expires_at) <= now:
         return ConflictError(f"your lease on review item {item_id} has expired; claim again")
     return ConflictError(f"review item {item_id} changed meanwhile; claim again")
 
@@ -462,7 +457,7 @@ async def heartbeat(session: AsyncSession, item_id: int, user_id: str, lease_s: 
         await session.commit()
     if expires is None:
         raise await _lease_conflict(session, item_id, user_id, now)
-    return LeaseOut(item_id=item_id, lease_expires_at=aware(expires))
+    return LeaseOut(item_id=item_id, lease_expires_at=as_utc(expires))
 
 
 # -- answer -----------------------------------------------------------------------------------------------
@@ -603,7 +598,7 @@ def _answer_params(
         row is None
         or row["status"] != ReviewStatus.PENDING
         or row["lease_owner"] != user_id
-        or aware(row["lease_expires_at"]) <= now
+        or as_utc(row["lease_expires_at"]) <= now
     ):
         return "", None
     # A transient row: the shared helpers only read mode, its configuration and labels.
@@ -706,7 +701,7 @@ async def skipped_items(session: AsyncSession, user_id: str, limit: int = 100) -
             detector_id=row.detector_id,
             detector_name=row.name,
             query=row.query,
-            skipped_at=aware(row.created_at),
+            skipped_at=as_utc(row.created_at),
         )
         for row in rows
     ]

@@ -18,11 +18,10 @@ from typing import Any, cast
 from sqlalchemy import String, Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.app.core.review_queue import aware
 from cloud.app.db.models import Detector, ImageQuery, Label, ModelVersion, ReviewItem, Role, User
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.review import ReviewerStats, ReviewStatsOut
-from common.clock import utcnow
+from common.clock import as_utc, utcnow
 
 DEFAULT_WINDOW_S = 3600.0
 MAX_ROWS = 100_000
@@ -85,11 +84,11 @@ async def review_stats(session: AsyncSession, window_s: float = DEFAULT_WINDOW_S
     handle: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         names[r.answered_by] = r.username
-        done = aware(r.answered_at)
+        done = as_utc(r.answered_at)
         answered_at[r.answered_by].append(done)
-        lead[r.answered_by].append(max(0.0, (done - aware(r.created_at)).total_seconds()))
+        lead[r.answered_by].append(max(0.0, (done - as_utc(r.created_at)).total_seconds()))
         if r.claimed_at is not None:
-            handle[r.answered_by].append(max(0.0, (done - aware(r.claimed_at)).total_seconds()))
+            handle[r.answered_by].append(max(0.0, (done - as_utc(r.claimed_at)).total_seconds()))
     reviewers = []
     for user_id, times in answered_at.items():
         span_h = (max(times) - min(times)).total_seconds() / 3600.0
@@ -240,8 +239,8 @@ async def detector_overview(session: AsyncSession, detector_id: str, recent: int
             VersionSummary(
                 version=v.version,
                 status=v.status,
-                created_at=aware(v.created_at),
-                promoted_at=aware(v.promoted_at) if v.promoted_at else None,
+                created_at=as_utc(v.created_at),
+                promoted_at=as_utc(v.promoted_at) if v.promoted_at else None,
                 metrics=_headline_metrics(v.metrics or {}),
             )
             for v in versions
@@ -256,7 +255,7 @@ def _recent(row: Any) -> RecentQuery:
         answer = str(result["count"])
     return RecentQuery(
         id=row.id,
-        created_at=aware(row.created_at),
+        created_at=as_utc(row.created_at),
         answer=answer,
         confidence=result.get("confidence"),
         source=result.get("source"),

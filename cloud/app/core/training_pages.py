@@ -26,6 +26,7 @@ from cloud.app.db.models import ACTIVE_JOB_STATUSES, Detector, ModelStatus, Mode
 from cloud.app.errors import NotFoundError
 from cloud.app.schemas.model_reports import ReportName
 from cloud.app.schemas.training_jobs import training_job_public
+from common.clock import as_utc
 from common.wire.training_jobs import TrainingJobPublic
 
 # (metric key in predictor_metadata.json, label, how to show it)
@@ -60,9 +61,7 @@ JOBS_SHOWN = 20
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None if moment is None else as_utc(moment)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float | int]:

@@ -22,6 +22,7 @@ from cloud.app.schemas.admin import (
     UserUpdate,
 )
 from cloud.app.schemas.fields import ID_PATTERN
+from common.clock import as_utc
 from common.wire.device_api import Detector
 
 accounts = APIRouter(prefix="/api/v1/admin", tags=["admin"])
@@ -103,7 +104,7 @@ async def list_deleted_detectors(
             name=row.deleted_name or row.name,
             query=row.query,
             mode=row.mode,
-            deleted_at=detector_lifecycle.aware(row.deleted_at),
+            deleted_at=as_utc(row.deleted_at),
             deleted_by=row.deleted_by,
             purge_after=detector_lifecycle.purge_after(row, retention_s),
         )

@@ -20,6 +20,7 @@ from cloud.app.auth import SESSION_COOKIE, Principal, principal_from_session
 from cloud.app.core import web_sessions
 from cloud.app.db.models import Role
 from cloud.app.deps import SessionDep
+from common.clock import as_utc
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 
@@ -37,8 +38,9 @@ def seconds(value: float | None) -> str:
 def when(moment: datetime | None, precise: bool = False) -> str:
     if moment is None:
         return "–"
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC" if precise else "%Y-%m-%d %H:%M UTC")
+    return (
+        as_utc(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC" if precise else "%Y-%m-%d %H:%M UTC")
+    )
 
 
 def number(value: Any) -> str:
