@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,29 @@ def edge_config(audit_rate: float = 0.0, **presets: str) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def fake_cloud_stack(
+    model_root: Path,
+    workdir: Path,
+    edge_env: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Iterator[EdgeStack]:
+    """An edge (inference, edge-api, nginx) on `model_root` whose cloud is a FakeCloud, both stopped
+    on exit; `config` defaults to `edge_config()`."""
+    cloud = FakeCloud(free_port()).start()
+    stack = EdgeStack(workdir, model_root, cloud, edge_env=edge_env or {})
+    try:
+        stack.start(config or edge_config())
+        yield stack
+    finally:
+        stack.stop()
+        cloud.stop()
+
+
 @pytest.fixture(scope="module")
 def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:
-    cloud = FakeCloud(free_port()).start()
-    s = EdgeStack(tmp_path_factory.mktemp("edge"), demo_models, cloud)
-    try:
-        s.start(edge_config())
+    with fake_cloud_stack(demo_models, tmp_path_factory.mktemp("edge")) as s:
         yield s
-    finally:
-        s.stop()
-        cloud.stop()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -19,8 +19,7 @@ import pytest
 
 from common.bundle import DetectorMode, current_bundle_dir
 from common.ids import new_detector_id, new_id
-from launcher.processes import free_port
-from tests.edge.conftest import DIGIT, edge_config, wait_until
+from tests.edge.conftest import DIGIT, edge_config, fake_cloud_stack, wait_until
 from tests.support.fake_cloud import FakeCloud, alert_rule
 from tests.support.models import clone_bundle, copy_model_root
 from tests.support.stack import ADMIN, DEVICE, INTERNAL, EdgeStack
@@ -33,14 +32,8 @@ EDGE_ENV = {"EDGE_DETECTOR_INFO_TTL_S": "0.2", "EDGE_PRIOR_RETRY_S": "0.2"}
 @pytest.fixture(scope="module")
 def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:
     workdir = tmp_path_factory.mktemp("edge-alerts")
-    cloud = FakeCloud(free_port()).start()
-    s = EdgeStack(workdir, copy_model_root(demo_models, workdir / "models"), cloud, edge_env=EDGE_ENV)
-    try:
-        s.start(edge_config())
+    with fake_cloud_stack(copy_model_root(demo_models, workdir / "models"), workdir, EDGE_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        cloud.stop()
 
 
 @pytest.fixture

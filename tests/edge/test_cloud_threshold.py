@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from common.bundle import DetectorMode
-from launcher.processes import free_port
-from tests.edge.conftest import DIGIT, edge_config, wait_until
+from tests.edge.conftest import DIGIT, edge_config, fake_cloud_stack, wait_until
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import DEVICE, EdgeStack
 
@@ -29,14 +28,8 @@ DIGIT_DEFAULT = 0.9  # the demo digit model's default_confidence_threshold
 
 @pytest.fixture(scope="module")
 def stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:
-    cloud = FakeCloud(free_port()).start()
-    s = EdgeStack(tmp_path_factory.mktemp("edge-cloud-threshold"), demo_models, cloud, edge_env=EDGE_ENV)
-    try:
-        s.start(edge_config())
+    with fake_cloud_stack(demo_models, tmp_path_factory.mktemp("edge-cloud-threshold"), EDGE_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        cloud.stop()
 
 
 @pytest.fixture
