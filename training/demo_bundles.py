@@ -39,7 +39,7 @@ from training.builder import (
 )
 from training.datasets import MNIST_5K_NAME, DatasetSplits, mnist_5k_splits
 from training.export import export_oodd, export_primary
-from training.models import DigitNet, MobileNetLike, count_parameters
+from training.models import MobileNetLike, SmallCnn, count_parameters
 from training.oodd import fit_oodd
 from training.preprocess import Normalizer, images_to_tensor, images_to_uint8_tensor, to_nchw_uint8
 from training.sample_images import photo_tiles
@@ -73,7 +73,7 @@ DEMO_PIPELINE = PipelineConfig(input_height=28, input_width=28, channels="L", me
 CAMERA_PIPELINE = PipelineConfig(
     input_height=224, input_width=224, channels="RGB", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
 )
-# Half the channels of the textbook (32, 64) DigitNet: about 3x faster to train on two cores and
+# Half the channels of the textbook (32, 64) SmallCnn: about 3x faster to train on two cores and
 # still well above the accuracy bar on MNIST 5k.
 DEMO_WIDTHS = (16, 32)
 
@@ -114,8 +114,8 @@ def _tensor_splits(splits: DatasetSplits, binary_digit: int | None) -> TensorSpl
 
 
 def _train(
-    name: str, model: DigitNet, data: TensorSplits, config: TrainConfig
-) -> tuple[DigitNet, dict[str, Any]]:
+    name: str, model: SmallCnn, data: TensorSplits, config: TrainConfig
+) -> tuple[SmallCnn, dict[str, Any]]:
     result = train_classifier(
         model,
         data.x_train,
@@ -146,17 +146,17 @@ def _train(
     return model, stats
 
 
-def train_digit_model(splits: DatasetSplits, threads: int | None = None) -> tuple[DigitNet, dict[str, Any]]:
-    """The 10-class DigitNet; also the starting point of the binary detector."""
+def train_digit_model(splits: DatasetSplits, threads: int | None = None) -> tuple[SmallCnn, dict[str, Any]]:
+    """The 10-class SmallCnn; also the starting point of the binary detector."""
     config = replace(DIGIT_TRAIN, threads=threads)
     torch.manual_seed(config.seed)
-    model = DigitNet(in_channels=1, num_classes=10, input_size=28, widths=DEMO_WIDTHS)
+    model = SmallCnn(in_channels=1, num_classes=10, input_size=28, widths=DEMO_WIDTHS)
     return _train(DIGIT_SPEC.detector_name, model, _tensor_splits(splits, None), config)
 
 
 def train_seven_model(
-    splits: DatasetSplits, digit_model: DigitNet, threads: int | None = None
-) -> tuple[DigitNet, dict[str, Any]]:
+    splits: DatasetSplits, digit_model: SmallCnn, threads: int | None = None
+) -> tuple[SmallCnn, dict[str, Any]]:
     """Fine-tune a copy of the digit network, with a fresh 2-way head, on 7-vs-rest.
 
     Starting from features that already know every digit, two epochs beat six from scratch on
@@ -175,7 +175,7 @@ def train_seven_model(
 
 def _install(
     spec: DetectorSpec,
-    model: DigitNet,
+    model: SmallCnn,
     stats: dict[str, Any],
     splits: DatasetSplits,
     binary_digit: int | None,
@@ -186,7 +186,7 @@ def _install(
         "dataset": MNIST_5K_NAME,
         "seed": DEMO_SEED,
         "code": CODE_REF,
-        "architecture": f"DigitNet(widths={list(DEMO_WIDTHS)}, features=stage_stats)",
+        "architecture": f"SmallCnn(widths={list(DEMO_WIDTHS)}, features=stage_stats)",
         "task": "digit 0-9" if binary_digit is None else f"digit == {binary_digit}",
         # CPU kernels reduce in a thread-count-dependent order: the same seed on another core
         # count gives slightly different weights (and so a different version id).

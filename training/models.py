@@ -32,7 +32,7 @@ def channel_stats(x: Tensor) -> Tensor:
     return torch.cat([mean, std], dim=1)
 
 
-class DigitNet(nn.Module):
+class SmallCnn(nn.Module):
     """Compact CNN for small grayscale crops: conv stages, a 128-d embedding, a linear head.
 
     Each stage is conv+BN+ReLU, conv+BN+ReLU, 2x2 max-pool, so the input side must be divisible
@@ -187,6 +187,6 @@ class MobileNetLike(nn.Module):
         return self.head(features), features
 
 
-def example_input(model: DigitNet | MobileNetLike, batch: int = 1) -> Tensor:
+def example_input(model: SmallCnn | MobileNetLike, batch: int = 1) -> Tensor:
     """A zero tensor of the model's input shape, for export and shape checks."""
     return torch.zeros(batch, model.in_channels, model.input_size, model.input_size)

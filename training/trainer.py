@@ -5,7 +5,7 @@
       prepare_data        read the export, skip UNCLEAR, decode images exactly as the runtime
                           does, split train/val/test by a hash of each image_query_id, resolve
                           the input pipeline (size, channels, mean/std measured on train)
-      train_model         DigitNet-style compact CNN (optionally warm-started from a local
+      train_model         SmallCnn-style compact CNN (optionally warm-started from a local
                           checkpoint), augmentation, class balancing, early stopping, LR
                           schedule, CUDA + mixed precision when present, fixed seeds
       calibrate_and_export (training.builder) temperature, Mahalanobis OODD, ONNX + parity
@@ -74,7 +74,7 @@ from training.evaluation import (
     operating_point,
     reliability_bins,
 )
-from training.models import DigitNet, count_parameters
+from training.models import SmallCnn, count_parameters
 from training.preprocess import InputPipeline, Normalizer, bundle_pipeline, image_to_uint8, to_nchw_uint8
 from training.promotion import (
     OperatingPolicy,
@@ -247,7 +247,7 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    model: DigitNet
+    model: SmallCnn
     result: TrainResult
     info: dict[str, Any]
 
@@ -443,13 +443,13 @@ def prepare_data(export: DatasetExport, options: TrainingOptions | None = None) 
 # --- model and training ----------------------------------------------------------------------
 
 
-def build_model(pipeline: InputPipeline, num_classes: int, options: TrainingOptions) -> DigitNet:
+def build_model(pipeline: InputPipeline, num_classes: int, options: TrainingOptions) -> SmallCnn:
     side = pipeline.input_height
     widths = tuple(options.widths) if options.widths else STAGE_WIDTHS[: stages_for(side)]
     if pipeline.input_width != side:
         raise TrainingError("only square inputs are supported (input_height == input_width)")
     try:
-        return DigitNet(
+        return SmallCnn(
             in_channels=len(pipeline.channels),
             num_classes=num_classes,
             input_size=side,
@@ -460,9 +460,9 @@ def build_model(pipeline: InputPipeline, num_classes: int, options: TrainingOpti
         raise TrainingError(str(exc)) from None
 
 
-def architecture(model: DigitNet) -> dict[str, Any]:
+def architecture(model: SmallCnn) -> dict[str, Any]:
     return {
-        "name": "DigitNet",
+        "name": "SmallCnn",
         "in_channels": model.in_channels,
         "num_classes": model.num_classes,
         "input_size": model.input_size,
@@ -472,7 +472,7 @@ def architecture(model: DigitNet) -> dict[str, Any]:
     }
 
 
-def load_pretrained(model: DigitNet, path: Path) -> dict[str, Any]:
+def load_pretrained(model: SmallCnn, path: Path) -> dict[str, Any]:
     """Copy every tensor whose name and shape match from a local checkpoint (never downloads).
 
     Accepts a bare state dict or this trainer's checkpoint.pt ({"state_dict": ...}). A head of
@@ -681,7 +681,7 @@ def production_operating_point(
     return point, None, labels_then
 
 
-def save_checkpoint(path: Path, model: DigitNet, data: PreparedData, version: str) -> Path:
+def save_checkpoint(path: Path, model: SmallCnn, data: PreparedData, version: str) -> Path:
     """Weights plus what they mean, loadable with `load_pretrained` for the next version's warm start."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(

@@ -16,16 +16,16 @@ from common.imaging import ImageLimits
 from common.runtime import ModelRuntime
 from training.demo_bundles import DEMO_CAMERA_ID, build_camera_bundle
 from training.export import ExportMismatchError, export_oodd, export_primary
-from training.models import DigitNet, MobileNetLike, count_parameters
+from training.models import MobileNetLike, SmallCnn, count_parameters
 from training.oodd import fit_oodd
 from training.sample_images import out_of_domain_images
 
 PIPELINE = PipelineConfig(input_height=28, input_width=28, channels="L", mean=[0.1307], std=[0.3081])
 
 
-def _digitnet() -> DigitNet:
+def _digitnet() -> SmallCnn:
     torch.manual_seed(0)
-    model = DigitNet(widths=(8, 16))
+    model = SmallCnn(widths=(8, 16))
     model.eval()
     return model
 

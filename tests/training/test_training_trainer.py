@@ -30,7 +30,7 @@ from common.runtime import ModelRuntime
 from common.wire.dataset_export import EXPORT_FORMAT_VERSION
 from training.builder import calibrate_and_export
 from training.dataset_export import read_export
-from training.models import DigitNet
+from training.models import SmallCnn
 from training.preprocess import Normalizer
 from training.trainer import (
     TrainingError,
@@ -107,7 +107,7 @@ def test_a_tampered_bundle_file_fails_verification(binary_run: Run, tmp_path: Pa
 def test_checkpoint_in_torch_and_bundle_in_onnx_runtime_agree(binary_run: Run) -> None:
     checkpoint = torch.load(binary_run.outcome.checkpoint, map_location="cpu", weights_only=True)
     arch = checkpoint["architecture"]
-    model = DigitNet(
+    model = SmallCnn(
         in_channels=arch["in_channels"],
         num_classes=arch["num_classes"],
         input_size=arch["input_size"],
