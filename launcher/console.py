@@ -57,7 +57,7 @@ _LEVELS: Mapping[str, Level] = {
 # Keys of a record that are not fields of its event.
 _RECORD_KEYS = frozenset({"ts", "level", "logger", "msg", "exc", "service"})
 # Steps of a training run that the trainer logs again, with its job id (training.service.reporter).
-_TRAINING_STEPS = frozenset({"training.trainer", "training.head_trainer", "training.detection.train"})
+_TRAINING_STEPS = frozenset({"training.from_export", "training.head_trainer", "training.detection.train"})
 _REVIEW_ANSWER = re.compile(r"^/api/v1/review/items/(?P<item>[^/]+)/answer$")
 _HTTPX_REQUEST = re.compile(r'^HTTP Request: (?P<method>\S+) (?P<url>\S+) "HTTP/[\d.]+ (?P<status>.*)"$')
 _MIGRATION = re.compile(r"^Running upgrade (?P<source>\S*) -> (?P<target>\S+), (?P<what>.*)$")

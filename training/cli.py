@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from training.trainer import TrainingProgress
+    from training.from_export import TrainingProgress
 
 BAR_WIDTH = 20
 
@@ -84,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from training.dataset_export import ExportError, read_export
-    from training.trainer import TrainingError, TrainingOptions, train_from_export
+    from training.from_export import TrainingError, TrainingOptions, train_from_export
 
     printer = ProgressPrinter(sys.stderr, args.quiet)
     try:

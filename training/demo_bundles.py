@@ -8,7 +8,7 @@ thread count (fixed seeds, content-hashed versions), so rebuilding an unchanged 
 re-points `current` at the same version instead of piling up copies.
 
 The training loop, calibration, OODD, export and runtime checks are the training service's own
-(`training.train`, `training.builder`); only the data source and the fixed recipes are demo-specific.
+(`training.training_loop`, `training.builder`); only the data source and the fixed recipes are demo-specific.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from training.models import MobileNetLike, SmallCnn, count_parameters
 from training.oodd import fit_oodd
 from training.preprocess import Normalizer, images_to_tensor, images_to_uint8_tensor, to_nchw_uint8
 from training.sample_images import photo_tiles
-from training.train import (
+from training.training_loop import (
     TrainConfig,
     balanced_class_weights,
     predict,

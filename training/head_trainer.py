@@ -45,6 +45,16 @@ from training.embeddings import Embedder
 from training.evaluation import Evaluation, OperatingPoint, evaluate_probabilities, operating_point
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
 from training.finetune import FineTuned, FineTuneOptions, describe, fine_tune_head
+from training.from_export import (
+    BUNDLE_DIR,
+    REPORTS_DIR,
+    TrainingError,
+    TrainingOptions,
+    TrainingProgress,
+    code_version,
+    detector_spec,
+    image_header,
+)
 from training.heads import FittedHead, HeadOptions, fit_head
 from training.oodd import (
     LowRankOodd,
@@ -63,16 +73,6 @@ from training.reports import (
     plot_confusion_matrix,
     plot_reliability,
     write_json,
-)
-from training.trainer import (
-    BUNDLE_DIR,
-    REPORTS_DIR,
-    TrainingError,
-    TrainingOptions,
-    TrainingProgress,
-    code_version,
-    detector_spec,
-    image_header,
 )
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ def at(service: str, text: str) -> str:
         (CLOUD_API, record("alembic.runtime.migration", "Context impl SQLiteImpl.")),
         (CLOUD_API, record("cloud.anything", "details", level="debug")),
         # The trainer's training steps, which it reports again with the job id.
-        ("trainer", record("training.trainer", "train: epoch 3/20")),
+        ("trainer", record("training.from_export", "train: epoch 3/20")),
     ],
 )
 def test_request_lines_polls_and_chatter_show_only_when_verbose(service: str, line: str) -> None:
@@ -251,7 +251,7 @@ def test_verbose_shows_a_request_and_a_call_in_short() -> None:
             "updater stopped (cancelled=0)",
         ),
         # The demo bundles are built by the same training code: their steps are shown there.
-        ("demo-models", record("training.trainer", "train: epoch 3/20"), "train: epoch 3/20"),
+        ("demo-models", record("training.from_export", "train: epoch 3/20"), "train: epoch 3/20"),
     ],
 )
 def test_an_event_is_one_readable_line(service: str, line: str, text: str) -> None:

@@ -30,7 +30,7 @@ from training.detection.train import (
     heatmap_targets,
     train_detection_from_export,
 )
-from training.trainer import TrainingError, TrainingOptions
+from training.from_export import TrainingError, TrainingOptions
 
 COUNT_ID = "det_DetectionCountTest000000000"
 BOX_ID = "det_DetectionBoxTest00000000000"

@@ -23,6 +23,7 @@ from training.dataset_export import ExportDetector, ExportSample, read_export, w
 from training.datasets import FASHION_FOOTWEAR, fashion_mnist_available
 from training.embeddings import Embedder
 from training.evaluation import operating_point
+from training.from_export import TrainingOptions
 from training.head_trainer import train_head_from_export
 from training.heads import HeadOptions, fit_head, stratified_folds
 from training.oodd import (
@@ -32,7 +33,6 @@ from training.oodd import (
     mahalanobis_min_distance,
 )
 from training.promotion import OperatingPolicy, decide_at_threshold
-from training.trainer import TrainingOptions
 
 needs_fashion = pytest.mark.skipif(
     not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed (make test-tools)"

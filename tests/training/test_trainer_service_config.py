@@ -15,11 +15,11 @@ from common.wire.device_api import AccountMe, Role, UserGroup
 from common.wire.training_jobs import LeaseRequest
 from launcher.local import LocalLayout, local_services
 from launcher.services import CLOUD_API, TRAINER
+from training.from_export import TrainingError
 from training.service.client import CloudCallError, CloudClient
 from training.service.job import JobError, job_options, public_error
 from training.service.loop import TrainerService
 from training.service.settings import TrainerSettings, default_owner
-from training.trainer import TrainingError
 
 
 def test_empty_variables_keep_the_defaults_and_the_token_file_is_read_again(

@@ -16,7 +16,7 @@ from training.datasets import load_mnist_5k, mnist_5k_splits, split_of
 from training.demo_bundles import DEMO_PIPELINE
 from training.preprocess import images_to_tensor, normalize_uint8
 from training.sample_images import demo_digit_images, out_of_domain_images
-from training.train import random_shift, remove_class_weight_prior
+from training.training_loop import random_shift, remove_class_weight_prior
 
 # The preprocessing parity test may pay for building the demo detectors (seconds on an idle
 # machine, minutes on a shared, oversubscribed one).

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from common.bundle import PipelineConfig
 from training.preprocess import Normalizer, normalize_uint8, to_nchw_uint8
-from training.train import (
+from training.training_loop import (
     EpochStats,
     TrainConfig,
     augment,

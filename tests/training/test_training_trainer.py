@@ -30,9 +30,7 @@ from common.runtime import ModelRuntime
 from common.wire.dataset_export import EXPORT_FORMAT_VERSION
 from training.builder import calibrate_and_export
 from training.dataset_export import read_export
-from training.models import SmallCnn
-from training.preprocess import Normalizer
-from training.trainer import (
+from training.from_export import (
     TrainingError,
     TrainingOptions,
     TrainingOutcome,
@@ -41,6 +39,8 @@ from training.trainer import (
     train_from_export,
     train_model,
 )
+from training.models import SmallCnn
+from training.preprocess import Normalizer
 
 from .synthetic import write_count_export, write_depth_export, write_digit_export
 

@@ -26,9 +26,9 @@ from training.dataset_export import DatasetExport, item_split
 from training.detection.items import DetectionItem, items_from_export
 from training.detection.train import DetectionOutcome
 from training.evaluation import OperatingPoint, operating_point
+from training.from_export import TrainingOptions
 from training.promotion import PromotionDecision, decide_at_threshold
 from training.reports import DETECTIONS, METRICS_JSON, NormBox, plot_detections, write_json
-from training.trainer import TrainingOptions
 
 EXAMPLES = 8
 

@@ -58,6 +58,14 @@ from training.detection.metrics import (
 from training.detection.model import MAX_BOXES, CentreNet, DeepContext, DetectionHead, box_pixels_tolerance
 from training.embeddings import Embedder
 from training.export import PARITY_TOLERANCE, ExportMismatchError, _export, _session
+from training.from_export import (
+    BUNDLE_DIR,
+    TrainingError,
+    TrainingOptions,
+    TrainingProgress,
+    code_version,
+    detector_spec,
+)
 from training.oodd import (
     LowRankOodd,
     NegativeCalibration,
@@ -66,14 +74,6 @@ from training.oodd import (
     in_domain_needed,
     out_of_fold_distances,
     quantile_for,
-)
-from training.trainer import (
-    BUNDLE_DIR,
-    TrainingError,
-    TrainingOptions,
-    TrainingProgress,
-    code_version,
-    detector_spec,
 )
 
 log = logging.getLogger(__name__)

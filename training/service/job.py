@@ -6,7 +6,7 @@
                backbone and only the images that have none; the cloud worker builds it
     train      training.head_trainer: a head on the shared backbone in seconds (new embeddings are
                stored in the cloud as they are computed); for tiny inputs with enough labels, the
-               compact CNN (training.trainer) is tried next as a second candidate, judged on the same
+               compact CNN (training.from_export) is tried next as a second candidate, judged on the same
                items against what is production by then
     register   the bundle as a candidate with lineage (job, export, trainer, parent version); its
                plots and metrics.json as reports of that version
@@ -54,13 +54,13 @@ from training.detection.judging import judge_detection, reports_dir_of
 from training.detection.train import train_detection_from_export
 from training.embeddings import Embedder
 from training.finetune import FineTuneOptions
+from training.from_export import TrainingError, TrainingOptions, train_from_export
 from training.head_trainer import HeadOutcome, fine_tune_from_export, train_head_from_export
 from training.reports import CONFUSION_MATRIX, DETECTIONS, LEARNING_CURVES, METRICS_JSON, RELIABILITY
 from training.service.client import CloudCallError, CloudClient, LeaseLost
 from training.service.reporter import JobCancelled, JobReporter, TrainerStopping
 from training.service.settings import TrainerSettings
-from training.train import resolve_device
-from training.trainer import TrainingError, TrainingOptions, train_from_export
+from training.training_loop import resolve_device
 
 log = logging.getLogger("training.service")
 

@@ -29,7 +29,7 @@ from common.clock import utc_stamp as _utc_now
 from training.service.client import CloudCallError, CloudClient, LeaseLost
 
 if TYPE_CHECKING:
-    from training.trainer import TrainingProgress
+    from training.from_export import TrainingProgress
 
 log = logging.getLogger("training.service")
 

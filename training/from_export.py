@@ -93,7 +93,7 @@ from training.reports import (
     plot_reliability,
     write_json,
 )
-from training.train import (
+from training.training_loop import (
     EpochStats,
     TrainConfig,
     TrainResult,
@@ -108,7 +108,7 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
 REPORTS_DIR = "reports"
 CHECKPOINT_FILE = "checkpoint.pt"
-CODE_REF = "training.trainer"
+CODE_REF = "training.from_export"
 # Channel widths of successive conv stages; the input size decides how many stages are used.
 STAGE_WIDTHS = (16, 32, 64, 96, 128)
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 16, 224
