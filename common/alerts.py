@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.confidence import is_out_of_domain
 from common.wire.alerts import AlertCondition, AlertConditionKind, AlertRuleSpec
+
+
+def is_confident(confidence: float, in_domain: float, threshold: float) -> bool:
+    """What alert rules watch: the model sure enough, and the image like its training images."""
+    return confidence >= threshold and not is_out_of_domain(in_domain)
 
 
 @dataclass

@@ -169,7 +169,7 @@ async def _record_alert(
         "edge_id": edge_id,
     }
     where = f"edge {edge_id}" if edge_id else "cloud"
-    event = await record_event(
+    return await record_event(
         session,
         EventKind.ALERT,
         dedupe_key,
@@ -180,7 +180,6 @@ async def _record_alert(
         webhook_ids=list(rule.webhook_ids),
         at=firing.fired_at,
     )
-    return event is not None
 
 
 async def record_edge_firings(session: AsyncSession, batch: AlertFiringBatch) -> AlertFiringAck:

@@ -33,6 +33,7 @@ from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.device import AccountMonthToDateInfo
 from cloud.app.settings import CloudSettings
+from common.alerts import is_confident
 from common.bundle import DetectorMode
 from common.ids import is_image_query_id, new_image_query_id
 from common.imaging import ImageFormat, ImageInfo, ImageLimits, decode_image, inspect_image
@@ -111,11 +112,6 @@ def review_reason(
     if result.confidence is None or result.confidence < threshold:
         return EscalationReason.LOW_CONFIDENCE
     return None
-
-
-def _confident(prediction: Prediction, threshold: float) -> bool:
-    """What alert rules watch: the model sure enough and the image like its training images."""
-    return prediction.confidence >= threshold and not prediction.out_of_domain
 
 
 def model_result(detector: DetectorRow, prediction: Prediction) -> Result:
@@ -273,7 +269,11 @@ async def submit_image_query(
     await blobs.put(row.image_key, image, info.content_type)
     if reason is not None:
         await enqueue_for_review(session, row, reason, uncertainty_of(result))
-    if prediction is not None and result is not None and _confident(prediction, threshold):
+    if (
+        prediction is not None
+        and result is not None
+        and is_confident(prediction.confidence, prediction.in_domain, threshold)
+    ):
         await alert_rules.observe_cloud_answer(
             session,
             detector,

@@ -48,8 +48,8 @@ async def record_event(
     rule_id: str | None = None,
     webhook_ids: Sequence[str] = (),
     at: datetime | None = None,
-) -> NotificationEvent | None:
-    """Adds the event and its deliveries to the session (the caller commits); None when an event with
+) -> bool:
+    """Adds the event and its deliveries to the session (the caller commits); False when an event with
     this key exists already. `webhook_ids` narrows an alert to the rule's webhooks (empty: all)."""
     now = at or datetime.now(UTC)
     event_id = new_event_id()
@@ -70,13 +70,24 @@ async def record_event(
         .returning(NotificationEvent.id)
     )
     if (await session.execute(stmt)).scalar_one_or_none() is None:
-        return None
+        return False
     for hook in await subscribed_webhooks(session, kind, webhook_ids):
         session.add(
             WebhookDelivery(id=new_delivery_id(), event_id=event_id, webhook_id=hook.id, next_attempt_at=now)
         )
     await session.flush()
-    return await session.get(NotificationEvent, event_id)
+    return True
+
+
+async def recorded_keys(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Which of these dedupe keys have their event already: a scan that sees the same state on every
+    tick reads once instead of attempting an insert per candidate."""
+    if not keys:
+        return set()
+    rows = await session.execute(
+        select(NotificationEvent.dedupe_key).where(NotificationEvent.dedupe_key.in_([k[:200] for k in keys]))
+    )
+    return set(rows.scalars())
 
 
 async def subscribed_webhooks(

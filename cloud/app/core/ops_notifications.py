@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.core.detectors import iso_utc
-from cloud.app.core.notifications import EventKind, record_event
+from cloud.app.core.notifications import EventKind, record_event, recorded_keys
 from cloud.app.db.models import (
     Detector,
     Hub,
@@ -74,8 +74,13 @@ async def notify_offline_edges(session: AsyncSession, now: datetime, offline_s: 
         .scalars()
         .all()
     )
+    # One per silence: the next heartbeat moves last_seen_at, and a later silence is a new event.
+    keys = {hub.id: f"edge_offline:{hub.id}:{iso_utc(as_utc(hub.last_seen_at))}" for hub in quiet}
+    known = await recorded_keys(session, list(keys.values()))
     recorded = 0
     for hub in quiet:
+        if keys[hub.id] in known:
+            continue
         seen = as_utc(hub.last_seen_at)
         silent_min = (now - seen).total_seconds() / 60
         title = f"edge {hub.name or hub.id} offline: no heartbeat for {silent_min:.0f} min"
@@ -86,9 +91,7 @@ async def notify_offline_edges(session: AsyncSession, now: datetime, offline_s: 
             "outbox_depth": hub.outbox_depth,
             "deployed_versions": hub.deployed_versions,
         }
-        # One per silence: the next heartbeat moves last_seen_at, and a later silence is a new event.
-        key = f"edge_offline:{hub.id}:{iso_utc(seen)}"
-        if await record_event(session, EventKind.EDGE_OFFLINE, key, title, data):
+        if await record_event(session, EventKind.EDGE_OFFLINE, keys[hub.id], title, data):
             recorded += 1
     await session.commit()
     return recorded
@@ -107,14 +110,18 @@ async def notify_failed_jobs(session: AsyncSession, now: datetime) -> int:
         .scalars()
         .all()
     )
+    keys = {job.id: f"training_failed:{job.id}" for job in failed}
+    known = await recorded_keys(session, list(keys.values()))
     recorded = 0
     for job in failed:
+        key = keys[job.id]
+        if key in known:
+            continue
         detector = await session.get(Detector, job.detector_id)
         name = detector.name if detector is not None else job.detector_id
         error = (job.error or "").splitlines()[0][:200] if job.error else "no error given"
         data = {"job_id": job.id, "detector_name": name, "trigger": job.trigger, "error": error}
         title = f"{name}: training job {job.id} failed: {error}"
-        key = f"training_failed:{job.id}"
         if await record_event(
             session, EventKind.TRAINING_FAILED, key, title, data, detector_id=job.detector_id
         ):

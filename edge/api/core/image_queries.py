@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.alerts import is_confident
 from common.bundle import DetectorMode
 from common.confidence import is_out_of_domain
 from common.edge_config import EdgeConfig
@@ -269,7 +270,7 @@ class ImageQueryService:
         iq.intellioptics = _model_diagnostics(inf, decision, infer_ms, total_ms)
         body = await self._record(iq, keys, image, content_type, decision.escalate)
         if self._alerts is not None:  # §12: confident answers (audited ones too) feed the alert rules
-            confident = inf.confidence >= threshold and not is_out_of_domain(inf.in_domain)
+            confident = is_confident(inf.confidence, inf.in_domain, threshold)
             await self._alerts.watch(iq, confident=confident)
         self._metrics.count_image_query(params.detector_id, _model_outcome(decision, inf, threshold))
         timing = ", ".join(
