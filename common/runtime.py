@@ -498,3 +498,10 @@ class ModelRuntime:
             "bytes": self.nbytes,
             "backbone": meta.backbone.sha256 if meta.backbone is not None else None,
         }
+
+
+def shared_backbone(runtime: ModelRuntime) -> tuple[str, int] | None:
+    """What a loaded runtime shares with others, for a model cache's accounting
+    (common.model_cache.SharedPart): its backbone's sha256 and bytes, if it has one."""
+    backbone = runtime.backbone
+    return (backbone.sha256, backbone.nbytes) if backbone is not None else None

@@ -155,7 +155,9 @@ class CloudSettings(SecretFileSettings):
         description="Largest image of the cloud's device API and of escalations, in bytes.",
     )
     model_cache_size: int = Field(
-        default=5, ge=1, description="Models the cloud keeps loaded to answer queries itself."
+        default=5,
+        ge=1,
+        description="Models the cloud keeps loaded to answer queries itself (a shared backbone counts as one).",
     )
     max_backbone_bytes: int = Field(
         default=MAX_BACKBONE_BYTES,

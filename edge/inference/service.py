@@ -21,10 +21,17 @@ from common.backbone import BackboneStore
 from common.bundle import BundleError, current_bundle_dir, list_detectors, read_metadata
 from common.ids import is_detector_id
 from common.imaging import ImageLimits, inspect_image
-from common.runtime import BackbonePool, BackboneRuntime, ModelRuntime, Prediction, choose_providers
+from common.model_cache import ModelCache
+from common.runtime import (
+    BackbonePool,
+    BackboneRuntime,
+    ModelRuntime,
+    Prediction,
+    choose_providers,
+    shared_backbone,
+)
 from common.wire.inference import CacheStats, ModelInfo, ModelList, SwapResult
 from edge.inference.batching import Batcher, Embedding
-from edge.inference.cache import ModelCache, SharedPart
 from edge.inference.embeddings import EmbeddingCache
 from edge.inference.metrics import InferenceMetrics
 
@@ -47,12 +54,6 @@ class ModelLoadError(RuntimeError):
 
 class ModelSwapError(ModelLoadError):
     """The bundle `current` points at failed to load or warm up; the serving version is unchanged."""
-
-
-def shared_backbone(runtime: ModelRuntime) -> SharedPart:
-    """What a loaded runtime shares with others, for the cache's accounting: its backbone, if any."""
-    backbone = runtime.backbone
-    return (backbone.sha256, backbone.nbytes) if backbone is not None else None
 
 
 class InferenceService:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from edge.inference.cache import ModelCache
+from common.model_cache import ModelCache
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge.inference.cache import ModelCache
+from common.model_cache import ModelCache
 
 
 @dataclass

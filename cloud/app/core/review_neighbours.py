@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
 from cloud.app.core.backbones import embeddings_of
 from cloud.app.core.detectors import UNCLEAR
-from cloud.app.core.model_answers import ProductionModels
+from cloud.app.core.model_answers import ProductionModels, UnusableModelError
 from cloud.app.core.review_queue import ItemImage, image_of
 from cloud.app.db.models import ImageQuery, Label, ReviewItem
 from cloud.app.errors import NotFoundError
@@ -62,22 +62,12 @@ async def similar_labelled(
         return NeighboursOut(item_id=item_id, available=False, why=why, neighbours=[])
 
     try:
-        runtime = await models.runtime(session, item.detector_id)
-    except Exception:  # the cache logs load failures; the reviewer only needs to know there is none
+        embedded = await _embed_with_production_model(session, blobs, models, limits, item)
+    except UnusableModelError:  # the cache logs load failures; the reviewer only needs to know
         return unavailable("the production model cannot be loaded here")
-    if runtime is None:
-        return unavailable("this detector has no production model yet")
-    if runtime.backbone is None:
-        return unavailable("the production model has no shared backbone to compare images in")
-    ref = runtime.backbone.ref
-    try:
-        image = await blobs.get(item.image_key)
-    except (BlobNotFoundError, ValueError):
-        return unavailable("the item's image is missing")
-    try:
-        query = await asyncio.to_thread(_embed, runtime, ref, image, limits)
-    except ImageError:
-        return unavailable("the item's image does not decode")
+    if isinstance(embedded, str):
+        return unavailable(embedded)
+    ref, query = embedded
     stored = await embeddings_of(session, item.detector_id, ref.sha256)
     labels = await _standing_labels(session, item.detector_id)
     await session.commit()
@@ -104,6 +94,26 @@ async def similar_labelled(
             for i in order
         ],
     )
+
+
+async def _embed_with_production_model(
+    session: AsyncSession, blobs: BlobStore, models: ProductionModels, limits: ImageLimits, item: _Item
+) -> tuple[BackboneRef, NDArray[np.float32]] | str:
+    """The item's embedding by the production runtime (held while it embeds), or why there is none."""
+    async with models.use(session, item.detector_id) as runtime:
+        if runtime is None:
+            return "this detector has no production model yet"
+        if runtime.backbone is None:
+            return "the production model has no shared backbone to compare images in"
+        ref = runtime.backbone.ref
+        try:
+            image = await blobs.get(item.image_key)
+        except (BlobNotFoundError, ValueError):
+            return "the item's image is missing"
+        try:
+            return ref, await asyncio.to_thread(_embed, runtime, ref, image, limits)
+        except ImageError:
+            return "the item's image does not decode"
 
 
 async def _item(session: AsyncSession, item_id: int) -> _Item:

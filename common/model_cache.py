@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-log = logging.getLogger("inference.cache")
+log = logging.getLogger("model_cache")
 
 
 class Closable(Protocol):
