@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from pydantic import ValidationError
 
 MAX_DETAIL_CHARS = 300
 
@@ -22,3 +23,11 @@ def detail_of_body(body: bytes, limit: int = MAX_DETAIL_CHARS) -> str:
 
 def error_detail(response: httpx.Response, limit: int = MAX_DETAIL_CHARS) -> str:
     return detail_of_body(response.content, limit)
+
+
+def first_validation_error(exc: ValidationError, root: str = "") -> str:
+    """ "where: what" of a pydantic error's first problem, one line for a 400 or a log; `root` names
+    the place when the whole document is at fault."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or root
+    return f"{where}: {first['msg']}" if where else str(first["msg"])

@@ -43,6 +43,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.bundle import DetectorMode
+from common.error_detail import first_validation_error
 from common.imaging import ImageFormat, content_type_of, sniff_format
 from common.wire.device_api import Roi
 from training.datasets import SplitName, split_of
@@ -354,10 +355,8 @@ def _parse_manifest(path: Path, manifest_raw: bytes | None) -> ExportManifest:
     try:
         return ExportManifest.model_validate_json(manifest_raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         raise ExportError(
-            f"{path}: {MANIFEST_NAME} is invalid at {where or '<root>'}: {first['msg']}"
+            f"{path}: {MANIFEST_NAME} is invalid at {first_validation_error(exc, '<root>')}"
         ) from None
 
 

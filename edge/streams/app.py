@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from common.body_limits import BodyLimits, limit_bodies
 from common.http import RequestLogMiddleware
 from common.internal_auth import InternalOnly
+from common.wire.streams_status import StreamsConfigStatus, StreamsStatus
 from edge.streams.metrics import new_registry
 from edge.streams.settings import StreamsSettings
 from edge.streams.supervisor import CONFIG_PATH, ConfigPoller, StreamSupervisor
@@ -63,20 +63,20 @@ def create_app(settings: StreamsSettings | None = None) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     @app.get("/status", operation_id="status", dependencies=[InternalOnly])
-    async def status(request: Request) -> dict[str, Any]:
+    async def status(request: Request) -> StreamsStatus:
         poller: ConfigPoller = request.app.state.poller
         supervisor: StreamSupervisor = request.app.state.supervisor
-        return {
-            "uptime_s": round(time.time() - request.app.state.started_at, 1),
-            "submit_url": settings.frames_url,
-            "config": {
-                "source": f"{poller.url}{CONFIG_PATH}",
-                "fetched_at": poller.fetched_at,
-                "applied_at": poller.applied_at,
-                "error": poller.error,
-            },
-            "streams": supervisor.snapshot(),
-        }
+        return StreamsStatus(
+            uptime_s=round(time.time() - request.app.state.started_at, 1),
+            submit_url=settings.frames_url,
+            config=StreamsConfigStatus(
+                source=f"{poller.url}{CONFIG_PATH}",
+                fetched_at=poller.fetched_at,
+                applied_at=poller.applied_at,
+                error=poller.error,
+            ),
+            streams=supervisor.snapshot(),
+        )
 
     @app.get("/metrics", operation_id="metrics", dependencies=[InternalOnly])
     async def metrics(request: Request) -> Response:

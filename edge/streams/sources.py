@@ -12,7 +12,6 @@ through their frames.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import socket
 import threading
@@ -27,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.edge_config import StreamConfig, redact_url
+from common.wire.streams_status import SourceKind as SourceKind  # the status reports it
 
 Frame = NDArray[np.uint8]
 """A decoded BGR image, height x width x 3."""
@@ -39,13 +39,6 @@ _DEFAULT_FILE_FPS = 25.0
 
 class SourceError(RuntimeError):
     """The source cannot be opened, failed, or stopped delivering frames."""
-
-
-class SourceKind(enum.StrEnum):
-    RTSP = "rtsp"
-    HTTP = "http"
-    FILE = "file"
-    FOLDER = "folder"
 
 
 def local_path(url: str) -> Path | None:

@@ -16,12 +16,12 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
 
 import httpx
 
 from common.edge_config import EdgeConfigError, StreamConfig, parse_edge_config, redact_url
 from common.internal_auth import internal_headers
+from common.wire.streams_status import DisabledStreamStatus, StreamStatus
 from edge.streams.sources import kind_of
 from edge.streams.worker import EdgeClient, StreamWorker
 
@@ -73,28 +73,28 @@ class StreamSupervisor:
         with self._lock:
             return list(self._workers.values())
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[StreamStatus | DisabledStreamStatus]:
         with self._lock:
             workers = dict(self._workers)
             configs = list(self._configs)
-        out = []
+        out: list[StreamStatus | DisabledStreamStatus] = []
         for config in configs:
             worker = workers.get(config.name)
             if worker is not None:
                 out.append(worker.snapshot())
             else:
                 out.append(
-                    {
-                        "name": config.name,
-                        "url": redact_url(config.url),
-                        "kind": kind_of(config.url).value,
-                        "detector_id": config.detector_id,
-                        "enabled": False,
-                        "fps": config.fps,
-                        "state": "disabled",
-                        "connected": False,
-                        "error": None,
-                    }
+                    DisabledStreamStatus(
+                        name=config.name,
+                        url=redact_url(config.url),
+                        kind=kind_of(config.url),
+                        detector_id=config.detector_id,
+                        enabled=False,
+                        fps=config.fps,
+                        state="disabled",
+                        connected=False,
+                        error=None,
+                    )
                 )
         return out
 

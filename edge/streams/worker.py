@@ -28,6 +28,7 @@ import httpx
 from common.edge_config import StreamConfig, redact_url
 from common.error_detail import error_detail as _detail
 from common.internal_auth import internal_headers
+from common.wire.streams_status import LastImageQuery, StreamStatus
 from edge.streams.gating import MotionGate, thumbnail
 from edge.streams.sources import Frame, SourceError, SourceKind, kind_of, open_source
 
@@ -128,7 +129,7 @@ class StreamWorker:
         self.frames_skipped_motion = 0
         self.submit_errors = 0
         self.last_submit_error: str | None = None
-        self.last_image_query: dict[str, Any] | None = None
+        self.last_image_query: LastImageQuery | None = None
         self.last_submit_age_s: float | None = None
         self.max_submit_age_s: float | None = None
         self._submit_times: collections.deque[float] = collections.deque()
@@ -282,13 +283,13 @@ class StreamWorker:
         try:
             body = response.json()
             result = body.get("result") or {}
-            self.last_image_query = {
-                "id": body["id"],
-                "label": result.get("label"),
-                "confidence": result.get("confidence"),
-                "done_processing": body.get("done_processing"),
-            }
-        except (ValueError, KeyError, AttributeError):
+            self.last_image_query = LastImageQuery(
+                id=body["id"],
+                label=result.get("label"),
+                confidence=result.get("confidence"),
+                done_processing=body.get("done_processing"),
+            )
+        except (ValueError, KeyError, AttributeError):  # ValueError: not JSON, or not these types
             self._submit_failed("edge-api answered 200 without an image query")
             return False
         self.frames_submitted += 1
@@ -320,33 +321,33 @@ class StreamWorker:
         last = self._last_frame_mono
         return None if last is None else time.monotonic() - last
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StreamStatus:
         age = self.last_frame_age_s()
-        return {
-            "name": self.name,
-            "url": redact_url(self.config.url),
-            "kind": (self.kind or kind_of(self.config.url)).value,
-            "detector_id": self.config.detector_id,
-            "enabled": True,
-            "fps": self.config.fps,
-            "motion_threshold": self.config.motion_threshold,
-            "state": self.state,
-            "connected": self.connected,
-            "error": self.error,
-            "error_at": self.error_at,
-            "next_attempt_at": self.next_attempt_at,
-            "frames_read": self.frames_read,
-            "frames_submitted": self.frames_submitted,
-            "frames_skipped_motion": self.frames_skipped_motion,
-            "submit_errors": self.submit_errors,
-            "last_submit_error": self.last_submit_error,
-            "reconnects": self.reconnects,
-            "connect_failures": self.connect_failures,
-            "last_frame_age_s": None if age is None else round(age, 3),
-            "last_submit_age_s": None if self.last_submit_age_s is None else round(self.last_submit_age_s, 4),
-            "max_submit_age_s": None if self.max_submit_age_s is None else round(self.max_submit_age_s, 4),
-            "submit_fps": round(self.submit_rate(), 2),
-            "last_motion_difference": None if self._gate is None else self._gate.last_difference,
-            "last_image_query": self.last_image_query,
-            "started_at": self.started_at,
-        }
+        return StreamStatus(
+            name=self.name,
+            url=redact_url(self.config.url),
+            kind=self.kind or kind_of(self.config.url),
+            detector_id=self.config.detector_id,
+            enabled=True,
+            fps=self.config.fps,
+            motion_threshold=self.config.motion_threshold,
+            state=self.state,
+            connected=self.connected,
+            error=self.error,
+            error_at=self.error_at,
+            next_attempt_at=self.next_attempt_at,
+            frames_read=self.frames_read,
+            frames_submitted=self.frames_submitted,
+            frames_skipped_motion=self.frames_skipped_motion,
+            submit_errors=self.submit_errors,
+            last_submit_error=self.last_submit_error,
+            reconnects=self.reconnects,
+            connect_failures=self.connect_failures,
+            last_frame_age_s=None if age is None else round(age, 3),
+            last_submit_age_s=None if self.last_submit_age_s is None else round(self.last_submit_age_s, 4),
+            max_submit_age_s=None if self.max_submit_age_s is None else round(self.max_submit_age_s, 4),
+            submit_fps=round(self.submit_rate(), 2),
+            last_motion_difference=None if self._gate is None else self._gate.last_difference,
+            last_image_query=self.last_image_query,
+            started_at=self.started_at,
+        )

@@ -5,10 +5,8 @@ includes. Status and metrics answer the edge's own services only (the internal t
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -18,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from common.body_limits import BodyLimits, limit_bodies
 from common.http import RequestLogMiddleware
 from common.internal_auth import InternalOnly, internal_headers
+from common.wire.updater_status import UpdaterStatus
 from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import EdgeApiClient, RegistryClient, SwapClient
 from edge.updater.core import DetectorPoller
@@ -85,7 +84,6 @@ def create_app(
     app = FastAPI(title="IntelliOptics model updater", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = UpdaterMetrics()
-    app.state.started_at = time.time()
     app.state.internal_token = internal_token
 
     @app.get("/health/live", operation_id="live")
@@ -101,13 +99,10 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     @app.get("/status", operation_id="status", dependencies=[InternalOnly])
-    async def status(request: Request) -> dict[str, Any]:
+    async def status(request: Request) -> UpdaterStatus:
         updater: Updater = request.app.state.updater
         backbones = await asyncio.to_thread(updater.installer.installed_backbones)
-        return {
-            "uptime_s": round(time.time() - request.app.state.started_at, 1),
-            **updater.snapshot(backbones),
-        }
+        return updater.snapshot(backbones)
 
     @app.get("/metrics", operation_id="metrics", dependencies=[InternalOnly])
     async def metrics(request: Request) -> Response:

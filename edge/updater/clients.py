@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from common.edge_config import EdgeConfig, EdgeConfigError, parse_edge_config
 from common.error_detail import error_detail as _detail
 from common.wire.edge_facts import EdgeFacts
+from common.wire.hub_heartbeat import HubHeartbeat
 from common.wire.inference import SwapResult
 from common.wire.model_registry import BackboneFetchInfo, ModelFetchInfo
 
@@ -138,9 +139,11 @@ class RegistryClient:
         if digest.hexdigest() != sha256:
             raise DownloadRejected(f"{noun} does not match the sha256 the cloud announced")
 
-    async def heartbeat(self, body: dict[str, Any]) -> None:
+    async def heartbeat(self, body: HubHeartbeat) -> None:
+        # No name: left out, as ever (the hub keeps the name it had).
+        data = body.model_dump(mode="json", exclude={"name"} if body.name is None else None)
         try:
-            response = await self.http.post("/api/v1/hubs/heartbeat", json=body, headers=self._headers())
+            response = await self.http.post("/api/v1/hubs/heartbeat", json=data, headers=self._headers())
         except httpx.HTTPError as exc:
             raise RegistryError(_unreachable("cloud", self.http.base_url, exc)) from None
         if response.status_code != 200:

@@ -23,13 +23,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 from common.backbone import BackboneError
 from common.bundle import VERSION_RE, BundleError
 from common.wire.inference import SwapResult
 from common.wire.model_registry import ModelFetchInfo
+from common.wire.updater_status import DeploySource, DetectorPollStatus, PollOutcome, RejectedVersion
 from edge.updater.backbones import SharedBackbones
 from edge.updater.clients import (
     DownloadRejected,
@@ -46,25 +45,9 @@ log = logging.getLogger("updater")
 MAX_ERROR_CHARS = 300
 
 
-class Outcome(StrEnum):
-    UNCHANGED = "unchanged"  # 304
-    UP_TO_DATE = "up_to_date"  # the cloud's version is the one serving
-    DEPLOYED = "deployed"  # another version went into service
-    NO_MODEL = "no_model"  # the cloud has no production model for this detector yet
-    REJECTED = "rejected"  # the cloud's version failed verification or warm-up; the old one serves
-    ERROR = "error"  # could not find out or finish; retried with backoff
-
-
-class Source(StrEnum):
-    CLOUD = "cloud"  # downloaded
-    DISK = "disk"  # one of the kept versions (a rollback)
-
-
-@dataclass
-class Rejection:
-    version: str
-    reason: str
-    at: float
+# The updater's names for the words its status and heartbeat report (common.wire.updater_status).
+Outcome = PollOutcome
+Source = DeploySource
 
 
 @dataclass
@@ -82,7 +65,7 @@ class DetectorState:
     failures: int = 0  # errors in a row
     last_error: str | None = None
     last_error_at: float | None = None
-    rejected: Rejection | None = None
+    rejected: RejectedVersion | None = None
     next_poll_at: float | None = None
     delay_s: float | None = None  # the wait chosen after the last poll (edge.updater.runner)
 
@@ -91,26 +74,22 @@ class DetectorState:
         """Nothing serves on this edge and the cloud has no model for it yet (or could not say)."""
         return self.version is None and self.outcome in (Outcome.NO_MODEL, Outcome.ERROR)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "detector_id": self.detector_id,
-            "version": self.version,
-            "outcome": self.outcome.value if self.outcome else None,
-            "detail": self.detail,
-            "polled_at": self.polled_at,
-            "deployed_at": self.deployed_at,
-            "deployed_from": self.deployed_from.value if self.deployed_from else None,
-            "consecutive_failures": self.failures,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "rejected": (
-                {"version": self.rejected.version, "reason": self.rejected.reason, "at": self.rejected.at}
-                if self.rejected
-                else None
-            ),
-            "next_poll_at": self.next_poll_at,
-            "delay_s": self.delay_s,
-        }
+    def snapshot(self) -> DetectorPollStatus:
+        return DetectorPollStatus(
+            detector_id=self.detector_id,
+            version=self.version,
+            outcome=self.outcome,
+            detail=self.detail,
+            polled_at=self.polled_at,
+            deployed_at=self.deployed_at,
+            deployed_from=self.deployed_from,
+            consecutive_failures=self.failures,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            rejected=self.rejected,
+            next_poll_at=self.next_poll_at,
+            delay_s=self.delay_s,
+        )
 
 
 def next_delay(refresh_s: float, failures: int, backoff_max_s: float, jitter: float, draw: float) -> float:
@@ -270,7 +249,7 @@ class DetectorPoller:
     ) -> tuple[Outcome, str | None]:
         # Kept until the cloud's answer changes: the same bundle is not fetched again meanwhile.
         state.etag = etag
-        state.rejected = Rejection(version=version, reason=reason, at=time.time())
+        state.rejected = RejectedVersion(version=version, reason=reason, at=time.time())
         state.last_error, state.last_error_at = f"version {version} rejected: {reason}", time.time()
         log.error(
             "model rejected; the previous version keeps serving",

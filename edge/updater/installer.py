@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,6 +35,7 @@ from common.bundle import (
 )
 from common.bundle_archive import unpacked_bundle
 from common.ids import is_detector_id
+from common.wire.updater_status import InstalledBackbone
 
 log = logging.getLogger("updater")
 
@@ -210,7 +210,7 @@ class Installer:
                 removed.append(sha256)
         return removed
 
-    def installed_backbones(self) -> list[dict[str, Any]]:
+    def installed_backbones(self) -> list[InstalledBackbone]:
         """The backbones in the model root, for the status page and the heartbeat."""
         referenced = self.backbone_references()
         out = []
@@ -221,11 +221,11 @@ class Installer:
             except OSError:
                 size = None
             out.append(
-                {
-                    "sha256": sha256,
-                    "id": info.id if info is not None else None,
-                    "bytes": size,
-                    "used_by": sorted(referenced.get(sha256, [])),
-                }
+                InstalledBackbone(
+                    sha256=sha256,
+                    id=info.id if info is not None else None,
+                    bytes=size,
+                    used_by=sorted(referenced.get(sha256, [])),
+                )
             )
         return out

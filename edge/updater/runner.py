@@ -26,9 +26,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import ValidationError
 
 from common.edge_config import EdgeConfig
+from common.error_detail import first_validation_error
+from common.wire.hub_heartbeat import (
+    HeartbeatBackbone,
+    HeartbeatDetector,
+    HeartbeatRejection,
+    HubHeartbeat,
+    HubInfo,
+    UpdaterInfo,
+)
+from common.wire.updater_status import (
+    HeartbeatStatus,
+    InstalledBackbone,
+    PollError,
+    UpdaterConfigStatus,
+    UpdaterStatus,
+)
 from edge.updater.clients import EdgeApiClient, EdgeApiError, RegistryClient, RegistryError
 from edge.updater.core import MAX_ERROR_CHARS, DetectorPoller, DetectorState, Outcome, next_delay
 from edge.updater.installer import Installer
@@ -102,7 +119,8 @@ class Updater:
         self.edge_api_error: str | None = None
         self.heartbeat_at: float | None = None
         self.heartbeat_error: str | None = None
-        self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self.recent_errors: deque[PollError] = deque(maxlen=RECENT_ERRORS)
+        self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -222,12 +240,7 @@ class Updater:
             self.metrics.rejections.labels(det).inc()
         if outcome in (Outcome.ERROR, Outcome.REJECTED):
             self.recent_errors.append(
-                {
-                    "at": round(time.time(), 3),
-                    "detector_id": det,
-                    "outcome": outcome.value,
-                    "error": state.detail,
-                }
+                PollError(at=round(time.time(), 3), detector_id=det, outcome=outcome, error=state.detail)
             )
         return outcome
 
@@ -257,8 +270,10 @@ class Updater:
         return self.settings.edge_id or self.edge_api_edge_id
 
     def heartbeat_body(
-        self, deployed: dict[str, str], backbones: list[dict[str, Any]] | None = None
-    ) -> dict[str, Any] | None:
+        self, deployed: dict[str, str], backbones: list[InstalledBackbone] | None = None
+    ) -> HubHeartbeat | None:
+        """None until the edge id is known. Raises ValidationError when the cloud would refuse it
+        (an edge id it does not take, an info part over its size limit)."""
         edge_id = self.edge_id
         if edge_id is None:
             return None
@@ -267,51 +282,54 @@ class Updater:
             for loop in self._loops.values()
             if loop.state.last_error is not None or loop.state.rejected is not None
         ][:HEARTBEAT_DETECTORS]
-        info: dict[str, Any] = {
-            "updater": {
-                "refresh_rate_s": self.refresh_rate_s,
-                "detectors_polled": len(self._loops),
-                "config_error": self.config_error,
-                "edge_api_error": self.edge_api_error,
-                "outbox_depth_known": self.outbox_depth is not None,
-                "outbox_dead": self.outbox_dead,
-                "outbox_oldest_pending_age_s": self.outbox_oldest_s,
-                "detectors": {
-                    s.detector_id: {
-                        "outcome": s.outcome.value if s.outcome else None,
-                        "version": s.version,
-                        "consecutive_failures": s.failures,
-                        "last_error": (s.last_error or "")[:MAX_ERROR_CHARS] or None,
-                        "rejected": (
-                            {"version": s.rejected.version, "reason": s.rejected.reason[:MAX_ERROR_CHARS]}
-                            if s.rejected
-                            else None
-                        ),
-                    }
-                    for s in troubled
-                },
-                "recent_errors": list(self.recent_errors),
-                "backbones": [
-                    {"sha256": b["sha256"], "id": b["id"], "bytes": b["bytes"], "used_by": len(b["used_by"])}
-                    for b in (backbones or [])[:HEARTBEAT_BACKBONES]
-                ],
-            }
-        }
-        body: dict[str, Any] = {
-            "edge_id": edge_id,
-            "deployed_versions": deployed,
-            "outbox_depth": self.outbox_depth or 0,
-            "info": info,
-        }
-        if self.settings.edge_name:
-            body["name"] = self.settings.edge_name
-        return body
+        updater = UpdaterInfo(
+            refresh_rate_s=self.refresh_rate_s,
+            detectors_polled=len(self._loops),
+            config_error=self.config_error,
+            edge_api_error=self.edge_api_error,
+            outbox_depth_known=self.outbox_depth is not None,
+            outbox_dead=self.outbox_dead,
+            outbox_oldest_pending_age_s=self.outbox_oldest_s,
+            detectors={
+                s.detector_id: HeartbeatDetector(
+                    outcome=s.outcome,
+                    version=s.version,
+                    consecutive_failures=s.failures,
+                    last_error=(s.last_error or "")[:MAX_ERROR_CHARS] or None,
+                    rejected=(
+                        HeartbeatRejection(
+                            version=s.rejected.version, reason=s.rejected.reason[:MAX_ERROR_CHARS]
+                        )
+                        if s.rejected
+                        else None
+                    ),
+                )
+                for s in troubled
+            },
+            recent_errors=list(self.recent_errors),
+            backbones=[
+                HeartbeatBackbone(sha256=b.sha256, id=b.id, bytes=b.bytes, used_by=len(b.used_by))
+                for b in (backbones or [])[:HEARTBEAT_BACKBONES]
+            ],
+        )
+        return HubHeartbeat(
+            edge_id=edge_id,
+            name=self.settings.edge_name or None,
+            deployed_versions=deployed,
+            outbox_depth=self.outbox_depth or 0,
+            info=HubInfo(updater=updater).model_dump(mode="json"),
+        )
 
     async def heartbeat_once(self) -> bool:
         await self._ask_edge_api()
         deployed = await asyncio.to_thread(self.installer.deployed_versions)
         backbones = await asyncio.to_thread(self.installer.installed_backbones)
-        body = self.heartbeat_body(deployed, backbones)
+        try:
+            body = self.heartbeat_body(deployed, backbones)
+        except ValidationError as exc:
+            return self._heartbeat_failed(
+                f"heartbeat not sent, the cloud would refuse its {first_validation_error(exc)}"
+            )
         if body is None:
             self.heartbeat_error = "no edge id yet: edge-api has not answered and UPDATER_EDGE_ID is empty"
             self.metrics.heartbeats.labels("skipped").inc()
@@ -319,47 +337,51 @@ class Updater:
         try:
             await self.registry.heartbeat(body)
         except RegistryError as exc:
-            if str(exc) != self.heartbeat_error:
-                log.warning("heartbeat failed", extra={"fields": {"error": str(exc)}})
-            self.heartbeat_error = str(exc)
-            self.metrics.heartbeats.labels("error").inc()
-            return False
+            return self._heartbeat_failed(str(exc))
         self.heartbeat_at = time.time()
         self.heartbeat_error = None
         self.metrics.heartbeats.labels("ok").inc()
         return True
+
+    def _heartbeat_failed(self, error: str) -> bool:
+        if error != self.heartbeat_error:
+            log.warning("heartbeat failed", extra={"fields": {"error": error}})
+        self.heartbeat_error = error
+        self.metrics.heartbeats.labels("error").inc()
+        return False
 
     # -- status ------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         return self.config_fetched_at is not None
 
-    def snapshot(self, backbones: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def snapshot(self, backbones: list[InstalledBackbone] | None = None) -> UpdaterStatus:
         """`backbones`: the model root's (Installer.installed_backbones), read off the event loop."""
         settings = self.settings
-        return {
-            "edge_id": self.edge_id,
-            "cloud_url": str(self.registry.http.base_url),
-            "model_root": str(settings.model_root),
-            "refresh_rate_s": self.refresh_rate_s,
-            "refresh_rate_source": (
+        return UpdaterStatus(
+            uptime_s=round(time.time() - self.started_at, 1),
+            edge_id=self.edge_id,
+            cloud_url=str(self.registry.http.base_url),
+            model_root=str(settings.model_root),
+            refresh_rate_s=self.refresh_rate_s,
+            refresh_rate_source=(
                 "UPDATER_REFRESH_RATE_S"
                 if settings.refresh_rate_s
                 else "edge config global_config.refresh_rate"
             ),
-            "config": {
-                "source": str(self.edge_api.http.base_url).rstrip("/") + "/edge-config",
-                "fetched_at": self.config_fetched_at,
-                "error": self.config_error,
-            },
-            "heartbeat": {
-                "interval_s": settings.heartbeat_interval_s,
-                "last_at": self.heartbeat_at,
-                "error": self.heartbeat_error,
-                "outbox_depth": self.outbox_depth,
-            },
-            "no_model_refresh_s": settings.no_model_refresh_s,
-            "detectors": [loop.state.snapshot() for loop in self._loops.values()],
-            "backbones": backbones if backbones is not None else [],
-            "recent_errors": list(self.recent_errors),
-        }
+            config=UpdaterConfigStatus(
+                source=str(self.edge_api.http.base_url).rstrip("/") + "/edge-config",
+                fetched_at=self.config_fetched_at,
+                error=self.config_error,
+            ),
+            heartbeat=HeartbeatStatus(
+                interval_s=settings.heartbeat_interval_s,
+                last_at=self.heartbeat_at,
+                error=self.heartbeat_error,
+                outbox_depth=self.outbox_depth,
+            ),
+            no_model_refresh_s=settings.no_model_refresh_s,
+            detectors=[loop.state.snapshot() for loop in self._loops.values()],
+            backbones=backbones if backbones is not None else [],
+            recent_errors=list(self.recent_errors),
+        )

@@ -134,9 +134,9 @@ async def test_a_split_bundle_s_backbone_is_installed_first_and_downloaded_only_
     assert await poller.poll_once(state) is Outcome.DEPLOYED, state.detail
     assert await serves(inference, det, digits[0][0]) == "v2"
     assert cloud.backbone_downloads(ref) == 1
-    (listed,) = [b for b in poller.installer.installed_backbones() if b["sha256"] == ref.sha256]
-    assert listed["id"] == ref.id and listed["bytes"] == ref.bytes
-    assert listed["used_by"] == [f"{det}/v1", f"{det}/v2"]
+    (listed,) = [b for b in poller.installer.installed_backbones() if b.sha256 == ref.sha256]
+    assert listed.id == ref.id and listed.bytes == ref.bytes
+    assert listed.used_by == [f"{det}/v1", f"{det}/v2"]
     assert leftovers(model_root) == []
 
 

@@ -89,14 +89,14 @@ async def test_only_detectors_with_edge_inference_enabled_are_polled_at_the_conf
     await asyncio.sleep(0.5)
 
     snapshot = updater.snapshot()
-    assert [d["detector_id"] for d in snapshot["detectors"]] == [enabled]
-    assert snapshot["refresh_rate_s"] == 7.0
-    assert snapshot["refresh_rate_source"] == "edge config global_config.refresh_rate"
+    assert [d.detector_id for d in snapshot.detectors] == [enabled]
+    assert snapshot.refresh_rate_s == 7.0
+    assert snapshot.refresh_rate_source == "edge config global_config.refresh_rate"
 
     # Removed from the config: no longer polled.
     updater.apply_config(config({disabled: "disabled"}))
     await asyncio.sleep(0.1)
-    assert updater.snapshot()["detectors"] == []
+    assert updater.snapshot().detectors == []
 
 
 async def test_the_refresh_rate_setting_overrides_the_edge_config(make_updater, cloud: CloudServer):
@@ -104,8 +104,8 @@ async def test_the_refresh_rate_setting_overrides_the_edge_config(make_updater, 
 
     updater.apply_config(config({new_detector_id(): "default"}, refresh_rate=60.0))
 
-    assert updater.snapshot()["refresh_rate_s"] == 3.0
-    assert updater.snapshot()["refresh_rate_source"] == "UPDATER_REFRESH_RATE_S"
+    assert updater.snapshot().refresh_rate_s == 3.0
+    assert updater.snapshot().refresh_rate_source == "UPDATER_REFRESH_RATE_S"
 
 
 async def test_while_the_cloud_is_unreachable_polls_back_off(make_updater):
@@ -117,11 +117,12 @@ async def test_while_the_cloud_is_unreachable_polls_back_off(make_updater):
     await asyncio.sleep(1.5)
     await updater.stop()  # lets a poll under way finish: the snapshot is consistent
 
-    (state,) = updater.snapshot()["detectors"]
-    assert state["outcome"] == Outcome.ERROR.value
+    (state,) = updater.snapshot().detectors
+    assert state.outcome == Outcome.ERROR
     assert 2 <= polls(updater, detector_id) <= 6
-    assert state["consecutive_failures"] == polls(updater, detector_id)
-    assert state["next_poll_at"] - state["polled_at"] >= 0.1 * 2 ** state["consecutive_failures"] * 0.9
+    assert state.consecutive_failures == polls(updater, detector_id)
+    assert state.next_poll_at is not None and state.polled_at is not None
+    assert state.next_poll_at - state.polled_at >= 0.1 * 2**state.consecutive_failures * 0.9
 
 
 async def eventually(predicate: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
@@ -155,19 +156,19 @@ async def test_a_detector_without_a_model_is_polled_fast_until_its_first_model_s
 
     # At the 60 s refresh rate this would be a single poll.
     await eventually(lambda: polls(updater, detector_id) >= 3, "fast polls")
-    (state,) = updater.snapshot()["detectors"]
-    assert state["outcome"] == Outcome.NO_MODEL.value and state["delay_s"] == 0.05
+    (state,) = updater.snapshot().detectors
+    assert state.outcome == Outcome.NO_MODEL and state.delay_s == 0.05
 
     meta = read_metadata(digit_bundle)
     archive = bundle_archive(
         digit_bundle, tmp_path / "first.tar.gz", version="first-1", detector_id=detector_id
     )
     fake_cloud.publish_model(detector_id, archive, version="first-1", labels=meta.labels, mode=meta.mode)
-    await eventually(lambda: updater.snapshot()["detectors"][0]["outcome"] == "deployed", "the first model")
+    await eventually(lambda: updater.snapshot().detectors[0].outcome == "deployed", "the first model")
 
-    (state,) = updater.snapshot()["detectors"]
-    assert state["version"] == "first-1"
-    assert state["delay_s"] == 60.0  # jitter 0: exactly the refresh rate from now on (no young window)
+    (state,) = updater.snapshot().detectors
+    assert state.version == "first-1"
+    assert state.delay_s == 60.0  # jitter 0: exactly the refresh rate from now on (no young window)
 
 
 async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_could_not_learn(
@@ -182,11 +183,11 @@ async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_coul
     unknown = new_detector_id()  # configured on the edge, unknown to the cloud
     updater.apply_config(config({detector_id: "default", unknown: "default"}))
     for _ in range(100):
-        states = {d["detector_id"]: d for d in updater.snapshot()["detectors"]}
-        if all(s["outcome"] for s in states.values()):
+        states = {d.detector_id: d for d in updater.snapshot().detectors}
+        if all(s.outcome for s in states.values()):
             break
         await asyncio.sleep(0.1)
-    assert states[detector_id]["outcome"] == Outcome.DEPLOYED.value
+    assert states[detector_id].outcome == Outcome.DEPLOYED
 
     assert await updater.heartbeat_once() is True
 
@@ -196,8 +197,8 @@ async def test_the_heartbeat_reports_deployed_versions_and_what_the_updater_coul
     # edge-api is not running here: the outbox depth is unknown, and the heartbeat says so.
     assert hub["info"]["updater"]["outbox_depth_known"] is False
     assert "edge-api not answering" in hub["info"]["updater"]["edge_api_error"]
-    assert states[unknown]["outcome"] == Outcome.NO_MODEL.value
-    assert "not found" in states[unknown]["detail"]
+    assert states[unknown].outcome == Outcome.NO_MODEL
+    assert "not found" in (states[unknown].detail or "")
 
 
 def test_a_freshly_deployed_version_keeps_the_fast_rate_for_the_young_model_window():

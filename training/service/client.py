@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from common.backbone import BackboneRef
 from common.bundle_archive import ARCHIVE_CONTENT_TYPE
 from common.error_detail import error_detail as _detail
+from common.error_detail import first_validation_error
 from common.wire.dataset_export import ExportJobOut, ExportRequest
 from common.wire.device_api import AccountMe
 from common.wire.model_registry import (
@@ -69,19 +70,13 @@ class LeaseLost(CloudCallError):
     """The job is no longer ours to report on."""
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
-
-
 def parse(model: type[M], response: httpx.Response, what: str) -> M:
     """The answer as `model`; a CloudCallError (with the answer's status) when it is not one."""
     try:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
         raise CloudCallError(
-            f"{what}: the cloud's answer does not parse as {model.__name__} ({_first_error(exc)})",
+            f"{what}: the cloud's answer does not parse as {model.__name__} ({first_validation_error(exc, 'body')})",
             response.status_code,
             "malformed answer",
         ) from None
@@ -92,7 +87,7 @@ def body(model: type[M], what: str, **fields: object) -> M:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        message = _first_error(exc)
+        message = first_validation_error(exc, "body")
         raise CloudCallError(
             f"{what}: not sent, the cloud would refuse it ({message})", 422, message
         ) from None

@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from common.backbone import BackboneError, BackboneRef, BackboneStore
 from common.bundle import BOX_MODES, BundleError, read_metadata
 from common.bundle_archive import pack_bundle, sha256_of, unpack_bundle
+from common.error_detail import first_validation_error
 from common.wire.dataset_export import ExportRequest
 from common.wire.training_jobs import JobStatus, TrainingJobPublic
 from training.backbones import BuiltBackbone, build_backbone
@@ -109,9 +110,7 @@ def job_options(config: dict[str, Any], settings: TrainerSettings) -> TrainingOp
     try:
         options = TrainingOptions.model_validate({**defaults, **config})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise JobError(f"invalid training config: {where}: {first['msg']}") from None
+        raise JobError(f"invalid training config: {first_validation_error(exc, 'config')}") from None
     if options.device == "cuda" and not torch.cuda.is_available():
         raise JobError("the job asks for device cuda, and this trainer has no CUDA device")
     return options

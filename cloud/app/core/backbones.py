@@ -53,6 +53,7 @@ from common.backbone import (
     sha256_path,
 )
 from common.clock import as_utc
+from common.error_detail import first_validation_error
 from common.runtime import BackbonePool, BackboneRuntime
 
 log = logging.getLogger("cloud.backbones")
@@ -93,11 +94,7 @@ def parse_ref(raw: str | bytes) -> BackboneRef:
     try:
         return BackboneRef.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadRequestError(
-            f"ref is not a BackboneRef: {where + ': ' if where else ''}{first['msg']}"
-        ) from None
+        raise BadRequestError(f"ref is not a BackboneRef: {first_validation_error(exc)}") from None
 
 
 def stored_ref(row: Backbone) -> BackboneRef:

@@ -37,6 +37,7 @@ from cloud.app.db.models import ImageQuery as ImageQueryRow
 from cloud.app.errors import BadRequestError, CloudError, NotFoundError
 from cloud.app.schemas.fields import check_json, check_text
 from common.clock import as_utc
+from common.error_detail import first_validation_error
 from common.ids import is_image_query_id
 from common.imaging import ImageError, ImageLimits, inspect_image
 from common.validation import InvalidInputError, check_metadata
@@ -207,11 +208,7 @@ def parse_escalation(text: bytes | str) -> EscalationCreate:
     try:
         return EscalationCreate.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadRequestError(
-            f"escalation is not valid: {where + ': ' if where else ''}{first.get('msg')}"
-        ) from None
+        raise BadRequestError(f"escalation is not valid: {first_validation_error(exc)}") from None
 
 
 def _id_in(text: bytes | str) -> str | None:

@@ -108,9 +108,11 @@ class EdgeRow:
 
 
 def reported_problems(info: dict[str, Any] | None) -> tuple[int | None, list[str]]:
-    """Dead escalations and what went wrong, as the edge's updater last reported them: its config
-    and edge-api errors, and per detector the last poll error or a rejected version. A heartbeat is
-    the edge's word, so anything unexpected in it is skipped rather than trusted."""
+    """Dead escalations and what went wrong, as the edge's updater last reported them
+    (common.wire.hub_heartbeat `UpdaterInfo`): its config and edge-api errors, and per detector the
+    last poll error or a rejected version. Read key by key rather than parsed into that model: the info
+    is stored as an edge sent it, an older or another edge may send less or something else, and a
+    heartbeat is the edge's word, so anything unexpected in it is skipped rather than trusted."""
     updater = (info or {}).get("updater")
     if not isinstance(updater, dict):
         return None, []

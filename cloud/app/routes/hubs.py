@@ -8,7 +8,8 @@ from fastapi import APIRouter, Path
 
 from cloud.app.core import hubs
 from cloud.app.deps import AdminDep, DeviceDep, SessionDep, StateDep
-from cloud.app.schemas.hubs import EDGE_ID_PATTERN, HubHeartbeat, HubPublic
+from cloud.app.schemas.hubs import HubPublic
+from common.wire.hub_heartbeat import EDGE_ID_PATTERN, HubHeartbeat
 
 router = APIRouter(prefix="/api/v1/hubs", tags=["hubs"])
 
