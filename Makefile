@@ -15,14 +15,16 @@ setup: ## Install Debian packages, the venv and Python dependencies (idempotent)
 run: setup ## Start the cloud (http://127.0.0.1:8000) and the edge (gateway on http://127.0.0.1:30101); Ctrl-C stops it
 	$(PY) -m launcher run
 
-test: setup test-tools ## Run every test, slow end-to-end ones included
-	$(PY) -m pytest -q -p no:cacheprovider
+test: setup test-tools ## Run every test, slow end-to-end ones included, with line coverage (>= 85 %)
+	@rm -rf build/coverage && mkdir -p build/coverage
+	$(PY) -m pytest -q -p no:cacheprovider --cov --cov-report=term --cov-fail-under=85
 
 test-tools: ## Install what the tests need besides the venv (Debian chromium, Azurite)
 	@VENV=$(VENV) scripts/bootstrap.sh --test
 
-test-fast: setup ## Run the tests that do not start the whole stack
-	$(PY) -m pytest -q -m "not slow"
+test-fast: setup ## The in-process layer: no service, browser or tool process, SQLite (under 2 minutes)
+	@rm -rf build/coverage && mkdir -p build/coverage
+	IO_TEST_LAYER=fast CLOUD_TEST_DB=sqlite $(PY) -m pytest -q -p no:cacheprovider --cov --cov-report=term
 
 lint: setup ## ruff check, ruff format --check, mypy --strict
 	$(VENV)/bin/ruff check .

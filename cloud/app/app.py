@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from cloud.app.auth import SESSION_COOKIE
+from cloud.app.auth import SESSION_COOKIE, forget_all
 from cloud.app.blobstore import make_blob_store
 from cloud.app.core.backbones import LocalBackbones, model_root
 from cloud.app.core.model_answers import CloudModelCache
@@ -96,6 +96,7 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
             model_cache=CloudModelCache(settings.model_cache_size, backbones.store, backbones.pool),
         )
         app.state.cloud = state
+        forget_all()
         try:
             yield
         finally:

@@ -66,6 +66,9 @@ class _PrincipalCache:
     def forget(self, digest: str) -> None:
         self._entries.pop(digest, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def forget_user(self, user_id: str) -> None:
         for digest in [d for d, (p, _) in self._entries.items() if p.user_id == user_id]:
             self._entries.pop(digest, None)
@@ -82,6 +85,11 @@ def forget_digest(digest: str) -> None:
 def forget_user(user_id: str) -> None:
     """Drop every cached credential of a user (deactivation, role change)."""
     _cache.forget_user(user_id)
+
+
+def forget_all() -> None:
+    """An app starting trusts nothing an earlier app of this process saw (perhaps on another database)."""
+    _cache.clear()
 
 
 class AuthError(Exception):

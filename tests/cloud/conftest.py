@@ -1,4 +1,5 @@
-"""Cloud fixtures: one fresh database per test session, one cloud API process per module."""
+"""Cloud fixtures: one fresh database per test session, one cloud API per module (a process, or the app
+inside the test process for modules marked `in_process`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.cloud import CloudServer, TestDatabase, use_sqlite
+from tests.support.cloud import CloudServer, TestDatabase, cloud_kind, use_sqlite
 from tests.support.cloud_factories import CloudFactory
 from tests.support.cloud_factories_registry import run_in_db, token_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if not use_sqlite():
-        return
     skip = pytest.mark.skip(reason="needs PostgreSQL (SELECT ... FOR UPDATE SKIP LOCKED)")
     for item in items:
-        if "postgres_only" in item.keywords:
+        if use_sqlite() and "postgres_only" in item.keywords:
             item.add_marker(skip)
+        # The cloud API of a module not marked in_process is a process.
+        if "cloud" in getattr(item, "fixturenames", ()) and "in_process" not in item.keywords:
+            item.add_marker(pytest.mark.processes)
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +32,11 @@ def cloud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDatabase]
 
 
 @pytest.fixture(scope="module")
-def cloud(cloud_db: TestDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
-    server = CloudServer(cloud_db.url, Path(tmp_path_factory.mktemp("cloud"))).start()
+def cloud(
+    request: pytest.FixtureRequest, cloud_db: TestDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudServer]:
+    """The cloud API as a process; inside the test process for modules marked `in_process`."""
+    server = cloud_kind(request.node)(cloud_db.url, Path(tmp_path_factory.mktemp("cloud"))).start()
     yield server
     server.stop()
 

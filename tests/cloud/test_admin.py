@@ -18,6 +18,8 @@ from tests.support import cloud as support
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories_worker import Tokens, eventually, private_database, run_sync, seed_tokens
 
+pytestmark = pytest.mark.in_process
+
 # Other API processes may trust a credential they saw for this long after it is revoked.
 REVOCATION_WAIT_S = PRINCIPAL_CACHE_TTL_S + 10
 

@@ -29,6 +29,8 @@ from tests.support.cloud_factories_worker import (
     seed_tokens,
 )
 
+pytestmark = pytest.mark.in_process
+
 AUDIT = "/api/v1/audit"
 
 

@@ -34,6 +34,8 @@ from tests.support import cloud as support
 from tests.support.cloud import REVIEWER_PASSWORD, CloudServer
 from tests.support.cloud_factories_worker import Tokens, private_database, seed_tokens
 
+pytestmark = pytest.mark.in_process
+
 # Served to anyone on purpose. Everything else must refuse an anonymous caller.
 PUBLIC_PREFIXES = ("/health/", "/static/")
 PUBLIC_PATHS = {"/metrics", "/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}

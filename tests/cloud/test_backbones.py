@@ -48,15 +48,21 @@ from tests.support.cloud_factories_registry import (
 from tests.support.cloud_factories_worker import purge_deleted_detectors
 from tests.support.split_bundles import TINY_DIM, export_tiny_backbone, write_tiny_split_bundle
 
+pytestmark = pytest.mark.in_process
+
 # Small, so that "too big" costs a few hundred kilobytes; the tiny test backbone is a few kilobytes.
 BACKBONE_LIMIT = 256 * 1024
 FETCH = "/edge-api/v1/fetch-model-urls/{}/"
 
 
 @pytest.fixture(scope="module")
-def cloud(cloud_db: support.TestDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
+def cloud(
+    request: pytest.FixtureRequest, cloud_db: support.TestDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudServer]:
     env = {"CLOUD_MAX_BACKBONE_BYTES": str(BACKBONE_LIMIT)}
-    server = CloudServer(cloud_db.url, Path(tmp_path_factory.mktemp("cloud")), env=env).start()
+    server = support.cloud_kind(request.node)(
+        cloud_db.url, Path(tmp_path_factory.mktemp("cloud")), env=env
+    ).start()
     yield server
     server.stop()
 

@@ -23,10 +23,13 @@ from tests.support.cloud import CloudServer
 from tests.support.cloud_factories_registry import ensure_detector, run_in_db, token_for
 from training.demo_bundles import DEMO_SEVEN_ID
 
-pytestmark = pytest.mark.skipif(
-    not azurite_available(),
-    reason="Azurite is not installed: run `make test-tools` (scripts/bootstrap.sh --test)",
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(
+        not azurite_available(),
+        reason="Azurite is not installed: run `make test-tools` (scripts/bootstrap.sh --test)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

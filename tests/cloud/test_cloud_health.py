@@ -10,6 +10,8 @@ from tests.support import cloud as support
 from tests.support.cloud import DEVICE_TOKEN, CloudServer
 from tests.support.cloud_factories_worker import private_database
 
+pytestmark = pytest.mark.in_process
+
 
 @pytest.fixture(scope="module")
 def cloud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.TestDatabase]:

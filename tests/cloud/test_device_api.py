@@ -24,6 +24,8 @@ from PIL import Image
 from tests.support.cloud import DEVICE_TOKEN, CloudServer, use_sqlite
 from tests.support.cloud_factories_registry import run_in_db, token_for
 
+pytestmark = pytest.mark.in_process
+
 if TYPE_CHECKING:
     from tests.support.cloud import TestDatabase
 
@@ -495,6 +497,7 @@ def test_bad_submissions_get_a_4xx_with_a_json_detail(
     assert db_scalar(cloud_db, "SELECT count(*) FROM image_queries WHERE detector_id = ?", det["id"]) == 0
 
 
+@pytest.mark.processes
 def test_an_image_over_the_size_limit_is_413(
     cloud_db: TestDatabase, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

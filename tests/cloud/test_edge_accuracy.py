@@ -20,6 +20,8 @@ from common.wire.escalation import EscalationCreate, EscalationReason
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories import CloudFactory, Reviewer, png
 
+pytestmark = pytest.mark.in_process
+
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     pass
 

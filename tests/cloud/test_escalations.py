@@ -16,6 +16,8 @@ from common.wire.escalation import MAX_BATCH_ESCALATIONS, EscalationCreate, Esca
 from tests.cloud.test_device_api import db_scalar, gif, make_detector
 from tests.support.cloud import CloudServer
 
+pytestmark = pytest.mark.in_process
+
 if TYPE_CHECKING:
     from tests.support.cloud import TestDatabase
 

@@ -19,6 +19,8 @@ from tests.support import cloud as support
 from tests.support.cloud import CloudServer
 from tests.support.cloud_factories_worker import Tokens, now, private_database, run_sync, seed_tokens
 
+pytestmark = pytest.mark.in_process
+
 
 @pytest.fixture(scope="module")
 def cloud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.TestDatabase]:

@@ -50,6 +50,8 @@ from tests.support.cloud_factories_registry import (
 )
 from training.demo_bundles import DEMO_DIGIT_ID, DEMO_SEVEN_ID
 
+pytestmark = pytest.mark.in_process
+
 # --- helpers --------------------------------------------------------------------------------------
 
 

@@ -18,8 +18,10 @@ import httpx
 import pytest
 
 from cloud.app.db.models import Role
-from tests.support.cloud import DEVICE_TOKEN, CloudServer
+from tests.support.cloud import DEVICE_TOKEN, CloudServer, cloud_kind
 from tests.support.cloud_factories import CloudFactory, ItemRef, Reviewer
+
+pytestmark = pytest.mark.in_process
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.support.cloud import TestDatabase
@@ -153,10 +155,10 @@ def test_four_reviewers_drain_a_small_queue_each_item_answered_once(
 
 @pytest.fixture(scope="module")
 def short_lease_cloud(
-    cloud_db: TestDatabase, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, cloud_db: TestDatabase, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CloudServer]:
-    """A second API process on the same database whose leases last one second."""
-    server = CloudServer(
+    """A second cloud API on the same database whose leases last one second."""
+    server = cloud_kind(request.node)(
         cloud_db.url, Path(tmp_path_factory.mktemp("cloud-short-lease")), env={"CLOUD_REVIEW_LEASE_S": "1"}
     ).start()
     yield server

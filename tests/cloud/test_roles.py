@@ -24,6 +24,8 @@ from tests.support.cloud_factories_http import (
 )
 from tests.support.cloud_factories_worker import Tokens, private_database, role_clients, seed_tokens
 
+pytestmark = pytest.mark.in_process
+
 JOBS = "/api/v1/training-jobs"
 
 

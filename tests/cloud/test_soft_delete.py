@@ -52,6 +52,8 @@ from tests.support.cloud_factories_worker import (
     seed_tokens,
 )
 
+pytestmark = pytest.mark.in_process
+
 IQS = "/device-api/v1/image-queries"
 DELETED = "/api/v1/admin/detectors/deleted"
 RETENTION = timedelta(days=30)  # CLOUD_DELETED_RETENTION_S's default

@@ -28,6 +28,8 @@ from tests.support.cloud_factories_worker import (
     sessions_for,
 )
 
+pytestmark = pytest.mark.in_process
+
 JOBS = "/api/v1/training-jobs"
 
 

@@ -24,6 +24,8 @@ from tests.support.fake_cloud import FakeCloud, alert_rule
 from tests.support.models import clone_bundle, copy_model_root
 from tests.support.stack import ADMIN, DEVICE, INTERNAL, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 THRESHOLD = "0.6"  # sent with every query, so "confident" does not depend on where a threshold comes from
 EDGE_ENV = {"EDGE_DETECTOR_INFO_TTL_S": "0.2", "EDGE_PRIOR_RETRY_S": "0.2"}

@@ -15,6 +15,8 @@ from PIL import Image
 from tests.edge.conftest import DIGIT, UNKNOWN, edge_config
 from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 
 

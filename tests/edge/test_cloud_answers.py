@@ -18,6 +18,8 @@ from tests.edge.conftest import DIGIT, edge_config, wait_until
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 TOKEN = "io_edgetokenforcloudanswers_" + "a" * 16
 

@@ -20,6 +20,8 @@ from tests.edge.conftest import DIGIT, edge_config, fake_cloud_stack, wait_until
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 # Short, so a test sees a refresh; the retry short too, for the fetches the stopped cloud fails.
 EDGE_ENV = {"EDGE_PRIOR_TTL_S": "0.5", "EDGE_PRIOR_RETRY_S": "0.2"}

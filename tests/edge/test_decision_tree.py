@@ -4,10 +4,13 @@ branches of a detector without a model, answered with its label prior, are in te
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from common.ids import new_detector_id
 from tests.edge.conftest import DIGIT, NO_MODEL, SEVEN, UNKNOWN, edge_config, wait_until
 from tests.support.stack import DEVICE, INTERNAL, EdgeStack
+
+pytestmark = pytest.mark.processes
 
 IQ_PATH = "/device-api/v1/image-queries"
 

@@ -22,6 +22,8 @@ from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FAKE_ADMIN_TOKEN, FakeCloud
 from tests.support.stack import ADMIN, DEVICE, INTERNAL, ROOT, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 WRONG = {"x-api-token": "io_wrongtokenfortests_" + "w" * 24}
 SECRET_URL = "rtsp://cam:s3cret-pw@10.0.0.7:554/live"

@@ -8,9 +8,12 @@ import concurrent.futures
 import secrets
 
 import httpx
+import pytest
 
 from tests.edge.conftest import DIGIT, SEVEN, assert_delivered_once, edge_config, wait_until
 from tests.support.stack import ADMIN, DEVICE, EdgeStack
+
+pytestmark = pytest.mark.processes
 
 IQ_PATH = "/device-api/v1/image-queries"
 

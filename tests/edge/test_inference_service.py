@@ -16,6 +16,8 @@ from tests.edge.conftest import DIGIT
 from tests.support.models import clone_bundle
 from tests.support.stack import INTERNAL, start_inference
 
+pytestmark = pytest.mark.processes
+
 
 def detector_id(name: str) -> str:
     return "det_" + name.ljust(27, "0")

@@ -24,6 +24,8 @@ from tests.support.fake_cloud import FakeCloud
 from tests.support.models import clone_bundle, copy_model_root
 from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 # Short enough for a test to see a refresh and a model's arrival, long enough to be cached between calls.
 EDGE_ENV = {"EDGE_PRIOR_TTL_S": "0.5", "EDGE_PRIOR_RETRY_S": "0.2", "EDGE_DETECTOR_INFO_TTL_S": "0.2"}

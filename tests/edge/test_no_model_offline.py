@@ -18,6 +18,8 @@ from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 IQ_PATH = "/device-api/v1/image-queries"
 DETECTOR = new_detector_id()
 

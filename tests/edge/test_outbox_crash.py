@@ -13,6 +13,8 @@ from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import ADMIN, DEVICE, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture
 def offline_stack(demo_models: Path, tmp_path: Path):

@@ -23,6 +23,8 @@ from tests.support.cloud import DEVICE_TOKEN
 from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import ADMIN, ADMIN_TOKEN, INTERNAL, EdgeStack
 
+pytestmark = pytest.mark.processes
+
 TOKEN = DEVICE_TOKEN
 WRONG_TOKEN = "io_notatokenanybodyknows_" + "z" * 20
 TRANSPORTS = ["http", "https-unverified", "https-trusted"]

@@ -26,6 +26,8 @@ from tests.support.models import clone_bundle
 from tests.support.split_bundles import install_tiny_backbone, install_tiny_split_bundle
 from tests.support.stack import INTERNAL, start_inference
 
+pytestmark = pytest.mark.processes
+
 
 def detector_id(name: str) -> str:
     return "det_" + name.ljust(27, "0")

@@ -16,6 +16,8 @@ from tests.support.fake_cloud import FakeCloud
 from tests.support.raw_http import raw_exchange
 from tests.support.stack import EdgeStack
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture(scope="module")
 def slow_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:

@@ -240,6 +240,7 @@ async def test_with_the_cloud_unreachable_the_stored_threshold_is_used_also_afte
     assert await answered_at(book, detector()) == Threshold(0.99, "cloud")
 
 
+@pytest.mark.processes
 async def test_a_detector_the_cloud_forgets_falls_back_to_the_models_default(
     edge: Edge, cloud: ScriptedCloud, clock: Clock
 ) -> None:

@@ -37,6 +37,8 @@ from launcher.processes import free_port
 from launcher.services import CLOUD_API, CLOUD_GATEWAY, CLOUD_SERVICES, SERVICES
 from launcher.tls import ensure_certificate
 
+pytestmark = pytest.mark.processes
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "cloud-gateway.Dockerfile"
 TLS_SCRIPT = REPO / "docker" / "gateway-tls.sh"

@@ -410,6 +410,7 @@ def _trainer_install_step(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("variant", "index"), [("cpu", "--extra-index-url https://download.pytorch.org/whl/cpu"), ("cuda", "")]
 )
+@pytest.mark.processes
 def test_the_trainer_image_installs_the_cpu_torch_unless_asked_for_cuda(tmp_path, variant, index):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -426,6 +427,7 @@ def test_the_trainer_image_installs_the_cpu_torch_unless_asked_for_cuda(tmp_path
     assert result.stdout.split() == ["pip", "install", *index.split(), ".[training]"]
 
 
+@pytest.mark.processes
 def test_the_trainer_image_refuses_an_unknown_torch_variant(tmp_path):
     result = subprocess.run(
         ["sh", "-c", _trainer_install_step(tmp_path)],
@@ -441,6 +443,7 @@ def test_the_trainer_image_refuses_an_unknown_torch_variant(tmp_path):
 # --- demo detectors ------------------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_the_demo_detectors_are_registered_by_a_one_shot_job_after_the_api(tmp_path):
     job = all_services(rendered("cloud"))["demo-detectors"]
 
@@ -487,6 +490,7 @@ def run_init_secrets(root: Path, side: str, **env: str) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.processes
 def test_init_secrets_creates_private_files_once_and_keeps_them(tmp_path):
     first = run_init_secrets(tmp_path, "cloud")
     assert first.returncode == 0, first.stderr
@@ -509,6 +513,7 @@ def test_init_secrets_creates_private_files_once_and_keeps_them(tmp_path):
     assert (secrets / ".gitignore").read_text().splitlines()[1:] == ["*", "!.gitignore"]
 
 
+@pytest.mark.processes
 def test_init_secrets_on_an_edge_wants_the_cloud_s_token_and_follows_the_env_file(tmp_path):
     missing = run_init_secrets(tmp_path, "edge")
     assert missing.returncode == 1 and "copy the cloud host's deploy/secrets/api-token" in missing.stderr
@@ -550,6 +555,7 @@ def clean_environment(monkeypatch):
     return monkeypatch
 
 
+@pytest.mark.processes
 def test_the_services_read_their_secrets_from_the_files_compose_mounts(tmp_path, clean_environment):
     monkeypatch = clean_environment
     secrets = tmp_path / "secrets"

@@ -82,6 +82,7 @@ def test_check_exits_1_and_says_what_differs(tmp_path, capsys):
     assert edge.read_text() == (REPO / "docker-compose.edge.yml").read_text()
 
 
+@pytest.mark.processes
 def test_the_module_writes_the_same_bytes_in_another_process(tmp_path):
     # Another hash seed: no set or dict order of the interpreter's leaks into the files.
     result = subprocess.run(

@@ -488,6 +488,7 @@ def test_lines_from_several_threads_stay_whole(tmp_path: Path) -> None:
 # --- the stack and the command line -----------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_the_stack_says_started_ready_and_stopped_per_service_on_the_readable_console(tmp_path: Path) -> None:
     output = io.StringIO()
     opts = options(tmp_path, console="readable", log_dir=tmp_path / "logs")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.processes
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ".hadolint.yaml"
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))

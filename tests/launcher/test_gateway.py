@@ -32,6 +32,8 @@ from launcher.gateway import (
 from launcher.processes import ProcessError, free_port
 from launcher.tls import ensure_certificate
 
+pytestmark = pytest.mark.processes
+
 TOKEN = "intellioptics_abcdefghijklmnop"
 DETECTOR = "det_2bQwM1aR5nXkYVh0pLs6Ee3Uq9C"
 IQ_PATH = f"/device-api/v1/image-queries?detector_id={DETECTOR}&want_async=false"

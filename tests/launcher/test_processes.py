@@ -11,6 +11,8 @@ import pytest
 
 from launcher.processes import ManagedProcess, ProcessError, free_port, wait_for_http, wait_for_port
 
+pytestmark = pytest.mark.processes
+
 PY = sys.executable
 
 

@@ -30,6 +30,8 @@ from launcher.services import (
     Service,
 )
 
+pytestmark = pytest.mark.processes
+
 FAKE = str(Path(__file__).with_name("fake_service.py"))
 TOKEN = "io_tokenfromthefakecloud_" + "t" * 20
 SEEN_BY_THE_EDGE = "EDGE_API_TOKEN,EDGE_CLOUD_URL"

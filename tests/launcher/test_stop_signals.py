@@ -16,6 +16,8 @@ import pytest
 
 from launcher.processes import StopFlag
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parents[2]
 # A launcher's main loop in miniature: waits in short steps until a stop is requested.
 WATCHER = """

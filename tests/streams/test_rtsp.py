@@ -14,7 +14,10 @@ from tests.streams.conftest import DIGIT, StreamsStack, edge_config, start_strea
 from tests.support.rtsp import RtspSource, rtsp_tools_missing
 from tests.support.stack import ADMIN
 
-pytestmark = pytest.mark.skipif(rtsp_tools_missing() is not None, reason=rtsp_tools_missing() or "")
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(rtsp_tools_missing() is not None, reason=rtsp_tools_missing() or ""),
+]
 
 FPS = 4.0
 

@@ -13,6 +13,8 @@ from launcher.processes import free_port
 from tests.streams.conftest import StreamsStack, start_streams_stack, wait_until
 from tests.streams.slow_inference import SlowInference, indexed_video
 
+pytestmark = pytest.mark.processes
+
 SLOW = "det_SlowDetector000000000000000"
 VIDEO_FPS = 20.0
 STREAM_FPS = 10.0

@@ -8,11 +8,14 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import pytest
 
 from edge.streams.gating import difference, thumbnail
 from launcher.processes import free_port
 from tests.streams.conftest import DIGIT, NO_MODEL, SEVEN, StreamsStack, edge_config, stream, write_image
 from tests.support.stack import ADMIN
+
+pytestmark = pytest.mark.processes
 
 
 def digit_frame(data: bytes) -> np.ndarray:

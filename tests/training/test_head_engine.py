@@ -171,6 +171,7 @@ def test_split_bundle_is_refused_without_its_exact_backbone(backbone, tmp_path: 
 
 
 @needs_fashion
+@pytest.mark.heavy
 def test_head_job_on_2000_cached_embeddings_beats_the_prior(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """No image is decoded when every embedding is stored; the head is far better than the label prior."""
     vectors, labels, images = fashion_embeddings(2000)
@@ -269,6 +270,7 @@ def test_promotion_keeps_the_thresholds_promise_first_version_included() -> None
 
 
 @needs_fashion
+@pytest.mark.heavy
 def test_fine_tuned_head_reads_the_feature_map_and_must_beat_the_head(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """One short epoch: a split bundle whose head reads `feature_map`, the same OODD and test items, and
     a verdict that needs a real win over the linear head."""
@@ -323,6 +325,7 @@ def _camera_crop(pixels: np.ndarray, side: int = 112) -> bytes:
 
 
 @needs_fashion
+@pytest.mark.heavy
 def test_unclear_examples_tighten_the_out_of_domain_score(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Digits a reviewer answered UNCLEAR teach a footwear detector that digits are not its domain:
     unseen digits lose their confident answers, ordinary product photos keep theirs."""

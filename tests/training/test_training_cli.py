@@ -84,6 +84,7 @@ def test_wrong_detector_or_bad_export_exits_2(
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.processes
 def test_python_dash_m_training_is_the_same_command_line() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(

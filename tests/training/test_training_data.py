@@ -54,6 +54,7 @@ def test_split_of_is_a_fixed_function_of_the_key() -> None:
     assert abs(counts["test"] / 20000 - 0.15) < 0.01 and abs(counts["val"] / 20000 - 0.15) < 0.01
 
 
+@pytest.mark.heavy
 def test_training_preprocessing_matches_the_runtime_exactly(digit_bundle: Path) -> None:
     runtime = ModelRuntime(digit_bundle)
     encoded = [data for data, _ in demo_digit_images(5)] + out_of_domain_images(5)

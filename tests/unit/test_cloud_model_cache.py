@@ -23,9 +23,7 @@ def _cache(model_root: Path, capacity: int) -> tuple[CloudModelCache, BackbonePo
 
 def test_an_evicted_runtime_is_closed_by_its_last_user_and_frees_the_backbone(tmp_path: Path) -> None:
     ref = install_tiny_backbone(tmp_path)
-    first, second = (
-        install_tiny_split_bundle(tmp_path, new_detector_id(), ref, seed=s) for s in (1, 2)
-    )
+    first, second = (install_tiny_split_bundle(tmp_path, new_detector_id(), ref, seed=s) for s in (1, 2))
     # Capacity 2: one head plus its backbone; a second head evicts the first.
     cache, pool = _cache(tmp_path, capacity=2)
 

@@ -28,6 +28,8 @@ from tests.support.stack import INTERNAL
 from tests.support.updater import split_bundle_archive
 from tests.updater.conftest import served_version
 
+pytestmark = pytest.mark.processes
+
 LABELS = ["NO", "YES"]
 
 

@@ -21,6 +21,8 @@ from tests.support.models import clone_bundle
 from tests.support.stack import INTERNAL, start_inference
 from tests.updater.conftest import served_version
 
+pytestmark = pytest.mark.processes
+
 
 def detector_id(name: str) -> str:
     return "det_" + name.ljust(27, "0")

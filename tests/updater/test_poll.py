@@ -22,6 +22,8 @@ from tests.support.stack import INTERNAL
 from tests.support.updater import Registry, bundle_archive
 from tests.updater.conftest import served_version
 
+pytestmark = pytest.mark.processes
+
 
 class Poller:
     """The poll logic over real HTTP clients, driven from synchronous tests (a fresh loop per poll)."""

@@ -26,6 +26,8 @@ from tests.support.fake_cloud import FakeCloud
 from tests.support.stack import INTERNAL
 from tests.support.updater import Registry, bundle_archive
 
+pytestmark = pytest.mark.processes
+
 
 def config(detectors: dict[str, str], refresh_rate: float = 60.0):
     return parse_edge_config(

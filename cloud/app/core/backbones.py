@@ -299,7 +299,8 @@ def parse_vectors(data: bytes, rows: int, dim: int) -> NDArray[np.float16]:
             f"vectors has shape {tuple(matrix.shape)}; expected ({rows}, {dim}): one row of the "
             "backbone's embedding_dim per image query id"
         )
-    out: NDArray[np.float16] = matrix.astype("<f2", copy=False)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        out: NDArray[np.float16] = matrix.astype("<f2", copy=False)
     if not np.isfinite(out).all():
         raise BadRequestError("vectors holds values that are not finite (as float16)")
     return out
