@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobStore, LocalBlobStore
-from cloud.app.core.exports import claim_next_export, create_export, run_export
+from cloud.app.core.exports import claim_next_export, create_export, renew_export_lease, run_export
 from cloud.app.db.engine import make_engine, make_sessionmaker
 from cloud.app.db.models import ExportJob, JobStatus, LabelSource
 from cloud.app.settings import to_async_url
@@ -243,6 +243,68 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(
     assert len(handed_out) == len(set(handed_out))
     leftover = await claim_all(sessions, "sweeper")
     assert jobs <= set(handed_out) | set(leftover)
+
+
+async def test_renewing_an_export_lease_is_its_holders_only(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as s:
+        detector = await ensure_detector(s)
+        job = await create_export(s, detector.id, None)
+    assert job.id in await claim_all(sessions, "worker-a")
+    async with sessions() as s:
+        assert await renew_export_lease(s, job.id, "worker-b", 60) is False
+        # A lapsed lease nobody took is still its holder's to renew.
+        await s.execute(
+            update(ExportJob)
+            .where(ExportJob.id == job.id)
+            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        await s.commit()
+        assert await renew_export_lease(s, job.id, "worker-a", 60) is True
+    assert job.id not in await claim_all(sessions, "worker-b")
+
+
+async def test_a_build_that_lost_its_lease_meanwhile_records_nothing(
+    sessions: async_sessionmaker[AsyncSession], blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    """Another worker takes the job while the first one builds it (its lease ran out between two
+    renewals): the first build's outcome must not overwrite the new holder's job."""
+    async with sessions() as s:
+        detector = await ensure_detector(s)
+        job = await create_export(s, detector.id, None)
+    assert job.id in await claim_all(sessions, "worker-slow")
+
+    class TakenDuringUpload(LocalBlobStore):
+        async def put_file(
+            self, key: str, path: Path, content_type: str = "application/octet-stream"
+        ) -> None:
+            async with sessions() as s:
+                await s.execute(
+                    update(ExportJob)
+                    .where(ExportJob.id == job.id)
+                    .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                )
+                await s.commit()
+                assert await claim_next_export(s, "worker-new", 60) == job.id
+            await super().put_file(key, path, content_type)
+
+    assert (
+        await run_export(sessions, TakenDuringUpload(blobs.root), job.id, tmp_path, owner="worker-slow")
+        is False
+    )
+    async with sessions() as s:
+        held = await s.get(ExportJob, job.id, populate_existing=True)
+        assert held is not None
+        assert (held.status, held.lease_owner, held.finished_at) == (JobStatus.RUNNING, "worker-new", None)
+        assert await renew_export_lease(s, job.id, "worker-slow", 60) is False
+    # Nor does a build start for a job that is not (or no longer) the caller's.
+    assert await run_export(sessions, blobs, job.id, tmp_path, owner="worker-slow") is False
+    # Its holder builds and records it.
+    assert await run_export(sessions, blobs, job.id, tmp_path, owner="worker-new") is True
+    async with sessions() as s:
+        done = await s.get(ExportJob, job.id, populate_existing=True)
+    assert done is not None and done.status == JobStatus.SUCCEEDED and done.lease_owner is None
 
 
 # --- through the API ------------------------------------------------------------------------------

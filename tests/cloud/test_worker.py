@@ -370,11 +370,15 @@ async def slow_build(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[st
     started: list[str] = []
 
     async def slow(
-        sessions: async_sessionmaker[AsyncSession], blobs: Any, job_id: str, workdir: Path
-    ) -> None:
+        sessions: async_sessionmaker[AsyncSession],
+        blobs: Any,
+        job_id: str,
+        workdir: Path,
+        owner: str | None = None,
+    ) -> bool:
         started.append(job_id)
         await asyncio.sleep(seconds)
-        await real(sessions, blobs, job_id, workdir)
+        return await real(sessions, blobs, job_id, workdir, owner=owner)
 
     monkeypatch.setattr(core_exports, "run_export", slow)
     return started

@@ -30,9 +30,10 @@ with `images="missing"` an item that has one comes with `image: null`, and its i
 fetched nor written. Images are compressed already, so the archive is gzipped at level 1.
 
 Jobs: `create_export` queues one (API); the worker leases the oldest with `claim_next_export`
-(SKIP LOCKED on PostgreSQL, a conditional update everywhere; an expired lease returns the job) and
-calls `run_export`, which marks the job succeeded with its blob key and item count, or failed with
-the error.
+(`QUEUE`, a cloud.app.core.lease_queue: SKIP LOCKED on PostgreSQL, one conditional update everywhere;
+an expired lease returns the job), renews the lease with `renew_export_lease` while it builds
+(cloud.worker.jobs.exports), and calls `run_export`, which marks the job succeeded with its blob key
+and item count, or failed with the error; given the owner, only while that owner still holds the lease.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.blobstore import BlobNotFoundError, BlobStore
 from cloud.app.core.backbones import embeddings_of
 from cloud.app.core.detectors import UNCLEAR
+from cloud.app.core.lease_queue import LeaseQueue
 from cloud.app.db.models import Detector, ExportJob, ImageQuery, JobStatus, Label, LabelSource
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.app.schemas.exports import ExportJobOut
@@ -89,6 +91,14 @@ _MAX_ERROR_CHARS = 2000
 # Images are JPEG/PNG already: a harder gzip level costs CPU and saves next to nothing.
 _GZIP_LEVEL = 1
 _FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# A worker that stops renewing gives its job up; a lapsed lease nobody took may still be renewed.
+QUEUE = LeaseQueue(
+    cast(Table, ExportJob.__table__),
+    waiting=JobStatus.QUEUED.value,
+    leased=JobStatus.RUNNING.value,
+    order=("created_at", "id"),
+    renew_lapsed=True,
+)
 
 
 def new_export_id() -> str:
@@ -173,38 +183,17 @@ async def download_export_to(
 # --- worker side ----------------------------------------------------------------------------------
 
 
-def _claimable(now: datetime) -> Any:
-    return or_(
-        ExportJob.status == JobStatus.QUEUED,
-        and_(ExportJob.status == JobStatus.RUNNING, ExportJob.lease_expires_at < now),
-    )
-
-
 async def claim_next_export(session: AsyncSession, owner: str, lease_s: float) -> str | None:
     """Lease the oldest queued export (or one whose lease expired) to `owner`; its id, or None.
 
-    One statement: UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id. On
-    PostgreSQL concurrent workers skip each other's rows; on SQLite the statement takes the write lock
-    up front, so two workers never hold the same job there either.
+    One statement (QUEUE.claim): UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING
+    id. On PostgreSQL concurrent workers skip each other's rows; on SQLite the statement takes the write
+    lock up front, so two workers never hold the same job there either.
     """
     now = _utcnow()
-    oldest = (
-        select(ExportJob.id)
-        .where(_claimable(now))
-        .order_by(ExportJob.created_at, ExportJob.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
     job_id = (
         await session.execute(
-            update(ExportJob)
-            .where(ExportJob.id == oldest, _claimable(now))
-            .values(
-                status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_s)
-            )
-            .returning(ExportJob.id)
-            .execution_options(synchronize_session=False)
+            QUEUE.claim(owner, now + timedelta(seconds=lease_s), now).returning(ExportJob.id)
         )
     ).scalar_one_or_none()
     await session.commit()
@@ -215,13 +204,17 @@ async def claim_next_export(session: AsyncSession, owner: str, lease_s: float) -
 
 async def renew_export_lease(session: AsyncSession, job_id: str, owner: str, lease_s: float) -> bool:
     """Heartbeat for long exports; False when the lease is no longer `owner`'s."""
-    result = await session.execute(
-        update(ExportJob)
-        .where(ExportJob.id == job_id, ExportJob.lease_owner == owner, ExportJob.status == JobStatus.RUNNING)
-        .values(lease_expires_at=_utcnow() + timedelta(seconds=lease_s))
-    )
+    now = _utcnow()
+    result = await session.execute(QUEUE.renew(job_id, owner, now, now + timedelta(seconds=lease_s)))
     await session.commit()
     return cast(CursorResult[Any], result).rowcount == 1
+
+
+async def requeue_expired_exports(session: AsyncSession, now: datetime) -> int:
+    """An export whose worker died mid-way (stopped renewing) is built again from the start."""
+    result = await session.execute(QUEUE.expire(now))
+    await session.commit()
+    return cast(CursorResult[Any], result).rowcount
 
 
 @dataclass(frozen=True)
@@ -274,15 +267,19 @@ async def latest_labels(session: AsyncSession, detector_id: str) -> list[_Labell
 
 
 async def _start(
-    sessions: async_sessionmaker[AsyncSession], job_id: str
+    sessions: async_sessionmaker[AsyncSession], job_id: str, owner: str | None
 ) -> tuple[ExportDetector, ExportRequest] | None:
-    """Mark a queued job running (direct calls skip the claim); None when there is nothing to do."""
+    """Mark a queued job running (direct calls skip the claim); None when there is nothing to do
+    (with `owner`: also when the job is not leased to it)."""
     async with sessions() as session:
         job = await session.get(ExportJob, job_id)
         if job is None:
             log.warning("export job not found", extra={"fields": {"export_id": job_id}})
             return None
         if job.status in _FINISHED:
+            return None
+        if owner is not None and (job.status != JobStatus.RUNNING or job.lease_owner != owner):
+            log.warning("export not leased to us", extra={"fields": {"export_id": job_id, "owner": owner}})
             return None
         detector = await session.get(Detector, job.detector_id)
         if detector is None or detector.deleted_at is not None:
@@ -304,14 +301,21 @@ async def _start(
         return exported, request
 
 
-async def _finish(sessions: async_sessionmaker[AsyncSession], job_id: str, **values: Any) -> None:
+async def _finish(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, owner: str | None, **values: Any
+) -> bool:
+    """Record the outcome; with `owner`, only while it holds the lease. Whether it was recorded."""
+    done = {"finished_at": _utcnow(), "lease_owner": None, "lease_expires_at": None, **values}
+    statement = (
+        update(ExportJob).where(ExportJob.id == job_id) if owner is None else QUEUE.as_holder(job_id, owner)
+    )
     async with sessions() as session:
-        await session.execute(
-            update(ExportJob)
-            .where(ExportJob.id == job_id)
-            .values(finished_at=_utcnow(), lease_owner=None, lease_expires_at=None, **values)
-        )
+        result = await session.execute(statement.values(done))
         await session.commit()
+    if cast(CursorResult[Any], result).rowcount == 1:
+        return True
+    log.warning("export lease lost: outcome not recorded", extra={"fields": {"export_id": job_id}})
+    return False
 
 
 async def _fetch_images(
@@ -370,14 +374,20 @@ def _write_archive(
 
 
 async def run_export(
-    sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, job_id: str, workdir: Path
-) -> None:
-    """Build, store and record one export. Errors mark the job failed; they are not raised."""
+    sessions: async_sessionmaker[AsyncSession],
+    blobs: BlobStore,
+    job_id: str,
+    workdir: Path,
+    owner: str | None = None,
+) -> bool:
+    """Build, store and record one export. Errors mark the job failed; they are not raised. With
+    `owner` (the worker's lease holder) nothing is recorded unless it still holds the job's lease.
+    Whether an outcome was recorded (False: nothing to do, or the lease was lost)."""
     job_dir = workdir / f"export-{job_id}"
     try:
-        started = await _start(sessions, job_id)
+        started = await _start(sessions, job_id, owner)
         if started is None:
-            return
+            return False
         detector, request = started
         async with sessions() as session:
             labelled = await latest_labels(session, detector.id)
@@ -441,9 +451,16 @@ async def run_export(
         await asyncio.to_thread(_write_archive, archive, manifest, files, npy)
         key = export_blob_key(detector.id, job_id)
         await blobs.put_file(key, archive, EXPORT_CONTENT_TYPE)
-        await _finish(
-            sessions, job_id, status=JobStatus.SUCCEEDED, blob_key=key, item_count=len(items), error=None
-        )
+        if not await _finish(
+            sessions,
+            job_id,
+            owner,
+            status=JobStatus.SUCCEEDED,
+            blob_key=key,
+            item_count=len(items),
+            error=None,
+        ):
+            return False
         log.info(
             "export succeeded",
             extra={
@@ -456,10 +473,10 @@ async def run_export(
                 }
             },
         )
+        return True
     except Exception as exc:
         log.exception("export failed", extra={"fields": {"export_id": job_id}})
-        await _finish(
-            sessions, job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
-        )
+        error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+        return await _finish(sessions, job_id, owner, status=JobStatus.FAILED, error=error)
     finally:
         await asyncio.to_thread(shutil.rmtree, job_dir, True)

@@ -4,25 +4,28 @@ queued ──lease──▶ running ──complete──▶ succeeded
    │                 │ └────fail──────▶ failed (cancelled when a cancel was requested)
    └──cancel──▶ cancelled   lease expires ──▶ queued again (worker) or leased by another trainer
 
-A lease is an owner name plus an expiry; the owner extends it with heartbeats. Every transition is a
-conditional UPDATE on the state it expects, so concurrent trainers, API replicas and workers never
-both win; on PostgreSQL the lease also skips rows that another transaction is taking
-(`FOR UPDATE SKIP LOCKED`). At most one job per detector is queued or running: the partial unique
-index `uq_training_jobs_one_active` refuses a second one, which surfaces as ConflictError.
+A lease is an owner name plus an expiry; the owner extends it with heartbeats (cloud.app.core.lease_queue
+has the claim, heartbeat and expiry statements). Every transition is a conditional UPDATE on the state it
+expects, so concurrent trainers, API replicas and workers never both win; on PostgreSQL the lease also
+skips rows that another transaction is taking (`FOR UPDATE SKIP LOCKED`). A trainer whose lease lapsed
+may still heartbeat as long as nobody took the job meanwhile. At most one job per detector is queued or
+running: the partial unique index `uq_training_jobs_one_active` refuses a second one, which surfaces as
+ConflictError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, Update, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.app.auth import Principal
 from cloud.app.core.audit import AuditAction, record
+from cloud.app.core.lease_queue import LeaseQueue
 from cloud.app.db.models import Detector, JobStatus, Label, ModelVersion, TrainingJob
 from cloud.app.errors import BadRequestError, ConflictError, NotFoundError
 from common.ids import new_id
@@ -31,6 +34,13 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # The log keeps its newest characters when a long run writes more than this.
 MAX_LOG_CHARS = 1_000_000
 _LEASE_ATTEMPTS = 5
+QUEUE = LeaseQueue(
+    cast(Table, TrainingJob.__table__),
+    waiting=JobStatus.QUEUED.value,
+    leased=JobStatus.RUNNING.value,
+    order=("created_at", "id"),
+    renew_lapsed=True,
+)
 
 
 def new_training_job_id() -> str:
@@ -115,52 +125,25 @@ async def list_training_jobs(
     return (await session.execute(query.limit(limit).offset(offset))).scalars().all()
 
 
-def _leasable(now: datetime) -> ColumnElement[bool]:
-    """Waiting jobs, and running ones whose trainer stopped renewing its lease."""
-    return or_(
-        TrainingJob.status == JobStatus.QUEUED,
-        and_(
-            TrainingJob.status == JobStatus.RUNNING,
-            TrainingJob.lease_expires_at < now,
-            TrainingJob.cancel_requested.is_(False),
-        ),
-    )
-
-
 async def lease_training_job(session: AsyncSession, owner: str, lease_s: float) -> TrainingJob | None:
-    """The oldest leasable job, now running under `owner`; None when nothing waits."""
-    for _ in range(_LEASE_ATTEMPTS):
-        now = datetime.now(UTC)
-        candidate = (
-            await session.execute(
-                select(TrainingJob.id)
-                .where(_leasable(now))
-                .order_by(TrainingJob.created_at, TrainingJob.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalar_one_or_none()
-        if candidate is None:
-            await session.rollback()
-            return None
-        taken = await session.execute(
-            update(TrainingJob)
-            .where(TrainingJob.id == candidate, _leasable(now))
-            .values(
-                status=JobStatus.RUNNING,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_s),
+    """The oldest waiting job (or a running one whose trainer stopped renewing its lease, unless a
+    cancel was asked for: the worker ends that one), now running under `owner`; None when nothing waits."""
+    now = datetime.now(UTC)
+    job_id = (
+        await session.execute(
+            QUEUE.claim(
+                owner,
+                now + timedelta(seconds=lease_s),
+                now,
+                TrainingJob.cancel_requested.is_(False),
                 started_at=now,
                 progress={},
                 logs=_append_log(_log_line(now, f"leased by {owner}")),
-            )
-            .execution_options(synchronize_session=False)
+            ).returning(TrainingJob.id)
         )
-        await session.commit()
-        if _rowcount(taken) == 1:
-            return await get_training_job(session, candidate)
-        # Someone else took it between the look and the update (SQLite has no row locks): next one.
-    return None
+    ).scalar_one_or_none()
+    await session.commit()
+    return None if job_id is None else await get_training_job(session, job_id)
 
 
 async def heartbeat_training_job(
@@ -175,10 +158,11 @@ async def heartbeat_training_job(
     """Extends the lease, replaces the progress and appends the log lines. ConflictError when the
     lease is not `owner`'s (another trainer took the job, or it finished)."""
     now = datetime.now(UTC)
-    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "progress": progress}
+    values: dict[str, Any] = {"progress": progress}
     if log_lines:
         values["logs"] = _append_log("".join(line.rstrip("\n") + "\n" for line in log_lines))
-    await _transition(session, job_id, owner, values, "heartbeat")
+    renewed = QUEUE.renew(job_id, owner, now, now + timedelta(seconds=lease_s)).values(**values)
+    await _transition(session, job_id, renewed, "heartbeat")
     return await get_training_job(session, job_id)
 
 
@@ -200,7 +184,7 @@ async def complete_training_job(
         "result_version_id": result_version_id,
         "logs": _append_log(_log_line(now, f"succeeded ({owner})")),
     }
-    await _transition(session, job_id, owner, values, "complete")
+    await _transition(session, job_id, QUEUE.as_holder(job_id, owner).values(**values), "complete")
     return await get_training_job(session, job_id)
 
 
@@ -216,7 +200,7 @@ async def fail_training_job(session: AsyncSession, job_id: str, owner: str, erro
         "error": error,
         "logs": _append_log(_log_line(now, f"stopped ({owner}): {error.splitlines()[0] if error else ''}")),
     }
-    await _transition(session, job_id, owner, values, "fail")
+    await _transition(session, job_id, QUEUE.as_holder(job_id, owner).values(**values), "fail")
     return await get_training_job(session, job_id)
 
 
@@ -291,10 +275,10 @@ async def requeue_expired_training_jobs(
     """Running jobs whose lease expired go back to the queue, or end as cancelled when a cancel was
     requested. Returns (requeued, cancelled)."""
     now = now or datetime.now(UTC)
-    expired = and_(TrainingJob.status == JobStatus.RUNNING, TrainingJob.lease_expires_at < now)
     cancelled = await session.execute(
+        # Ends rather than returns: the trainer's name stays on the job, as on any finished one.
         update(TrainingJob)
-        .where(expired, TrainingJob.cancel_requested.is_(True))
+        .where(QUEUE.lapsed(now), TrainingJob.cancel_requested.is_(True))
         .values(
             status=JobStatus.CANCELLED,
             finished_at=now,
@@ -304,34 +288,19 @@ async def requeue_expired_training_jobs(
         .execution_options(synchronize_session=False)
     )
     requeued = await session.execute(
-        update(TrainingJob)
-        .where(expired, TrainingJob.cancel_requested.is_(False))
-        .values(
-            status=JobStatus.QUEUED,
-            lease_owner=None,
-            lease_expires_at=None,
+        QUEUE.expire(
+            now,
+            TrainingJob.cancel_requested.is_(False),
             logs=_append_log(_log_line(now, "lease expired: back in the queue")),
         )
-        .execution_options(synchronize_session=False)
     )
     await session.commit()
     return _rowcount(requeued), _rowcount(cancelled)
 
 
-async def _transition(
-    session: AsyncSession, job_id: str, owner: str, values: dict[str, Any], action: str
-) -> None:
-    """Applies `values` if `owner` holds the running job's lease; otherwise explains why not."""
-    changed = await session.execute(
-        update(TrainingJob)
-        .where(
-            TrainingJob.id == job_id,
-            TrainingJob.status == JobStatus.RUNNING,
-            TrainingJob.lease_owner == owner,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+async def _transition(session: AsyncSession, job_id: str, statement: Update, action: str) -> None:
+    """Runs a holder's UPDATE (QUEUE.as_holder / renew); when it matched no row, explains why not."""
+    changed = await session.execute(statement)
     await session.commit()
     if _rowcount(changed) == 1:
         return

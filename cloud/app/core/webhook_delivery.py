@@ -1,7 +1,8 @@
 """Sending webhook deliveries, signed, at least once (docs/alerts.md).
 
-The worker claims due pending deliveries with a lease (`FOR UPDATE SKIP LOCKED`, so several workers
-never send one delivery at the same time), sends each, and records the outcome: 2xx is delivered;
+The worker claims due pending deliveries with a lease (`QUEUE`, a cloud.app.core.lease_queue: one
+UPDATE picking them `FOR UPDATE SKIP LOCKED`, so several workers never send one delivery at the same
+time), sends each, and records the outcome (only while its claim is still its own): 2xx is delivered;
 anything else (a refused connection, a timeout, a 3xx, 4xx or 5xx) is retried after a wait that doubles
 from `webhook_retry_base_s` up to `webhook_retry_max_s`, until `webhook_max_attempts`, then dead. A
 worker that dies while sending leaves its claim to expire and the delivery is sent again: receivers
@@ -23,13 +24,14 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import cast
 
 import httpx
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.app.core.detectors import iso_utc
+from cloud.app.core.lease_queue import LeaseQueue
 from cloud.app.db.models import DeliveryStatus, NotificationEvent, Webhook, WebhookDelivery
 from cloud.app.errors import NotFoundError
 
@@ -43,6 +45,13 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 # A claim outlives one attempt's timeout by this much before another worker may send it again.
 LEASE_SLACK_S = 30.0
 MAX_ERROR_CHARS = 500
+# Deliveries stay pending while a worker sends them: the lease columns say who does.
+QUEUE = LeaseQueue(
+    cast(Table, WebhookDelivery.__table__),
+    waiting=DeliveryStatus.PENDING.value,
+    leased=DeliveryStatus.PENDING.value,
+    order=("next_attempt_at", "id"),
+)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -107,40 +116,33 @@ class Claimed:
     body: bytes
 
 
-def _due(now: datetime) -> Any:
-    return and_(
-        WebhookDelivery.status == DeliveryStatus.PENDING,
-        WebhookDelivery.next_attempt_at <= now,
-        or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now),
-    )
-
-
 async def claim_due(session: AsyncSession, owner: str, limit: int, retry: Retry) -> list[Claimed]:
     """Up to `limit` due deliveries of enabled webhooks, leased to `owner`, their attempt counted."""
     now = datetime.now(UTC)
-    rows = (
-        await session.execute(
-            select(WebhookDelivery, Webhook, NotificationEvent)
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-            .join(NotificationEvent, NotificationEvent.id == WebhookDelivery.event_id)
-            .where(_due(now), Webhook.enabled.is_(True))
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(limit)
-            .with_for_update(of=WebhookDelivery, skip_locked=True)
-        )
-    ).all()
     lease_until = now + timedelta(seconds=retry.timeout_s + LEASE_SLACK_S)
+    lease = QUEUE.claim(
+        owner,
+        lease_until,
+        now,
+        WebhookDelivery.next_attempt_at <= now,
+        WebhookDelivery.webhook_id.in_(select(Webhook.id).where(Webhook.enabled.is_(True))),
+        limit=limit,
+        attempts=WebhookDelivery.attempts + 1,
+        last_attempt_at=now,
+    ).returning(WebhookDelivery.id, WebhookDelivery.attempts)
+    taken: dict[str, int] = {row.id: row.attempts for row in await session.execute(lease)}
     claimed = []
-    for delivery, hook, event in rows:
-        delivery.lease_owner = owner
-        delivery.lease_expires_at = lease_until
-        delivery.attempts += 1
-        delivery.last_attempt_at = now
-        claimed.append(
-            Claimed(
-                delivery.id, delivery.attempts, hook.url, hook.secret, event.kind, payload(event, delivery.id)
-            )
+    if taken:
+        rows = await session.execute(
+            select(WebhookDelivery.id, Webhook.url, Webhook.secret, NotificationEvent)
+            .join_from(WebhookDelivery, Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .join(NotificationEvent, NotificationEvent.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.id.in_(list(taken)))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
         )
+        for delivery_id, url, secret, event in rows:
+            body = payload(event, delivery_id)
+            claimed.append(Claimed(delivery_id, taken[delivery_id], url, secret, event.kind, body))
     await session.commit()
     return claimed
 
@@ -181,7 +183,7 @@ async def record_attempt(
 ) -> DeliveryStatus:
     """Only the claim's owner records (a claim that expired and was taken over is the new owner's)."""
     now = datetime.now(UTC)
-    values: dict[str, Any] = {
+    values: dict[str, object] = {
         "lease_owner": None,
         "lease_expires_at": None,
         "last_status": attempt.status,
@@ -197,11 +199,7 @@ async def record_attempt(
         outcome = DeliveryStatus.PENDING
         wait = retry.wait_s(claimed.attempt, random.random())
         values.update(next_attempt_at=now + timedelta(seconds=wait))
-    await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == claimed.delivery_id, WebhookDelivery.lease_owner == owner)
-        .values(**values)
-    )
+    await session.execute(QUEUE.as_holder(claimed.delivery_id, owner).values(values))
     await session.commit()
     return outcome
 

@@ -1,7 +1,9 @@
 """Dataset exports: lease a waiting export job and build it (`cloud.app.core.exports` builds it),
 renewing the lease while the build runs. A short lease kept alive by renewal means a worker that dies
 mid-way gives its job up within one lease, while a large export on a live worker is never taken from
-it; a worker that finds its lease gone (another worker took the job) abandons its build."""
+it; a worker that finds its lease gone (another worker took the job) abandons its build, and the build
+itself records its outcome only while the lease is still this worker's (`run_export(owner=...)`), so a
+lease lost between two renewals cannot overwrite the new holder's job either."""
 
 from __future__ import annotations
 
@@ -43,15 +45,14 @@ async def build_export(
     renew_every_s: float = RENEW_EVERY_S,
 ) -> bool:
     """Build one export in a scratch directory of its own (removed afterwards), renewing `owner`'s
-    lease on it; False when the lease was lost and the build abandoned."""
+    lease on it; False when the lease was lost and the build abandoned (or its outcome not recorded)."""
     workdir = Path(await asyncio.to_thread(_make_scratch, scratch_root, job_id))
-    build = asyncio.create_task(core_exports.run_export(sessions, blobs, job_id, workdir))
+    build = asyncio.create_task(core_exports.run_export(sessions, blobs, job_id, workdir, owner=owner))
     try:
         while True:
             done, _ = await asyncio.wait({build}, timeout=renew_every_s)
             if done:
-                build.result()
-                return True
+                return build.result()
             if not await _renew(sessions, job_id, owner, lease_s):
                 log.warning(
                     "export lease lost: build abandoned",
