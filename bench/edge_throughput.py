@@ -551,6 +551,28 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_and_write(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """Run a benchmark (SIGTERM stops it like Ctrl-C), write its JSON to `args.output` or
+    bench/results/<name>[.quick].json, and print its report; None when interrupted."""
+    with terminate_as_interrupt():
+        try:
+            result = run(args)
+        except KeyboardInterrupt:
+            log("interrupted; everything started was stopped")
+            return None
+    output = args.output or RESULTS_DIR / (f"{name}.quick.json" if args.quick else f"{name}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+    print(f"\nwrote {output}")
+    return result
+
+
 def wait_until_quiet(max_wait_s: float, threshold: float = QUIET_CORES) -> float:
     """Wait (up to `max_wait_s`) for the machine to be nearly idle; returns the busy cores last seen."""
     deadline = time.monotonic() + max_wait_s

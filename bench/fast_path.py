@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import signal
@@ -73,7 +72,7 @@ from bench.edge_throughput import (
     log,
     machine_info,
     measure_http,
-    terminate_as_interrupt,
+    run_and_write,
     wait_until_quiet,
 )
 from bench.fixtures import BenchBundle, bench_model_root, load_bundles
@@ -96,7 +95,6 @@ from edge.inference.routes import INFER_PATH, get_service
 from edge.inference.settings import InferenceSettings
 from tests.support.raw_http import raw_exchange
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONCURRENCIES = (1, 16)
 # The decision rule (docs/fast-path.md): keep the fast path only if, on the camera-size bundle at
 # concurrency 16, it buys more than this much throughput or p50 latency.
@@ -955,17 +953,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--serve needs --mode-file")
         serve_toggleable(args.serve, args.mode_file)
         return 0
-    with terminate_as_interrupt():
-        try:
-            result = run_benchmark(args)
-        except KeyboardInterrupt:
-            log("interrupted; everything started was stopped")
-            return 130
-    output = args.output or RESULTS_DIR / ("fast_path.quick.json" if args.quick else "fast_path.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print_report(result)
-    print(f"\nwrote {output}")
+    result = run_and_write("fast_path", args, run_benchmark, print_report)
+    if result is None:
+        return 130
     return 0 if not errors_in(result) else 1
 
 

@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import io
 import itertools
-import json
 import multiprocessing
 import os
 import platform
@@ -43,11 +42,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.edge_throughput import code_version, terminate_as_interrupt
+from bench.edge_throughput import code_version, run_and_write
 from tests.support.cloud import DEVICE_TOKEN, CloudServer, TestDatabase
 from tests.support.cloud_factories import CloudFactory
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IQ_PATH = "/device-api/v1/image-queries"
 GOAL_RATIO = 2.0
 
@@ -262,18 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm", type=int, default=50, help="concurrent clients posting wrong passwords")
     parser.add_argument("--callers", type=int, default=1, help="devices posting image queries back to back")
     args = parser.parse_args(argv)
-    with terminate_as_interrupt():
-        try:
-            result = run_benchmark(args)
-        except KeyboardInterrupt:
-            log("interrupted; everything started was stopped")
-            return 130
-    output = args.output or RESULTS_DIR / ("login_storm.quick.json" if args.quick else "login_storm.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    log(f"wrote {output}")
-    return 0
+    result = run_and_write("login_storm", args, run_benchmark, lambda r: print(table(r)))
+    return 130 if result is None else 0
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.edge_throughput import code_version, terminate_as_interrupt, wait_until_quiet
+from bench.edge_throughput import code_version, run_and_write, wait_until_quiet
 from bench.loadgen import (
     CpuMeter,
     CpuSnapshot,
@@ -1084,18 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
         help="wait up to S seconds for other work on the machine to stop before starting",
     )
     args = parser.parse_args(argv)
-    with terminate_as_interrupt():
-        try:
-            result = run_benchmark(args)
-        except KeyboardInterrupt:
-            log("interrupted; everything started was stopped")
-            return 130
-    output = args.output or RESULTS_DIR / ("scale.quick.json" if args.quick else "scale.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print_report(result)
-    print(f"\nwrote {output}")
-    return 0
+    return 130 if run_and_write("scale", args, run_benchmark, print_report) is None else 0
 
 
 if __name__ == "__main__":
