@@ -995,8 +995,8 @@ def _lite0_multi_detector(
         }
 
 
-def _lite0_ratios(out: dict[str, Any]) -> None:
-    """Chain over in-process, in throughput and in CPU per request: the cost of the service hops."""
+def chain_ratios(out: dict[str, Any]) -> None:
+    """Chain over in-process throughput, and each side's CPU per request, per concurrency."""
     out["ratio_by_concurrency"] = {
         c: round(out["chain"][c]["throughput_rps"] / a["throughput_rps"], 3)
         for c, a in out["in_process"].items()
@@ -1006,6 +1006,11 @@ def _lite0_ratios(out: dict[str, Any]) -> None:
         c: {"in_process": _inproc_cpu_ms(a), "chain": _chain_cpu_ms(out["chain"].get(c, {}))}
         for c, a in out["in_process"].items()
     }
+
+
+def _lite0_ratios(out: dict[str, Any]) -> None:
+    """Chain over in-process, in throughput and in CPU per request: the cost of the service hops."""
+    chain_ratios(out)
     out["cpu_ratio_by_concurrency"] = {
         c: round(v["in_process"] / v["chain"], 3)
         for c, v in out["cpu_ms_per_request_by_concurrency"].items()

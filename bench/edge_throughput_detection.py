@@ -29,9 +29,8 @@ from bench.edge_throughput import (
     SUBMIT_PATH,
     Cooldown,
     InProcess,
-    _chain_cpu_ms,
-    _inproc_cpu_ms,
     _short,
+    chain_ratios,
     code_version,
     edge_breakdown,
     log,
@@ -187,15 +186,7 @@ def run_detection(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"  (b) chain      detection c={c:<3} {_short(res)}")
             finally:
                 local.close()
-    out["ratio_by_concurrency"] = {
-        c: round(out["chain"][c]["throughput_rps"] / a["throughput_rps"], 3)
-        for c, a in out["in_process"].items()
-        if c in out["chain"] and a["throughput_rps"]
-    }
-    out["cpu_ms_per_request_by_concurrency"] = {
-        c: {"in_process": _inproc_cpu_ms(a), "chain": _chain_cpu_ms(out["chain"].get(c, {}))}
-        for c, a in out["in_process"].items()
-    }
+    chain_ratios(out)
     out["setup"] = {
         "concurrency": concurrencies,
         "protocol": protocol.as_dict(),
