@@ -67,6 +67,7 @@ from fastapi import FastAPI, Request
 
 from bench.edge_throughput import (
     QUIET_CORES,
+    _fmt,
     code_version,
     edge_breakdown,
     log,
@@ -783,14 +784,6 @@ def decide(e2e: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": gain["p50_ms"],
         "cpu_bound_throughput_pct": gain["cpu_bound_throughput_pct"],
     }
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def print_report(result: dict[str, Any]) -> None:
