@@ -24,8 +24,11 @@ from training.detection.judging import judge_detection
 from training.detection.synthetic import generate
 from training.detection.train import (
     DetectionOptions,
+    _autocast_dtype,
+    copies_for,
     detection_loss,
     detection_spec,
+    epochs_for,
     fit_platt,
     heatmap_targets,
     train_detection_from_export,
@@ -63,6 +66,29 @@ def test_loss_rewards_the_right_answer() -> None:
     shifted = right.clone()
     shifted[:, 3:5] += 0.5
     assert detection_loss(shifted, heat, reg, mask)[1]["size"] == pytest.approx(1.0)  # 2 * 0.5 per object
+
+
+def test_a_jobs_maps_and_steps_stop_growing_with_its_labels() -> None:
+    opts = DetectionOptions(copies=8, epochs=30, max_train_maps=2400, min_epochs=10)
+    assert copies_for(200, opts) == 8  # 1800 maps: every image gets all its variants
+    assert copies_for(771, opts) == 2 and copies_for(2000, opts) == 1  # never fewer than one
+    assert copies_for(500, DetectionOptions(copies=0)) == 0
+    assert epochs_for(2400, opts) == 30
+    assert epochs_for(4800, opts) == 15  # the same number of steps over twice the maps
+    assert epochs_for(48_000, opts) == 10  # but at least min_epochs passes
+    for n_train in (50, 300, 771, 1200):
+        n_maps = n_train * (1 + copies_for(n_train, opts))
+        assert n_maps * epochs_for(n_maps, opts) <= 2 * 2400 * 30
+
+
+def test_bfloat16_only_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.detection import train
+
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: False)
+    assert _autocast_dtype("cpu", amp=True) is None  # emulated bfloat16 is slower than float32
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: True)
+    assert _autocast_dtype("cpu", amp=True) is torch.bfloat16
+    assert _autocast_dtype("cpu", amp=False) is None
 
 
 def test_platt_scaling_recovers_a_known_calibration() -> None:

@@ -97,8 +97,13 @@ ItemLike = DetectionItem | tuple[str, bytes, Any]
 class DetectionOptions:
     """What shapes a detection head (TrainingOptions carries the splits, seed, device, threads)."""
 
-    copies: int = 8  # augmented variants per train image, besides the image itself
+    copies: int = 8  # augmented variants per train image, besides the image itself (at most)
     epochs: int = 30
+    # The maps (train images and their variants) a job is sized for: with more train images each
+    # gets fewer variants (at least one) and, past the budget, the epochs shrink (to `min_epochs`),
+    # so a job's time stops growing with its labels while the labels keep adding real images.
+    max_train_maps: int = 2400
+    min_epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -225,6 +230,21 @@ def detection_loss(
 # --- data -----------------------------------------------------------------------------------------------
 
 
+def copies_for(n_train: int, opts: DetectionOptions) -> int:
+    """Augmented variants per train image: `copies` while the maps fit `max_train_maps`, then fewer."""
+    if n_train <= 0:
+        return opts.copies
+    return max(min(opts.copies, 1), min(opts.copies, opts.max_train_maps // n_train - 1))
+
+
+def epochs_for(n_maps: int, opts: DetectionOptions) -> int:
+    """`epochs` up to `max_train_maps` maps; past it the same number of steps, but never under
+    `min_epochs` passes over the data."""
+    if n_maps <= opts.max_train_maps:
+        return opts.epochs
+    return max(min(opts.epochs, opts.min_epochs), round(opts.epochs * opts.max_train_maps / n_maps))
+
+
 @dataclass
 class _Maps:
     """Backbone feature maps (float16) with the boxes each copy was labelled with."""
@@ -268,13 +288,14 @@ def _train_maps(
     seed: int,
     clock: _Clock,
 ) -> _Maps:
-    """Each train image and `copies` augmented variants, through the backbone once."""
+    """Each train image and its augmented variants (`copies_for`), through the backbone once."""
     variants: list[tuple[str, Image.Image, NDArray[np.float32], bool]] = []
     chunks: list[NDArray[np.float16]] = []
     boxes: list[NDArray[np.float32]] = []
     ids: list[str] = []
     original: list[bool] = []
-    total = len(decoded) * (1 + opts.copies)
+    copies = copies_for(len(decoded), opts)
+    total = len(decoded) * (1 + copies)
 
     def flush() -> None:
         if variants:
@@ -289,7 +310,7 @@ def _train_maps(
             [seed, int.from_bytes(hashlib.sha256(item.id.encode()).digest()[:4], "big")]
         )
         variants.append((item.id, image, item.boxes, True))
-        for _ in range(opts.copies):
+        for _ in range(copies):
             img, b = augment(image, item.boxes, rng, opts.augment)
             variants.append((item.id, img, b, False))
         if len(variants) >= 4 * BATCH:
@@ -314,17 +335,24 @@ def _deep_maps(net: CentreNet, maps: NDArray[np.float16], device: str) -> torch.
     return torch.cat(out)
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). oneDNN also runs bfloat16
+    on plain AVX-512 by emulation, where a step takes about twice as long as in float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = {word for line in info if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _autocast_dtype(device: str, amp: bool) -> torch.dtype | None:
     """bfloat16 where the hardware computes it natively (about twice as fast on such CPUs), else None."""
     if not amp:
         return None
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.bfloat16 if native else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
 
 
 def _stacked_targets(
@@ -390,7 +418,8 @@ def _fit(
     x_all = torch.from_numpy(maps.maps)
     n = x_all.shape[0]
     steps_per_epoch = max(1, math.ceil(n / opts.batch_size))
-    total = opts.epochs * steps_per_epoch
+    epochs = epochs_for(n, opts)
+    total = epochs * steps_per_epoch
     ema = _weight_average(net, opts.ema_decay, total)
     optimiser = torch.optim.AdamW(net.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
     schedule = _warmup_cosine(optimiser, steps_per_epoch, total)
@@ -398,7 +427,7 @@ def _fit(
     cast = _autocast_dtype(device, amp)
     parts: dict[str, float] = {}
     net.train()
-    for epoch in range(opts.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         sums: Counter[str] = Counter()
         for start in range(0, n, opts.batch_size):
@@ -425,10 +454,10 @@ def _fit(
                 ema.update_parameters(net)
             sums.update({k: v * idx.numel() for k, v in parts.items()})
         parts = {k: v / n for k, v in sums.items()}
-        if epoch == 0 or (epoch + 1) % 5 == 0 or epoch + 1 == opts.epochs:
+        if epoch == 0 or (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
             clock.report(
                 "train",
-                f"epoch {epoch + 1}/{opts.epochs}: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+                f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
             )
     if ema is not None:
         averaged = ema.module
@@ -818,6 +847,7 @@ def _detection_data_info(
     skip: Counter[str],
     labels: list[str],
     max_count: int,
+    opts: DetectionOptions,
 ) -> dict[str, Any]:
     """What the job learnt from, for the bundle's lineage and the job's summary."""
     counts = Counter(min(it.count, max_count) for it, _ in decoded)
@@ -829,6 +859,8 @@ def _detection_data_info(
         "n_train": len(train),
         "n_heldout": len(held),
         "train_maps": int(cached.maps.shape[0]),
+        "copies_per_image": copies_for(len(train), opts),
+        "epochs": epochs_for(int(cached.maps.shape[0]), opts),
         "objects": int(sum(it.count for it, _ in decoded)),
     }
 
@@ -950,7 +982,7 @@ def train_detection(
     oodd_onnx = export_oodd(oodd, answers.features)
     clock.lap("export")
     version = _detection_version(embedder, spec, calibrated, oodd, opts, head_onnx, oodd_onnx)
-    data_info = _detection_data_info(checked, decoded, train, held, cached, skip, labels, max_count)
+    data_info = _detection_data_info(checked, decoded, train, held, cached, skip, labels, max_count, opts)
     metrics["timings_s"] = clock.marks
     lineage = _detection_lineage(options, opts, embedder, data_info, device, label_snapshot)
     metadata = PredictorMetadata(
