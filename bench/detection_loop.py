@@ -1,7 +1,7 @@
 """Camera-paced learning loop for a COUNT detector with boxes, through the whole system.
 
-    python -m bench.detection_loop [--rate 2] [--label-delay 20] [--max-seconds S] [--max-labels N]
-        [--ood-rate 0.05] [--window 50] [--max-count 8] [--quick]
+    python -m bench.detection_loop [--rate 2] [--label-delay 20] [--max-seconds 1800]
+        [--max-labels 5000] [--ood-rate 0.05] [--window 100] [--max-count 8] [--quick]
 
 The same loop as bench/camera_loop.py (the whole system started by bench/loop_stack.py with its own
 retrain cadence, trainer and updater; a fresh detector with no model, threshold 0.9; traffic at
@@ -112,10 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=2.0, help="queries per second (default 2)")
     p.add_argument("--label-delay", type=float, default=20.0, help="seconds from query to answer")
-    p.add_argument("--max-seconds", type=float, default=600.0)
-    p.add_argument("--max-labels", type=int, default=300)
+    # A retrain takes 3 to 4 minutes on two cores shared with the whole system, and the count
+    # keeps improving past 1500 labels: half an hour of traffic shows the curve flatten.
+    p.add_argument("--max-seconds", type=float, default=1800.0)
+    p.add_argument("--max-labels", type=int, default=5000)
     p.add_argument("--ood-rate", type=float, default=0.05)
-    p.add_argument("--window", type=int, default=50)
+    # 100 queries a window: the final three hold about 200 confident answers, enough to tell 95 %.
+    p.add_argument("--window", type=int, default=100)
     p.add_argument("--max-count", type=int, default=8)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--refresh-rate", type=float, default=None)
