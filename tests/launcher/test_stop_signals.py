@@ -19,7 +19,11 @@ from launcher.processes import StopFlag
 pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).resolve().parents[2]
-# A launcher's main loop in miniature: waits in short steps until a stop is requested.
+# A launcher's main loop in miniature: waits in short steps until a stop is requested, then "cleans
+# up" still under the handlers, as run() stops the services before it gives the signals back. The
+# cleanup lasts until the sender says the burst is out: on a loaded machine the sender may be
+# descheduled between two kills for longer than the loop takes to end, and a signal that arrives
+# after the handlers are given back ends the process as its default action says, which is right.
 WATCHER = """
 import sys
 from launcher.processes import StopFlag
@@ -30,19 +34,28 @@ with stop_on_signals(flag):
     print("ready", flush=True)
     while not flag.wait(0.0005):
         pass
+    sys.stdin.readline()
 print("stopped", flush=True)
 """
 
 
 def test_a_burst_of_signals_stops_the_watch_loop_every_time():
     for attempt in range(25):
-        child = subprocess.Popen([sys.executable, "-c", WATCHER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None
+        child = subprocess.Popen(
+            [sys.executable, "-c", WATCHER],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdin is not None and child.stdout is not None
         try:
             assert child.stdout.readline() == "ready\n"
             time.sleep(0.005)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
                 os.kill(child.pid, sig)
+            child.stdin.write("burst sent\n")
+            child.stdin.flush()
             # A hang guard: a handler that waits for a lock its own thread holds never returns.
             assert child.wait(timeout=20) == 0, f"attempt {attempt}"
             assert child.stdout.read() == "stopped\n"
@@ -50,6 +63,7 @@ def test_a_burst_of_signals_stops_the_watch_loop_every_time():
             child.kill()
             child.wait()
             child.stdout.close()
+            child.stdin.close()
 
 
 def test_the_flag_waits_until_set_or_timed_out():
